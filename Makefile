@@ -1,0 +1,58 @@
+# dermserve: every target installs what it is missing, so a fresh machine needs only `make run` or `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_VERSION ?= 3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+TOOLS := .tools
+DATA_DIR ?= ../shared/data/ham10000
+WEIGHTS ?= ../shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+MODEL_BASE ?= models
+PROTO_SRC := $(wildcard protos/dermserve/v1/*.proto)
+PROTO_STAMP := dermserve/v1/.generated
+
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: help install proto lint test run bench train tools redis-server clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON_VERSION)
+	touch $@
+
+install: $(VENV)/.installed redis-server  ## create the virtualenv and install Python packages and redis-server
+
+redis-server:
+	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Stubs are generated, never committed, and regenerated whenever a .proto changes, so they cannot go stale.
+$(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
+	rm -rf dermserve && mkdir -p dermserve/v1
+	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
+	touch dermserve/__init__.py dermserve/v1/__init__.py $@
+
+proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
+
+lint: install proto tools  ## ruff, mypy strict and buf lint
+	$(VENV)/bin/ruff check service worker trainer tests
+	$(VENV)/bin/mypy
+	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
+
+test: lint  ## install what is missing, lint, and run every test
+	$(VENV)/bin/pytest -q
+
+clean:  ## remove generated files and caches (keeps the virtualenv)
+	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache
+
+# Offline-capable command-line tools the checks need, installed from the package registries into .tools/.
+$(TOOLS)/node_modules/.bin/buf:
+	mkdir -p $(TOOLS) && cd $(TOOLS) && npm install --silent --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+
+tools: $(TOOLS)/node_modules/.bin/buf  ## install buf (and the other offline checkers)

@@ -1,0 +1,1 @@
+"""Model backends: one interface (`base.Backend`), two implementations (`embedded`, `tfserving`)."""

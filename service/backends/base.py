@@ -1,0 +1,81 @@
+"""The interface every model backend implements. grpc-free, so the classifier core, the batch
+worker and the tests can use any backend (or a small fake) interchangeably."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.model_config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model version a caller wants: the latest (neither set), a pinned version number,
+    or a version label such as "stable" or "canary"."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def describe(self) -> str:
+        if self.version is not None:
+            return f"{self.name} version {self.version}"
+        if self.label:
+            return f"{self.name} label {self.label!r}"
+        return f"{self.name} (latest)"
+
+
+class VersionState(enum.Enum):
+    """TF Serving's ModelVersionStatus states, which the embedded backend mirrors."""
+
+    START = "START"
+    LOADING = "LOADING"
+    AVAILABLE = "AVAILABLE"
+    UNLOADING = "UNLOADING"
+    END = "END"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """One version of a model as a backend sees it; `config` is None until it has loaded."""
+
+    name: str
+    version: int
+    state: VersionState
+    config: ModelConfig | None = None
+    labels_assigned: tuple[str, ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class BatchOutput:
+    """What a backend returns for a batch of preprocessed images, and which version made it."""
+
+    version: VersionInfo
+    probabilities: np.ndarray  # [N, K] float32, calibrated, columns in version.config.labels order
+    ood_scores: np.ndarray  # [N] float32, higher = less like the training data
+
+
+class Backend(Protocol):
+    """A source of model versions and predictions. Raise only service.errors types."""
+
+    def resolve(self, ref: ModelRef, timeout: float | None = None) -> VersionInfo:
+        """The AVAILABLE version `ref` names now (its config tells how to preprocess)."""
+        ...
+
+    def predict(self, ref: ModelRef, images: np.ndarray,
+                timeout: float | None = None) -> BatchOutput:
+        """Classify `images` ([N, H, W, 3] uint8, already preprocessed for that version)."""
+        ...
+
+    def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
+        """Every version of `name` the backend knows, in any state, newest first."""
+        ...
+
+    def close(self) -> None:
+        """Release threads, channels and loaded models."""
+        ...

@@ -1,0 +1,70 @@
+"""Fixtures shared by every test area. Area-specific fixtures live in tests/<area>/conftest.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Quiet TensorFlow's C++ start-up chatter before anything imports it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
+
+TINY_MODEL_NAME = "ham10000"
+TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
+
+
+def tiny_config(seed: int = 0, min_confidence: float = 0.0) -> ModelConfig:
+    """A ModelConfig for the tiny stand-in network (no skill; contract tests only)."""
+    from service.model_config import AbstentionRule
+
+    return ModelConfig(
+        labels=tuple(HAM10000_DISPLAY_NAMES),
+        display_names=HAM10000_DISPLAY_NAMES,
+        input=TINY_INPUT,
+        abstention=AbstentionRule(min_confidence=min_confidence),
+        metrics={"balanced_accuracy": 0.1 * (seed + 1)},
+        description=f"tiny test model, seed {seed}",
+    )
+
+
+def export_tiny(base: Path, version: int, seed: int | None = None) -> Path:
+    """Export a tiny version `version` of TINY_MODEL_NAME under `base`; returns its directory."""
+    from trainer.export import export_tiny_version
+
+    version_dir = base / TINY_MODEL_NAME / str(version)
+    export_tiny_version(version_dir, tiny_config(seed if seed is not None else version),
+                        seed=seed if seed is not None else version)
+    return version_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model base with tiny versions 1 and 2, exported once per session; copy before mutating."""
+    base = tmp_path_factory.mktemp("model-template")
+    export_tiny(base, 1)
+    export_tiny(base, 2)
+    return base
+
+
+@pytest.fixture
+def model_base(tiny_model_template: Path, tmp_path: Path) -> Path:
+    """A private, mutable copy of the tiny model base (versions 1 and 2)."""
+    import shutil
+
+    base = tmp_path / "models"
+    shutil.copytree(tiny_model_template, base)
+    return base
+
+
+@pytest.fixture
+def free_port() -> Iterator[int]:
+    """A TCP port free on loopback at the time of the call."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield port

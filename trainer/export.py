@@ -1,0 +1,121 @@
+"""Export a network as a dermserve SavedModel version: the serving contract lives here.
+
+Signatures (documented in docs/model-contract.md):
+  serving_default(image: uint8 [N, H, W, 3] RGB, already `service.preprocessing.to_model_input`)
+      -> probabilities: float32 [N, K] calibrated (softmax of logits / temperature)
+      -> ood_score:     float32 [N]    Mahalanobis distance of the pooled features to the nearest
+                                       class mean (0 when the version has no feature statistics)
+  metadata(probe: int32 [N])
+      -> labels: string [N, K], config: string [N] (the ModelConfig JSON)
+Every output is batched along axis 0 so that TF Serving's server-side batching can split them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from service.model_config import ModelConfig
+
+
+class FeatureStatistics:
+    """Class means and a shared precision matrix of the pooled features (for the OOD score)."""
+
+    def __init__(self, class_means: np.ndarray, precision: np.ndarray) -> None:
+        self.class_means = np.asarray(class_means, np.float32)
+        self.precision = np.asarray(precision, np.float32)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, labels: np.ndarray, num_classes: int,
+            shrinkage: float = 0.1) -> FeatureStatistics:
+        """Fit class means and a shrunk shared covariance (shrinkage keeps it invertible)."""
+        features = np.asarray(features, np.float64)
+        means = np.stack([features[labels == k].mean(axis=0) if np.any(labels == k)
+                          else features.mean(axis=0) for k in range(num_classes)])
+        centred = features - means[labels]
+        cov = centred.T @ centred / max(1, len(features) - 1)
+        target = np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
+        cov = (1 - shrinkage) * cov + shrinkage * target
+        return cls(means, np.linalg.inv(cov))
+
+
+def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor) -> tf.Tensor:
+    """min_k (f - mu_k)^T P (f - mu_k), computed without materialising [N, K, D, D]."""
+    diff = features[:, None, :] - means[None, :, :]                     # [N, K, D]
+    projected = tf.einsum("nkd,de->nke", diff, precision)               # [N, K, D]
+    distances = tf.reduce_sum(projected * diff, axis=-1)                # [N, K]
+    return tf.sqrt(tf.maximum(tf.reduce_min(distances, axis=-1), 0.0))
+
+
+class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
+    """Wraps a network `float images in [-1, 1] -> (logits, pooled features)` with the contract."""
+
+    def __init__(self, network: Any, config: ModelConfig,
+                 statistics: FeatureStatistics | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.temperature = tf.Variable(config.temperature, dtype=tf.float32, trainable=False)
+        self.labels = tf.constant(list(config.labels))
+        self.config_json = tf.constant(config.to_json())
+        self.has_statistics = statistics is not None
+        if statistics is not None:
+            self.class_means = tf.constant(statistics.class_means)
+            self.precision = tf.constant(statistics.precision)
+        spec = tf.TensorSpec([None, config.input.height, config.input.width, 3], tf.uint8,
+                             name="image")
+        self.serve = tf.function(self._serve, input_signature=[spec])
+        self.metadata = tf.function(
+            self._metadata, input_signature=[tf.TensorSpec([None], tf.int32, name="probe")])
+
+    def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
+        scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
+        logits, features = self.network(scaled, training=False)
+        probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
+        if self.has_statistics:
+            ood = mahalanobis_min(features, self.class_means, self.precision)
+        else:
+            ood = tf.zeros(tf.shape(image)[:1], tf.float32)
+        return {"probabilities": probabilities, "ood_score": ood}
+
+    def _metadata(self, probe: tf.Tensor) -> dict[str, tf.Tensor]:
+        count = tf.shape(probe)[0]
+        return {"labels": tf.tile(self.labels[None, :], [count, 1]),
+                "config": tf.fill([count], self.config_json)}
+
+
+def save_version(module: ServingModule, config: ModelConfig, version_dir: Path) -> None:
+    """Write the SavedModel and its config into `version_dir` (which must not exist yet)."""
+    tf.saved_model.save(module, str(version_dir), signatures={
+        "serving_default": module.serve.get_concrete_function(),
+        "metadata": module.metadata.get_concrete_function(),
+    })
+    config.write(version_dir)
+
+
+def build_tiny_network(config: ModelConfig, seed: int = 0) -> Any:
+    """A deterministic stand-in network (pooled colours -> linear logits) for tests and demos.
+    It has the real contract but no skill: never ship it as a diagnosis model."""
+    import keras
+
+    inputs = keras.Input((config.input.height, config.input.width, 3))
+    pooled = keras.layers.Flatten()(keras.layers.Resizing(4, 4, interpolation="area")(inputs))
+    initializer = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    logits = keras.layers.Dense(len(config.labels), kernel_initializer=initializer)(pooled)
+    return keras.Model(inputs, [logits, pooled])
+
+
+def export_tiny_version(version_dir: Path, config: ModelConfig, seed: int = 0,
+                        with_statistics: bool = True) -> None:
+    """Export a tiny version (see build_tiny_network) at `version_dir`."""
+    network = build_tiny_network(config, seed)
+    statistics = None
+    if with_statistics:
+        rng = np.random.default_rng(seed)
+        sample = rng.uniform(-1, 1, (64, config.input.height, config.input.width, 3))
+        _, features = network(sample.astype(np.float32), training=False)
+        labels = rng.integers(0, len(config.labels), 64)
+        statistics = FeatureStatistics.fit(np.asarray(features), labels, len(config.labels))
+    save_version(ServingModule(network, config, statistics), config, version_dir)
