@@ -1,0 +1,114 @@
+"""One loaded SavedModel version of the dermserve contract (docs/model-contract.md), in process.
+
+`LoadedVersion.load` loads a version directory, reads its ModelConfig through the `metadata`
+signature (as a TF Serving client would, so both backends agree), checks it against the
+`serving_default` signature and `assets.extra/dermserve.json`, and warms the graph up with a
+one-image predict. Any failure raises `InternalError`: the caller marks that version failed and
+keeps serving the others. TensorFlow is imported lazily, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import DermserveError, InternalError, InvalidRequest
+from service.model_config import CONFIG_RELATIVE_PATH, ModelConfig
+
+logger = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+METADATA_SIGNATURE = "metadata"
+IMAGE_INPUT = "image"
+PROBE_INPUT = "probe"
+PROBABILITIES_OUTPUT = "probabilities"
+OOD_OUTPUT = "ood_score"
+LABELS_OUTPUT = "labels"
+CONFIG_OUTPUT = "config"
+
+
+class LoadedVersion:
+    """A version's signatures, ready to predict. Thread-safe: TF concrete functions may be called
+    from many threads at once."""
+
+    def __init__(self, saved_model: Any, config: ModelConfig) -> None:
+        self._saved_model = saved_model  # keeps the variables the signatures capture alive
+        self._serve = saved_model.signatures[SERVING_SIGNATURE]
+        self.config = config
+
+    @classmethod
+    def load(cls, version_dir: Path) -> LoadedVersion:
+        """Load, check and warm up `version_dir`; raise InternalError if it breaks the contract."""
+        try:
+            import tensorflow as tf
+
+            saved_model = tf.saved_model.load(str(version_dir))
+            config = read_config(saved_model)
+            check_config(version_dir, saved_model, config)
+            loaded = cls(saved_model, config)
+            loaded.warm_up()
+            return loaded
+        except DermserveError as exc:
+            raise InternalError(f"cannot load {version_dir}: {exc.message}", exc.reason) from exc
+        except Exception as exc:  # TF raises anything; a bad version must not crash
+            raise InternalError(f"cannot load {version_dir}: {type(exc).__name__}: {exc}",
+                                "MODEL_LOAD_FAILED") from exc
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Return (probabilities [N, K], ood_scores [N]) for uint8 images [N, H, W, 3]."""
+        check_images(images, self.config)
+        import tensorflow as tf
+
+        try:
+            out = self._serve(**{IMAGE_INPUT: tf.constant(images)})
+        except Exception as exc:  # a runtime failure is an internal error
+            raise InternalError(f"model call failed: {type(exc).__name__}: {exc}") from exc
+        return (np.asarray(out[PROBABILITIES_OUTPUT], np.float32),
+                np.asarray(out[OOD_OUTPUT], np.float32))
+
+    def warm_up(self) -> None:
+        """Run one tiny predict so that the first real request does not pay graph set-up."""
+        spec = self.config.input
+        probabilities, _ = self.predict(np.zeros((1, spec.height, spec.width, 3), np.uint8))
+        if probabilities.shape != (1, len(self.config.labels)):
+            raise InternalError(
+                f"serving_default returned probabilities of shape {probabilities.shape}, "
+                f"expected (1, {len(self.config.labels)})", "BAD_MODEL_SIGNATURE")
+
+
+def read_config(saved_model: Any) -> ModelConfig:
+    """The version's ModelConfig, from its `metadata` signature."""
+    import tensorflow as tf
+
+    out = saved_model.signatures[METADATA_SIGNATURE](**{PROBE_INPUT: tf.zeros([1], tf.int32)})
+    config = ModelConfig.from_json(out[CONFIG_OUTPUT].numpy()[0])
+    labels = tuple(label.decode("utf-8") for label in out[LABELS_OUTPUT].numpy()[0])
+    if labels != config.labels:
+        raise InternalError(f"metadata labels {labels} differ from the config's {config.labels}",
+                            "BAD_MODEL_CONFIG")
+    return config
+
+
+def check_config(version_dir: Path, saved_model: Any, config: ModelConfig) -> None:
+    """The config must match the serving signature's input and, if present, assets.extra."""
+    spec = saved_model.signatures[SERVING_SIGNATURE].structured_input_signature[1][IMAGE_INPUT]
+    expected = [None, config.input.height, config.input.width, 3]
+    if spec.shape.as_list() != expected or spec.dtype.name != "uint8":
+        raise InternalError(f"serving_default image is {spec.dtype.name}{spec.shape.as_list()}, "
+                            f"config says uint8{expected}", "BAD_MODEL_SIGNATURE")
+    if (version_dir / CONFIG_RELATIVE_PATH).exists():
+        on_disk = ModelConfig.read(version_dir)
+        if on_disk != config:
+            raise InternalError(f"{CONFIG_RELATIVE_PATH} differs from the metadata signature",
+                                "BAD_MODEL_CONFIG")
+
+
+def check_images(images: np.ndarray, config: ModelConfig) -> None:
+    """Reject a batch the version cannot take, with a message that says why."""
+    expected = (config.input.height, config.input.width, 3)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != expected:
+        raise InvalidRequest(f"images must be uint8 [N, {expected[0]}, {expected[1]}, 3], got "
+                             f"{images.dtype}{list(images.shape)}", "BAD_MODEL_INPUT")

@@ -1,0 +1,225 @@
+"""The embedded backend on real tiny SavedModels: version selection, hot reload, safe unload."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.backends.base import ModelRef, VersionState
+from service.backends.embedded import EmbeddedBackend
+from service.errors import BackendUnavailable, ModelNotFound
+from tests.backends.conftest import FAST_POLL_S
+from tests.backends.helpers import publish_version, wait_until
+from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
+
+LATEST = ModelRef(TINY_MODEL_NAME)
+SLOW_POLL_S = 3600.0
+"""For tests that drive scans by hand with poll(): the poller thread never fires."""
+
+Events = list[tuple[str, int, str]]
+MakeBackend = Callable[..., EmbeddedBackend]
+
+
+def images(count: int = 3, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, TINY_INPUT.height, TINY_INPUT.width, 3), dtype=np.uint8)
+
+
+def signature_output(version_dir: Path, batch: np.ndarray) -> np.ndarray:
+    """The version's probabilities straight from its signature, for comparison."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(version_dir))
+    return np.asarray(loaded.signatures["serving_default"](image=tf.constant(batch))
+                      ["probabilities"])
+
+
+def states(backend: EmbeddedBackend) -> dict[int, VersionState]:
+    return {info.version: info.state for info in backend.list_versions(TINY_MODEL_NAME)}
+
+
+def test_serves_the_latest_version(make_backend: MakeBackend, model_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S)
+    info = backend.resolve(LATEST)
+    assert info.version == 2 and info.state is VersionState.AVAILABLE
+    assert info.config is not None and info.config.labels[0] == "akiec"
+    batch = images()
+    out = backend.predict(LATEST, batch)
+    assert out.version.version == 2
+    assert out.probabilities.shape == (3, 7) and out.ood_scores.shape == (3,)
+    np.testing.assert_allclose(out.probabilities, signature_output(model_dir / "2", batch),
+                               rtol=1e-6)
+    assert [i.version for i in backend.list_versions(TINY_MODEL_NAME)] == [2, 1]
+
+
+def test_pins_a_version_or_a_label(make_backend: MakeBackend, model_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S, version_labels={"stable": 1})
+    batch = images()
+    pinned = backend.predict(ModelRef(TINY_MODEL_NAME, version=1), batch)
+    assert pinned.version.version == 1
+    np.testing.assert_allclose(pinned.probabilities, signature_output(model_dir / "1", batch),
+                               rtol=1e-6)
+    latest = backend.predict(LATEST, batch)
+    assert not np.allclose(pinned.probabilities, latest.probabilities)
+    assert backend.resolve(ModelRef(TINY_MODEL_NAME, label="stable")).version == 1
+    assert backend.resolve(ModelRef(TINY_MODEL_NAME, version=1)).labels_assigned == ("stable",)
+
+
+def test_labels_file_overrides_and_is_reread(make_backend: MakeBackend, model_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S, version_labels={"stable": 1})
+    (model_dir / "version_labels.json").write_text(json.dumps({"stable": 2, "canary": 1}))
+    backend.poll()
+    assert backend.resolve(ModelRef(TINY_MODEL_NAME, label="stable")).version == 2
+    assert backend.resolve(ModelRef(TINY_MODEL_NAME, label="canary")).version == 1
+    (model_dir / "version_labels.json").write_text("{not json")
+    backend.poll()  # a broken file keeps the labels we had
+    assert backend.resolve(ModelRef(TINY_MODEL_NAME, label="canary")).version == 1
+
+
+@pytest.mark.parametrize("ref", [
+    ModelRef(TINY_MODEL_NAME, version=7),
+    ModelRef(TINY_MODEL_NAME, label="nope"),
+    ModelRef("other-model"),
+])
+def test_unknown_version_label_or_model_is_not_found(make_backend: MakeBackend,
+                                                     ref: ModelRef) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S)
+    with pytest.raises(ModelNotFound):
+        backend.resolve(ref)
+    with pytest.raises(ModelNotFound):
+        backend.predict(ref, images())
+
+
+def test_new_version_is_picked_up_without_restart(make_backend: MakeBackend, model_dir: Path,
+                                                  version3_dir: Path) -> None:
+    events: Events = []
+    backend = make_backend(poll_interval_s=FAST_POLL_S, events=lambda *e: events.append(e))
+    assert backend.resolve(LATEST).version == 2
+    publish_version(version3_dir, model_dir, 3)
+    wait_until(lambda: backend.resolve(LATEST).version == 3, what="version 3 to serve")
+    assert backend.predict(LATEST, images()).version.version == 3
+    # The policy keeps the latest two: version 1 leaves once 3 is available.
+    wait_until(lambda: states(backend).get(1) is VersionState.END, what="version 1 to unload")
+    assert (TINY_MODEL_NAME, 3, "loaded") in events
+    assert (TINY_MODEL_NAME, 1, "unloaded") in events
+    assert events.index((TINY_MODEL_NAME, 3, "loaded")) < events.index(
+        (TINY_MODEL_NAME, 1, "unloaded"))
+
+
+def test_hot_reload_during_traffic_fails_no_call(make_backend: MakeBackend, model_dir: Path,
+                                                 version3_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=FAST_POLL_S)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    answered: list[int] = []
+
+    def traffic(seed: int) -> None:
+        batch = images(2, seed)
+        while not stop.is_set():
+            try:
+                answered.append(backend.predict(LATEST, batch).version.version)
+            except BaseException as exc:  # record, so that the test reports it
+                errors.append(exc)
+
+    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_until(lambda: len(answered) > 20, what="traffic on version 2")
+        publish_version(version3_dir, model_dir, 3)
+        shutil.rmtree(model_dir / "1")
+        wait_until(lambda: backend.resolve(LATEST).version == 3 and 1 not in states(backend),
+                   what="version 3 to serve and version 1 to leave")
+        count = len(answered)
+        wait_until(lambda: len(answered) > count + 20, what="traffic after the reload")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert set(answered) == {2, 3}
+    assert answered[-1] == 3
+    assert states(backend) == {3: VersionState.AVAILABLE, 2: VersionState.AVAILABLE}
+
+
+def test_directory_still_being_written_serves_only_once_complete(make_backend: MakeBackend,
+                                                     model_dir: Path,
+                                                     version3_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S)
+    target = model_dir / "3"
+    shutil.copytree(version3_dir, target, ignore=shutil.ignore_patterns("variables*"))
+    backend.poll()  # first sighting: not known to be stable
+    assert 3 not in states(backend)
+    backend.poll()  # unchanged since, but its variables are missing: the load fails
+    assert states(backend)[3] is VersionState.END
+    shutil.copytree(version3_dir / "variables", target / "variables")
+    backend.poll()  # the files changed: wait for them to settle
+    assert backend.resolve(LATEST).version == 2
+    backend.poll()
+    assert backend.resolve(LATEST).version == 3
+
+
+def test_half_written_or_broken_versions_never_serve(make_backend: MakeBackend, model_dir: Path,
+                                                     version3_dir: Path) -> None:
+    events: Events = []
+    backend = make_backend(poll_interval_s=SLOW_POLL_S, events=lambda *e: events.append(e))
+    (model_dir / "3" / "variables").mkdir(parents=True)  # no saved_model.pb yet
+    shutil.copytree(version3_dir, model_dir / ".publishing-5")  # complete, not yet renamed
+    garbage = model_dir / "4"
+    garbage.mkdir()
+    (garbage / "saved_model.pb").write_bytes(b"this is not a protobuf")
+    for _ in range(3):
+        backend.poll()
+    assert backend.resolve(LATEST).version == 2
+    assert backend.predict(LATEST, images()).version.version == 2
+    listed = {info.version: info for info in backend.list_versions(TINY_MODEL_NAME)}
+    assert set(listed) == {4, 2, 1}
+    assert listed[4].state is VersionState.END and "cannot load" in listed[4].error
+    assert events.count((TINY_MODEL_NAME, 4, "load_failed")) == 1  # retried only on change
+    assert listed[1].state is VersionState.AVAILABLE  # the failure did not push 1 out
+
+
+def test_missing_model_base_is_unavailable_until_a_version_appears(
+        make_backend: MakeBackend, tmp_path: Path, model_dir: Path) -> None:
+    base = tmp_path / "empty-base"
+    backend = make_backend(base, poll_interval_s=FAST_POLL_S)
+    with pytest.raises(BackendUnavailable, match="does not exist"):
+        backend.resolve(LATEST)
+    with pytest.raises(BackendUnavailable):
+        backend.predict(LATEST, images())
+    (base / TINY_MODEL_NAME).mkdir(parents=True)
+    publish_version(model_dir / "1", base / TINY_MODEL_NAME, 1)
+    wait_until(lambda: states(backend).get(1) is VersionState.AVAILABLE, what="version 1")
+    assert backend.predict(LATEST, images()).version.version == 1
+
+
+def test_unload_waits_for_in_flight_calls(make_backend: MakeBackend, model_dir: Path) -> None:
+    events: Events = []
+    backend = make_backend(poll_interval_s=SLOW_POLL_S, events=lambda *e: events.append(e))
+    version1 = ModelRef(TINY_MODEL_NAME, version=1)
+    # Hold version 1 as a predict call does, to stand for a call in flight during the unload.
+    with backend._acquire(version1) as (info, loaded):
+        shutil.rmtree(model_dir / "1")
+        backend.poll()
+        assert states(backend)[1] is VersionState.UNLOADING
+        with pytest.raises(ModelNotFound):
+            backend.resolve(version1)
+        assert (TINY_MODEL_NAME, 1, "unloaded") not in events
+        probabilities, _ = loaded.predict(images())
+        assert info.version == 1 and probabilities.shape == (3, 7)
+    assert (TINY_MODEL_NAME, 1, "unloaded") in events
+    backend.poll()
+    assert 1 not in states(backend)
+
+
+def test_closed_backend_is_unavailable(make_backend: MakeBackend) -> None:
+    backend = make_backend(poll_interval_s=FAST_POLL_S)
+    backend.close()
+    with pytest.raises(BackendUnavailable, match="closed"):
+        backend.resolve(LATEST)
