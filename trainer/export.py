@@ -4,7 +4,8 @@ Signatures (documented in docs/model-contract.md):
   serving_default(image: uint8 [N, H, W, 3] RGB, already `service.preprocessing.to_model_input`)
       -> probabilities: float32 [N, K] calibrated (softmax of logits / temperature)
       -> ood_score:     float32 [N]    Mahalanobis distance of the pooled features to the nearest
-                                       class mean (0 when the version has no feature statistics)
+                                       class mean, in a PCA subspace of the training features when
+                                       the statistics carry a projection (0 without statistics)
   metadata(probe: int32 [N])
       -> labels: string [N, K], config: string [N] (the ModelConfig JSON)
 Every output is batched along axis 0 so that TF Serving's server-side batching can split them.
@@ -19,27 +20,10 @@ import numpy as np
 import tensorflow as tf
 
 from service.model_config import ModelConfig
+from trainer.features import FeatureStatistics
 
-
-class FeatureStatistics:
-    """Class means and a shared precision matrix of the pooled features (for the OOD score)."""
-
-    def __init__(self, class_means: np.ndarray, precision: np.ndarray) -> None:
-        self.class_means = np.asarray(class_means, np.float32)
-        self.precision = np.asarray(precision, np.float32)
-
-    @classmethod
-    def fit(cls, features: np.ndarray, labels: np.ndarray, num_classes: int,
-            shrinkage: float = 0.1) -> FeatureStatistics:
-        """Fit class means and a shrunk shared covariance (shrinkage keeps it invertible)."""
-        features = np.asarray(features, np.float64)
-        means = np.stack([features[labels == k].mean(axis=0) if np.any(labels == k)
-                          else features.mean(axis=0) for k in range(num_classes)])
-        centred = features - means[labels]
-        cov = centred.T @ centred / max(1, len(features) - 1)
-        target = np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
-        cov = (1 - shrinkage) * cov + shrinkage * target
-        return cls(means, np.linalg.inv(cov))
+__all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",
+           "mahalanobis_min", "project_features", "save_version"]
 
 
 def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor) -> tf.Tensor:
@@ -48,6 +32,11 @@ def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor)
     projected = tf.einsum("nkd,de->nke", diff, precision)               # [N, K, D]
     distances = tf.reduce_sum(projected * diff, axis=-1)                # [N, K]
     return tf.sqrt(tf.maximum(tf.reduce_min(distances, axis=-1), 0.0))
+
+
+def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tensor) -> tf.Tensor:
+    """(f - centre) @ projection: the PCA subspace the statistics live in."""
+    return tf.matmul(features - centre[None, :], projection)
 
 
 class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
@@ -61,9 +50,13 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         self.labels = tf.constant(list(config.labels))
         self.config_json = tf.constant(config.to_json())
         self.has_statistics = statistics is not None
+        self.has_projection = statistics is not None and statistics.projection is not None
         if statistics is not None:
             self.class_means = tf.constant(statistics.class_means)
             self.precision = tf.constant(statistics.precision)
+        if statistics is not None and statistics.projection is not None:
+            self.feature_centre = tf.constant(statistics.centre)
+            self.feature_projection = tf.constant(statistics.projection)
         spec = tf.TensorSpec([None, config.input.height, config.input.width, 3], tf.uint8,
                              name="image")
         self.serve = tf.function(self._serve, input_signature=[spec])
@@ -74,6 +67,8 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
         logits, features = self.network(scaled, training=False)
         probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
+        if self.has_projection:
+            features = project_features(features, self.feature_centre, self.feature_projection)
         if self.has_statistics:
             ood = mahalanobis_min(features, self.class_means, self.precision)
         else:
