@@ -1,0 +1,18 @@
+"""`python -m service` / `dermserve-server`: run the gRPC front service."""
+
+import os
+import sys
+
+from service.logs import configure_logging
+from service.server import serve
+from service.settings import Settings
+
+
+def main() -> None:
+    settings = Settings.from_sources(sys.argv[1:], os.environ)
+    configure_logging(settings.log_format, settings.log_level)
+    serve(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""Bearer-token authentication and TLS / mutual TLS credentials. All off by default (loopback);
+deploy/ turns them on.
+
+Tokens: a file with one grant per line, `TOKEN [SERVICE ...]`, where SERVICE is a full gRPC
+service name such as `dermserve.v1.LesionClassifier`; a token without services may call every
+service. `#` starts a comment. Clients send `authorization: Bearer TOKEN`.
+- no `authorization` metadata, or not a Bearer token, or an unknown token -> UNAUTHENTICATED
+- a known token calling a service it was not granted                    -> PERMISSION_DENIED
+The health service is exempt, so that kubelet probes need no secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from service.errors import PermissionDenied, Unauthenticated
+from service.handlers import Behaviour, rewrap
+
+AUTHORIZATION_KEY = "authorization"
+BEARER_PREFIX = "Bearer "
+EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """One token and the services it may call (empty: all of them)."""
+
+    token: str
+    services: frozenset[str] = frozenset()
+
+    def allows(self, service: str) -> bool:
+        return not self.services or service in self.services
+
+
+class TokenTable:
+    """The accepted tokens; comparisons are constant-time."""
+
+    def __init__(self, grants: Sequence[TokenGrant]) -> None:
+        if not grants:
+            raise ValueError("a token table needs at least one token")
+        self.grants = tuple(grants)
+
+    @classmethod
+    def parse(cls, text: str) -> TokenTable:
+        grants = []
+        for line in text.splitlines():
+            words = line.split("#", 1)[0].split()
+            if words:
+                grants.append(TokenGrant(words[0], frozenset(words[1:])))
+        return cls(grants)
+
+    @classmethod
+    def load(cls, path: Path) -> TokenTable:
+        return cls.parse(path.read_text(encoding="utf-8"))
+
+    def grant_for(self, token: str) -> TokenGrant | None:
+        found = None
+        for grant in self.grants:  # no early exit: the time must not tell which token matched
+            if hmac.compare_digest(grant.token.encode(), token.encode()):
+                found = grant
+        return found
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str) -> None:
+        """Raise Unauthenticated or PermissionDenied unless `metadata` may call `method`."""
+        token = bearer_token(metadata)
+        if token is None:
+            raise Unauthenticated("send 'authorization: Bearer <token>'", "MISSING_TOKEN")
+        grant = self.grant_for(token)
+        if grant is None:
+            raise Unauthenticated("the token is not valid", "INVALID_TOKEN")
+        if not grant.allows(service_of(method)):
+            raise PermissionDenied(f"the token may not call {service_of(method)}",
+                                   "SERVICE_NOT_GRANTED")
+
+
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION_KEY and isinstance(value, str) and value.startswith(BEARER_PREFIX):
+            return value[len(BEARER_PREFIX):].strip()
+    return None
+
+
+def service_of(method: str) -> str:
+    """'/dermserve.v1.LesionClassifier/Classify' -> 'dermserve.v1.LesionClassifier'."""
+    return method.strip("/").split("/", 1)[0]
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Rejects calls without an accepted token. It raises service.errors, so it must sit inside
+    the ErrorMappingInterceptor, which turns them into status codes and counts them."""
+
+    def __init__(self, tokens: TokenTable) -> None:
+        self.tokens = tokens
+
+    def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         grpc.RpcMethodHandler[Any, Any] | None],
+            handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or service_of(method) in EXEMPT_SERVICES:
+            return handler
+        metadata = handler_call_details.invocation_metadata
+
+        def check() -> None:
+            self.tokens.check(metadata, method)
+
+        return rewrap(handler, lambda behaviour: guard_unary(behaviour, check),
+                      lambda behaviour: guard_stream(behaviour, check))
+
+
+def guard_unary(behaviour: Behaviour, check: Callable[[], None]) -> Behaviour:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+        check()
+        return behaviour(request, context)
+    return guarded
+
+
+def guard_stream(behaviour: Behaviour, check: Callable[[], None]) -> Behaviour:
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        check()
+        yield from behaviour(request, context)
+    return guarded
+
+
+def server_credentials(cert: Path, key: Path,
+                       client_ca: Path | None = None) -> grpc.ServerCredentials:
+    """TLS from PEM files; with `client_ca`, mutual TLS: clients must present a certificate
+    signed by it."""
+    return grpc.ssl_server_credentials(
+        [(key.read_bytes(), cert.read_bytes())],
+        root_certificates=client_ca.read_bytes() if client_ca else None,
+        require_client_auth=client_ca is not None)
+
+
+def channel_credentials(ca: Path | None = None, cert: Path | None = None,
+                        key: Path | None = None) -> grpc.ChannelCredentials:
+    """Client-side TLS: trust `ca` (default: the system roots); `cert`+`key` for mutual TLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes() if ca else None,
+        private_key=key.read_bytes() if key else None,
+        certificate_chain=cert.read_bytes() if cert else None)

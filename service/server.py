@@ -1,0 +1,252 @@
+"""Assemble and run the gRPC front service: backend, classifier, servicer, interceptors, health,
+reflection, metrics, and a graceful SIGTERM.
+
+`create_server(settings, backend)` builds a ready-to-start server bound to `settings.listen_address`
+(port 0 picks a free one) and returns it with its port; `serve(settings)` runs it until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dermserve.v1 import lesion_classifier_pb2, lesion_classifier_pb2_grpc
+from service.auth import TokenAuthInterceptor, TokenGrant, TokenTable, server_credentials
+from service.backends.base import Backend, ModelRef
+from service.batching import MicroBatcher
+from service.classifier import Classifier, require_config
+from service.errors import DermserveError
+from service.metrics import Metrics, start_exporter
+from service.servicer import LesionClassifierServicer
+from service.settings import SecuritySettings, Settings
+from service.status import ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = lesion_classifier_pb2.DESCRIPTOR.services_by_name["LesionClassifier"].full_name
+MAX_SEND_MESSAGE_BYTES = 4 * 1024 * 1024  # bytes; responses are a few hundred bytes
+STOP_JOIN_TIMEOUT_S = 5.0  # seconds to wait for the health monitor to notice a stop
+
+ServiceAdder = Callable[[grpc.Server], None]
+"""Registers one more service on the server (e.g. the batch jobs API): (full name, adder)."""
+
+
+def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
+    """The backend the settings name, started, and wrapped in a MicroBatcher when enabled."""
+    backend = raw_backend(settings, metrics)
+    if not settings.batching.enabled:
+        return backend
+    batching = settings.batching
+    return MicroBatcher(backend, batching.max_size, batching.max_wait_ms, batching.workers,
+                        batching.queue_limit, observer=metrics)
+
+
+def raw_backend(settings: Settings, metrics: Metrics | None) -> Backend:
+    if settings.backend == "tfserving":
+        from service.backends.tfserving import TFServingBackend
+
+        return TFServingBackend(settings.tfserving_target, settings.model_name,
+                                settings.backend_timeout_s, settings.backend_max_retries)
+    from service.backends.embedded import EmbeddedBackend
+
+    embedded = EmbeddedBackend(settings.model_base, settings.model_name,
+                               settings.poll_interval_s, dict(settings.version_labels),
+                               events=metrics.model_event if metrics else None)
+    embedded.start(block=False)  # health stays NOT_SERVING until a version answers
+    return embedded
+
+
+class HealthMonitor:
+    """Keeps grpc.health.v1 truthful: SERVING only while the latest version resolves and
+    answers a probe image; NOT_SERVING otherwise, and for good once shutdown begins."""
+
+    def __init__(self, health_servicer: health.HealthServicer, backend: Backend, model_name: str,
+                 services: Sequence[str], interval_s: float,
+                 on_change: Callable[[int | None], None] | None = None) -> None:
+        self.health = health_servicer
+        self.backend = backend
+        self.model_name = model_name
+        self.services = ("", *services)
+        self.interval_s = interval_s
+        self.on_change = on_change
+        self.serving_version: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="health-monitor", daemon=True)
+        self._set(None, force=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Report NOT_SERVING from now on (load balancers drain us) and stop probing."""
+        self._stop.set()
+        self.health.enter_graceful_shutdown()
+        if self._thread.is_alive():
+            self._thread.join(STOP_JOIN_TIMEOUT_S)
+        if self.on_change is not None:
+            self.on_change(None)
+
+    def probe(self) -> int | None:
+        """The version that answered a blank image now, or None."""
+        try:
+            version = self.backend.resolve(ModelRef(self.model_name), self.interval_s)
+            spec = require_config(version).input
+            blank = np.zeros((1, spec.height, spec.width, 3), np.uint8)
+            pinned = ModelRef(self.model_name, version=version.version)
+            self.backend.predict(pinned, blank, max(self.interval_s, 1.0))
+            return version.version
+        except DermserveError as exc:
+            log.debug("health probe failed: %s", exc)
+            return None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._set(self.probe())
+            self._stop.wait(self.interval_s)
+
+    def _set(self, version: int | None, force: bool = False) -> None:
+        if version == self.serving_version and not force:
+            return
+        if self._stop.is_set():
+            return
+        status = (health_pb2.HealthCheckResponse.SERVING if version is not None
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for service in self.services:
+            self.health.set(service, status)
+        if version is not None or self.serving_version is not None:
+            log.info("health: %s (model version %s)",
+                     "SERVING" if version is not None else "NOT_SERVING", version)
+        self.serving_version = version
+        if self.on_change is not None:
+            self.on_change(version)
+
+
+class FrontServer:
+    """The gRPC server with its health monitor; start() and stop(grace) drive both."""
+
+    def __init__(self, server: grpc.Server, monitor: HealthMonitor,
+                 stream_pool: ThreadPoolExecutor) -> None:
+        self.grpc_server = server
+        self.monitor = monitor
+        self.stream_pool = stream_pool
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        self.monitor.start()
+
+    def stop(self, grace_s: float | None) -> None:
+        """Turn health NOT_SERVING, refuse new calls, let in-flight ones finish within grace_s."""
+        self.monitor.stop()
+        self.grpc_server.stop(grace_s).wait()
+        self.stream_pool.shutdown(wait=False, cancel_futures=True)
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self.grpc_server.wait_for_termination(timeout)
+
+
+def create_server(settings: Settings, backend: Backend, metrics: Metrics | None = None,
+                  extra_services: Sequence[tuple[str, ServiceAdder]] = ()
+                  ) -> tuple[FrontServer, int]:
+    """Build the server on `backend` (not started); returns it and the port it is bound to."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
+        interceptors=interceptors(settings.security, metrics),
+        options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    classifier = Classifier(backend, settings.model_name, settings.limits,
+                            settings.min_confidence_floor, observer=metrics)
+    stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
+                                     thread_name_prefix="classify-stream")
+    lesion_classifier_pb2_grpc.add_LesionClassifierServicer_to_server(
+        LesionClassifierServicer(classifier, settings.backend_timeout_s, stream_pool), server)
+    names = [SERVICE_NAME]
+    for name, add in extra_services:
+        add(server)
+        names.append(name)
+    monitor = add_health(server, backend, settings, names, metrics)
+    reflection.enable_server_reflection(
+        (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    port = bind(server, settings)
+    return FrontServer(server, monitor, stream_pool), port
+
+
+def interceptors(security: SecuritySettings, metrics: Metrics | None) -> list[Any]:
+    """Error mapping outermost, so that auth failures are mapped and counted like any other."""
+    chain: list[Any] = [ErrorMappingInterceptor(metrics)]
+    tokens = token_table(security)
+    if tokens is not None:
+        chain.append(TokenAuthInterceptor(tokens))
+    return chain
+
+
+def token_table(security: SecuritySettings) -> TokenTable | None:
+    grants: list[TokenGrant] = []
+    if security.auth_tokens_file is not None:
+        grants.extend(TokenTable.load(security.auth_tokens_file).grants)
+    if security.auth_token:
+        grants.append(TokenGrant(security.auth_token))
+    return TokenTable(grants) if grants else None
+
+
+def server_options(settings: Settings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", MAX_SEND_MESSAGE_BYTES),
+        # Two servers on one port would split traffic silently; fail the second bind instead.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def add_health(server: grpc.Server, backend: Backend, settings: Settings, names: Sequence[str],
+               metrics: Metrics | None) -> HealthMonitor:
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return HealthMonitor(servicer, backend, settings.model_name, names,
+                         settings.health_interval_s,
+                         on_change=metrics.set_serving if metrics else None)
+
+
+def bind(server: grpc.Server, settings: Settings) -> int:
+    security = settings.security
+    if security.tls_cert is not None and security.tls_key is not None:
+        credentials = server_credentials(security.tls_cert, security.tls_key,
+                                         security.tls_client_ca)
+        return server.add_secure_port(settings.listen_address, credentials)
+    return server.add_insecure_port(settings.listen_address)
+
+
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain for `grace_period_s` and close everything."""
+    metrics = Metrics()
+    exporter = start_exporter(metrics, settings.metrics_address, settings.metrics_port)
+    backend = make_backend(settings, metrics)
+    server, port = create_server(settings, backend, metrics)
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    server.start()
+    log.info("dermserve listening on %s (port %d), backend %s, model %s",
+             settings.listen_address, port, settings.backend, settings.model_name)
+    stop.wait()
+    log.info("stopping: draining for up to %.0f s", settings.grace_period_s)
+    server.stop(settings.grace_period_s)
+    backend.close()
+    if exporter is not None:
+        exporter.shutdown()
+    log.info("stopped")
+
+
+def install_signal_handlers(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,194 @@
+"""The LesionClassifier servicer: protos in, domain calls, protos out. Nothing else.
+
+Errors are raised as service.errors and mapped to status codes by service/status.py; on
+ClassifyStream each image's error becomes that image's `error` and the stream goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from service import defaults
+from service.backends.base import ModelRef, VersionInfo, VersionState
+from service.classifier import Classifier
+from service.errors import InvalidRequest
+from service.logs import request_id_var
+from service.prediction import Abstention, Prediction
+from service.status import public_error, status_code
+
+log = logging.getLogger(__name__)
+
+STREAM_WINDOW = 16
+"""Images of one ClassifyStream in flight at once: enough to fill micro-batches from a single
+stream, few enough that one stream cannot take every worker thread."""
+
+ABSTENTION_REASONS = {
+    Abstention.NONE: pb.ABSTENTION_REASON_UNSPECIFIED,
+    Abstention.LOW_CONFIDENCE: pb.ABSTENTION_REASON_LOW_CONFIDENCE,
+    Abstention.OUT_OF_DISTRIBUTION: pb.ABSTENTION_REASON_OUT_OF_DISTRIBUTION,
+}
+VERSION_STATES = {
+    VersionState.START: pb.MODEL_VERSION_STATE_START,
+    VersionState.LOADING: pb.MODEL_VERSION_STATE_LOADING,
+    VersionState.AVAILABLE: pb.MODEL_VERSION_STATE_AVAILABLE,
+    VersionState.UNLOADING: pb.MODEL_VERSION_STATE_UNLOADING,
+    VersionState.END: pb.MODEL_VERSION_STATE_END,
+}
+
+
+class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
+    """Serves dermserve.v1.LesionClassifier over a Classifier."""
+
+    def __init__(self, classifier: Classifier, backend_timeout_s: float,
+                 stream_pool: ThreadPoolExecutor) -> None:
+        self.classifier = classifier
+        self.backend_timeout_s = backend_timeout_s
+        self.stream_pool = stream_pool
+
+    def Classify(self, request: pb.ClassifyRequest,
+                 context: grpc.ServicerContext) -> pb.ClassifyResponse:
+        return self._classify(request, request_id_of(request), context)
+
+    def _classify(self, request: pb.ClassifyRequest, request_id: str,
+                  context: grpc.ServicerContext) -> pb.ClassifyResponse:
+        token = request_id_var.set(request_id)
+        try:
+            prediction = self.classifier.classify(
+                request.image, self._ref(request.model), request_id, self._timeout(context))
+            log.debug("classified: version %d, abstention %s", prediction.model_version,
+                      prediction.abstention.value)
+            return to_response(prediction)
+        finally:
+            request_id_var.reset(token)
+
+    def ClassifyStream(self, request_iterator: Iterator[pb.ClassifyStreamRequest],
+                       context: grpc.ServicerContext) -> Iterator[pb.ClassifyStreamResponse]:
+        answers: queue.Queue[pb.ClassifyStreamResponse | None] = queue.Queue()
+        window = threading.BoundedSemaphore(STREAM_WINDOW)
+        threading.Thread(target=self._pump, args=(request_iterator, context, answers, window),
+                         name="classify-stream-reader", daemon=True).start()
+        while (answer := answers.get()) is not None:
+            yield answer
+
+    def GetModel(self, request: pb.GetModelRequest,
+                 context: grpc.ServicerContext) -> pb.GetModelResponse:
+        info = self.classifier.describe(self._ref(request.model), self._timeout(context))
+        return pb.GetModelResponse(version=to_model_version(info))
+
+    def ListModels(self, request: pb.ListModelsRequest,
+                   context: grpc.ServicerContext) -> pb.ListModelsResponse:
+        versions = self.classifier.list_versions(self._timeout(context))
+        return pb.ListModelsResponse(versions=[to_model_version(info) for info in versions])
+
+    # --- helpers ---------------------------------------------------------------------------------
+    def _ref(self, selector: pb.ModelSelector) -> ModelRef:
+        return model_ref(selector, self.classifier.model_name)
+
+    def _timeout(self, context: grpc.ServicerContext) -> float:
+        """The client's deadline, capped so that a call without one cannot hang forever."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return self.backend_timeout_s
+        return min(remaining, self.backend_timeout_s)
+
+    def _pump(self, requests: Iterator[pb.ClassifyStreamRequest], context: grpc.ServicerContext,
+              answers: queue.Queue[pb.ClassifyStreamResponse | None],
+              window: threading.BoundedSemaphore) -> None:
+        """Read the stream and classify up to STREAM_WINDOW images at once; None marks the end."""
+        try:
+            for item in requests:
+                window.acquire()
+                self.stream_pool.submit(self._answer, item.request, context, answers, window)
+        except grpc.RpcError:
+            log.info("ClassifyStream: the client went away")
+        finally:
+            for _ in range(STREAM_WINDOW):  # wait for the images still in flight
+                window.acquire()
+            answers.put(None)
+
+    def _answer(self, request: pb.ClassifyRequest, context: grpc.ServicerContext,
+                answers: queue.Queue[pb.ClassifyStreamResponse | None],
+                window: threading.BoundedSemaphore) -> None:
+        try:
+            answers.put(self._stream_item(request, context))
+        finally:
+            window.release()
+
+    def _stream_item(self, request: pb.ClassifyRequest,
+                     context: grpc.ServicerContext) -> pb.ClassifyStreamResponse:
+        request_id = request.request_id
+        try:
+            request_id = request_id_of(request)
+            result = self._classify(request, request_id, context)
+            return pb.ClassifyStreamResponse(request_id=request_id, result=result)
+        except Exception as exc:  # noqa: BLE001 - each image's failure is its own answer
+            error = public_error(exc, "ClassifyStream")
+            return pb.ClassifyStreamResponse(request_id=request_id, error=pb.ImageError(
+                code=status_code(error).name, reason=error.reason, message=error.message))
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(request: pb.ClassifyRequest) -> str:
+    """The caller's id, checked (it goes into logs), or a fresh one."""
+    request_id = request.request_id
+    if not request_id:
+        return new_request_id()
+    if len(request_id) > defaults.MAX_REQUEST_ID_LENGTH or not request_id.isprintable():
+        raise InvalidRequest(f"request_id must be at most {defaults.MAX_REQUEST_ID_LENGTH} "
+                             "printable characters", "INVALID_REQUEST_ID")
+    return request_id
+
+
+def model_ref(selector: pb.ModelSelector, model_name: str) -> ModelRef:
+    choice = selector.WhichOneof("choice")
+    if choice == "version":
+        if selector.version <= 0:
+            raise InvalidRequest("model.version must be a positive integer", "INVALID_VERSION")
+        return ModelRef(model_name, version=selector.version)
+    if choice == "version_label":
+        if not selector.version_label:
+            raise InvalidRequest("model.version_label must not be empty", "INVALID_VERSION")
+        return ModelRef(model_name, label=selector.version_label)
+    return ModelRef(model_name)
+
+
+def to_response(prediction: Prediction) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(
+        probabilities=[pb.LabelProbability(label=item.label, display_name=item.display_name,
+                                           probability=item.probability)
+                       for item in prediction.probabilities],
+        top_label=prediction.top_label,
+        model=pb.ModelVersionRef(name=prediction.model_name, version=prediction.model_version),
+        request_id=prediction.request_id,
+        abstained=prediction.abstained,
+        abstention_reason=ABSTENTION_REASONS[prediction.abstention],
+        ood_score=prediction.ood_score)
+
+
+def to_model_version(info: VersionInfo) -> pb.ModelVersion:
+    message = pb.ModelVersion(
+        model=pb.ModelVersionRef(name=info.name, version=info.version),
+        state=VERSION_STATES[info.state], version_labels=list(info.labels_assigned),
+        error=info.error)
+    if info.config is not None:
+        config = info.config
+        message.labels.extend(config.labels)
+        message.display_names.extend(config.display_name(label) for label in config.labels)
+        message.input_size.CopyFrom(pb.InputSize(height=config.input.height,
+                                                 width=config.input.width))
+        message.metrics_json = json.dumps(config.metrics, sort_keys=True)
+        message.description = config.description
+    return message

@@ -1,0 +1,177 @@
+"""The front service's one Settings object, built once at the entry point from flags and the
+environment (flags win; every flag `--some-name` also reads `DERMSERVE_SOME_NAME`).
+
+Nothing here runs at import time: `Settings.from_sources(argv, environ)` does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service import defaults
+from service.validation import ImageLimits
+
+ENV_PREFIX = "DERMSERVE_"
+BACKENDS = ("embedded", "tfserving")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """Dynamic micro-batching of concurrent predict calls (service/batching.py)."""
+
+    enabled: bool = True
+    max_size: int = defaults.DEFAULT_BATCH_MAX_SIZE
+    max_wait_ms: float = defaults.DEFAULT_BATCH_MAX_WAIT_MS
+    workers: int = defaults.DEFAULT_BATCH_WORKERS
+    queue_limit: int = defaults.DEFAULT_BATCH_QUEUE_LIMIT
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Bearer tokens and TLS; all unset (off) by default, for loopback use."""
+
+    auth_tokens_file: Path | None = None
+    auth_token: str | None = field(default=None, repr=False)  # never in logs
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+    @property
+    def auth_enabled(self) -> bool:
+        return self.auth_tokens_file is not None or bool(self.auth_token)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the front service is configured with."""
+
+    listen_address: str = defaults.DEFAULT_LISTEN_ADDRESS
+    metrics_address: str = defaults.DEFAULT_METRICS_ADDRESS
+    metrics_port: int = defaults.DEFAULT_METRICS_PORT
+    backend: str = defaults.DEFAULT_BACKEND
+    model_base: Path = Path(defaults.DEFAULT_MODEL_BASE)
+    model_name: str = defaults.DEFAULT_MODEL_NAME
+    poll_interval_s: float = defaults.DEFAULT_POLL_INTERVAL_S
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+    tfserving_target: str = defaults.DEFAULT_TFSERVING_TARGET
+    backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
+    backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    min_confidence_floor: float = defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    grace_period_s: float = defaults.DEFAULT_GRACE_PERIOD_S
+    health_interval_s: float = defaults.DEFAULT_HEALTH_INTERVAL_S
+    grpc_workers: int = defaults.DEFAULT_GRPC_WORKERS
+    max_concurrent_rpcs: int = defaults.DEFAULT_MAX_CONCURRENT_RPCS
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    @property
+    def max_message_bytes(self) -> int:
+        """gRPC's message limit: the image limit plus room for the other fields. Larger messages
+        fail with RESOURCE_EXHAUSTED before any of our code runs."""
+        return self.limits.max_bytes + defaults.MESSAGE_OVERHEAD_BYTES
+
+    @classmethod
+    def from_sources(cls, argv: Sequence[str] | None = None,
+                     environ: Mapping[str, str] | None = None) -> Settings:
+        """Parse `argv` (flags) over `environ` (DERMSERVE_* variables) over the defaults."""
+        parser = build_parser(environ or {})
+        return cls.from_namespace(parser.parse_args(argv))
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> Settings:
+        return cls(
+            listen_address=ns.listen, metrics_address=ns.metrics_address,
+            metrics_port=ns.metrics_port, backend=ns.backend, model_base=ns.model_base,
+            model_name=ns.model_name, poll_interval_s=ns.poll_interval_s,
+            version_labels=ns.version_labels, tfserving_target=ns.tfserving_target,
+            backend_timeout_s=ns.backend_timeout_s, backend_max_retries=ns.backend_max_retries,
+            limits=ImageLimits(ns.max_image_bytes, ns.max_image_pixels, ns.min_image_side,
+                               ns.max_aspect_ratio),
+            min_confidence_floor=ns.min_confidence_floor,
+            batching=BatchSettings(ns.batching == "on", ns.batch_max_size, ns.batch_max_wait_ms,
+                                   ns.batch_workers, ns.batch_queue_limit),
+            security=SecuritySettings(ns.auth_tokens_file, ns.auth_token or None, ns.tls_cert,
+                                      ns.tls_key, ns.tls_client_ca),
+            grace_period_s=ns.grace_period_s, health_interval_s=ns.health_interval_s,
+            grpc_workers=ns.grpc_workers, max_concurrent_rpcs=ns.max_concurrent_rpcs,
+            log_format=ns.log_format, log_level=ns.log_level)
+
+
+def parse_labels(text: str) -> dict[str, int]:
+    """'stable=3,canary=4' -> {'stable': 3, 'canary': 4}."""
+    labels: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, number = item.partition("=")
+        if not sep or not name or not number.isdigit():
+            raise argparse.ArgumentTypeError(f"expected LABEL=VERSION, got {item!r}")
+        labels[name] = int(number)
+    return labels
+
+
+def optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
+    # flag, type, default, help
+    ("listen", str, defaults.DEFAULT_LISTEN_ADDRESS, "gRPC address host:port (port 0: any)"),
+    ("metrics-address", str, defaults.DEFAULT_METRICS_ADDRESS, "Prometheus exporter address"),
+    ("metrics-port", int, defaults.DEFAULT_METRICS_PORT, "Prometheus exporter port (0: off)"),
+    ("backend", str, defaults.DEFAULT_BACKEND, "model backend: embedded or tfserving"),
+    ("model-base", Path, defaults.DEFAULT_MODEL_BASE, "embedded: model base directory"),
+    ("model-name", str, defaults.DEFAULT_MODEL_NAME, "model name"),
+    ("poll-interval-s", float, defaults.DEFAULT_POLL_INTERVAL_S, "embedded: rescan period"),
+    ("version-labels", parse_labels, "", "embedded: labels, e.g. stable=3,canary=4"),
+    ("tfserving-target", str, defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
+    ("backend-timeout-s", float, defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
+    ("backend-max-retries", int, defaults.DEFAULT_BACKEND_MAX_RETRIES, "retries on UNAVAILABLE"),
+    ("max-image-bytes", int, defaults.DEFAULT_MAX_IMAGE_BYTES, "encoded image limit, bytes"),
+    ("max-image-pixels", int, defaults.DEFAULT_MAX_IMAGE_PIXELS, "pixel count limit"),
+    ("min-image-side", int, defaults.DEFAULT_MIN_IMAGE_SIDE, "shortest side, pixels"),
+    ("max-aspect-ratio", float, defaults.DEFAULT_MAX_ASPECT_RATIO, "long/short side limit"),
+    ("min-confidence-floor", float, defaults.DEFAULT_MIN_CONFIDENCE_FLOOR,
+     "abstain below this top probability, whatever the version says"),
+    ("batching", str, "on", "micro-batching: on or off"),
+    ("batch-max-size", int, defaults.DEFAULT_BATCH_MAX_SIZE, "images per batch"),
+    ("batch-max-wait-ms", float, defaults.DEFAULT_BATCH_MAX_WAIT_MS, "extra wait for a batch"),
+    ("batch-workers", int, defaults.DEFAULT_BATCH_WORKERS, "batches in flight"),
+    ("batch-queue-limit", int, defaults.DEFAULT_BATCH_QUEUE_LIMIT, "images waiting, at most"),
+    ("auth-tokens-file", optional_path, "", "bearer tokens file (see service/auth.py)"),
+    ("auth-token", str, "", "one bearer token for every service (prefer the env variable)"),
+    ("tls-cert", optional_path, "", "server certificate (PEM); enables TLS"),
+    ("tls-key", optional_path, "", "server private key (PEM)"),
+    ("tls-client-ca", optional_path, "", "CA for client certificates; enables mutual TLS"),
+    ("grace-period-s", float, defaults.DEFAULT_GRACE_PERIOD_S, "SIGTERM drain time"),
+    ("health-interval-s", float, defaults.DEFAULT_HEALTH_INTERVAL_S, "health probe period"),
+    ("grpc-workers", int, defaults.DEFAULT_GRPC_WORKERS, "gRPC handler threads"),
+    ("max-concurrent-rpcs", int, defaults.DEFAULT_MAX_CONCURRENT_RPCS, "calls at once"),
+    ("log-format", str, "text", "text or json (JSON lines with request_id)"),
+    ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+)
+CHOICES = {"backend": BACKENDS, "log-format": LOG_FORMATS, "batching": ("on", "off"),
+           "log-level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+
+
+def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """Flags for every setting; DERMSERVE_<FLAG> in `environ` replaces the default."""
+    parser = argparse.ArgumentParser(prog="dermserve-server",
+                                     description="Run the dermserve gRPC front service.")
+    for flag, kind, default, text in OPTIONS:
+        env = ENV_PREFIX + flag.upper().replace("-", "_")
+        # argparse converts string defaults with `type`, so env values are checked like flags.
+        value = environ.get(env, default if isinstance(default, str) else str(default))
+        parser.add_argument(f"--{flag}", type=kind, default=value, choices=CHOICES.get(flag),
+                            help=f"{text} [env {env}, default {default!s}]")
+    return parser

@@ -1,0 +1,121 @@
+"""The one place where errors become gRPC status codes.
+
+`ErrorMappingInterceptor` wraps every RPC: a DermserveError becomes its status code
+(`DermserveError.status`, e.g. InvalidImage -> INVALID_ARGUMENT) with its readable message, and
+its stable reason in the trailing metadata key `dermserve-reason`. Any other exception (a bug)
+becomes INTERNAL with a generic message and an incident id; the traceback goes to the log only.
+It also times each call and reports (method, code, seconds) to a CallRecorder for the metrics.
+It must be the outermost interceptor so that errors raised by the others (auth) are mapped too.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import grpc
+
+from service.errors import DermserveError, InternalError
+from service.handlers import Behaviour, rewrap
+
+log = logging.getLogger(__name__)
+
+REASON_METADATA_KEY = "dermserve-reason"
+"""Trailing metadata key carrying DermserveError.reason; documented in the proto."""
+
+GENERIC_INTERNAL_MESSAGE = "internal error; quote incident {incident} to the operators"
+
+
+class CallRecorder(Protocol):
+    """Receives the outcome of every RPC (service/metrics.py implements it)."""
+
+    def call_finished(self, method: str, code: str, seconds: float) -> None: ...
+
+
+def status_code(error: DermserveError) -> grpc.StatusCode:
+    """The gRPC code named by the error's transport-free `status`."""
+    try:
+        return grpc.StatusCode[error.status]
+    except KeyError:
+        return grpc.StatusCode.INTERNAL
+
+
+def public_error(error: BaseException, method: str) -> DermserveError:
+    """What a client may learn about `error`: everything for a deliberate, non-internal error;
+    an incident id for anything else, whose details go to the log."""
+    if isinstance(error, DermserveError) and status_code(error) != grpc.StatusCode.INTERNAL:
+        log.info("%s failed: %s %s", method, error.status, error)
+        return error
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s failed with an internal error, incident %s", method, incident,
+              exc_info=error)
+    return InternalError(GENERIC_INTERNAL_MESSAGE.format(incident=incident))
+
+
+def abort(context: grpc.ServicerContext, error: DermserveError) -> None:
+    """Raises, as grpc's abort does, after attaching the reason."""
+    context.set_trailing_metadata(((REASON_METADATA_KEY, error.reason),))
+    context.abort(status_code(error), error.message)
+
+
+class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
+    """Maps exceptions to status codes and reports every call's outcome."""
+
+    def __init__(self, recorder: CallRecorder | None = None) -> None:
+        self.recorder = recorder
+
+    def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails],
+                                         grpc.RpcMethodHandler[Any, Any] | None],
+            handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return rewrap(handler, lambda behaviour: self._unary(behaviour, method),
+                      lambda behaviour: self._stream(behaviour, method))
+
+    def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            failure: DermserveError | None = None
+            try:
+                return behaviour(request, context)
+            except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
+                failure = public_error(exc, method)
+            finally:
+                self._record(method, context, failure, started)
+            abort(context, failure)
+        return wrapped
+
+    def _stream(self, behaviour: Behaviour, method: str) -> Behaviour:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started = time.perf_counter()
+            failure: DermserveError | None = None
+            try:
+                yield from behaviour(request, context)
+                return
+            except Exception as exc:  # noqa: BLE001
+                failure = public_error(exc, method)
+            finally:
+                self._record(method, context, failure, started)
+            abort(context, failure)
+        return wrapped
+
+    def _record(self, method: str, context: grpc.ServicerContext,
+                failure: DermserveError | None, started: float) -> None:
+        if self.recorder is None:
+            return
+        code = status_code(failure).name if failure is not None else code_set_by(context)
+        self.recorder.call_finished(method, code, time.perf_counter() - started)
+
+
+def code_set_by(context: grpc.ServicerContext) -> str:
+    """The code a behaviour set without raising (the health service does), else OK."""
+    reader = getattr(context, "code", None)  # grpc-stubs does not declare code()
+    code = reader() if reader is not None else None
+    return code.name if isinstance(code, grpc.StatusCode) else "OK"
