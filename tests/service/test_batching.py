@@ -1,0 +1,154 @@
+"""The micro-batcher: merging, splitting, errors to every waiter, deadlines, limits, shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.backends.base import ModelRef
+from service.batching import MicroBatcher
+from service.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
+from tests.service.conftest import FakeBackend, good_jpeg, pb, running_server, server_settings
+
+REF = ModelRef("ham10000", version=2)
+
+
+def images(n: int, value: int = 0) -> np.ndarray:
+    return np.full((n, 16, 16, 3), value, np.uint8)
+
+
+def marking_handler(version: int, batch: np.ndarray) -> np.ndarray:
+    """Each row's first probability is its image's pixel value, so splits can be checked."""
+    out = np.zeros((len(batch), 7), np.float32)
+    out[:, 0] = batch[:, 0, 0, 0]
+    return out
+
+
+def concurrent_predicts(batcher: MicroBatcher, count: int) -> list[float]:
+    with ThreadPoolExecutor(count) as pool:
+        futures = [pool.submit(batcher.predict, REF, images(1, i), 5.0) for i in range(count)]
+        return [float(f.result().probabilities[0, 0]) for f in futures]
+
+
+def test_concurrent_calls_merge_and_each_gets_its_own_rows() -> None:
+    backend = FakeBackend(handler=marking_handler)
+    backend.delay_s = 0.05  # while one batch runs, the others queue up
+    batcher = MicroBatcher(backend, max_batch_size=32, max_wait_ms=0)
+    try:
+        values = concurrent_predicts(batcher, 24)
+    finally:
+        batcher.close()
+    assert values == [float(i) for i in range(24)]
+    assert sum(backend.batch_sizes) == 24
+    assert max(backend.batch_sizes) > 1
+    assert len(backend.batch_sizes) < 24
+
+
+def test_max_wait_collects_a_full_batch_even_when_idle() -> None:
+    backend = FakeBackend(handler=marking_handler)
+    batcher = MicroBatcher(backend, max_batch_size=4, max_wait_ms=300)
+    try:
+        concurrent_predicts(batcher, 8)
+    finally:
+        batcher.close()
+    assert backend.batch_sizes == [4, 4]
+
+
+def test_batch_size_is_capped() -> None:
+    backend = FakeBackend(handler=marking_handler)
+    backend.delay_s = 0.05
+    batcher = MicroBatcher(backend, max_batch_size=5)
+    try:
+        concurrent_predicts(batcher, 20)
+    finally:
+        batcher.close()
+    assert max(backend.batch_sizes) <= 5 and sum(backend.batch_sizes) == 20
+
+
+def test_a_backend_error_reaches_every_waiter() -> None:
+    backend = FakeBackend()
+    backend.delay_s = 0.05
+    backend.up = False
+    batcher = MicroBatcher(backend, max_batch_size=8)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            batcher.predict(REF, images(1), 5.0)
+        except BackendUnavailable as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    batcher.close()
+    assert len(errors) == 6
+    assert len({id(e) for e in errors}) == 6  # one copy per caller
+
+
+def test_a_caller_that_times_out_is_dropped_from_later_batches() -> None:
+    backend = FakeBackend()
+    backend.delay_s = 0.3
+    batcher = MicroBatcher(backend, max_batch_size=8)
+    try:
+        first = threading.Thread(target=batcher.predict, args=(REF, images(1), 5.0))
+        first.start()
+        time.sleep(0.05)  # the first batch is running
+        with pytest.raises(BackendTimeout):
+            batcher.predict(REF, images(1), 0.1)
+        first.join(5)
+        time.sleep(0.1)
+    finally:
+        batcher.close()
+    assert backend.batch_sizes == [1]
+
+
+def test_a_full_queue_fails_fast() -> None:
+    backend = FakeBackend()
+    backend.delay_s = 0.3
+    batcher = MicroBatcher(backend, max_batch_size=1, queue_limit=2)
+    try:
+        threads = [threading.Thread(target=batcher.predict, args=(REF, images(1), 5.0))
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)
+        with pytest.raises(ResourceExhausted):
+            batcher.predict(REF, images(1), 5.0)
+        for thread in threads:
+            thread.join(5)
+    finally:
+        batcher.close()
+
+
+def test_close_finishes_queued_work_then_refuses_new_calls() -> None:
+    backend = FakeBackend()
+    batcher = MicroBatcher(backend)
+    assert batcher.predict(REF, images(2), 5.0).probabilities.shape == (2, 7)
+    batcher.close()
+    assert backend.closed
+    with pytest.raises(BackendUnavailable):
+        batcher.predict(REF, images(1), 1.0)
+
+
+def test_concurrent_rpcs_are_merged_through_the_server() -> None:
+    backend = FakeBackend()
+    batcher = MicroBatcher(backend, max_batch_size=32)
+    with running_server(batcher, server_settings(health_interval_s=5.0)) as running:
+        backend.delay_s = 0.05
+        data = good_jpeg()
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(running.stub.Classify, pb.ClassifyRequest(image=data),
+                                   timeout=10) for _ in range(32)]
+            versions = {f.result().model.version for f in futures}
+    batcher.close()
+    assert versions == {2}
+    # 32 calls plus the health monitor's one probe image, in fewer backend calls than images.
+    assert sum(backend.batch_sizes) == 33
+    assert max(backend.batch_sizes) > 1
