@@ -1,0 +1,52 @@
+"""`dermserve classify` and `dermserve models` against the real server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.service.conftest import Running, good_jpeg
+
+
+def test_classify_prints_json_for_each_image(fake_server: Running, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "lesion.jpg", tmp_path / "notes.txt"
+    good.write_bytes(good_jpeg())
+    bad.write_text("not an image")
+    status = main(["classify", str(good), str(bad), "--json", "--version", "1",
+                   "--target", f"127.0.0.1:{fake_server.port}"])
+    entries = json.loads(capsys.readouterr().out)
+    assert status == 1  # one image failed
+    assert entries[0]["image"] == str(good)
+    result = entries[0]["result"]
+    assert len(result["probabilities"]) == 7 and result["model"]["version"] == "1"
+    assert entries[1]["error"]["reason"] == "UNSUPPORTED_FORMAT"
+
+
+def test_classify_prints_a_table(fake_server: Running, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(good_jpeg())
+    assert main(["classify", str(image), "--target", f"127.0.0.1:{fake_server.port}"]) == 0
+    out = capsys.readouterr().out
+    assert "top bcc" in out and "Melanoma" in out and "v2" in out
+    assert len([line for line in out.splitlines() if line.startswith("  ")]) == 7
+
+
+def test_models_lists_versions(fake_server: Running, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models", "--target", f"127.0.0.1:{fake_server.port}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines] == ["v2", "v1"]
+
+
+def test_unreachable_service_is_reported(tmp_path: Path, free_port: int,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(good_jpeg())
+    status = main(["classify", str(image), "--json", "--timeout", "1",
+                   "--target", f"127.0.0.1:{free_port}"])
+    assert status == 1
+    assert json.loads(capsys.readouterr().out)[0]["error"]["code"] == "UNAVAILABLE"
