@@ -40,6 +40,7 @@ from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionSta
 from service.backends.savedmodel import LoadedVersion
 from service.backends.version_dirs import (
     SAVED_MODEL_FILE,
+    UNKNOWN_LABEL_REASON,
     Fingerprint,
     VersionDir,
     read_version_labels,
@@ -203,7 +204,8 @@ class EmbeddedBackend:
         if number is None and ref.label:
             number = self._labels.get(ref.label)
             if number is None:
-                raise ModelNotFound(f"{ref.describe()}: no such version label")
+                raise ModelNotFound(f"{ref.describe()}: no such version label",
+                                    UNKNOWN_LABEL_REASON)
         if number is None:
             return available[max(available)]
         if number not in available:

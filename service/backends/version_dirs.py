@@ -21,6 +21,8 @@ from service.errors import InternalError
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VERSION_LABELS_FILE = "version_labels.json"
+UNKNOWN_LABEL_REASON = "UNKNOWN_VERSION_LABEL"
+"""ModelNotFound's reason when a version label names no version (both backends use it)."""
 _VERSION_NAME = re.compile(r"[0-9]+")
 
 Fingerprint = tuple[tuple[str, int, int], ...]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from service.backends.embedded import EmbeddedBackend
+from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME, export_tiny
 
 FAST_POLL_S = 0.05
@@ -46,3 +47,12 @@ def make_backend(model_base: Path) -> Iterator[Callable[..., EmbeddedBackend]]:
     yield make
     for backend in backends:
         backend.close()
+
+
+@pytest.fixture
+def fake_tfserving(model_base: Path) -> Iterator[FakeTFServing]:
+    """The TF Serving stand-in over a copy of versions 1 and 2, labels stable=1 and canary=2."""
+    server = start_fake_tfserving(model_base, TINY_MODEL_NAME, poll_interval_s=FAST_POLL_S,
+                                  settle_s=0.05, version_labels={"stable": 1, "canary": 2})
+    yield server
+    server.stop()
