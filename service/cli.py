@@ -18,7 +18,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -73,10 +73,11 @@ def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
 
 
 def error_entry(error: grpc.RpcError) -> dict[str, str]:
-    reason = next((str(v) for k, v in error.trailing_metadata() or ()  # type: ignore[attr-defined]
-                   if k == REASON_METADATA_KEY), "")
-    return {"code": error.code().name, "reason": reason,  # type: ignore[attr-defined]
-            "message": error.details() or ""}  # type: ignore[attr-defined]
+    call = cast(grpc.Call, error)  # an error raised by a stub call is also that grpc.Call
+    # At run time metadata items are (key, value) tuples; grpc-stubs types them otherwise.
+    pairs = cast(Sequence[tuple[str, str]], call.trailing_metadata() or ())
+    reason = next((str(value) for key, value in pairs if key == REASON_METADATA_KEY), "")
+    return {"code": call.code().name, "reason": reason, "message": call.details() or ""}
 
 
 def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
