@@ -1,0 +1,59 @@
+"""The trainer's settings: one frozen dataclass, built once by the entry point from flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from service.model_config import DEFAULT_REFERENCE_PIXELS, InputSpec
+
+DEFAULT_INPUT_SIZE = 192  # pixels, square: the data is 200x150, and 224 costs 1.36x the compute
+DEFAULT_FIRST_TRAINABLE = "block_13_expand"
+"""MobileNetV2's layer where stage 2 starts training: blocks 13-16 and Conv_1 (the top blocks, at
+1/16 and 1/32 resolution), which is cheap enough to train on cached activations on a CPU."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train the network; every field has a default that reproduces the released model."""
+
+    weights_path: Path | None = None  # ImageNet weights file; None trains from scratch
+    backbone: str = "mobilenet_v2"
+    input_size: int = DEFAULT_INPUT_SIZE
+    reference_pixels: int = DEFAULT_REFERENCE_PIXELS
+    seed: int = 1
+    dropout: float = 0.3  # on the pooled features, before the dense head
+    first_trainable: str = DEFAULT_FIRST_TRAINABLE
+    views_per_image: int = 3  # augmented views cached per training image (one per epoch, cycled)
+    batch_size: int = 64  # images per step
+    head_epochs: int = 30  # stage 1 (head only on pooled features): seconds per epoch, so many
+    head_learning_rate: float = 1e-3
+    fine_tune_epochs: int = 12  # stage 2 (top blocks + head on cached activations)
+    fine_tune_learning_rate: float = 3e-4  # Adam, cosine-decayed over the stage's epochs
+    patience: int = 3  # epochs without a better validation balanced accuracy before stopping
+    imbalance: str = "auto"  # "auto" (measure on stage 1), "class_weights", "balanced_sampling"
+    imbalance_trial_epochs: int = 15  # stage-1 epochs per strategy when measuring
+    threads: int = 2  # TensorFlow intra-op threads: the machine has 2 cores
+    time_budget_s: float | None = None  # stop fine-tuning before an epoch would overrun this
+    # data, evaluation, calibration and publication (trainer.pipeline; defaults in their modules)
+    data_dir: Path | None = None  # HAM10000: metadata CSV and images (see trainer.data)
+    workdir: Path = Path("work/train")  # checkpoints, caches, predictions and reports of a run
+    model_base: Path = Path("models")  # published as <model_base>/<model_name>/<version>/
+    model_name: str = "ham10000"
+    val_fraction: float = 0.15  # of each class's lesions
+    test_fraction: float = 0.15  # of each class's lesions; never used for a decision
+    sanity_dir: Path | None = None  # non-skin photos the version must abstain on
+    noise_images: int = 4  # generated noise images it must abstain on too
+    allow_sanity_failures: bool = False  # publish even if a sanity image is answered
+    force: bool = False  # publish even if the promotion gate refuses
+    tta: bool = False  # also measure flip-averaged test-time augmentation
+    bootstrap_samples: int = 1000  # lesion resamples for the 95% intervals
+    ood_components: int = 128  # PCA dims of the features for the Mahalanobis OOD score
+    ood_quantile: float = 0.99  # of validation OOD scores -> max_ood_score
+    target_coverage: float = 0.90  # of validation images answered -> min_confidence
+    melanoma_sensitivity: float = 0.85  # validation sensitivity fixing the mel operating point
+    sample_predictions: int = 16  # recorded predictions the published graph must reproduce
+
+    def input_spec(self) -> InputSpec:
+        return InputSpec(height=self.input_size, width=self.input_size,
+                         reference_pixels=self.reference_pixels)
