@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test run bench train tools redis-server clean
+.PHONY: help install proto lint test run bench demo-model train tools redis-server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -47,6 +47,26 @@ lint: install proto tools  ## ruff, mypy strict and buf lint
 
 test: lint  ## install what is missing, lint, and run every test
 	$(VENV)/bin/pytest -q
+
+# --- the front service: run, bench, and the placeholder model until the released one lands ---
+DEMO_BASE ?= var/demo-models
+DEMO_MODEL := $(DEMO_BASE)/ham10000/1/saved_model.pb
+BENCH_DIR ?= bench-results
+# The released model when $(MODEL_BASE) has a version, else the untrained placeholder (loudly).
+SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
+
+$(DEMO_MODEL): | $(VENV)/.installed
+	$(PY) -m service.demo_model --out $(DEMO_BASE)
+
+demo-model: $(DEMO_MODEL)  ## export the UNTRAINED 192x192 placeholder model into var/demo-models/
+
+run: install proto  ## start the stack on the released model (else the placeholder) and print how to call it
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
+	$(PY) -m service.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
+
+bench: install proto  ## benchmark the raw model against Classify over gRPC; JSON into bench-results/
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
+	$(PY) -m service.bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
 	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache

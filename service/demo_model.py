@@ -1,0 +1,54 @@
+"""Export the demo model: an UNTRAINED placeholder with the real contract, so that `make run`
+works before the released model lands in models/. Its answers mean nothing.
+
+    python -m service.demo_model --out var/demo-models      (or `make demo-model`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+
+DEMO_INPUT = InputSpec(height=192, width=192)  # the released model's input size
+DEMO_DESCRIPTION = ("UNTRAINED PLACEHOLDER for demos and smoke tests: a random linear map of "
+                    "pooled colours with the real serving contract. Its predictions are "
+                    "meaningless; never use it on patients.")
+
+
+def demo_config() -> ModelConfig:
+    return ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES), display_names=HAM10000_DISPLAY_NAMES,
+                       input=DEMO_INPUT, metrics={"untrained_placeholder": True},
+                       description=DEMO_DESCRIPTION)
+
+
+def export(out: Path, model_name: str, version: int = 1) -> Path:
+    """Write version `version` under `out/model_name/`, publishing it with a rename."""
+    from trainer.export import export_tiny_version
+
+    model_dir = out / model_name
+    final = model_dir / str(version)
+    staging = model_dir / f"tmp-demo-{version}"  # not a number: no backend loads it half-written
+    shutil.rmtree(staging, ignore_errors=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    export_tiny_version(staging, demo_config(), seed=version)
+    staging.rename(final)
+    return final
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m service.demo_model", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("var/demo-models"))
+    parser.add_argument("--model-name", default="ham10000")
+    args = parser.parse_args(argv)
+    if (args.out / args.model_name / "1" / "saved_model.pb").exists():
+        print(f"demo model already at {args.out / args.model_name / '1'}")
+        return
+    print(f"exported the untrained placeholder to {export(args.out, args.model_name)}")
+
+
+if __name__ == "__main__":
+    main()
