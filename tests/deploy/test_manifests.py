@@ -214,3 +214,12 @@ def probe_port(probe: dict[str, Any]) -> int | str | None:
 def claim_templates(workload: dict[str, Any]) -> dict[str, dict[str, Any]]:
     templates = workload["spec"].get("volumeClaimTemplates", [])
     return {t["metadata"]["name"]: {"persistentVolumeClaim": {}} for t in templates}
+
+
+def test_every_image_is_pinned(rendered: Rendered) -> None:
+    for workload, spec in rendered.pod_specs():
+        for container in spec["containers"]:
+            name, _, tag = container["image"].rpartition(":")
+            digest = "@sha256:" in container["image"]
+            assert digest or (name and tag and tag != "latest"), (workload["metadata"]["name"],
+                                                                   container["image"])

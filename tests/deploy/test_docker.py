@@ -1,0 +1,79 @@
+"""The Dockerfile cannot be built on this machine (no Docker engine), so its contract is checked
+statically: pinned bases, locked installs, generated stubs, non-root targets whose entry points and
+user match the manifests."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+from tests.deploy.conftest import DEPLOY, Rendered
+
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+ROOT = DEPLOY.parent
+TARGETS = {"server": "dermserve-server", "worker": "dermserve-worker", "trainer": "dermserve-train"}
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    lines = [line.strip() for line in text.splitlines()]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1])
+            for line in lines if line and not line.startswith("#")]
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    found: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for instruction, args in instructions():
+        if instruction == "FROM":
+            current = [(instruction, args)]
+            found[args.split(" AS ")[-1].strip()] = current
+        else:
+            current.append((instruction, args))
+    return found
+
+
+def test_bases_are_pinned() -> None:
+    args = dict(a.split("=", 1) for i, a in instructions() if i == "ARG")
+    for name, body in stages().items():
+        base = body[0][1].split(" AS ")[0].strip()
+        base = args.get(base.strip("${}"), base)
+        if base in stages():
+            continue
+        assert re.fullmatch(r"[\w./-]+:\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", base), (name, base)
+
+
+def test_install_is_locked_and_stubs_are_generated() -> None:
+    build = " ".join(a for i, a in stages()["build"] if i == "RUN")
+    assert "uv sync --frozen --no-dev" in build
+    assert "grpc_tools.protoc -Iprotos" in build and "protos/dermserve/v1/*.proto" in build
+    copied = {a.split()[0].rstrip("/") for i, a in stages()["build"] if i == "COPY"}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    for include in packages["packages"]["find"]["include"]:
+        name = include.rstrip("*")
+        assert name in copied or name == "dermserve", f"{name} is not copied into the image"
+
+
+def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered) -> None:
+    all_stages = stages()
+    runtime_user = [a for i, a in all_stages["runtime"] if i == "USER"]
+    assert runtime_user == ["10001:10001"]
+    images = {}
+    for _, spec in rendered.pod_specs():
+        for container in spec["containers"]:
+            images[container["command"][0]] = (container["image"], spec["securityContext"])
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for target, command in TARGETS.items():
+        body = all_stages[target]
+        assert body[0][1] == "runtime AS " + target
+        assert [a for i, a in body if i == "ENTRYPOINT"] == [f'["{command}"]']
+        assert command in scripts
+        image, security = images[command]
+        assert target in image.rsplit("/", 1)[-1], (target, image)
+        assert security["runAsUser"] == 10001 and security["runAsGroup"] == 10001
+
+
+def test_dockerignore_keeps_models_and_secrets_out() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "models", "deploy", "dermserve"} <= ignored
