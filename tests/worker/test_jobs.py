@@ -1,0 +1,178 @@
+"""Batch jobs end to end in one process: the job service, rq queues on a real redis-server, an
+in-process SimpleWorker, and the real classifier core over a small fake backend."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from service.errors import BackendUnavailable, FailedPrecondition, JobNotFound
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
+from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from worker.records import JobState
+from worker.settings import WorkerSettings
+
+
+def submit_dir(jobs: JobService, directory: Path, **kwargs: object) -> str:
+    outcome = jobs.submit(SubmitRequest(JobInput(paths=[str(directory)]), **kwargs))  # type: ignore[arg-type]
+    assert outcome.created
+    return outcome.job.job_id
+
+
+def all_results(jobs: JobService, job_id: str, page_size: int = 3) -> list:  # type: ignore[type-arg]
+    results, token = [], ""
+    while True:
+        page = jobs.list_results(job_id, page_size, token)
+        results.extend(page.results)
+        token = page.next_page_token
+        if not token:
+            return results
+
+
+def test_job_runs_to_completion_with_one_result_per_image(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "batch", 10)
+    job_id = submit_dir(jobs, input_root / "batch")
+    queued = jobs.get(job_id)
+    assert (queued.state, queued.total, queued.chunk_count) == (JobState.QUEUED, 10, 3)
+
+    backend = FakeBackend()
+    run_worker_burst(settings, backend)
+
+    job = jobs.get(job_id)
+    assert job.state is JobState.SUCCEEDED
+    assert (job.done, job.failed, job.total) == (10, 0, 10)
+    assert job.resolved_version == 1 and job.started and job.finished
+    assert backend.images == 10
+    results = all_results(jobs, job_id)
+    assert [r.index for r in results] == list(range(10))
+    assert [Path(r.reference).name for r in results] == [f"img_{i:04d}.jpg" for i in range(10)]
+    assert all(r.error is None and len(r.probabilities) == 7 for r in results)
+    assert all(abs(sum(p for _, _, p in r.probabilities) - 1) < 1e-4 for r in results)
+    assert job.abstained == sum(r.abstained for r in results)
+
+    jsonl, csv_path = jobs.results.export_paths(job_id)
+    lines = jsonl.read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == list(range(10))
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 10 and {row["status"] for row in rows} <= {"classified", "abstained"}
+    assert "p_mel" in rows[0] and rows[0]["model_version"] == "1"
+
+
+def test_bad_images_fail_alone_with_their_reason(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    paths = write_images(input_root / "mixed", 6)
+    paths[1].write_bytes(jpeg_bytes(99)[:200])  # truncated JPEG
+    paths[4].write_bytes(b"GIF89a not an image we take")
+    job_id = submit_dir(jobs, input_root / "mixed")
+    paths[5].unlink()  # gone between submission and the run
+
+    run_worker_burst(settings, FakeBackend())
+
+    job = jobs.get(job_id)
+    assert job.state is JobState.SUCCEEDED
+    assert (job.done, job.failed) == (6, 3)
+    results = all_results(jobs, job_id)
+    reasons = {r.index: r.error.reason for r in results if r.error is not None}
+    assert reasons == {1: "CORRUPT_IMAGE", 4: "UNSUPPORTED_FORMAT", 5: "FILE_NOT_FOUND"}
+    assert all(r.probabilities for r in results if r.error is None)
+
+
+def test_resubmission_with_the_same_client_job_id_returns_the_first_job(
+        jobs: JobService, input_root: Path) -> None:
+    write_images(input_root / "a", 5)
+    request = SubmitRequest(JobInput(paths=["a"]), client_job_id="pacs-export-2026-11-23")
+    first = jobs.submit(request)
+    second = jobs.submit(request)
+    assert first.created and not second.created
+    assert second.job.job_id == first.job.job_id
+    assert sum(jobs.queues.depth().values()) == first.job.chunk_count  # queued once
+    other = jobs.submit(SubmitRequest(JobInput(paths=["a"]), client_job_id="another"))
+    assert other.created and other.job.job_id != first.job.job_id
+
+
+def test_inline_images_are_classified(jobs: JobService, settings: WorkerSettings) -> None:
+    images = [InlineImage(f"photo-{i}", jpeg_bytes(i)) for i in range(3)]
+    images.append(InlineImage("", b"\x89PNG\r\n\x1a\n broken"))
+    job_id = jobs.submit(SubmitRequest(JobInput(inline=images))).job.job_id
+    run_worker_burst(settings, FakeBackend())
+    results = all_results(jobs, job_id, page_size=100)
+    assert [r.reference for r in results] == ["photo-0", "photo-1", "photo-2", "inline:3"]
+    assert results[3].error is not None and results[3].error.reason == "CORRUPT_IMAGE"
+    assert jobs.get(job_id).failed == 1
+
+
+def test_cancel_stops_outstanding_chunks(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "big", 20)  # 5 chunks of 4, batches of 2
+    job_id = submit_dir(jobs, input_root / "big")
+
+    def cancel_on_second_batch(call: int) -> None:
+        if call == 2:
+            jobs.cancel(job_id)
+
+    backend = FakeBackend(cancel_on_second_batch)
+    run_worker_burst(settings, backend)
+
+    job = jobs.get(job_id)
+    assert job.state is JobState.CANCELLED and job.finished
+    assert backend.calls == 2  # the running chunk stopped; the other four never classified
+    assert job.done == 0  # the interrupted chunk's partial results are not counted
+    assert all_results(jobs, job_id) == []
+    assert jobs.cancel(job_id).state is JobState.CANCELLED  # cancelling twice is fine
+    ttl = jobs.store.client.ttl(jobs.store.job_key(job_id))
+    assert 0 < ttl <= settings.job_ttl_s  # type: ignore[operator]
+
+
+def test_cancelling_a_finished_job_is_refused(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "one", 1)
+    job_id = submit_dir(jobs, input_root / "one")
+    run_worker_burst(settings, FakeBackend())
+    with pytest.raises(FailedPrecondition):
+        jobs.cancel(job_id)
+    with pytest.raises(JobNotFound):
+        jobs.get("0" * 32)
+
+
+def test_transient_backend_errors_are_retried(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "flaky", 4)
+    job_id = submit_dir(jobs, input_root / "flaky")
+
+    def unavailable_twice(call: int) -> None:
+        if call <= 2:
+            raise BackendUnavailable("TF Serving restarting")
+
+    backend = FakeBackend(unavailable_twice)
+    process = run_worker_burst(settings, backend)
+    job = jobs.get(job_id)
+    assert (job.state, job.done, job.failed) == (JobState.SUCCEEDED, 4, 0)
+    assert process.metrics.retries._value.get() == 2
+
+
+def test_a_pinned_version_that_does_not_exist_fails_the_job(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "pinned", 3)
+    job_id = submit_dir(jobs, input_root / "pinned", model_version=7)
+    run_worker_burst(settings, FakeBackend())
+    job = jobs.get(job_id)
+    assert job.state is JobState.FAILED and "version 7" in job.error
+
+
+def test_finished_job_keys_all_expire(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "ttl", 5)
+    job_id = jobs.submit(SubmitRequest(JobInput(paths=["ttl"]), client_job_id="ttl-job")
+                         ).job.job_id
+    run_worker_burst(settings, FakeBackend())
+    client = jobs.store.client
+    ours = [key for key in client.scan_iter(f"{settings.key_prefix}:*")
+            if key not in (jobs.store.active_key, jobs.store.stats_key)]
+    assert ours and all(0 < client.ttl(key) <= settings.job_ttl_s for key in ours)
+    assert job_id not in jobs.store.active_jobs()
+    sizes = [client.memory_usage(key) or 0 for key in ours]
+    assert max(sizes) < 4096  # counts and states only: results stay in files

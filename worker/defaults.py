@@ -1,0 +1,64 @@
+"""Named defaults of the batch worker and the BatchJobs API, each with its unit and why.
+
+WorkerSettings (worker/settings.py) starts from these; flags and DERMSERVE_* variables override.
+"""
+
+from __future__ import annotations
+
+# --- redis ---------------------------------------------------------------------------------------
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback, like every default address here
+DEFAULT_KEY_PREFIX = "dermserve:batch"  # every key of ours starts with it; rq keeps its own "rq:"
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 30.0
+"""Seconds one of our Redis commands may take before the connection counts as dead. rq gets a
+connection of its own, whose timeout it raises above its blocking dequeue."""
+DEFAULT_REDIS_RETRIES = 8  # attempts per command on a dropped connection (~1 minute with backoff)
+DEFAULT_REDIS_BACKOFF_BASE_S = 0.25  # seconds; first wait before reconnecting
+DEFAULT_REDIS_BACKOFF_CAP_S = 10.0  # seconds; longest wait, so a restarted Redis is seen soon
+
+# --- jobs ----------------------------------------------------------------------------------------
+DEFAULT_OUTPUT_DIR = "var/batch"  # per-job directories: spooled inline images, results, exports
+DEFAULT_CHUNK_SIZE = 64  # images per chunk: ~1-2 s of model time on CPU, so a killed worker
+# loses little work and a cancel lands within one chunk
+DEFAULT_BATCH_SIZE = 32  # images per classifier call inside a chunk; the cancel flag and the lease
+# are checked between calls, and CPU batches stop paying off beyond ~32
+DEFAULT_MAX_IMAGES_PER_JOB = 100_000  # images; a large screening archive, and bounded Redis work
+DEFAULT_MAX_INLINE_IMAGES = 256  # images sent inside one SubmitBatchJob request
+DEFAULT_MAX_INLINE_BYTES = 64 * 1024 * 1024  # bytes of inline images; the gRPC message limit of
+# the front must be at least this plus some overhead
+DEFAULT_MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # bytes; ~100,000 paths of 160 characters
+DEFAULT_JOB_TTL_S = 7 * 24 * 3600  # seconds a finished job stays readable: a week of nights
+DEFAULT_ACTIVE_JOB_TTL_S = 30 * 24 * 3600  # seconds; a safety net so nothing lives forever
+MAX_CLIENT_JOB_ID_LENGTH = 128  # characters; documented in the proto
+MAX_INLINE_NAME_LENGTH = 512  # characters; documented in the proto
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a directory reference contributes
+
+# --- leases and recovery -------------------------------------------------------------------------
+DEFAULT_LEASE_TTL_S = 15.0
+"""Seconds a running chunk's lease lives without renewal. A worker renews it every third of that;
+after a SIGKILL the chunk is re-queued within about this long plus one reap interval."""
+DEFAULT_REAP_INTERVAL_S = 5.0  # seconds between scans for abandoned chunks and unfinished exports
+DEFAULT_REAP_GRACE_S = 10.0  # seconds a new job is left alone, so its enqueueing can finish
+DEFAULT_MAX_CHUNK_ATTEMPTS = 3
+"""Runs of one chunk before its images are recorded as failed: a chunk that kills its worker
+every time (a poison image) must not stall the job forever."""
+DEFAULT_CHUNK_TIMEOUT_S = 600  # seconds; rq kills a chunk stuck this long (64 images take ~2 s)
+
+# --- transient backend errors --------------------------------------------------------------------
+DEFAULT_BACKEND_RETRIES = 4  # retries of one classifier call on UNAVAILABLE / DEADLINE_EXCEEDED
+DEFAULT_BACKOFF_BASE_S = 0.5  # seconds; doubled each retry: 0.5, 1, 2, 4 = 7.5 s in all
+DEFAULT_BACKOFF_CAP_S = 8.0  # seconds; longest single wait
+DEFAULT_BACKEND_TIMEOUT_S = 120.0  # seconds for one classifier call of DEFAULT_BATCH_SIZE images
+
+# --- API -----------------------------------------------------------------------------------------
+DEFAULT_WATCH_INTERVAL_S = 0.5  # seconds between progress polls of a WatchBatchJob stream
+DEFAULT_PAGE_SIZE = 100  # results per ListBatchJobResults page when the client sets none
+MAX_PAGE_SIZE = 1000  # results; bounds one response at ~1 MB
+
+# --- worker process ------------------------------------------------------------------------------
+DEFAULT_WORKER_METRICS_PORT = 9465  # TCP port; next to the front's 9464
+DEFAULT_WORKER_METRICS_ADDRESS = "127.0.0.1"
+DEFAULT_MODEL_READY_TIMEOUT_S = 300.0  # seconds to wait for a first model version at start-up
+DEFAULT_QUEUE_NAME = "dermserve-batch"  # rq queue names are this plus "-high|-normal|-low"
+DEFAULT_RQ_WORKER_TTL_S = 60  # seconds; rq blocks on the queue for this minus 15, so a stop or a
+# dead connection is noticed within a minute rather than rq's default seven
+DEFAULT_RESTART_BACKOFF_CAP_S = 30.0  # seconds; longest wait before the rq loop is restarted

@@ -1,0 +1,114 @@
+"""What a batch job is, transport-free: its state, priority and the record Redis keeps of it.
+
+The servicer turns a JobRecord into a BatchJob message; the CLI prints its fields.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+
+class JobState(enum.Enum):
+    """Mirrors dermserve.v1.BatchJobState."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class Priority(enum.Enum):
+    """Mirrors dermserve.v1.BatchJobPriority; each has its own rq queue, HIGH listened to first."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class ChunkState(enum.Enum):
+    """A chunk's state in the job's chunk hash (one letter: it is stored per chunk)."""
+
+    PENDING = "P"
+    RUNNING = "R"
+    DONE = "D"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """One job as Redis holds it: state and counts only; images and results live in files."""
+
+    job_id: str
+    client_job_id: str
+    state: JobState
+    priority: Priority
+    total: int
+    chunk_count: int
+    chunk_size: int
+    done: int
+    failed: int
+    abstained: int
+    chunks_done: int
+    model_name: str
+    requested_version: int | None
+    requested_label: str
+    resolved_version: int | None
+    created: float
+    started: float | None
+    finished: float | None
+    error: str
+    job_dir: str
+
+    @property
+    def progress_key(self) -> tuple[object, ...]:
+        """What a watcher compares to decide whether anything changed."""
+        return (self.state, self.done, self.failed, self.abstained, self.resolved_version)
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Seconds left at the rate so far; None before the first image or after the end."""
+        if self.state.terminal or self.started is None or self.done == 0:
+            return None
+        elapsed = (now if now is not None else time.time()) - self.started
+        return max(0.0, elapsed / self.done * (self.total - self.done))
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+        return cls(
+            job_id=raw["job_id"],
+            client_job_id=raw.get("client_job_id", ""),
+            state=JobState(raw["state"]),
+            priority=Priority(raw.get("priority", Priority.NORMAL.value)),
+            total=int(raw["total"]),
+            chunk_count=int(raw["chunk_count"]),
+            chunk_size=int(raw["chunk_size"]),
+            done=int(raw.get("done", 0)),
+            failed=int(raw.get("failed", 0)),
+            abstained=int(raw.get("abstained", 0)),
+            chunks_done=int(raw.get("chunks_done", 0)),
+            model_name=raw["model_name"],
+            requested_version=_optional_int(raw.get("requested_version", "")),
+            requested_label=raw.get("requested_label", ""),
+            resolved_version=_optional_int(raw.get("resolved_version", "")),
+            created=float(raw["created"]),
+            started=_optional_float(raw.get("started", "")),
+            finished=_optional_float(raw.get("finished", "")),
+            error=raw.get("error", ""),
+            job_dir=raw["job_dir"],
+        )
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _optional_float(text: str) -> float | None:
+    return float(text) if text else None

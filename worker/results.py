@@ -1,0 +1,217 @@
+"""The output store: a directory per job on storage the API and the workers share.
+
+    <output_dir>/<job_id>/inputs/<index>.img          inline images, spooled at submission
+    <output_dir>/<job_id>/chunks/<chunk>.input.json    the chunk's image references
+    <output_dir>/<job_id>/chunks/<chunk>.jsonl         the chunk's results, one line per image
+    <output_dir>/<job_id>/results.jsonl, results.csv   the exports, written when the job succeeds
+
+Every file is written to a temporary name and renamed, so a reader never sees half a file, and a
+chunk that runs again (its worker was killed) replaces its file instead of adding to it: one
+result per image, whatever happened.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from service.errors import DermserveError, InvalidRequest
+from service.prediction import Prediction
+from worker.references import ImageRef
+
+EXPORT_JSONL = "results.jsonl"
+EXPORT_CSV = "results.csv"
+
+
+@dataclass(frozen=True)
+class ImageError:
+    """Why one image has no classification (mirrors dermserve.v1.ImageError)."""
+
+    code: str
+    reason: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, error: DermserveError) -> ImageError:
+        return cls(error.status, error.reason, error.message)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image's outcome: a classification or an error, never both, never neither."""
+
+    index: int
+    reference: str
+    model_name: str = ""
+    model_version: int = 0
+    probabilities: tuple[tuple[str, str, float], ...] = ()
+    abstention: str = "NONE"
+    ood_score: float = 0.0
+    error: ImageError | None = None
+
+    @property
+    def abstained(self) -> bool:
+        return self.error is None and self.abstention != "NONE"
+
+    @property
+    def top_label(self) -> str:
+        return self.probabilities[0][0] if self.probabilities else ""
+
+    @classmethod
+    def classified(cls, index: int, reference: str, prediction: Prediction) -> ImageResult:
+        probabilities = tuple((p.label, p.display_name, p.probability)
+                              for p in prediction.probabilities)
+        return cls(index, reference, prediction.model_name, prediction.model_version,
+                   probabilities, prediction.abstention.value, prediction.ood_score)
+
+    @classmethod
+    def failed(cls, index: int, reference: str, error: DermserveError) -> ImageResult:
+        return cls(index, reference, error=ImageError.from_exception(error))
+
+    def to_json(self) -> str:
+        raw = asdict(self)
+        raw["probabilities"] = [list(item) for item in self.probabilities]
+        return json.dumps(raw, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> ImageResult:
+        raw = json.loads(text)
+        error = ImageError(**raw["error"]) if raw.get("error") else None
+        return cls(index=int(raw["index"]), reference=raw["reference"],
+                   model_name=raw.get("model_name", ""),
+                   model_version=int(raw.get("model_version", 0)),
+                   probabilities=tuple((str(a), str(b), float(c))
+                                       for a, b, c in raw.get("probabilities", [])),
+                   abstention=raw.get("abstention", "NONE"),
+                   ood_score=float(raw.get("ood_score", 0.0)), error=error)
+
+
+def write_atomically(path: Path, lines: Iterable[str]) -> None:
+    """Write `lines` to a temporary file beside `path`, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent,
+                                         prefix=f".{path.name}.", delete=False)
+    try:
+        with handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+class ResultStore:
+    """Files of every job under one output directory."""
+
+    def __init__(self, output_dir: Path) -> None:
+        self.output_dir = output_dir
+
+    def job_dir(self, job_id: str) -> Path:
+        if not job_id.isalnum():  # job ids are hex; anything else must not become a path
+            raise InvalidRequest(f"malformed job id {job_id!r}", "BAD_JOB_ID")
+        return self.output_dir / job_id
+
+    def inputs_dir(self, job_id: str) -> Path:
+        return self.job_dir(job_id) / "inputs"
+
+    def chunk_path(self, job_id: str, chunk: int, suffix: str) -> Path:
+        return self.job_dir(job_id) / "chunks" / f"{chunk:06d}{suffix}"
+
+    def spool_inline(self, job_id: str, index: int, data: bytes) -> str:
+        path = self.inputs_dir(job_id) / f"{index:08d}.img"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return str(path.resolve())
+
+    def write_chunk_inputs(self, job_id: str, chunk: int, refs: Sequence[ImageRef]) -> None:
+        payload = json.dumps([[ref.reference, ref.path] for ref in refs])
+        write_atomically(self.chunk_path(job_id, chunk, ".input.json"), [payload])
+
+    def read_chunk_inputs(self, job_id: str, chunk: int) -> list[ImageRef]:
+        text = self.chunk_path(job_id, chunk, ".input.json").read_text(encoding="utf-8")
+        return [ImageRef(reference, path) for reference, path in json.loads(text)]
+
+    def write_chunk_results(self, job_id: str, chunk: int, results: Sequence[ImageResult]) -> None:
+        write_atomically(self.chunk_path(job_id, chunk, ".jsonl"),
+                         (result.to_json() + "\n" for result in results))
+
+    def read_chunk_results(self, job_id: str, chunk: int) -> list[ImageResult]:
+        path = self.chunk_path(job_id, chunk, ".jsonl")
+        with path.open(encoding="utf-8") as handle:
+            return [ImageResult.from_json(line) for line in handle if line.strip()]
+
+    def export_paths(self, job_id: str) -> tuple[Path, Path]:
+        job_dir = self.job_dir(job_id)
+        return job_dir / EXPORT_JSONL, job_dir / EXPORT_CSV
+
+    def export(self, job_id: str, chunks: Iterable[int]) -> tuple[Path, Path]:
+        """Write the JSONL and CSV exports of `chunks`, in image order."""
+        jsonl_path, csv_path = self.export_paths(job_id)
+        ordered = sorted(chunks)
+        write_atomically(jsonl_path, (r.to_json() + "\n" for r in self._iter(job_id, ordered)))
+        labels = self._labels(job_id, ordered)
+        write_atomically(csv_path, csv_lines(self._iter(job_id, ordered), labels))
+        return jsonl_path, csv_path
+
+    def _iter(self, job_id: str, chunks: Sequence[int]) -> Iterator[ImageResult]:
+        for chunk in chunks:
+            yield from self.read_chunk_results(job_id, chunk)
+
+    def _labels(self, job_id: str, chunks: Sequence[int]) -> list[str]:
+        """The class list of the version that answered (the first classified image says)."""
+        for result in self._iter(job_id, chunks):
+            if result.probabilities:
+                return sorted(label for label, _, _ in result.probabilities)
+        return []
+
+
+CSV_COLUMNS = ["index", "reference", "status", "top_label", "abstained", "abstention_reason",
+               "model_name", "model_version", "ood_score", "error_code", "error_reason",
+               "error_message"]
+
+
+def csv_lines(results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+    """CSV rows: fixed columns, then one `p_<label>` column per class of the model version."""
+    buffer = _LineBuffer()
+    writer = csv.writer(buffer)
+    writer.writerow([*CSV_COLUMNS, *(f"p_{label}" for label in labels)])
+    yield buffer.take()
+    for result in results:
+        writer.writerow(csv_row(result, labels))
+        yield buffer.take()
+
+
+def csv_row(result: ImageResult, labels: Sequence[str]) -> list[object]:
+    error = result.error
+    probabilities = {label: p for label, _, p in result.probabilities}
+    status = "error" if error else ("abstained" if result.abstained else "classified")
+    return [result.index, result.reference, status, result.top_label, int(result.abstained),
+            "" if error else result.abstention, result.model_name,
+            result.model_version or "", "" if error else f"{result.ood_score:.6g}",
+            error.code if error else "", error.reason if error else "",
+            error.message if error else "",
+            *(f"{probabilities[label]:.6f}" if label in probabilities else ""
+              for label in labels)]
+
+
+class _LineBuffer:
+    """A write target for csv.writer that hands each row back as a string."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        return text

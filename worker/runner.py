@@ -1,0 +1,160 @@
+"""The worker process: load the model once, then run chunks from rq until told to stop.
+
+Why rq's SimpleWorker (BatchWorker below) and not the forking Worker: the forking Worker forks a
+"work horse" per job. A child forked from a process whose TensorFlow runtime has started its
+thread pools inherits locked mutexes and no threads, and hangs in its first TF call; forking
+before loading TF instead would load the model again for every chunk (seconds each). SimpleWorker
+runs each job in this process, with the model loaded once. What the horse gave us, we rebuild:
+a crash or SIGKILL of this process is recovered by chunk leases and the reaper (worker/reaper.py),
+and a chunk stuck in a TF call is ended by rq's job timeout (SIGALRM in this process).
+
+Redis going away: our commands retry with backoff inside redis-py (worker/store.py); rq's dequeue
+loop retries by itself; and if rq's loop still gives up (it quits on some errors), `serve`
+starts a fresh rq worker after a backoff, keeping the loaded model.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from prometheus_client import CollectorRegistry, start_http_server
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from service.backends.base import Backend, ModelRef
+from service.classifier import Classifier
+from service.errors import DermserveError
+from worker import defaults
+from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
+from worker.metrics import BatchStateCollector, WorkerMetrics
+from worker.queues import ChunkQueues
+from worker.reaper import Reaper
+from worker.references import InputRoots
+from worker.results import ResultStore
+from worker.settings import WorkerSettings
+from worker.store import JobStore, connect
+
+log = logging.getLogger(__name__)
+
+
+class BatchWorker(SimpleWorker):
+    """rq's SimpleWorker, with this process's ChunkRunner bound around each job."""
+
+    def __init__(self, queues: list[Queue], runner: ChunkRunner, stopping: threading.Event,
+                 **kwargs: Any) -> None:
+        super().__init__(queues, **kwargs)
+        self.runner = runner
+        self.stopping = stopping
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        token = CURRENT_RUNNER.set(self.runner)
+        self.runner.observer.busy(True)
+        try:
+            super().execute_job(job, queue)
+        finally:
+            self.runner.observer.busy(False)
+            CURRENT_RUNNER.reset(token)
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: finish the running chunk, then leave (and do not restart rq)."""
+        self.stopping.set()
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+
+def build_backend(settings: WorkerSettings) -> Backend:
+    """The model backend; TensorFlow is imported here, once, and only in the worker."""
+    if settings.backend == "embedded":
+        from service.backends.embedded import EmbeddedBackend
+
+        embedded = EmbeddedBackend(settings.model_base, settings.model_name,
+                                   poll_interval_s=settings.poll_interval_s)
+        embedded.start()
+        return embedded
+    if settings.backend == "tfserving":
+        from service.backends.tfserving import TFServingBackend
+
+        return TFServingBackend(settings.tfserving_target, settings.model_name)
+    raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")
+
+
+def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
+    """Start taking chunks only once a version answers, so none fails for want of a model."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            info = classifier.describe(ModelRef(classifier.model_name))
+            log.info("model %s version %d ready", info.name, info.version)
+            return
+        except DermserveError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for a model version: %s", exc)
+            time.sleep(1.0)
+
+
+class WorkerProcess:
+    """Everything one worker process holds: clients, the runner, the reaper, the metrics."""
+
+    def __init__(self, settings: WorkerSettings, classifier: Classifier) -> None:
+        self.settings = settings
+        self.stopping = threading.Event()
+        self.store = JobStore.from_settings(connect(settings), settings)
+        self.rq_connection = connect(settings, decode_responses=False)
+        self.queues = ChunkQueues.from_settings(self.rq_connection, settings)
+        self.registry = CollectorRegistry()
+        self.metrics = WorkerMetrics(self.registry)
+        self.registry.register(BatchStateCollector(self.store, self.queues))
+        self.runner = ChunkRunner(self.store, ResultStore(settings.batch_output_dir),
+                                  self.queues, classifier, InputRoots(settings.input_roots),
+                                  ChunkPolicy.from_settings(settings), self.metrics)
+        self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
+                             settings.reap_grace_s)
+
+    def serve(self) -> None:
+        if self.settings.worker_metrics_port:
+            start_http_server(self.settings.worker_metrics_port,
+                              self.settings.worker_metrics_address, registry=self.registry)
+        self.reaper.start()
+        try:
+            self._loop()
+        finally:
+            self.reaper.stop()
+
+    def _loop(self) -> None:
+        backoff = 1.0
+        while not self.stopping.is_set():
+            worked = self._work_once()
+            if self.settings.burst or self.stopping.is_set():
+                return
+            log.warning("rq loop ended (Redis away?); restarting it in %.0f s", backoff)
+            self.stopping.wait(backoff)
+            backoff = 1.0 if worked else min(backoff * 2, defaults.DEFAULT_RESTART_BACKOFF_CAP_S)
+
+    def _work_once(self) -> bool:
+        try:
+            rq_worker = BatchWorker(self.queues.listen_order(), self.runner, self.stopping,
+                                    connection=self.rq_connection,
+                                    worker_ttl=defaults.DEFAULT_RQ_WORKER_TTL_S)
+            return bool(rq_worker.work(burst=self.settings.burst, logging_level="INFO"))
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            log.warning("Redis unreachable: %s", exc)
+            return False
+
+
+def run_worker(settings: WorkerSettings) -> int:
+    """The `dermserve-worker` program."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    backend = build_backend(settings)
+    try:
+        classifier = Classifier(backend, settings.model_name, settings.image_limits,
+                                settings.min_confidence_floor)
+        wait_for_model(classifier, settings.model_ready_timeout_s)
+        WorkerProcess(settings, classifier).serve()
+    finally:
+        backend.close()
+    return 0

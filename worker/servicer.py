@@ -1,0 +1,137 @@
+"""The BatchJobs servicer: protos in, JobService calls, protos out. Nothing else.
+
+Errors are raised as service.errors types and mapped to status codes by the front's one
+interceptor (service.status.ErrorMappingInterceptor), as for LesionClassifier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.v1 import lesion_classifier_pb2 as lc
+from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from worker.records import JobRecord, Priority
+from worker.results import ImageResult
+
+PRIORITY_FROM_PROTO = {
+    pb.BATCH_JOB_PRIORITY_UNSPECIFIED: Priority.NORMAL,
+    pb.BATCH_JOB_PRIORITY_LOW: Priority.LOW,
+    pb.BATCH_JOB_PRIORITY_NORMAL: Priority.NORMAL,
+    pb.BATCH_JOB_PRIORITY_HIGH: Priority.HIGH,
+}
+PRIORITY_TO_PROTO = {priority: pb.BatchJobPriority.Value(f"BATCH_JOB_PRIORITY_{priority.name}")
+                     for priority in Priority}
+
+
+def submit_request(request: pb.SubmitBatchJobRequest) -> SubmitRequest:
+    source = request.WhichOneof("input")
+    if source == "inline":
+        job_input = JobInput(inline=[InlineImage(image.name, image.data)
+                                     for image in request.inline.images])
+    elif source == "files":
+        job_input = JobInput(paths=list(request.files.paths))
+    elif source == "manifest":
+        job_input = JobInput(manifest_path=request.manifest.path,
+                             manifest_csv=request.manifest.csv)
+    else:
+        job_input = JobInput()
+    choice = request.model.WhichOneof("choice") if request.HasField("model") else None
+    return SubmitRequest(
+        input=job_input, client_job_id=request.client_job_id,
+        model_version=request.model.version if choice == "version" else None,
+        model_label=request.model.version_label if choice == "version_label" else "",
+        priority=PRIORITY_FROM_PROTO.get(request.priority, Priority.NORMAL))
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def job_message(record: JobRecord, jsonl_path: str = "", csv_path: str = "") -> pb.BatchJob:
+    eta = record.eta_seconds()
+    message = pb.BatchJob(
+        job_id=record.job_id, client_job_id=record.client_job_id,
+        state=pb.BatchJobState.Value(f"BATCH_JOB_STATE_{record.state.name}"),
+        total_images=record.total, done_images=record.done, failed_images=record.failed,
+        abstained_images=record.abstained, priority=PRIORITY_TO_PROTO[record.priority],
+        eta_seconds=-1.0 if eta is None else eta, error=record.error,
+        results_jsonl_path=jsonl_path, results_csv_path=csv_path)
+    if record.resolved_version is not None:
+        message.model.CopyFrom(lc.ModelVersionRef(name=record.model_name,
+                                                  version=record.resolved_version))
+    for field, seconds in (("create_time", record.created), ("start_time", record.started),
+                           ("finish_time", record.finished)):
+        stamp = _timestamp(seconds)
+        if stamp is not None:
+            getattr(message, field).CopyFrom(stamp)
+    return message
+
+
+def result_message(result: ImageResult) -> pb.BatchImageResult:
+    message = pb.BatchImageResult(index=result.index, reference=result.reference)
+    if result.error is not None:
+        message.error.CopyFrom(lc.ImageError(code=result.error.code, reason=result.error.reason,
+                                             message=result.error.message))
+        return message
+    message.probabilities.extend(
+        lc.LabelProbability(label=label, display_name=name, probability=p)
+        for label, name, p in result.probabilities)
+    message.top_label = result.top_label
+    message.abstained = result.abstained
+    if result.abstained:
+        message.abstention_reason = lc.AbstentionReason.Value(
+            f"ABSTENTION_REASON_{result.abstention}")
+    message.ood_score = result.ood_score
+    message.model.CopyFrom(lc.ModelVersionRef(name=result.model_name,
+                                              version=result.model_version))
+    return message
+
+
+class BatchJobsServicer(pb_grpc.BatchJobsServicer):
+    def __init__(self, jobs: JobService) -> None:
+        self.jobs = jobs
+
+    def _job(self, record: JobRecord) -> pb.BatchJob:
+        if record.state.name != "SUCCEEDED":
+            return job_message(record)
+        jsonl, csv_path = self.jobs.results.export_paths(record.job_id)
+        return job_message(record, str(jsonl), str(csv_path))
+
+    def SubmitBatchJob(self, request: pb.SubmitBatchJobRequest,
+                       context: grpc.ServicerContext) -> pb.SubmitBatchJobResponse:
+        outcome = self.jobs.submit(submit_request(request))
+        return pb.SubmitBatchJobResponse(job=self._job(outcome.job), created=outcome.created)
+
+    def GetBatchJob(self, request: pb.GetBatchJobRequest,
+                    context: grpc.ServicerContext) -> pb.GetBatchJobResponse:
+        return pb.GetBatchJobResponse(job=self._job(self.jobs.get(request.job_id)))
+
+    def WatchBatchJob(self, request: pb.WatchBatchJobRequest,
+                      context: grpc.ServicerContext) -> Iterator[pb.WatchBatchJobResponse]:
+        for record in self.jobs.watch(request.job_id, context.is_active):
+            yield pb.WatchBatchJobResponse(job=self._job(record))
+
+    def CancelBatchJob(self, request: pb.CancelBatchJobRequest,
+                       context: grpc.ServicerContext) -> pb.CancelBatchJobResponse:
+        return pb.CancelBatchJobResponse(job=self._job(self.jobs.cancel(request.job_id)))
+
+    def ListBatchJobResults(self, request: pb.ListBatchJobResultsRequest,
+                            context: grpc.ServicerContext) -> pb.ListBatchJobResultsResponse:
+        page = self.jobs.list_results(request.job_id, request.page_size, request.page_token)
+        return pb.ListBatchJobResultsResponse(
+            results=[result_message(result) for result in page.results],
+            next_page_token=page.next_page_token, job=self._job(page.job))
+
+
+def add_batch_jobs_service(server: grpc.Server, jobs: JobService) -> None:
+    """Register BatchJobs on `server` (the front service calls this next to LesionClassifier)."""
+    pb_grpc.add_BatchJobsServicer_to_server(BatchJobsServicer(jobs), server)

@@ -1,0 +1,302 @@
+"""The job store: every Redis key of a batch job, and the atomic steps on them.
+
+Redis holds state and counts only (a few hundred bytes per job plus one letter per chunk); images
+and results live in files (worker/results.py). Keys, under the prefix `P` (dermserve:batch):
+
+    P:job:<id>               hash: the JobRecord fields, counts included
+    P:job:<id>:chunks        hash: chunk index -> P(ending) | R(unning) | D(one)
+    P:job:<id>:attempts      hash: chunk index -> runs started (recovery bumps it)
+    P:job:<id>:errors        hash: chunk index -> reason of its last failed run
+    P:job:<id>:lease:<i>     string with a TTL: the token of the worker running chunk i
+    P:job:<id>:lease:final   string with a TTL: the worker writing the exports
+    P:idem:<client_job_id>   string: the job id an idempotency key maps to
+    P:active                 set: ids of jobs not yet in a terminal state
+    P:stats                  hash: jobs finished per state (for the metrics)
+
+Every key of a job gets a TTL (`active_job_ttl_s` while it runs, `job_ttl_s` once it finishes).
+Chunk completion is counted at most once (the chunk hash is the guard, checked and set in one
+script), so a chunk that runs twice after a worker was killed adds its counts once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from service.errors import FailedPrecondition, JobNotFound
+from worker import defaults
+from worker.records import ChunkState, JobRecord, JobState
+from worker.settings import WorkerSettings
+
+CLAIM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'GONE' end
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return state end
+local chunk = redis.call('HGET', KEYS[2], ARGV[1])
+if chunk == 'D' then return 'DONE' end
+local holder = redis.call('GET', KEYS[3])
+if chunk == 'R' and holder and holder ~= ARGV[2] then return 'BUSY' end
+redis.call('HSET', KEYS[2], ARGV[1], 'R')
+redis.call('SET', KEYS[3], ARGV[2], 'PX', ARGV[3])
+if state == 'QUEUED' then
+  redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'started', ARGV[4])
+end
+return 'OK'
+"""
+
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+COMPLETE = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if redis.call('GET', KEYS[3]) == ARGV[2] then redis.call('DEL', KEYS[3]) end
+if not state then return 'GONE' end
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return state end
+if redis.call('HGET', KEYS[2], ARGV[1]) == 'D' then return 'DUPLICATE' end
+redis.call('HSET', KEYS[2], ARGV[1], 'D')
+redis.call('HINCRBY', KEYS[1], 'done', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'failed', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'abstained', ARGV[5])
+local finished = redis.call('HINCRBY', KEYS[1], 'chunks_done', 1)
+if finished == tonumber(redis.call('HGET', KEYS[1], 'chunk_count')) then return 'LAST' end
+return 'OK'
+"""
+
+REQUEUE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'R' then return -1 end
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], 'P')
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+REQUEUE_PENDING = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= 'P' then return -1 end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+"""
+
+FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'GONE' end
+if state ~= 'QUEUED' and state ~= 'RUNNING' then return state end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished', ARGV[2], 'error', ARGV[4])
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
+local idem = redis.call('HGET', KEYS[1], 'client_job_id')
+if idem and idem ~= '' then redis.call('EXPIRE', ARGV[5] .. idem, ARGV[3]) end
+redis.call('SREM', KEYS[5], ARGV[6])
+redis.call('HINCRBY', KEYS[6], ARGV[1], 1)
+return 'OK'
+"""
+
+
+def connect(settings: WorkerSettings, decode_responses: bool = True) -> redis.Redis:
+    """A client that reconnects by itself: each command is retried with exponential backoff
+    while Redis is unreachable (a restart, a failover), for about a minute. rq needs its own
+    client with `decode_responses=False` (it stores pickles)."""
+    retry = Retry(ExponentialBackoff(cap=defaults.DEFAULT_REDIS_BACKOFF_CAP_S,
+                                     base=defaults.DEFAULT_REDIS_BACKOFF_BASE_S),
+                  settings.redis_retries)
+    return redis.Redis.from_url(
+        settings.redis_url, decode_responses=decode_responses, retry=retry,
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_timeout=settings.redis_socket_timeout_s,
+        socket_connect_timeout=settings.redis_socket_timeout_s, health_check_interval=30)
+
+
+class JobStore:
+    """Job state in Redis. Raises JobNotFound for unknown ids; everything else is atomic."""
+
+    def __init__(self, client: redis.Redis, prefix: str, job_ttl_s: int,
+                 active_job_ttl_s: int) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.job_ttl_s = job_ttl_s
+        self.active_job_ttl_s = active_job_ttl_s
+        self._claim = client.register_script(CLAIM)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._complete = client.register_script(COMPLETE)
+        self._requeue = client.register_script(REQUEUE)
+        self._requeue_pending = client.register_script(REQUEUE_PENDING)
+        self._finish = client.register_script(FINISH)
+
+    @classmethod
+    def from_settings(cls, client: redis.Redis, settings: WorkerSettings) -> JobStore:
+        return cls(client, settings.key_prefix, settings.job_ttl_s, settings.active_job_ttl_s)
+
+    # --- keys ------------------------------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def chunks_key(self, job_id: str) -> str:
+        return f"{self.job_key(job_id)}:chunks"
+
+    def attempts_key(self, job_id: str) -> str:
+        return f"{self.job_key(job_id)}:attempts"
+
+    def errors_key(self, job_id: str) -> str:
+        return f"{self.job_key(job_id)}:errors"
+
+    def lease_key(self, job_id: str, index: int | str) -> str:
+        return f"{self.job_key(job_id)}:lease:{index}"
+
+    def idempotency_key(self, client_job_id: str) -> str:
+        return f"{self.idempotency_prefix}{client_job_id}"
+
+    @property
+    def idempotency_prefix(self) -> str:
+        return f"{self.prefix}:idem:"
+
+    @property
+    def active_key(self) -> str:
+        return f"{self.prefix}:active"
+
+    @property
+    def stats_key(self) -> str:
+        return f"{self.prefix}:stats"
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        return [self.job_key(job_id), self.chunks_key(job_id), self.attempts_key(job_id),
+                self.errors_key(job_id)]
+
+    # --- creation and reading --------------------------------------------------------------------
+    def create(self, fields: Mapping[str, str | int | float], chunk_count: int) -> None:
+        """Write a new job and its pending chunks in one transaction."""
+        job_id = str(fields["job_id"])
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(self.job_key(job_id), mapping={k: v for k, v in fields.items()})
+            pipe.hset(self.chunks_key(job_id),
+                      mapping={str(i): ChunkState.PENDING.value for i in range(chunk_count)})
+            pipe.hset(self.attempts_key(job_id), mapping={str(i): 1 for i in range(chunk_count)})
+            pipe.hset(self.errors_key(job_id), "-", "")  # so that the key exists for its TTL
+            for key in self._job_keys(job_id):
+                pipe.expire(key, self.active_job_ttl_s)
+            pipe.sadd(self.active_key, job_id)
+            pipe.execute()
+
+    def claim_idempotency_key(self, client_job_id: str, job_id: str) -> str | None:
+        """Map `client_job_id` to `job_id` unless it is mapped already; returns the earlier id."""
+        key = self.idempotency_key(client_job_id)
+        if self.client.set(key, job_id, nx=True, ex=self.active_job_ttl_s):
+            return None
+        earlier = self.client.get(key)
+        return str(earlier) if earlier else None
+
+    def delete(self, job_id: str) -> None:
+        self.client.delete(*self._job_keys(job_id))
+        self.client.srem(self.active_key, job_id)
+
+    def load(self, job_id: str) -> JobRecord:
+        raw: dict[str, str] = self.client.hgetall(self.job_key(job_id))  # type: ignore[assignment]
+        if not raw:
+            raise JobNotFound(f"no batch job {job_id!r} (unknown, or expired after its TTL)")
+        return JobRecord.from_hash(raw)
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.client.exists(self.job_key(job_id)))
+
+    def state(self, job_id: str) -> JobState | None:
+        text = self.client.hget(self.job_key(job_id), "state")
+        return JobState(text) if text else None
+
+    def chunk_states(self, job_id: str) -> dict[int, ChunkState]:
+        raw: dict[str, str] = self.client.hgetall(self.chunks_key(job_id))  # type: ignore[assignment]
+        return {int(index): ChunkState(value) for index, value in raw.items()}
+
+    def active_jobs(self) -> list[str]:
+        return sorted(self.client.smembers(self.active_key))  # type: ignore[arg-type]
+
+    def finished_counts(self) -> dict[str, int]:
+        raw: dict[str, str] = self.client.hgetall(self.stats_key)  # type: ignore[assignment]
+        return {state: int(count) for state, count in raw.items()}
+
+    # --- chunk steps -----------------------------------------------------------------------------
+    def claim_chunk(self, job_id: str, index: int, token: str, lease_s: float) -> str:
+        """'OK' when this worker may run the chunk; else why not: DONE, BUSY, GONE or the job's
+        terminal state (a cancelled job's chunks end here, before any image is read)."""
+        keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
+        return str(self._claim(keys=keys, args=[index, token, int(lease_s * 1000), time.time()]))
+
+    def renew_lease(self, job_id: str, index: int | str, token: str, lease_s: float) -> bool:
+        keys = [self.lease_key(job_id, index)]
+        return bool(self._renew(keys=keys, args=[token, int(lease_s * 1000)]))
+
+    def release_lease(self, job_id: str, index: int | str, token: str) -> None:
+        self._release(keys=[self.lease_key(job_id, index)], args=[token])
+
+    def take_lease(self, job_id: str, index: int | str, token: str, lease_s: float) -> bool:
+        """A lease for work that has no chunk state of its own (the final export)."""
+        key = self.lease_key(job_id, index)
+        return bool(self.client.set(key, token, nx=True, px=int(lease_s * 1000)))
+
+    def lease_held(self, job_id: str, index: int | str) -> bool:
+        return bool(self.client.exists(self.lease_key(job_id, index)))
+
+    def complete_chunk(self, job_id: str, index: int, token: str, done: int, failed: int,
+                       abstained: int) -> str:
+        """Count a chunk once: 'OK', 'LAST' (it was the job's last), 'DUPLICATE', or why not."""
+        keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
+        return str(self._complete(keys=keys, args=[index, token, done, failed, abstained]))
+
+    def requeue_abandoned(self, job_id: str, index: int) -> int | None:
+        """Turn a running chunk whose lease expired back to pending; returns its next attempt."""
+        keys = [self.chunks_key(job_id), self.attempts_key(job_id), self.lease_key(job_id, index)]
+        attempt = int(self._requeue(keys=keys, args=[index]))
+        return attempt if attempt > 0 else None
+
+    def requeue_pending(self, job_id: str, index: int, attempt: int) -> int | None:
+        """Bump a pending chunk whose rq job was lost from `attempt`; None if someone else did."""
+        keys = [self.chunks_key(job_id), self.attempts_key(job_id)]
+        bumped = int(self._requeue_pending(keys=keys, args=[index, attempt]))
+        return bumped if bumped > 0 else None
+
+    def attempts(self, job_id: str) -> dict[int, int]:
+        raw: dict[str, str] = self.client.hgetall(self.attempts_key(job_id))  # type: ignore[assignment]
+        return {int(index): int(count) for index, count in raw.items()}
+
+    def record_chunk_error(self, job_id: str, index: int, reason: str) -> None:
+        self.client.hset(self.errors_key(job_id), str(index), reason)
+
+    def chunk_error(self, job_id: str, index: int) -> str:
+        return str(self.client.hget(self.errors_key(job_id), str(index)) or "")
+
+    def pin_version(self, job_id: str, version: int) -> int:
+        """The job's model version: the first chunk to resolve one decides for the whole job."""
+        key = self.job_key(job_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "resolved_version", version)
+            pipe.hget(key, "resolved_version")
+            results: list[Any] = pipe.execute()
+        return int(results[1] or version)
+
+    # --- the end ---------------------------------------------------------------------------------
+    def finish(self, job_id: str, state: JobState, error: str = "") -> str:
+        """Move a running job to a terminal state and start its TTL; 'OK', or the state it was
+        already in ('GONE' when it expired)."""
+        keys = [*self._job_keys(job_id), self.active_key, self.stats_key]
+        args = [state.value, time.time(), self.job_ttl_s, error, self.idempotency_prefix, job_id]
+        return str(self._finish(keys=keys, args=args))
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job; cancelling it twice is fine, cancelling a finished one is not."""
+        outcome = self.finish(job_id, JobState.CANCELLED)
+        if outcome == "GONE":
+            raise JobNotFound(f"no batch job {job_id!r}")
+        if outcome not in ("OK", JobState.CANCELLED.value):
+            raise FailedPrecondition(f"job {job_id} already finished ({outcome})",
+                                     "JOB_ALREADY_FINISHED")
+        return self.load(job_id)
