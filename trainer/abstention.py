@@ -11,6 +11,7 @@ The serving side applies the rule with `service.prediction.decide_abstention`; s
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_OOD_QUANTILE = 0.99  # of validation OOD scores: ~1% of real lesions flagged as OOD
 DEFAULT_TARGET_COVERAGE = 0.90  # of validation images answered: a clinician sees 1 in 10 back
+THRESHOLD_DECIMALS = 4
+"""Thresholds are rounded outwards (confidence down, OOD up) to 4 decimals: readable in the
+config, and a float32 served score equal to a float64 validation quantile is not abstained on."""
 DEFAULT_NOISE_IMAGES = 4  # generated noise images in the sanity check (two kinds, two sizes)
 SANITY_SUFFIXES = (".bmp", ".jpg", ".jpeg", ".png")
 
@@ -38,9 +42,11 @@ def choose_rule(probabilities: np.ndarray, ood_scores: np.ndarray | None,
                 ood_quantile: float = DEFAULT_OOD_QUANTILE,
                 target_coverage: float = DEFAULT_TARGET_COVERAGE) -> AbstentionRule:
     """Thresholds from validation probabilities and OOD scores (see the module docstring)."""
+    scale = 10.0 ** THRESHOLD_DECIMALS
     confidence = probabilities.max(axis=1)
-    min_confidence = float(np.quantile(confidence, 1 - target_coverage))
-    max_ood = None if ood_scores is None else float(np.quantile(ood_scores, ood_quantile))
+    min_confidence = math.floor(np.quantile(confidence, 1 - target_coverage) * scale) / scale
+    max_ood = None if ood_scores is None else \
+        math.ceil(np.quantile(ood_scores, ood_quantile) * scale) / scale
     return AbstentionRule(min_confidence=min_confidence, max_ood_score=max_ood)
 
 

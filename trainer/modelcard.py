@@ -1,0 +1,86 @@
+"""The model card of a version (`assets.extra/MODEL_CARD.md`), rendered from its report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from service.model_config import ModelConfig
+
+MODEL_CARD = "MODEL_CARD.md"
+HAM10000_CITATION = (
+    "Tschandl P., Rosendahl C., Kittler H. The HAM10000 dataset, a large collection of "
+    "multi-source dermatoscopic images of common pigmented skin lesions. Sci. Data 5, 180161 "
+    "(2018). doi:10.1038/sdata.2018.161")
+
+
+def _value(metrics: dict[str, Any], name: str) -> str:
+    entry = metrics.get(name)
+    if not entry or entry["value"] is None or math.isnan(entry["value"]):
+        return "n/a"
+    low, high = entry["ci95"]
+    interval = "" if low is None else f" (95% CI {low:.3f}-{high:.3f})"
+    return f"{entry['value']:.3f}{interval}"
+
+
+def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
+    test, data = report["test"]["metrics"], report["data"]
+    labels = ", ".join(f"`{label}` ({config.display_name(label)})" for label in config.labels)
+    rule = config.abstention
+    return "\n".join([
+        f"# Model card: {report['model']['name']}", "",
+        "**Not a diagnostic device.** A research model for decision support experiments; it must "
+        "not be used to diagnose, treat or triage patients. Non-commercial use only (see Licence).",
+        "",
+        "## Model", "",
+        f"- Network: {report['model'].get('backbone', 'unknown')} "
+        f"({report['model'].get('description', '')}), transfer learning from ImageNet weights.",
+        f"- Input: uint8 RGB `{config.input.height}x{config.input.width}` produced by "
+        "`service.preprocessing.to_model_input`: the photo is first downscaled (antialiased) to "
+        f"about {config.input.reference_pixels} pixels of detail, the 200x150 of the training "
+        "images, then the whole frame is resized. Scaling to [-1, 1] is inside the graph.",
+        f"- Output: calibrated probabilities over {len(config.labels)} classes: {labels}; "
+        "an out-of-distribution score (Mahalanobis distance of the pooled features to the "
+        "nearest class mean, in a PCA subspace of the training features).",
+        f"- Calibration: temperature scaling, T = {config.temperature:.3f} (fitted on validation).",
+        f"- Abstention: answer only when the top probability >= {rule.min_confidence:.3f} and the "
+        f"OOD score <= {rule.max_ood_score}; thresholds chosen on validation.",
+        f"- Size: {report['model'].get('size_bytes', 'n/a')} bytes on disk.", "",
+        "## Data", "",
+        f"HAM10000 ({data.get('source', '')}): dermatoscopic images of pigmented lesions, "
+        "mostly from two sites (Vienna, Queensland), predominantly light skin types. Split "
+        f"train/validation/test by lesion_id (no lesion in two splits), stratified by dx, seed "
+        f"{data['seed']}: images {data['images']}, lesions {data['lesions']}. The manifest is "
+        "`assets.extra/split.json`.", "",
+        "## Held-out metrics (test split, lesion-bootstrap 95% intervals)", "",
+        f"- Balanced accuracy (mean per-class recall): {_value(test, 'balanced_accuracy')}",
+        f"- Macro F1: {_value(test, 'macro_f1')}",
+        f"- Macro one-vs-rest ROC-AUC: {_value(test, 'macro_auc')}",
+        f"- Melanoma sensitivity / specificity at the operating point (P(mel) >= "
+        f"{report['test']['melanoma_threshold']}): {_value(test, 'melanoma_sensitivity')} / "
+        f"{_value(test, 'melanoma_specificity')}",
+        f"- ECE (15 bins, after calibration): {_value(test, 'ece')}",
+        "- Full report: `assets.extra/report/report.md`.", "",
+        "## Intended use", "",
+        "Research and engineering demonstrations of a skin-lesion classification service on "
+        "dermatoscopic images. Not for clinical use, and not for photos taken without a "
+        "dermatoscope.", "",
+        "## Limitations", "",
+        "- Trained and tested on one public data set; performance on other populations, skin "
+        "types, devices and clinics is unknown and likely lower.",
+        "- Trained on 200x150 images: finer detail in sharper inputs is removed on purpose.",
+        "- Seven classes only: any other lesion (or non-lesion) is forced into one of them unless "
+        "the abstention rule catches it; the OOD score is a heuristic, not a guarantee.",
+        "- Many HAM10000 labels come from follow-up or consensus rather than histopathology.",
+        "- Minority classes (df, vasc, akiec) have few test lesions: wide intervals.", "",
+        "## Licence", "",
+        "The weights are derived from HAM10000, licensed CC BY-NC 4.0: non-commercial use only, "
+        f"with attribution. Cite: {HAM10000_CITATION}", ""])
+
+
+def write_model_card(version_dir: Path, config: ModelConfig, report: dict[str, Any]) -> Path:
+    path = version_dir / "assets.extra" / MODEL_CARD
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_model_card(config, report), encoding="utf-8")
+    return path
