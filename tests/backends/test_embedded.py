@@ -82,6 +82,16 @@ def test_labels_file_overrides_and_is_reread(make_backend: MakeBackend, model_di
     assert backend.resolve(ModelRef(TINY_MODEL_NAME, label="canary")).version == 1
 
 
+def test_policy_keeps_the_latest_n_and_labelled_versions(make_backend: MakeBackend) -> None:
+    latest_only = make_backend(poll_interval_s=SLOW_POLL_S, max_loaded_versions=1)
+    assert states(latest_only) == {2: VersionState.AVAILABLE}
+    with pytest.raises(ModelNotFound):
+        latest_only.resolve(ModelRef(TINY_MODEL_NAME, version=1))
+    labelled = make_backend(poll_interval_s=SLOW_POLL_S, max_loaded_versions=1,
+                            version_labels={"stable": 1})
+    assert states(labelled) == {2: VersionState.AVAILABLE, 1: VersionState.AVAILABLE}
+
+
 @pytest.mark.parametrize("ref", [
     ModelRef(TINY_MODEL_NAME, version=7),
     ModelRef(TINY_MODEL_NAME, label="nope"),
