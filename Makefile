@@ -68,6 +68,15 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC; JSO
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m service.bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 
+# --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
+TRAIN_WORKDIR ?= var/train
+SANITY_DIR ?= ../shared/weights/sanity
+TRAIN_FLAGS ?=
+
+train: install  ## train on $(DATA_DIR) (resumable in $(TRAIN_WORKDIR)), evaluate, publish into $(MODEL_BASE)
+	$(PY) -m trainer --data-dir $(DATA_DIR) --weights-path $(WEIGHTS) --model-base $(MODEL_BASE) \
+		--workdir $(TRAIN_WORKDIR) $(if $(wildcard $(SANITY_DIR)),--sanity-dir $(SANITY_DIR)) --tta $(TRAIN_FLAGS)
+
 clean:  ## remove generated files and caches (keeps the virtualenv)
 	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache
 

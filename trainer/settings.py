@@ -37,7 +37,7 @@ class TrainSettings:
     time_budget_s: float | None = None  # stop fine-tuning before an epoch would overrun this
     # data, evaluation, calibration and publication (trainer.pipeline; defaults in their modules)
     data_dir: Path | None = None  # HAM10000: metadata CSV and images (see trainer.data)
-    workdir: Path = Path("work/train")  # checkpoints, caches, predictions and reports of a run
+    workdir: Path = Path("var/train")  # checkpoints, caches, predictions, reports (git-ignored)
     model_base: Path = Path("models")  # published as <model_base>/<model_name>/<version>/
     model_name: str = "ham10000"
     val_fraction: float = 0.15  # of each class's lesions
