@@ -127,8 +127,9 @@ def test_server_probes_reach_a_plaintext_health_port(rendered: Rendered) -> None
     _, health_port = host_port(health_listen)
     assert health_port != host_port(settings.listen_address)[1]
     assert health_port == container_port(main, "health")
-    for key in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for key in ("startupProbe", "readinessProbe"):
         assert main[key]["grpc"]["port"] == health_port
+    assert main["livenessProbe"]["tcpSocket"]["port"] == "health"
 
 
 def test_server_uses_tfserving_with_tls_and_auth(rendered: Rendered) -> None:
@@ -194,6 +195,14 @@ def test_worker_flags_parse_and_match_the_cluster(rendered: Rendered) -> None:
 def test_worker_outlives_its_chunk_timeout(rendered: Rendered) -> None:
     settings, spec, _ = worker_config(rendered)
     assert spec["terminationGracePeriodSeconds"] > settings.chunk_timeout_s
+
+
+def test_worker_startup_probe_outlasts_the_model_wait(rendered: Rendered) -> None:
+    """The worker opens its metrics port only after a model version answers."""
+    settings, _, main = worker_config(rendered)
+    probe = main["startupProbe"]
+    assert probe["tcpSocket"]["port"] == "metrics"
+    assert probe["periodSeconds"] * probe["failureThreshold"] > settings.model_ready_timeout_s
 
 
 def test_worker_env_is_read_by_the_code(rendered: Rendered) -> None:

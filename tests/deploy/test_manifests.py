@@ -109,8 +109,10 @@ def test_long_running_containers_have_probes(rendered: Rendered) -> None:
 def test_server_uses_native_grpc_probes(rendered: Rendered) -> None:
     server = rendered.get("Deployment", "dermserve-server")
     (container,) = server["spec"]["template"]["spec"]["containers"]
-    for probe in probes(container):
-        assert set(probe) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}
+    for key in ("startupProbe", "readinessProbe"):
+        assert set(container[key]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}
+    # Liveness must not follow the model's health: a dead TF Serving is no reason to restart.
+    assert "tcpSocket" in container["livenessProbe"]
 
 
 def test_every_service_selects_pods_with_its_ports(rendered: Rendered) -> None:
