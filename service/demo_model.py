@@ -39,11 +39,37 @@ def export(out: Path, model_name: str, version: int = 1) -> Path:
     return final
 
 
+def export_mobilenet_sized(out: Path, model_name: str, version: int = 1) -> Path:
+    """A randomly initialised MobileNetV2 (192x192) with the contract: the released model's
+    compute without its skill, to benchmark serving before the released model exists."""
+    import keras
+
+    from trainer.export import ServingModule, save_version
+
+    config = demo_config()
+    inputs = keras.Input((DEMO_INPUT.height, DEMO_INPUT.width, 3))
+    backbone = keras.applications.MobileNetV2(include_top=False, weights=None,
+                                              input_tensor=inputs, pooling="avg")
+    logits = keras.layers.Dense(len(config.labels))(backbone.output)
+    network = keras.Model(inputs, [logits, backbone.output])
+    final = out / model_name / str(version)
+    staging = out / model_name / f"tmp-demo-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    save_version(ServingModule(network, config), config, staging)
+    staging.rename(final)
+    return final
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.demo_model", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("var/demo-models"))
     parser.add_argument("--model-name", default="ham10000")
+    parser.add_argument("--mobilenet-sized", action="store_true",
+                        help="export a random-init MobileNetV2 instead (for benchmarks)")
     args = parser.parse_args(argv)
+    if args.mobilenet_sized:
+        print(f"exported {export_mobilenet_sized(args.out, args.model_name)}")
+        return
     if (args.out / args.model_name / "1" / "saved_model.pb").exists():
         print(f"demo model already at {args.out / args.model_name / '1'}")
         return

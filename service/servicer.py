@@ -108,7 +108,11 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
         try:
             for item in requests:
                 window.acquire()
-                self.stream_pool.submit(self._answer, item.request, context, answers, window)
+                try:
+                    self.stream_pool.submit(self._answer, item.request, context, answers, window)
+                except RuntimeError:  # the pool is shut down: the server is stopping
+                    window.release()
+                    break
         except grpc.RpcError:
             log.info("ClassifyStream: the client went away")
         finally:
