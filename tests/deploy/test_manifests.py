@@ -13,6 +13,8 @@ from tests.deploy.conftest import Rendered
 KUBERNETES_VERSION = "1.31.0"
 """The oldest Kubernetes dermserve supports: native gRPC probes (GA 1.27) and the preStop sleep
 action (beta, on by default, since 1.30) are both in it. kubernetes-validate bundles its schema."""
+NEWEST_BUNDLED_VERSION = "1.37.0"
+"""The newest schema the locked kubernetes-validate bundles: nothing we use was removed since."""
 
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
@@ -33,13 +35,14 @@ def test_overlay_renders_every_component(rendered: Rendered) -> None:
     assert components == WORKLOAD_COMPONENTS
 
 
-def test_strict_schema_validation(rendered: Rendered) -> None:
+@pytest.mark.parametrize("version", [KUBERNETES_VERSION, NEWEST_BUNDLED_VERSION])
+def test_strict_schema_validation(rendered: Rendered, version: str) -> None:
     failures = []
     for doc in rendered.docs:
         if is_crd(doc):
             continue
         try:
-            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+            kubernetes_validate.validate(doc, version, strict=True)
         except (kubernetes_validate.ValidationError,
                 kubernetes_validate.SchemaNotFoundError) as exc:
             failures.append(f"{doc['kind']}/{doc['metadata']['name']}: {exc}")
