@@ -47,7 +47,12 @@ def test_every_alert_has_a_unit_test_and_a_runbook() -> None:
     assert alerts == tested
     operations = (DEPLOY.parent / "docs" / "operations.md").read_text()
     for alert in alerts:
-        assert f"### {alert}" in operations, f"docs/operations.md has no section for {alert}"
+        assert f"\n### {alert}\n" in operations, f"docs/operations.md has no section for {alert}"
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:  # the heading's anchor, as GitHub renders it
+                assert rule["annotations"]["runbook"] == \
+                    f"docs/operations.md#{rule['alert'].lower()}"
 
 
 def test_prometheusrule_is_rendered_from_the_rules_file() -> None:
