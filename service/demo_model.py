@@ -42,16 +42,11 @@ def export(out: Path, model_name: str, version: int = 1) -> Path:
 def export_mobilenet_sized(out: Path, model_name: str, version: int = 1) -> Path:
     """A randomly initialised MobileNetV2 (192x192) with the contract: the released model's
     compute without its skill, to benchmark serving before the released model exists."""
-    import keras
-
     from trainer.export import ServingModule, save_version
+    from trainer.network import build_network
 
     config = demo_config()
-    inputs = keras.Input((DEMO_INPUT.height, DEMO_INPUT.width, 3))
-    backbone = keras.applications.MobileNetV2(include_top=False, weights=None,
-                                              input_tensor=inputs, pooling="avg")
-    logits = keras.layers.Dense(len(config.labels))(backbone.output)
-    network = keras.Model(inputs, [logits, backbone.output])
+    network = build_network(len(config.labels), DEMO_INPUT, "mobilenet_v2", weights_path=None)
     final = out / model_name / str(version)
     staging = out / model_name / f"tmp-demo-{version}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -57,19 +57,17 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
 
     def Classify(self, request: pb.ClassifyRequest,
                  context: grpc.ServicerContext) -> pb.ClassifyResponse:
-        return self._classify(request, request_id_of(request), context)
+        request_id = request_id_of(request)
+        request_id_var.set(request_id)  # scoped per call by the ErrorMappingInterceptor
+        return self._classify(request, request_id, context)
 
     def _classify(self, request: pb.ClassifyRequest, request_id: str,
                   context: grpc.ServicerContext) -> pb.ClassifyResponse:
-        token = request_id_var.set(request_id)
-        try:
-            prediction = self.classifier.classify(
-                request.image, self._ref(request.model), request_id, self._timeout(context))
-            log.debug("classified: version %d, abstention %s", prediction.model_version,
-                      prediction.abstention.value)
-            return to_response(prediction)
-        finally:
-            request_id_var.reset(token)
+        prediction = self.classifier.classify(
+            request.image, self._ref(request.model), request_id, self._timeout(context))
+        log.debug("classified: version %d, abstention %s", prediction.model_version,
+                  prediction.abstention.value)
+        return to_response(prediction)
 
     def ClassifyStream(self, request_iterator: Iterator[pb.ClassifyStreamRequest],
                        context: grpc.ServicerContext) -> Iterator[pb.ClassifyStreamResponse]:
@@ -131,14 +129,18 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
     def _stream_item(self, request: pb.ClassifyRequest,
                      context: grpc.ServicerContext) -> pb.ClassifyStreamResponse:
         request_id = request.request_id
+        scope = request_id_var.set(request_id)
         try:
             request_id = request_id_of(request)
+            request_id_var.set(request_id)
             result = self._classify(request, request_id, context)
             return pb.ClassifyStreamResponse(request_id=request_id, result=result)
         except Exception as exc:  # noqa: BLE001 - each image's failure is its own answer
             error = public_error(exc, "ClassifyStream")
             return pb.ClassifyStreamResponse(request_id=request_id, error=pb.ImageError(
                 code=status_code(error).name, reason=error.reason, message=error.message))
+        finally:
+            request_id_var.reset(scope)
 
 
 def new_request_id() -> str:

@@ -20,6 +20,7 @@ import grpc
 
 from service.errors import DermserveError, InternalError
 from service.handlers import Behaviour, rewrap
+from service.logs import request_id_var
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +82,26 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            started = time.perf_counter()
-            failure: DermserveError | None = None
+            # The servicer sets the call's request id; this scope keeps it in the failure log
+            # below and clears it for the thread's next call.
+            scope = request_id_var.set("")
             try:
-                return behaviour(request, context)
-            except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
-                failure = public_error(exc, method)
+                return self._call_unary(behaviour, method, request, context)
             finally:
-                self._record(method, context, failure, started)
-            abort(context, failure)
+                request_id_var.reset(scope)
         return wrapped
+
+    def _call_unary(self, behaviour: Behaviour, method: str, request: Any,
+                    context: grpc.ServicerContext) -> Any:
+        started = time.perf_counter()
+        failure: DermserveError | None = None
+        try:
+            return behaviour(request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
+            failure = public_error(exc, method)
+        finally:
+            self._record(method, context, failure, started)
+        abort(context, failure)
 
     def _stream(self, behaviour: Behaviour, method: str) -> Behaviour:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
