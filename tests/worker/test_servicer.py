@@ -1,0 +1,178 @@
+"""BatchJobs over a real gRPC server on 127.0.0.1:0, with the front's error-mapping interceptor:
+status codes are asserted as a client sees them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
+from worker.jobs import JobService
+from worker.servicer import add_batch_jobs_service
+from worker.settings import WorkerSettings
+
+
+@pytest.fixture
+def stub(jobs: JobService) -> Iterator[pb_grpc.BatchJobsStub]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         interceptors=[ErrorMappingInterceptor()])
+    add_batch_jobs_service(server, jobs)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield pb_grpc.BatchJobsStub(channel)
+    channel.close()
+    server.stop(grace=None)
+
+
+def rejected(stub: pb_grpc.BatchJobsStub, request: pb.SubmitBatchJobRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SubmitBatchJob(request, timeout=10)
+    return caught.value
+
+
+def reason(error: grpc.RpcError) -> str:
+    pairs = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+    return next((value for key, value in pairs if key == REASON_METADATA_KEY), "")
+
+
+def files(*paths: str) -> pb.SubmitBatchJobRequest:
+    return pb.SubmitBatchJobRequest(files=pb.FileReferences(paths=list(paths)))
+
+
+def test_references_outside_the_input_roots_are_invalid_argument(
+        stub: pb_grpc.BatchJobsStub, input_root: Path, tmp_path: Path) -> None:
+    write_images(input_root / "ok", 1)
+    outside = tmp_path / "elsewhere"
+    write_images(outside, 1)
+    (input_root / "escape").symlink_to(outside, target_is_directory=True)
+    (input_root / "link.jpg").symlink_to(outside / "img_0000.jpg")
+    manifest = input_root / "list.csv"
+    manifest.write_text("path\nok/img_0000.jpg\n../elsewhere/img_0000.jpg\n")
+    attempts = [
+        files("../elsewhere/img_0000.jpg"),
+        files("ok/../../elsewhere"),
+        files(str(outside / "img_0000.jpg")),
+        files("/etc/passwd"),
+        files("escape/img_0000.jpg"),
+        files("link.jpg"),
+        files("ok/img_0000.jpg", "escape"),
+        pb.SubmitBatchJobRequest(manifest=pb.Manifest(path=str(manifest))),
+        pb.SubmitBatchJobRequest(manifest=pb.Manifest(path="../elsewhere/list.csv")),
+        pb.SubmitBatchJobRequest(manifest=pb.Manifest(csv="/etc/hostname\n")),
+    ]
+    for request in attempts:
+        error = rejected(stub, request)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request
+        assert reason(error) == "REFERENCE_OUTSIDE_INPUT_ROOTS", request
+        if str(outside) not in str(request):  # a symlink's target never leaks into the error
+            assert str(outside) not in (error.details() or "")
+
+
+def test_a_symlink_inside_a_directory_reference_is_skipped_not_followed_out(
+        stub: pb_grpc.BatchJobsStub, input_root: Path, tmp_path: Path) -> None:
+    write_images(input_root / "dir", 2)
+    outside = tmp_path / "secret"
+    write_images(outside, 1)
+    (input_root / "dir" / "sneaky.jpg").symlink_to(outside / "img_0000.jpg")
+    response = stub.SubmitBatchJob(files("dir"), timeout=10)
+    assert response.job.total_images == 2
+
+
+def test_oversize_jobs_are_resource_exhausted(
+        stub: pb_grpc.BatchJobsStub, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "many", settings.max_images_per_job + 1)
+    error = rejected(stub, files("many"))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(error) == "TOO_MANY_IMAGES"
+
+    too_many = [pb.InlineImage(name=str(i), data=jpeg_bytes(i))
+                for i in range(settings.max_inline_images + 1)]
+    error = rejected(stub, pb.SubmitBatchJobRequest(inline=pb.InlineImages(images=too_many)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(error) == "TOO_MANY_INLINE_IMAGES"
+
+    huge = [pb.InlineImage(name="big", data=b"\xff\xd8\xff" + bytes(settings.max_inline_bytes))]
+    error = rejected(stub, pb.SubmitBatchJobRequest(inline=pb.InlineImages(images=huge)))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert reason(error) == "INLINE_IMAGES_TOO_LARGE"
+    spooled = list(settings.batch_output_dir.glob("*")) if settings.batch_output_dir.exists() \
+        else []
+    assert spooled == []  # a refused job leaves no files behind
+
+
+def test_other_bad_requests_are_invalid_argument(stub: pb_grpc.BatchJobsStub) -> None:
+    for request, why in [(pb.SubmitBatchJobRequest(), "NO_INPUT"),
+                         (pb.SubmitBatchJobRequest(files=pb.FileReferences(paths=["x"]),
+                                                   client_job_id="no spaces"),
+                          "BAD_CLIENT_JOB_ID")]:
+        error = rejected(stub, request)
+        assert (error.code(), reason(error)) == (grpc.StatusCode.INVALID_ARGUMENT, why)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetBatchJob(pb.GetBatchJobRequest(job_id="0" * 32), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetBatchJob(pb.GetBatchJobRequest(job_id="../../etc"), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_submit_watch_and_page_through_results(
+        stub: pb_grpc.BatchJobsStub, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "ham", 9)
+    (input_root / "ham" / "img_0003.jpg").write_bytes(b"not an image")
+    submitted = stub.SubmitBatchJob(pb.SubmitBatchJobRequest(
+        manifest=pb.Manifest(csv="path,lesion_id\n" + "".join(
+            f"ham/img_{i:04d}.jpg,L{i}\n" for i in range(9))),
+        client_job_id="screening-7", priority=pb.BATCH_JOB_PRIORITY_HIGH), timeout=10)
+    job_id = submitted.job.job_id
+    assert submitted.created and submitted.job.state == pb.BATCH_JOB_STATE_QUEUED
+    assert submitted.job.HasField("create_time") and submitted.job.eta_seconds == -1
+    again = stub.SubmitBatchJob(pb.SubmitBatchJobRequest(
+        files=pb.FileReferences(paths=["ham"]), client_job_id="screening-7"), timeout=10)
+    assert not again.created and again.job.job_id == job_id
+
+    run_worker_burst(settings, FakeBackend())
+
+    updates = list(stub.WatchBatchJob(pb.WatchBatchJobRequest(job_id=job_id), timeout=10))
+    final = updates[-1].job
+    assert final.state == pb.BATCH_JOB_STATE_SUCCEEDED
+    assert (final.total_images, final.done_images, final.failed_images) == (9, 9, 1)
+    assert final.model.version == 1 and final.HasField("finish_time")
+    assert Path(final.results_jsonl_path).is_file() and Path(final.results_csv_path).is_file()
+
+    seen, token = [], ""
+    while True:
+        page = stub.ListBatchJobResults(pb.ListBatchJobResultsRequest(
+            job_id=job_id, page_size=4, page_token=token), timeout=10)
+        assert len(page.results) <= 4
+        seen.extend(page.results)
+        token = page.next_page_token
+        if not token:
+            break
+    assert [r.index for r in seen] == list(range(9))
+    assert seen[0].reference == "ham/img_0000.jpg" and len(seen[0].probabilities) == 7
+    assert seen[3].error.reason == "UNSUPPORTED_FORMAT" and not seen[3].probabilities
+    assert seen[0].model.version == 1
+
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.CancelBatchJob(pb.CancelBatchJobRequest(job_id=job_id), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_watch_streams_until_cancelled(stub: pb_grpc.BatchJobsStub, input_root: Path) -> None:
+    write_images(input_root / "w", 3)
+    job_id = stub.SubmitBatchJob(files("w"), timeout=10).job.job_id
+    stream = stub.WatchBatchJob(pb.WatchBatchJobRequest(job_id=job_id), timeout=20)
+    first = next(stream)
+    assert first.job.state == pb.BATCH_JOB_STATE_QUEUED
+    cancelled = stub.CancelBatchJob(pb.CancelBatchJobRequest(job_id=job_id), timeout=10)
+    assert cancelled.job.state == pb.BATCH_JOB_STATE_CANCELLED
+    rest = list(stream)
+    assert rest[-1].job.state == pb.BATCH_JOB_STATE_CANCELLED
