@@ -106,7 +106,7 @@ class EmbeddedBackend:
         self._scan_lock = threading.Lock()  # one scan at a time (poller thread or poll())
         self._versions: dict[int, _Version] = {}
         self._previous_scan: dict[int, Fingerprint | None] = {}
-        self._dir_state = "has not been scanned yet"
+        self._dir_state = "the model directory has not been scanned yet"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False

@@ -206,8 +206,8 @@ class TFServingBackend:
                 timeout: float | None = None) -> BatchOutput:
         deadline = self._deadline(timeout)
         resolved = self.resolve(ref, self._remaining(deadline))
-        assert resolved.config is not None  # resolve always returns a version's config
-        check_images(images, resolved.config)
+        config = self._config(resolved.version, deadline)
+        check_images(images, config)
         request = predict_pb2.PredictRequest(
             model_spec=self._model_spec(ref, SERVING_SIGNATURE),
             inputs={IMAGE_INPUT: make_tensor(images)},
@@ -215,8 +215,8 @@ class TFServingBackend:
         response = self._call("Predict", lambda s: s.prediction.Predict, request, deadline,
                               invalid_argument=InvalidRequest, not_found=self._not_found(ref))
         version = int(response.model_spec.version.value)
-        config = (resolved.config if version == resolved.version
-                  else self._config(version, deadline))
+        if version != resolved.version:  # "latest" or a label moved since we resolved it
+            config = self._config(version, deadline)
         probabilities, ood_scores = self._outputs(response, len(images), len(config.labels))
         return BatchOutput(self._available(version, config), probabilities, ood_scores)
 
