@@ -5,7 +5,8 @@ and the ratios between the two. `python -m service.bench --out FILE` (or `make b
    median single-image latency, and images/s for a few batch sizes (the best is the floor);
 2. decoding: validation + decoding + preprocessing of the benchmark JPEG (the service's own work
    before the model), median;
-3. Classify: the real server (embedded backend + micro-batching) in a child process, on
+3. Classify: the real server (embedded backend + micro-batching, batches capped at the best raw
+   batch size unless `--server-arg=--batch-max-size=N` says otherwise) in a child process, on
    127.0.0.1, driven by 1, 8 and 32 concurrent clients: p50/p95/p99 latency and calls/s;
 4. ratios against the targets: p50 at concurrency 1 <= 1.15 x (raw single + decoding), and
    throughput at concurrency 32 >= 0.85 x the raw best batch throughput.
@@ -220,19 +221,29 @@ def find_target(model_base: Path, model_name: str, version: int | None,
     return Target(model_dir / str(chosen), model_base, model_name, chosen, bench_image(image))
 
 
+def server_flags(extra: Sequence[str], best_batch_size: int) -> list[str]:
+    """The server's flags: micro-batches capped at the model's best measured batch size (what an
+    operator would set), unless the caller chose a size."""
+    flags = list(extra)
+    if not any(flag.startswith("--batch-max-size") for flag in flags):
+        flags.append(f"--batch-max-size={best_batch_size}")
+    return flags
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
     raw = raw_floor(target, config, args.step_seconds)
     decode = decoding(target, config.input, args.step_seconds)
-    served = over_grpc(target, args.step_seconds, args.server_arg)
+    server_args = server_flags(args.server_arg, raw["best_batch_size"])
+    served = over_grpc(target, args.step_seconds, server_args)
     return {"model": {"base": str(target.model_base), "name": target.model_name,
                       "version": target.version, "description": config.description,
                       "input": [config.input.height, config.input.width]},
             "image_bytes": len(target.image),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
-            "step_seconds": args.step_seconds, "server_args": list(args.server_arg),
+            "step_seconds": args.step_seconds, "server_args": server_args,
             "raw": raw, "decode": decode, "grpc": served,
             "ratios": ratios(raw, decode, served)}
 
