@@ -52,6 +52,8 @@ test: lint  ## install what is missing, lint, and run every test
 DEMO_BASE ?= var/demo-models
 DEMO_MODEL := $(DEMO_BASE)/ham10000/1/saved_model.pb
 BENCH_DIR ?= bench-results
+# A real HAM10000 image when the data is there; else the bench makes a photo-like 600x450 JPEG.
+BENCH_IMAGE ?= $(firstword $(wildcard $(DATA_DIR)/images/*.jpg))
 # The released model when $(MODEL_BASE) has a version, else the untrained placeholder (loudly).
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
@@ -66,7 +68,7 @@ run: install proto  ## start the stack on the released model (else the placehold
 
 bench: install proto  ## benchmark the raw model against Classify over gRPC; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
-	$(PY) -m service.bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m service.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train
