@@ -16,6 +16,8 @@ starts a fresh rq worker after a backoff, keeping the loaded model.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -110,7 +112,8 @@ class WorkerProcess:
         self.registry.register(BatchStateCollector(self.store, self.queues))
         self.runner = ChunkRunner(self.store, ResultStore(settings.batch_output_dir),
                                   self.queues, classifier, InputRoots(settings.input_roots),
-                                  ChunkPolicy.from_settings(settings), self.metrics)
+                                  ChunkPolicy.from_settings(settings), self.metrics,
+                                  name=f"{socket.gethostname()}-{os.getpid()}")
         self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
                              settings.reap_grace_s)
 

@@ -74,9 +74,14 @@ def submit(jobs: JobService, input_root: Path) -> str:
     return jobs.submit(SubmitRequest(JobInput(paths=["archive"]))).job.job_id
 
 
-def running_chunks(jobs: JobService, job_id: str) -> list[int]:
+def running_chunks(jobs: JobService, job_id: str, pid: int | None = None) -> list[int]:
+    """Chunks RUNNING now (and leased by the worker with that pid, when given)."""
     states = jobs.store.client.hgetall(jobs.store.chunks_key(job_id))
-    return [int(index) for index, state in states.items() if state == "R"]
+    running = [int(index) for index, state in states.items() if state == "R"]
+    if pid is None:
+        return running
+    holders = [jobs.store.client.get(jobs.store.lease_key(job_id, i)) or "" for i in running]
+    return [i for i, holder in zip(running, holders, strict=True) if f"-{pid}:" in holder]
 
 
 def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
@@ -100,16 +105,17 @@ def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(
         jobs: JobService, workers: Workers, input_root: Path) -> None:
     job_id = submit(jobs, input_root)
     first = workers.start()
-    wait_until(lambda: jobs.get(job_id).chunks_done >= 2 and running_chunks(jobs, job_id),
+    workers.start()  # the survivor; both load the model at once, to keep the test short
+    wait_until(lambda: jobs.get(job_id).chunks_done >= 2 and running_chunks(jobs, job_id,
+                                                                          first.pid),
                "the first worker to be inside a chunk", timeout_s=120, interval_s=0.005)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
-    killed = running_chunks(jobs, job_id)
+    killed = running_chunks(jobs, job_id, first.pid)
     assert killed, "the worker was not inside a chunk when it died"
     progress = jobs.get(job_id)
     assert progress.state is JobState.RUNNING and progress.done < IMAGES
 
-    workers.start()
     wait_until(lambda: jobs.get(job_id).state.terminal, "a second worker to finish the job",
                timeout_s=120, interval_s=0.1)
 

@@ -3,6 +3,8 @@ status codes are asserted as a client sees them."""
 
 from __future__ import annotations
 
+import csv
+import json
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -176,3 +178,48 @@ def test_watch_streams_until_cancelled(stub: pb_grpc.BatchJobsStub, input_root: 
     assert cancelled.job.state == pb.BATCH_JOB_STATE_CANCELLED
     rest = list(stream)
     assert rest[-1].job.state == pb.BATCH_JOB_STATE_CANCELLED
+
+
+@pytest.fixture
+def target(jobs: JobService) -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
+                         interceptors=[ErrorMappingInterceptor()])
+    add_batch_jobs_service(server, jobs)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+def test_cli_submit_watch_results_and_cancel(
+        target: str, settings: WorkerSettings, input_root: Path,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from worker.cli import main
+
+    write_images(input_root / "folder", 6)
+    assert main(["submit", str(input_root / "folder"), "--no-wait", "--job-id", "cli-1",
+                 "--target", target]) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+
+    run_worker_burst(settings, FakeBackend())
+
+    assert main(["watch", job_id, "--target", target]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["state"] == "BATCH_JOB_STATE_SUCCEEDED"
+    assert "6/6 100%" in captured.err
+    assert main(["results", job_id, "--format", "csv", "--output", str(tmp_path / "r.csv"),
+                 "--target", target]) == 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    assert [int(row["index"]) for row in rows] == list(range(6))
+    assert main(["results", job_id, "--target", target]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["reference"].endswith("img_0000.jpg")
+    assert main(["cancel", job_id, "--target", target]) == 1
+    assert json.loads(capsys.readouterr().err)["reason"] == "JOB_ALREADY_FINISHED"
+
+    some = [str(input_root / "folder" / f"img_{i:04d}.jpg") for i in range(3)]
+    assert main(["submit", *some, "--inline", "--no-wait", "--target", target]) == 0
+    inline = json.loads(capsys.readouterr().out)
+    assert inline["total_images"] == "3" and inline["job_id"] != job_id
+    assert main(["submit", str(input_root / "folder"), "--inline", "--target", target]) == 1
+    assert json.loads(capsys.readouterr().err)["code"] == "RESOURCE_EXHAUSTED"

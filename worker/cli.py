@@ -1,0 +1,246 @@
+"""`dermserve batch ...`: submit, follow, collect and cancel batch jobs over gRPC.
+
+    dermserve batch submit DIR_OR_MANIFEST... [--inline] [--job-id ID] [--version N | --label L]
+                           [--priority low|normal|high] [--no-wait]
+    dermserve batch status JOB_ID
+    dermserve batch watch JOB_ID
+    dermserve batch results JOB_ID [--format jsonl|csv] [--output FILE]
+    dermserve batch cancel JOB_ID
+
+A directory or image file is sent as a reference (the server reads it from its input roots); a
+`.csv` file as a manifest; `--inline` sends the images themselves instead. `submit` shows a
+progress bar on stderr until the job ends, then prints the job as JSON on stdout. Exit status: 0
+when the job (or the call) succeeded, 1 otherwise. `service/cli.py` registers these commands
+through `add_batch_commands`; `python -m worker.cli` runs them on their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.v1 import lesion_classifier_pb2 as lc
+from service.cli import add_connection_arguments, call_metadata, error_entry, open_channel
+from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
+from worker.results import CSV_COLUMNS
+
+PROGRESS_WIDTH = 30  # characters of the progress bar
+TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
+            pb.BATCH_JOB_STATE_CANCELLED}
+
+
+def add_batch_commands(commands: Any) -> None:
+    """Register `batch` and its subcommands on the `dermserve` subparsers."""
+    batch = commands.add_parser("batch", help="batch jobs: submit, status, watch, results, "
+                                              "cancel")
+    register(batch.add_subparsers(dest="batch_command", required=True), os.environ)
+
+
+def register(commands: Any, environ: dict[str, str] | os._Environ[str]) -> None:
+    submit = commands.add_parser("submit", help="submit a folder, files or a manifest CSV")
+    submit.add_argument("inputs", nargs="+", metavar="DIR_OR_MANIFEST")
+    submit.add_argument("--inline", action="store_true",
+                        help="send the images in the request instead of their paths")
+    submit.add_argument("--job-id", default="", help="idempotency key (client_job_id)")
+    which = submit.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="pin a model version")
+    which.add_argument("--label", help="use a labelled version, e.g. stable")
+    submit.add_argument("--priority", choices=("low", "normal", "high"), default="normal")
+    submit.add_argument("--no-wait", action="store_true", help="return once queued")
+    submit.set_defaults(func=run_submit)
+    for name, func, text in (("status", run_status, "show a job"),
+                             ("watch", run_watch, "follow a job until it ends"),
+                             ("cancel", run_cancel, "cancel a job"),
+                             ("results", run_results, "print a job's results")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("job_id")
+        command.set_defaults(func=func)
+        if name == "results":
+            command.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+            command.add_argument("--output", type=Path, help="write here instead of stdout")
+        add_connection_arguments(command, environ)
+    add_connection_arguments(submit, environ)
+
+
+# --- requests -------------------------------------------------------------------------------------
+def submit_request(args: argparse.Namespace) -> pb.SubmitBatchJobRequest:
+    request = pb.SubmitBatchJobRequest(client_job_id=args.job_id,
+                                       priority=pb.BatchJobPriority.Value(
+                                           f"BATCH_JOB_PRIORITY_{args.priority.upper()}"))
+    if args.version is not None:
+        request.model.version = args.version
+    elif args.label:
+        request.model.version_label = args.label
+    paths = [Path(text) for text in args.inputs]
+    if args.inline:
+        request.inline.images.extend(pb.InlineImage(name=str(path), data=path.read_bytes())
+                                     for path in local_images(paths))
+    elif len(paths) == 1 and paths[0].suffix.lower() == ".csv":
+        request.manifest.path = str(paths[0].resolve())
+    else:
+        request.files.paths.extend(str(path.resolve()) for path in paths)
+    return request
+
+
+def local_images(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from (p for p in sorted(path.rglob("*"))
+                        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            yield path
+
+
+# --- output ---------------------------------------------------------------------------------------
+def job_json(job: pb.BatchJob) -> str:
+    return json.dumps(MessageToDict(job, preserving_proto_field_name=True), indent=2)
+
+
+def progress_line(job: pb.BatchJob) -> str:
+    total = max(job.total_images, 1)
+    filled = PROGRESS_WIDTH * job.done_images // total
+    bar = "#" * filled + "." * (PROGRESS_WIDTH - filled)
+    eta = f" ETA {job.eta_seconds:.0f}s" if job.eta_seconds >= 0 else ""
+    state = pb.BatchJobState.Name(job.state).removeprefix("BATCH_JOB_STATE_")
+    return (f"\r[{bar}] {job.done_images}/{job.total_images} {100 * job.done_images // total}%"
+            f" failed {job.failed_images} abstained {job.abstained_images} {state}{eta}   ")
+
+
+def follow(stub: pb_grpc.BatchJobsStub, job_id: str, args: argparse.Namespace,
+           err: TextIO) -> pb.BatchJob:
+    """Draw the progress bar from WatchBatchJob until the job ends; returns the last state."""
+    last = None
+    for update in stub.WatchBatchJob(pb.WatchBatchJobRequest(job_id=job_id),
+                                     metadata=call_metadata(args)):
+        last = update.job
+        err.write(progress_line(last))
+        err.flush()
+    err.write("\n")
+    if last is None:
+        raise RuntimeError("the watch stream ended without an update")
+    return last
+
+
+def exit_status(job: pb.BatchJob) -> int:
+    return 0 if job.state in (pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_QUEUED,
+                              pb.BATCH_JOB_STATE_RUNNING) else 1
+
+
+# --- commands -------------------------------------------------------------------------------------
+def with_stub(args: argparse.Namespace, action: Any) -> int:
+    """Run `action(stub)`; a failed call prints its code, reason and message as JSON."""
+    with open_channel(args) as channel:
+        try:
+            return int(action(pb_grpc.BatchJobsStub(channel)))
+        except grpc.RpcError as exc:
+            print(json.dumps(error_entry(exc)), file=sys.stderr)
+            return 1
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        response = stub.SubmitBatchJob(submit_request(args), timeout=args.timeout,
+                                       metadata=call_metadata(args))
+        job = response.job
+        print(f"job {job.job_id} ({'created' if response.created else 'existing'}): "
+              f"{job.total_images} images", file=sys.stderr)
+        if not args.no_wait:
+            job = follow(stub, job.job_id, args, sys.stderr)
+        print(job_json(job))
+        return exit_status(job)
+    return with_stub(args, action)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        job = stub.GetBatchJob(pb.GetBatchJobRequest(job_id=args.job_id), timeout=args.timeout,
+                               metadata=call_metadata(args)).job
+        print(job_json(job))
+        return exit_status(job)
+    return with_stub(args, action)
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        job = follow(stub, args.job_id, args, sys.stderr)
+        print(job_json(job))
+        return exit_status(job)
+    return with_stub(args, action)
+
+
+def run_cancel(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        job = stub.CancelBatchJob(pb.CancelBatchJobRequest(job_id=args.job_id),
+                                  timeout=args.timeout, metadata=call_metadata(args)).job
+        print(job_json(job))
+        return 0
+    return with_stub(args, action)
+
+
+def run_results(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        if args.output is None:
+            write_results(stub, args, sys.stdout)
+            return 0
+        with args.output.open("w", encoding="utf-8", newline="") as out:
+            write_results(stub, args, out)
+        return 0
+    return with_stub(args, action)
+
+
+def result_pages(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace
+                 ) -> Iterator[pb.BatchImageResult]:
+    token = ""
+    while True:
+        page = stub.ListBatchJobResults(pb.ListBatchJobResultsRequest(
+            job_id=args.job_id, page_size=MAX_PAGE_SIZE, page_token=token),
+            timeout=args.timeout, metadata=call_metadata(args))
+        yield from page.results
+        token = page.next_page_token
+        if not token or not page.results:
+            return
+
+
+def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: TextIO) -> None:
+    if args.format == "jsonl":
+        for result in result_pages(stub, args):
+            out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
+        return
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS[:9] + ["error_reason", "probabilities"])
+    for result in result_pages(stub, args):
+        writer.writerow(csv_row(result))
+
+
+def csv_row(result: pb.BatchImageResult) -> list[object]:
+    failed = result.HasField("error")
+    status = "error" if failed else ("abstained" if result.abstained else "classified")
+    reason = lc.AbstentionReason.Name(result.abstention_reason)
+    return [result.index, result.reference, status, result.top_label, int(result.abstained),
+            reason.removeprefix("ABSTENTION_REASON_") if result.abstained else "",
+            result.model.name, result.model.version or "", f"{result.ood_score:.6g}",
+            result.error.reason if failed else "",
+            ";".join(f"{p.label}={p.probability:.6f}" for p in result.probabilities)]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dermserve batch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    register(parser.add_subparsers(dest="batch_command", required=True), os.environ)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
