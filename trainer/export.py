@@ -23,7 +23,7 @@ from service.model_config import ModelConfig
 from trainer.features import FeatureStatistics
 
 __all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",
-           "mahalanobis_min", "project_features", "save_version"]
+           "mahalanobis_min", "project_features", "round_weights", "save_version"]
 
 
 def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor) -> tf.Tensor:
@@ -39,13 +39,59 @@ def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tens
     return tf.matmul(features - centre[None, :], projection)
 
 
+WEIGHT_DTYPES = ("float32", "float16")
+"""How the network's variables are stored: float16 halves the version's size; the graph casts them
+back to float32, so only the weights are rounded (see `round_weights`), not the arithmetic."""
+
+
+def round_weights(network: Any) -> None:
+    """Round the network's float variables to float16 precision in place: afterwards the network
+    computes exactly what a float16-stored export serves."""
+    for variable in network.variables:
+        if np.dtype(variable.dtype) == np.float32:
+            variable.assign(np.asarray(variable).astype(np.float16).astype(np.float32))
+
+
+class _HalfWeights(tf.Module):  # type: ignore[misc]  # tf is untyped
+    """The network's variables stored as float16 (other dtypes as they are), and a forward pass
+    that casts them to float32 and runs the network statelessly, so the float32 originals are
+    neither read by the graph nor saved."""
+
+    def __init__(self, network: Any) -> None:
+        super().__init__()
+        self.trainable = [self._stored(v) for v in network.trainable_variables]
+        self.non_trainable = [self._stored(v) for v in network.non_trainable_variables]
+        self._call = network.stateless_call  # a bound method: not tracked, not saved
+
+    @staticmethod
+    def _stored(variable: Any) -> tf.Variable:
+        value = np.asarray(variable)
+        if value.dtype == np.float32:
+            value = value.astype(np.float16)
+        return tf.Variable(value, trainable=False)
+
+    def __call__(self, scaled: tf.Tensor, training: bool = False) -> Any:
+        def restore(stored: list[tf.Variable]) -> list[tf.Tensor]:
+            return [tf.cast(v, tf.float32) if v.dtype == tf.float16 else tf.identity(v)
+                    for v in stored]
+
+        outputs, _ = self._call(restore(self.trainable), restore(self.non_trainable), scaled,
+                                training=False)
+        return outputs
+
+
 class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
-    """Wraps a network `float images in [-1, 1] -> (logits, pooled features)` with the contract."""
+    """Wraps a network `float images in [-1, 1] -> (logits, pooled features)` with the contract.
+    `weights_dtype="float16"` stores the variables at half size (round the network first with
+    `round_weights` so that training-side predictions match the export)."""
 
     def __init__(self, network: Any, config: ModelConfig,
-                 statistics: FeatureStatistics | None = None) -> None:
+                 statistics: FeatureStatistics | None = None,
+                 weights_dtype: str = "float32") -> None:
         super().__init__()
-        self.network = network
+        if weights_dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, not {weights_dtype!r}")
+        self.network = _HalfWeights(network) if weights_dtype == "float16" else network
         self.temperature = tf.Variable(config.temperature, dtype=tf.float32, trainable=False)
         self.labels = tf.constant(list(config.labels))
         self.config_json = tf.constant(config.to_json())

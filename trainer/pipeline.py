@@ -107,7 +107,7 @@ def _cached_outputs(path: Path, records: Sequence[Record], workdir: Path) -> Out
 def predict_split(name: str, records: Sequence[Record], network: Any, hooks: NetworkHooks,
                   settings: TrainSettings, labels: Sequence[str], tta: bool) -> Outputs:
     """Predictions of one split, cached in the workdir (a publish retry need not re-predict)."""
-    path = settings.workdir / PREDICTIONS_DIR / f"{name}.npz"
+    path = settings.workdir / PREDICTIONS_DIR / settings.weights_dtype / f"{name}.npz"
     cached = _cached_outputs(path, records, settings.workdir)
     if cached is not None and (cached.tta_logits is not None or not tta):
         logger.info("reusing %s predictions from %s", name, path)
@@ -192,6 +192,14 @@ def _write_reports(version_dir: Path, workdir: Path, report_data: dict[str, Any]
                     workdir / REPORT_DIR / modelcard.MODEL_CARD)
 
 
+def _round_weights(network: Any) -> None:
+    """Every measurement below is then made with the weights the version ships."""
+    from trainer.export import round_weights
+
+    round_weights(network)
+    logger.info("network weights rounded to float16")
+
+
 def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
     """Train (or resume), evaluate and publish; returns the new version's directory."""
     if settings.data_dir is None:
@@ -203,6 +211,8 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
     split = prepare_split(records, settings, workdir)
     datareport.write_data_report(split, workdir / REPORT_DIR, str(settings.data_dir))
     network = hooks.train(split, settings, workdir)
+    if settings.weights_dtype == "float16":
+        _round_weights(network)
     outputs = {name: predict_split(name, part, network, hooks, settings, split.labels,
                                    tta=settings.tta and name == "test")
                for name, part in split.parts().items()}
@@ -234,7 +244,8 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         max_ood_score=config.abstention.max_ood_score)
 
     def write(version_dir: Path) -> None:
-        save_version(ServingModule(network, config, decisions.statistics), config, version_dir)
+        module = ServingModule(network, config, decisions.statistics, settings.weights_dtype)
+        save_version(module, config, version_dir)
         sample.write(version_dir)
         split.save(version_dir / "assets.extra" / SPLIT_FILE)
         shutil.copytree(settings.workdir / REPORT_DIR, version_dir / "assets.extra" / REPORT_DIR)

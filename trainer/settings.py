@@ -53,6 +53,7 @@ class TrainSettings:
     target_coverage: float = 0.90  # of validation images answered -> min_confidence
     melanoma_sensitivity: float = 0.85  # validation sensitivity fixing the mel operating point
     sample_predictions: int = 16  # recorded predictions the published graph must reproduce
+    weights_dtype: str = "float32"  # "float16": variables stored at half size (weights rounded)
 
     def input_spec(self) -> InputSpec:
         return InputSpec(height=self.input_size, width=self.input_size,

@@ -14,7 +14,7 @@ from service.preprocessing import to_model_input
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from trainer.calibration import softmax
 from trainer.errors import PromotionRefused, PublishError
-from trainer.export import ServingModule, build_tiny_network, save_version
+from trainer.export import ServingModule, build_tiny_network, round_weights, save_version
 from trainer.features import FeatureStatistics
 from trainer.publish import (
     SAMPLE_RELATIVE_PATH,
@@ -151,3 +151,23 @@ def test_promotion_gate_refuses_a_worse_version(model_base: Path) -> None:
     check_promotion(model_dir, 0.35)
     check_promotion(model_dir, 0.25, force=True)
     check_promotion(model_base / "empty", 0.0)
+
+
+def test_float16_weights_halve_the_variables_and_match_the_rounded_network(
+        tmp_path: Path) -> None:
+    from trainer.network import build_network
+
+    config = tiny_config(0)
+    network = build_network(len(config.labels), config.input, "tiny", None, 0.3, 0)
+    round_weights(network)
+    images = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3)).astype(np.uint8)
+    expected = softmax(np.asarray(network(images / 127.5 - 1.0, training=False)[0]))
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        save_version(ServingModule(network, config, None, dtype), config, tmp_path / dtype)
+        served = ServedVersion(tmp_path / dtype).classify_arrays(images)[0]
+        np.testing.assert_allclose(served, expected, atol=1e-5)
+        sizes[dtype] = sum(p.stat().st_size for p in (tmp_path / dtype / "variables").iterdir())
+    assert sizes["float16"] < 0.6 * sizes["float32"]
+    with pytest.raises(ValueError, match="weights_dtype"):
+        ServingModule(network, config, None, "int8")
