@@ -213,3 +213,16 @@ def test_graceful_stop_drains_in_flight_calls(fake_backend: FakeBackend) -> None
         time.sleep(0.1)
         running.server.stop(2.0)
         assert future.result().top_label == "bcc"
+
+
+def test_abstention_is_reported_and_counted(fake_backend: FakeBackend) -> None:
+    from tests.service.conftest import server_settings
+
+    with running_server(fake_backend, server_settings(min_confidence_floor=0.9)) as running:
+        response = running.stub.Classify(pb.ClassifyRequest(image=good_jpeg()), timeout=5)
+        assert response.abstained
+        assert response.abstention_reason == pb.ABSTENTION_REASON_LOW_CONFIDENCE
+        assert response.top_label == "bcc"  # still given, for information
+        assert running.metrics.registry.get_sample_value(
+            "dermserve_abstentions_total",
+            {"reason": "LOW_CONFIDENCE", "model_version": "2"}) == 1.0

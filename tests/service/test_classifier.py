@@ -1,0 +1,76 @@
+"""The grpc-free core the servicer and the batch worker share."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.backends.base import BatchOutput, ModelRef
+from service.classifier import Classifier
+from service.errors import BackendUnavailable, InvalidImage, ModelNotFound
+from service.prediction import Prediction
+from service.validation import ImageLimits
+from tests.service.conftest import FakeBackend, good_jpeg
+
+
+class VanishingBackend(FakeBackend):
+    """Hot reload in slow motion: the version `resolve` names is gone when `predict` comes,
+    `vanish` times."""
+
+    def __init__(self, vanish: int) -> None:
+        super().__init__(versions=(1, 2))
+        self.vanish = vanish
+
+    def predict(self, ref: ModelRef, images: np.ndarray,
+                timeout: float | None = None) -> BatchOutput:
+        if self.vanish > 0 and ref.version == max(self.versions):
+            self.vanish -= 1
+            self.versions[max(self.versions) + 1] = self.versions[max(self.versions)]
+            del self.versions[ref.version]
+            raise ModelNotFound(f"version {ref.version} was unloaded")
+        return super().predict(ref, images, timeout)
+
+
+def classifier(backend: FakeBackend) -> Classifier:
+    return Classifier(backend, "ham10000", ImageLimits())
+
+
+def test_a_version_unloaded_between_resolve_and_predict_is_resolved_again() -> None:
+    backend = VanishingBackend(vanish=1)
+    prediction = classifier(backend).classify(good_jpeg(), request_id="r")
+    assert prediction.model_version == 3
+
+
+def test_only_one_retry_and_never_for_a_pinned_version() -> None:
+    with pytest.raises(ModelNotFound):
+        classifier(VanishingBackend(vanish=2)).classify(good_jpeg())
+    with pytest.raises(ModelNotFound):
+        classifier(VanishingBackend(vanish=1)).classify(good_jpeg(), ModelRef("ham10000", 2))
+
+
+def test_classify_many_returns_validation_errors_in_place() -> None:
+    backend = FakeBackend()
+    results = classifier(backend).classify_many(
+        [good_jpeg(), b"", good_jpeg(), b"GIF89a"], request_ids=["a", "b", "c", "d"])
+    assert [type(r).__name__ for r in results] == ["Prediction", "InvalidImage", "Prediction",
+                                                    "InvalidImage"]
+    first, third = results[0], results[2]
+    assert isinstance(first, Prediction) and isinstance(third, Prediction)
+    assert (first.request_id, third.request_id) == ("a", "c")
+    assert isinstance(results[1], InvalidImage) and results[1].reason == "EMPTY_IMAGE"
+    assert backend.batch_sizes == [2]  # the valid images went to the model in one call
+
+
+def test_classify_many_raises_backend_errors() -> None:
+    backend = FakeBackend()
+    backend.up = False
+    with pytest.raises(BackendUnavailable):
+        classifier(backend).classify_many([good_jpeg()])
+    assert classifier(FakeBackend()).classify_many([b""])[0].reason == "EMPTY_IMAGE"  # type: ignore[union-attr]
+
+
+def test_confidence_floor_makes_the_classifier_abstain() -> None:
+    cautious = Classifier(FakeBackend(), "ham10000", ImageLimits(), min_confidence_floor=0.9)
+    prediction = cautious.classify(good_jpeg())
+    assert prediction.abstained and prediction.abstention.value == "LOW_CONFIDENCE"
+    assert not classifier(FakeBackend()).classify(good_jpeg()).abstained

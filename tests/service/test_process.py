@@ -1,0 +1,72 @@
+"""`python -m service` as a process: flags and environment, the metrics endpoint, JSON logs, and
+a graceful exit on SIGTERM. An empty model base keeps TensorFlow out of it (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.service.conftest import wait_until
+
+START_TIMEOUT_S = 30.0  # seconds; the interpreter and grpc import on two busy cores
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def health(port: int) -> int | None:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            return int(health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1).status)
+        except grpc.RpcError:
+            return None
+
+
+def test_server_process_reports_health_metrics_and_stops_on_sigterm(tmp_path: Path) -> None:
+    grpc_port, metrics_port = free_ports(2)
+    env = {**os.environ, "DERMSERVE_LOG_FORMAT": "json",
+           "DERMSERVE_METRICS_PORT": str(metrics_port), "DERMSERVE_HEALTH_INTERVAL_S": "0.2"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{grpc_port}",
+         "--model-base", str(tmp_path / "empty"), "--grace-period-s", "2"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: health(grpc_port) is not None, START_TIMEOUT_S)
+        assert health(grpc_port) == health_pb2.HealthCheckResponse.NOT_SERVING  # no model
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        assert "dermserve_serving 0.0" in text
+        assert 'dermserve_requests_total{code="OK",method="Check"}' in text
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0
+    assert time.monotonic() - started < 10
+    entries = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    messages = [entry["message"] for entry in entries]
+    assert any(m.startswith("dermserve listening") for m in messages)
+    assert messages[-1] == "stopped"
+    assert all("request_id" in entry for entry in entries)
