@@ -71,13 +71,16 @@ class HealthMonitor:
     answers a probe image; NOT_SERVING otherwise, and for good once shutdown begins."""
 
     def __init__(self, health_servicer: health.HealthServicer, backend: Backend, model_name: str,
-                 services: Sequence[str], interval_s: float,
+                 services: Sequence[str], interval_s: float, probe_timeout_s: float,
                  on_change: Callable[[int | None], None] | None = None) -> None:
         self.health = health_servicer
         self.backend = backend
         self.model_name = model_name
         self.services = ("", *services)
         self.interval_s = interval_s
+        # The backend's own deadline, not the probe period: under full load the probe waits its
+        # turn behind real batches, and health must not flap because the service is busy.
+        self.probe_timeout_s = probe_timeout_s
         self.on_change = on_change
         self.serving_version: int | None = None
         self._stop = threading.Event()
@@ -99,11 +102,11 @@ class HealthMonitor:
     def probe(self) -> int | None:
         """The version that answered a blank image now, or None."""
         try:
-            version = self.backend.resolve(ModelRef(self.model_name), self.interval_s)
+            version = self.backend.resolve(ModelRef(self.model_name), self.probe_timeout_s)
             spec = require_config(version).input
             blank = np.zeros((1, spec.height, spec.width, 3), np.uint8)
             pinned = ModelRef(self.model_name, version=version.version)
-            self.backend.predict(pinned, blank, max(self.interval_s, 1.0))
+            self.backend.predict(pinned, blank, self.probe_timeout_s)
             return version.version
         except DermserveError as exc:
             log.debug("health probe failed: %s", exc)
@@ -211,7 +214,7 @@ def add_health(server: grpc.Server, backend: Backend, settings: Settings, names:
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return HealthMonitor(servicer, backend, settings.model_name, names,
-                         settings.health_interval_s,
+                         settings.health_interval_s, settings.backend_timeout_s,
                          on_change=metrics.set_serving if metrics else None)
 
 
