@@ -37,6 +37,9 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	rm -rf dermserve && mkdir -p dermserve/v1
 	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
 	touch dermserve/__init__.py dermserve/v1/__init__.py $@
+	@# The editable install maps only the packages that existed at `uv sync` time, which on a fresh
+	@# clone excludes the generated dermserve/; this .pth lets console scripts (dermserve) import it.
+	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "dermserve-stubs.pth").write_text("$(CURDIR)\n")'
 
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
