@@ -38,7 +38,8 @@ MAX_SEND_MESSAGE_BYTES = 4 * 1024 * 1024  # bytes; responses are a few hundred b
 STOP_JOIN_TIMEOUT_S = 5.0  # seconds to wait for the health monitor to notice a stop
 
 ServiceAdder = Callable[[grpc.Server], None]
-"""Registers one more service on the server (e.g. the batch jobs API): (full name, adder)."""
+"""Registers one more service on the server (e.g. the batch jobs API); passed with its full name,
+which health and reflection then list too."""
 
 
 def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
@@ -227,12 +228,13 @@ def bind(server: grpc.Server, settings: Settings) -> int:
     return server.add_insecure_port(settings.listen_address)
 
 
-def serve(settings: Settings) -> None:
-    """Run until SIGTERM or SIGINT, then drain for `grace_period_s` and close everything."""
+def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]] = ()) -> None:
+    """Run until SIGTERM or SIGINT, then drain for `grace_period_s` and close everything.
+    `extra_services` (name, adder) are hosted on the same port (e.g. the batch jobs API)."""
     metrics = Metrics()
     exporter = start_exporter(metrics, settings.metrics_address, settings.metrics_port)
     backend = make_backend(settings, metrics)
-    server, port = create_server(settings, backend, metrics)
+    server, port = create_server(settings, backend, metrics, extra_services)
     stop = threading.Event()
     install_signal_handlers(stop)
     server.start()
