@@ -226,3 +226,37 @@ def test_abstention_is_reported_and_counted(fake_backend: FakeBackend) -> None:
         assert running.metrics.registry.get_sample_value(
             "dermserve_abstentions_total",
             {"reason": "LOW_CONFIDENCE", "model_version": "2"}) == 1.0
+
+
+def test_extra_services_share_health_reflection_and_error_mapping(
+        fake_backend: FakeBackend) -> None:
+    from service.errors import JobNotFound
+    from service.metrics import Metrics
+    from service.server import create_server
+    from tests.service.conftest import server_settings
+
+    def missing_job(request: bytes, context: grpc.ServicerContext) -> bytes:
+        raise JobNotFound("no job 42")
+
+    def add(server: grpc.Server) -> None:
+        handler = grpc.unary_unary_rpc_method_handler(
+            missing_job, request_deserializer=lambda b: b, response_serializer=lambda b: b)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("test.v1.Jobs", {"Get": handler}),))
+
+    server, port = create_server(server_settings(), fake_backend, Metrics(),
+                                 extra_services=[("test.v1.Jobs", add)])
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary("/test.v1.Jobs/Get", request_serializer=lambda b: b,
+                                       response_deserializer=lambda b: b)
+            with pytest.raises(grpc.RpcError) as caught:
+                call(b"42", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert reason_of(caught.value) == "JOB_NOT_FOUND"
+            stub = health_pb2_grpc.HealthStub(channel)
+            assert wait_until(lambda: stub.Check(health_pb2.HealthCheckRequest(
+                service="test.v1.Jobs"), timeout=2).status == SERVING)
+    finally:
+        server.stop(0.5)
