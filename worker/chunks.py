@@ -18,7 +18,9 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
@@ -95,12 +97,13 @@ class ChunkPolicy:
     backoff_cap_s: float
     backend_timeout_s: float
     limits: ImageLimits
+    pipeline_depth: int = 2
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ChunkPolicy:
         return cls(settings.batch_size, settings.lease_ttl_s, settings.max_chunk_attempts,
                    settings.backend_retries, settings.backoff_base_s, settings.backoff_cap_s,
-                   settings.backend_timeout_s, settings.image_limits)
+                   settings.backend_timeout_s, settings.image_limits, settings.pipeline_depth)
 
 
 class LeaseKeeper:
@@ -150,6 +153,11 @@ class ChunkRunner:
         self.policy = policy
         self.observer: ChunkObserver = observer or NullChunkObserver()
         self.name = name or uuid.uuid4().hex[:8]
+        self.pool = ThreadPoolExecutor(max_workers=max(1, policy.pipeline_depth),
+                                       thread_name_prefix="chunk-batch")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
     def token(self) -> str:
         return f"{self.name}:{uuid.uuid4().hex}"
@@ -214,16 +222,28 @@ class ChunkRunner:
 
     def _classify_chunk(self, record: JobRecord, refs: Sequence[ImageRef],
                         first: int) -> list[ImageResult] | None:
+        """Classify in batches, `pipeline_depth` at a time: while the model runs one batch,
+        another thread reads and decodes the next (Pillow and TensorFlow both release the GIL),
+        which is what keeps a worker near the model's raw throughput."""
         ref = self._model_ref(record)
         roots = InputRoots([*self.roots.roots, self.results.inputs_dir(record.job_id)])
-        results: list[ImageResult] = []
         size = self.policy.batch_size
-        for start in range(0, len(refs), size):
-            if self.store.state(record.job_id) not in (JobState.RUNNING, JobState.QUEUED):
-                return None  # cancelled (or failed): stop between batches
-            results.extend(self._classify_batch(refs[start:start + size], first + start, ref,
-                                                roots))
-        return results
+        in_flight: deque[Future[list[ImageResult]]] = deque()
+        results: list[ImageResult] = []
+        try:
+            for start in range(0, len(refs), size):
+                if self.store.state(record.job_id) not in (JobState.RUNNING, JobState.QUEUED):
+                    return None  # cancelled (or failed): stop between batches
+                in_flight.append(self.pool.submit(self._classify_batch,
+                                                  refs[start:start + size], first + start, ref,
+                                                  roots))
+                if len(in_flight) >= self.policy.pipeline_depth:
+                    results.extend(in_flight.popleft().result())
+            while in_flight:
+                results.extend(in_flight.popleft().result())
+            return results
+        finally:
+            wait(in_flight)  # nothing of this chunk may outlive it
 
     def _model_ref(self, record: JobRecord) -> ModelRef:
         """One version for the whole job: the pinned one, or the first chunk's resolution."""

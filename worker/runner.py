@@ -126,6 +126,7 @@ class WorkerProcess:
             self._loop()
         finally:
             self.reaper.stop()
+            self.runner.close()
 
     def _loop(self) -> None:
         backoff = 1.0

@@ -37,6 +37,7 @@ class WorkerSettings:
     batch_output_dir: Path = Path(defaults.DEFAULT_OUTPUT_DIR)
     chunk_size: int = defaults.DEFAULT_CHUNK_SIZE
     batch_size: int = defaults.DEFAULT_BATCH_SIZE
+    pipeline_depth: int = defaults.DEFAULT_PIPELINE_DEPTH
     max_images_per_job: int = defaults.DEFAULT_MAX_IMAGES_PER_JOB
     max_inline_images: int = defaults.DEFAULT_MAX_INLINE_IMAGES
     max_inline_bytes: int = defaults.DEFAULT_MAX_INLINE_BYTES

@@ -1,0 +1,248 @@
+"""`python -m worker.bench`: a 2,000-image batch job end to end with one worker, against the raw
+batch throughput of the same SavedModel measured in the same run. Prints JSON.
+
+    raw:  the images are decoded and preprocessed once, up front; then only the backend's
+          predict is timed: batches of the worker's batch size one at a time, two at a time
+          (as the worker's pipeline runs them), and batches of 64. The best of the three is
+          the reference.
+    job:  a redis-server on a free loopback port, the job submitted through JobService as a
+          folder reference, one worker (the same WorkerProcess as `python -m worker`, in burst
+          mode, on the model already loaded) until the job is SUCCEEDED and its CSV and JSONL
+          exports are written. Timed from submission to the end.
+
+Images are HAM10000 JPEGs from --data-dir (repeated to reach --images), or synthetic 600x450
+JPEGs when none are given. The model is the latest version under --model-base; before a model is
+released, `--stand-in` exports an untrained MobileNetV2 at 192x192 with the real serving contract
+(the released model's graph and cost, no skill) into the temporary directory instead. Target:
+job / raw >= 0.8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+from PIL import Image
+
+from service.backends.base import Backend, ModelRef
+from service.classifier import Classifier, require_config
+from service.preprocessing import to_model_input
+from service.validation import ImageLimits, decode_image
+from worker.jobs import JobInput, JobService, SubmitRequest
+from worker.records import JobState
+from worker.runner import WorkerProcess, build_backend, wait_for_model
+from worker.settings import WorkerSettings
+
+TARGET_RATIO = 0.8
+DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds them either way
+RAW_REFERENCE_BATCH = 64  # images; a large batch, for the best raw figure on this machine
+RAW_IMAGES = 768  # images per raw measurement: enough to average out, short enough to repeat
+SYNTHETIC_SIZE = (600, 450)  # pixels, HAM10000's size
+STAND_IN_SIZE = 192  # pixels; the trainer's default input size
+
+log = logging.getLogger(__name__)
+
+
+def synthetic_jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(90, 200, 3)
+    pixels = (base + rng.normal(0, 25, (SYNTHETIC_SIZE[1], SYNTHETIC_SIZE[0], 3))).clip(0, 255)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def source_images(data_dir: Path | None) -> list[bytes]:
+    if data_dir is None:
+        return [synthetic_jpeg(seed) for seed in range(DISTINCT_IMAGES)]
+    paths = sorted(data_dir.glob("*.jpg"))[:DISTINCT_IMAGES]
+    if not paths:
+        raise SystemExit(f"no .jpg images in {data_dir}")
+    return [path.read_bytes() for path in paths]
+
+
+def write_inputs(root: Path, count: int, samples: list[bytes]) -> None:
+    root.mkdir(parents=True)
+    for index in range(count):
+        (root / f"img_{index:05d}.jpg").write_bytes(samples[index % len(samples)])
+
+
+def raw_throughput(backend: Backend, model_name: str, samples: list[bytes], count: int,
+                   batch_size: int, streams: int = 1) -> float:
+    """Images per second of predict alone on preprocessed images, `streams` calls at a time."""
+    version = backend.resolve(ModelRef(model_name))
+    config = require_config(version)
+    arrays = [to_model_input(decode_image(data, ImageLimits()), config.input) for data in samples]
+    batch = np.stack([arrays[i % len(arrays)] for i in range(batch_size)])
+    pinned = ModelRef(model_name, version=version.version)
+    backend.predict(pinned, batch)  # warm-up: the first call traces and allocates
+    calls = max(streams, min(count, RAW_IMAGES) // batch_size)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=streams) as pool:
+        list(pool.map(lambda _: backend.predict(pinned, batch), range(calls)))
+    return calls * batch_size / (time.perf_counter() - started)
+
+
+def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: int,
+                batch_size: int) -> dict[str, float]:
+    """The model alone, three ways; the job is compared with the best of them."""
+    return {
+        f"batch_{batch_size}": raw_throughput(backend, model_name, samples, count, batch_size),
+        f"batch_{batch_size}_x2_concurrent": raw_throughput(backend, model_name, samples, count,
+                                                            batch_size, streams=2),
+        f"batch_{RAW_REFERENCE_BATCH}": raw_throughput(backend, model_name, samples, count,
+                                                       RAW_REFERENCE_BATCH),
+    }
+
+
+class RedisProcess:
+    """A throwaway redis-server on a free loopback port."""
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--dir", str(directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def export_stand_in(model_base: Path, model_name: str, weights: Path | None) -> None:
+    """An untrained version with the released model's architecture, for timing only."""
+    from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+    from trainer.export import ServingModule, save_version
+    from trainer.network import build_network
+
+    config = ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES),
+                         display_names=HAM10000_DISPLAY_NAMES,
+                         input=InputSpec(STAND_IN_SIZE, STAND_IN_SIZE),
+                         description="UNTRAINED timing stand-in; meaningless predictions")
+    network = build_network(len(config.labels), config.input,
+                            weights_path=weights if weights and weights.is_file() else None)
+    save_version(ServingModule(network, config), config, model_base / model_name / "1")
+
+
+def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int) -> dict[str, Any]:
+    jobs = JobService.from_settings(settings)
+    try:
+        started = time.perf_counter()
+        job_id = jobs.submit(SubmitRequest(JobInput(paths=["images"]))).job.job_id
+        submitted = time.perf_counter()
+        WorkerProcess(settings, classifier).serve()  # burst: returns when the queue is empty
+        finished = time.perf_counter()
+        job = jobs.get(job_id)
+    finally:
+        jobs.close()
+    if job.state is not JobState.SUCCEEDED or job.done != count:
+        raise SystemExit(f"the job ended {job.state.value} with {job.done}/{count} images")
+    return {"job_id": job_id, "images_per_s": count / (finished - started),
+            "submit_s": submitted - started, "total_s": finished - started,
+            "failed": job.failed, "abstained": job.abstained,
+            "model_version": job.resolved_version}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix="dermserve-bench-"))
+    server = RedisProcess(workdir)
+    try:
+        samples = source_images(args.data_dir)
+        write_inputs(workdir / "input" / "images", args.images, samples)
+        model_base = args.model_base
+        if args.stand_in:
+            model_base = workdir / "models"
+            export_stand_in(model_base, args.model_name, args.weights)
+        settings = WorkerSettings(
+            redis_url=server.url, input_roots=(workdir / "input",),
+            batch_output_dir=workdir / "output", model_base=model_base,
+            model_name=args.model_name, chunk_size=args.chunk_size, batch_size=args.batch_size,
+            max_images_per_job=max(args.images, 1), worker_metrics_port=0, burst=True)
+        backend = build_backend(settings)
+        try:
+            classifier = Classifier(backend, settings.model_name, settings.image_limits)
+            wait_for_model(classifier, settings.model_ready_timeout_s)
+            raw_all = raw_figures(backend, args.model_name, samples, args.images,
+                                  args.batch_size)
+            job = job_throughput(settings, classifier, args.images)
+        finally:
+            backend.close()
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    raw = max(raw_all.values())
+    ratio = job["images_per_s"] / raw
+    return {"benchmark": "batch_job_vs_raw_model", "images": args.images,
+            "source": str(args.data_dir) if args.data_dir else "synthetic 600x450 JPEG",
+            "model": "untrained MobileNetV2 stand-in" if args.stand_in else str(args.model_base),
+            "workers": 1,
+            "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+            "raw_images_per_s": raw, "raw_images_per_s_by_setup": raw_all,
+            "job": job, "job_images_per_s": job["images_per_s"], "ratio": ratio,
+            "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    defaults = WorkerSettings()
+    parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--data-dir", type=Path, help="HAM10000 images folder (optional)")
+    parser.add_argument("--model-base", type=Path, default=defaults.model_base)
+    parser.add_argument("--model-name", default=defaults.model_name)
+    parser.add_argument("--stand-in", action="store_true",
+                        help="time an untrained MobileNetV2 stand-in instead of --model-base")
+    parser.add_argument("--weights", type=Path, help="ImageNet weights for the stand-in")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--output", type=Path, help="also write the JSON here")
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text + "\n", encoding="utf-8")
+    return 0 if report["meets_target"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
