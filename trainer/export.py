@@ -23,20 +23,31 @@ from service.model_config import ModelConfig
 from trainer.features import FeatureStatistics
 
 __all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",
-           "mahalanobis_min", "project_features", "round_weights", "save_version"]
+           "mahalanobis_min", "mahalanobis_min_squared",
+           "project_features", "round_weights", "save_version"]
 
 
-def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor) -> tf.Tensor:
+def mahalanobis_min_squared(features: tf.Tensor, means: tf.Tensor,
+                            precision: tf.Tensor) -> tf.Tensor:
     """min_k (f - mu_k)^T P (f - mu_k), computed without materialising [N, K, D, D]."""
     diff = features[:, None, :] - means[None, :, :]                     # [N, K, D]
     projected = tf.einsum("nkd,de->nke", diff, precision)               # [N, K, D]
-    distances = tf.reduce_sum(projected * diff, axis=-1)                # [N, K]
-    return tf.sqrt(tf.maximum(tf.reduce_min(distances, axis=-1), 0.0))
+    return tf.reduce_min(tf.reduce_sum(projected * diff, axis=-1), axis=-1)
 
 
-def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tensor) -> tf.Tensor:
-    """(f - centre) @ projection: the PCA subspace the statistics live in."""
-    return tf.matmul(features - centre[None, :], projection)
+def mahalanobis_min(features: tf.Tensor, means: tf.Tensor, precision: tf.Tensor) -> tf.Tensor:
+    """The square root of `mahalanobis_min_squared` (no PCA, no residual term)."""
+    return tf.sqrt(tf.maximum(mahalanobis_min_squared(features, means, precision), 0.0))
+
+
+def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tensor,
+                     residual_variance: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(f - centre) @ projection, and |the part outside the subspace|^2 / residual variance:
+    trainer.features.FeatureStatistics's probabilistic-PCA approximation, in the graph."""
+    centred = features - centre[None, :]
+    projected = tf.matmul(centred, projection)
+    residual = tf.reduce_sum(tf.square(centred), -1) - tf.reduce_sum(tf.square(projected), -1)
+    return projected, tf.maximum(residual, 0.0) / residual_variance
 
 
 WEIGHT_DTYPES = ("float32", "float16")
@@ -103,6 +114,7 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         if statistics is not None and statistics.projection is not None:
             self.feature_centre = tf.constant(statistics.centre)
             self.feature_projection = tf.constant(statistics.projection)
+            self.residual_variance = tf.constant(statistics.residual_variance or 1.0, tf.float32)
         spec = tf.TensorSpec([None, config.input.height, config.input.width, 3], tf.uint8,
                              name="image")
         self.serve = tf.function(self._serve, input_signature=[spec])
@@ -113,10 +125,13 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
         logits, features = self.network(scaled, training=False)
         probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
+        residual = tf.zeros(tf.shape(image)[:1], tf.float32)
         if self.has_projection:
-            features = project_features(features, self.feature_centre, self.feature_projection)
+            features, residual = project_features(features, self.feature_centre,
+                                                  self.feature_projection, self.residual_variance)
         if self.has_statistics:
-            ood = mahalanobis_min(features, self.class_means, self.precision)
+            squared = mahalanobis_min_squared(features, self.class_means, self.precision)
+            ood = tf.sqrt(tf.maximum(squared + residual, 0.0))
         else:
             ood = tf.zeros(tf.shape(image)[:1], tf.float32)
         return {"probabilities": probabilities, "ood_score": ood}

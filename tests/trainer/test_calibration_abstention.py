@@ -75,6 +75,21 @@ def test_ood_scores_separate_far_points_and_pca_keeps_them_apart() -> None:
     assert projected.precision.shape == (5, 5)
 
 
+def test_residual_term_catches_points_off_the_subspace() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 600)
+    centres = np.zeros((3, 20))
+    centres[:, :4] = rng.normal(0, 6, (3, 4))  # the classes differ in 4 directions only
+    features = centres[labels] + rng.normal(0, 1, (600, 20)) * np.r_[np.ones(4), 0.3 * np.ones(16)]
+    stats = FeatureStatistics.fit(features, labels, 3, components=4)
+    held_out = stats.ood_scores(centres[labels[:200]] + rng.normal(0, 1, (200, 20)) * 0.3)
+    off = centres[:1] + np.r_[np.zeros(4), 3 * np.ones(16)]  # at a class mean, off the subspace
+    subspace_only = FeatureStatistics(stats.class_means, stats.precision, stats.centre,
+                                      stats.projection)
+    assert subspace_only.ood_scores(off)[0] < 1.0  # projects right onto the class mean
+    assert stats.ood_scores(off)[0] > 3 * np.quantile(held_out, 0.99)
+
+
 def test_rule_thresholds_come_from_validation_quantiles() -> None:
     rng = np.random.default_rng(0)
     probabilities = softmax(rng.normal(0, 2, (1000, 7)))
