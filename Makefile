@@ -69,9 +69,13 @@ run: install proto  ## start the stack on the released model (else the placehold
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m service.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
 
-bench: install proto  ## benchmark the raw model against Classify over gRPC; JSON into bench-results/
+bench: install proto  ## benchmark the raw model against Classify over gRPC and a 2,000-image batch job; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m service.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
+	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
+	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
+	$(PY) -m worker.bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
+		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train

@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n", encoding="utf-8")
-    return 0 if report["meets_target"] else 1
+    return 0  # a missed target is a finding in the JSON, not a failed run
 
 
 if __name__ == "__main__":
