@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from service.errors import BackendUnavailable, FailedPrecondition, JobNotFound
-from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
+from tests.worker.conftest import (
+    FakeBackend,
+    jpeg_bytes,
+    run_worker_burst,
+    wait_until,
+    write_images,
+)
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.records import JobState
 from worker.settings import WorkerSettings
@@ -176,3 +182,67 @@ def test_finished_job_keys_all_expire(
     assert job_id not in jobs.store.active_jobs()
     sizes = [client.memory_usage(key) or 0 for key in ours]
     assert max(sizes) < 4096  # counts and states only: results stay in files
+
+
+def test_a_chunk_that_always_fails_gives_up_after_its_attempts(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    from worker.reaper import Reaper
+
+    write_images(input_root / "poison", 5)  # chunks of 4 and 1
+    job_id = submit_dir(jobs, input_root / "poison")
+
+    def crash(call: int) -> None:
+        raise RuntimeError("the runtime crashed")
+
+    reaper = Reaper(jobs.store, jobs.queues, interval_s=1, grace_s=0)
+    backend = FakeBackend(crash)
+    for _ in range(3 * (settings.max_chunk_attempts + 1)):  # bounded: each pass is one attempt
+        run_worker_burst(settings, backend)  # its own reaper may re-queue too; either is fine
+        if jobs.get(job_id).state.terminal:
+            break
+        wait_until(lambda: not jobs.store.lease_held(job_id, 0), "the lease to go")
+        reaper.reap_once()
+    job = jobs.get(job_id)
+    assert (job.state, job.done, job.failed) == (JobState.SUCCEEDED, 5, 5)
+    reasons = {r.error.reason for r in all_results(jobs, job_id)}
+    assert reasons == {"CHUNK_ATTEMPTS_EXHAUSTED"}
+    assert "RuntimeError" in all_results(jobs, job_id)[0].error.message
+    assert jobs.store.attempts(job_id) == {0: settings.max_chunk_attempts + 1,
+                                           1: settings.max_chunk_attempts + 1}
+
+
+def test_chunks_whose_queue_entries_were_lost_are_queued_again(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    from worker.reaper import Reaper
+
+    write_images(input_root / "lost", 9)
+    job_id = submit_dir(jobs, input_root / "lost")
+    for queue in jobs.queues.queues.values():
+        queue.empty()  # as if Redis had lost its last writes
+    assert sum(jobs.queues.depth().values()) == 0
+    assert Reaper(jobs.store, jobs.queues, interval_s=1, grace_s=0).reap_once() == 3
+    run_worker_burst(settings, FakeBackend())
+    job = jobs.get(job_id)
+    assert (job.state, job.done) == (JobState.SUCCEEDED, 9)
+    assert [r.index for r in all_results(jobs, job_id)] == list(range(9))
+
+
+def test_metrics_count_images_chunks_and_jobs(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    from prometheus_client import generate_latest
+
+    paths = write_images(input_root / "m", 6)
+    paths[0].write_bytes(b"junk")
+    submit_dir(jobs, input_root / "m")
+    text = generate_latest(run_worker_burst(settings, FakeBackend()).registry).decode()
+    assert 'dermserve_batch_images_total{outcome="failed"} 1.0' in text
+    classified = [line for line in text.splitlines()
+                  if line.startswith("dermserve_batch_images_total{outcome=\"classified\"}")
+                  or line.startswith("dermserve_batch_images_total{outcome=\"abstained\"}")]
+    assert sum(float(line.split()[-1]) for line in classified) == 5
+    assert 'dermserve_batch_chunks_total{outcome="LAST"} 1.0' in text
+    assert "dermserve_batch_chunk_seconds_count 2.0" in text
+    assert 'dermserve_batch_jobs_finished_total{state="SUCCEEDED"} 1.0' in text
+    assert 'dermserve_batch_jobs{state="RUNNING"} 0.0' in text
+    assert 'dermserve_batch_queue_depth{priority="normal"} 0.0' in text
+    assert "dermserve_worker_busy 0.0" in text
