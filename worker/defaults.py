@@ -24,8 +24,8 @@ DEFAULT_BATCH_SIZE = 16  # images per classifier call inside a chunk; the cancel
 DEFAULT_PIPELINE_DEPTH = 2  # classifier calls in flight per chunk: one decodes while one predicts
 DEFAULT_MAX_IMAGES_PER_JOB = 100_000  # images; a large screening archive, and bounded Redis work
 DEFAULT_MAX_INLINE_IMAGES = 256  # images sent inside one SubmitBatchJob request
-DEFAULT_MAX_INLINE_BYTES = 64 * 1024 * 1024  # bytes of inline images; the gRPC message limit of
-# the front must be at least this plus some overhead
+DEFAULT_MAX_INLINE_BYTES = 8 * 1024 * 1024  # bytes of inline images in one request: under the
+# front's gRPC message limit (10 MiB + 64 KiB), so this check, not gRPC, answers first
 DEFAULT_MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # bytes; ~100,000 paths of 160 characters
 DEFAULT_JOB_TTL_S = 7 * 24 * 3600  # seconds a finished job stays readable: a week of nights
 DEFAULT_ACTIVE_JOB_TTL_S = 30 * 24 * 3600  # seconds; a safety net so nothing lives forever
