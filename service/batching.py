@@ -2,10 +2,14 @@
 backend call, so throughput under concurrency approaches the model's batch throughput.
 
 `MicroBatcher` wraps any Backend and is one itself. Each dispatcher thread takes the oldest
-waiting call, adds every queued call for the same version (up to `max_batch_size` images,
-optionally waiting `max_wait_ms` for more), sends one batch and hands each caller its rows. With
-`max_wait_ms` = 0 batching is greedy: a lone call goes straight through, and calls that arrive while
-the model is busy form the next batch. A backend error reaches every caller of that batch.
+waiting call and every queued call for the same version, up to `max_batch_size` images, sends
+one batch and hands each caller its rows. A backend error reaches every caller of that batch.
+
+How long a batch waits for company is adaptive, capped by `max_wait_ms`: it waits only until as
+many images are queued as the previous batch for that version had. A lone caller (previous batch
+of one) never waits; synchronous clients that all come back after a batch (a burst) are gathered
+into one batch instead of being split into a batch of one and a batch of the rest; calls that
+queue while the model is busy form the next batch at once. `max_wait_ms` = 0 is pure greedy.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._queue: deque[Pending] = deque()
         self._queued_images = 0
+        self._expected: dict[BatchKey, int] = {}  # images in the previous batch, per version
         self._closed = False
         self._threads = [threading.Thread(target=self._run, name=f"microbatch-{index}",
                                           daemon=True) for index in range(workers)]
@@ -139,12 +144,17 @@ class MicroBatcher:
                 return None
             key = self._queue[0].key
             if self.max_wait_s > 0:
-                self._wait_for_company(key)
-            return self._pop(key)
+                self._wait_for_company(key, self._expected.get(key, 1))
+            batch = self._pop(key)
+            if batch:
+                self._expected[key] = min(self.max_batch_size,
+                                          sum(len(item.images) for item in batch))
+            return batch
 
-    def _wait_for_company(self, key: BatchKey) -> None:
+    def _wait_for_company(self, key: BatchKey, expected: int) -> None:
+        """Wait (at most max_wait) until `expected` images for `key` are queued."""
         until = time.monotonic() + self.max_wait_s
-        while self._count(key) < self.max_batch_size and not self._closed:
+        while self._count(key) < expected and not self._closed:
             left = until - time.monotonic()
             if left <= 0:
                 return

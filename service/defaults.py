@@ -43,10 +43,11 @@ DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 # --- micro-batching ------------------------------------------------------------------------------
 DEFAULT_BATCH_MAX_SIZE = 32  # images; the benchmark's top concurrency, and CPU batches stop
 # paying off beyond it
-DEFAULT_BATCH_MAX_WAIT_MS = 0.0
-"""Extra milliseconds a batch waits for company. 0 means greedy batching: a batch takes whatever
-queued while the model was busy, so a lone call never waits and a busy model still gets full
-batches. Raise it only for a backend that is faster per image on larger batches even when idle."""
+DEFAULT_BATCH_MAX_WAIT_MS = 10.0
+"""Milliseconds a batch may wait for company, at most. The wait is adaptive (service/batching.py):
+only until as many images are queued as the previous batch had, so a lone call never waits, while
+a burst of clients returning together is gathered into one batch. 10 ms covers the decoding of a
+burst of phone-sized JPEGs on two cores and is small next to a batch's model time."""
 DEFAULT_BATCH_WORKERS = 1
 """Batches in flight at once. One suits the embedded backend (TensorFlow already uses every core
 for one batch); TF Serving over a network hides latency better with 2-4."""

@@ -48,14 +48,49 @@ def test_concurrent_calls_merge_and_each_gets_its_own_rows() -> None:
     assert len(backend.batch_sizes) < 24
 
 
-def test_max_wait_collects_a_full_batch_even_when_idle() -> None:
+def test_a_lone_caller_never_waits_for_company() -> None:
     backend = FakeBackend(handler=marking_handler)
-    batcher = MicroBatcher(backend, max_batch_size=4, max_wait_ms=300)
+    batcher = MicroBatcher(backend, max_batch_size=8, max_wait_ms=2000)
     try:
-        concurrent_predicts(batcher, 8)
+        started = time.monotonic()
+        for value in range(3):
+            batcher.predict(REF, images(1, value), 5.0)
+        elapsed = time.monotonic() - started
     finally:
         batcher.close()
-    assert backend.batch_sizes == [4, 4]
+    assert elapsed < 1.0
+    assert backend.batch_sizes == [1, 1, 1]
+
+
+def test_a_returning_burst_is_gathered_into_one_batch() -> None:
+    """Synchronous clients come back together after their batch; greedy batching would split
+    them into a batch of one and a batch of the rest, the adaptive wait keeps them together."""
+    backend = FakeBackend(handler=marking_handler)
+    batcher = MicroBatcher(backend, max_batch_size=8, max_wait_ms=500)
+    try:
+        batcher.predict(REF, images(8), 5.0)  # the previous batch had 8 images
+        backend.batch_sizes.clear()
+        values = concurrent_predicts(batcher, 8)
+    finally:
+        batcher.close()
+    assert values == [float(i) for i in range(8)]
+    assert backend.batch_sizes == [8]
+
+
+def test_the_wait_is_bounded_when_fewer_callers_return() -> None:
+    backend = FakeBackend(handler=marking_handler)
+    batcher = MicroBatcher(backend, max_batch_size=8, max_wait_ms=100)
+    try:
+        batcher.predict(REF, images(8), 5.0)
+        started = time.monotonic()
+        batcher.predict(REF, images(1), 5.0)
+        waited = time.monotonic() - started
+        batcher.predict(REF, images(1), 5.0)
+        second = time.monotonic() - waited - started
+    finally:
+        batcher.close()
+    assert 0.08 <= waited < 1.0  # expected 8, got 1: waited max_wait once
+    assert second < 0.08  # the previous batch had one image: no wait now
 
 
 def test_batch_size_is_capped() -> None:
