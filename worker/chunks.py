@@ -134,7 +134,8 @@ class LeaseKeeper:
         while not self.stop.wait(self.ttl_s / 3):
             try:
                 if not self.store.renew_lease(self.job_id, self.index, self.token, self.ttl_s):
-                    log.warning("lease of %s/%s was taken over", self.job_id, self.index)
+                    log.warning("lease of %s/%s lapsed or was taken over; the chunk goes on and "
+                                "counts once", self.job_id, self.index)
             except Exception:  # noqa: BLE001 - Redis away: keep trying until the chunk ends
                 log.warning("could not renew lease %s/%s", self.job_id, self.index)
 

@@ -6,7 +6,7 @@ interceptor (service.status.ErrorMappingInterceptor), as for LesionClassifier.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -132,6 +132,15 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
             next_page_token=page.next_page_token, job=self._job(page.job))
 
 
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BatchJobs"].full_name
+"""dermserve.v1.BatchJobs, for health and reflection."""
+
+
 def add_batch_jobs_service(server: grpc.Server, jobs: JobService) -> None:
     """Register BatchJobs on `server` (the front service calls this next to LesionClassifier)."""
     pb_grpc.add_BatchJobsServicer_to_server(BatchJobsServicer(jobs), server)
+
+
+def batch_jobs_service(jobs: JobService) -> tuple[str, Callable[[grpc.Server], None]]:
+    """(full name, adder), the form service.server.serve(extra_services=...) takes."""
+    return SERVICE_NAME, lambda server: add_batch_jobs_service(server, jobs)

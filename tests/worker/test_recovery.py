@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,6 +134,7 @@ def test_a_redis_restart_mid_job_loses_no_job(
     wait_until(lambda: jobs.get(job_id).chunks_done >= 2, "progress", timeout_s=120,
                interval_s=0.01)
     redis_server.stop()
+    time.sleep(3.0)  # down longer than a lease: the worker must retry, and leases lapse
     redis_server.start()  # same port and directory: the AOF brings the job back
 
     assert jobs.get(job_id).total == IMAGES  # the job survived the restart

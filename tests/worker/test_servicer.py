@@ -17,7 +17,7 @@ from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from worker.jobs import JobService
-from worker.servicer import add_batch_jobs_service
+from worker.servicer import add_batch_jobs_service, batch_jobs_service
 from worker.settings import WorkerSettings
 
 
@@ -184,7 +184,9 @@ def test_watch_streams_until_cancelled(stub: pb_grpc.BatchJobsStub, input_root: 
 def target(jobs: JobService) -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          interceptors=[ErrorMappingInterceptor()])
-    add_batch_jobs_service(server, jobs)
+    name, add = batch_jobs_service(jobs)  # the form service.server.serve(extra_services=) takes
+    assert name == "dermserve.v1.BatchJobs"
+    add(server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield f"127.0.0.1:{port}"
