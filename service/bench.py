@@ -231,6 +231,7 @@ def server_flags(extra: Sequence[str], best_batch_size: int) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
     raw = raw_floor(target, config, args.step_seconds)
@@ -242,7 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       "input": [config.input.height, config.input.width]},
             "image_bytes": len(target.image),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(),
+                        # Other work on the machine skews every figure; judge them with this.
+                        "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
             "step_seconds": args.step_seconds, "server_args": server_args,
             "raw": raw, "decode": decode, "grpc": served,
             "ratios": ratios(raw, decode, served)}
