@@ -19,6 +19,8 @@ import numpy as np
 DEFAULT_OOD_COMPONENTS = 128
 """Principal components kept: 128 x 1280 float32 is 0.6 MB, and the top components of a
 fine-tuned network carry most of the class structure."""
+MIN_EXAMPLES_PER_COMPONENT = 4
+"""Fewer components when there are fewer examples than this per component (small test sets)."""
 DEFAULT_SHRINKAGE = 0.1
 """Shrinkage of the covariance towards a scaled identity: keeps it invertible and well-conditioned
 when classes such as df have only ~100 training images."""
@@ -54,6 +56,10 @@ class FeatureStatistics:
         features = np.asarray(features, np.float64)
         labels = np.asarray(labels)
         centre = projection = residual_variance = None
+        if components is not None:
+            # with few examples the top components fit the training points themselves, and their
+            # residual variance (which new images are judged by) comes out near zero
+            components = min(components, max(1, len(features) // MIN_EXAMPLES_PER_COMPONENT))
         if components is not None and components < features.shape[1]:
             centre, projection = principal_components(features, components)
             residual_variance = _residual_variance(features, labels, num_classes, projection)
