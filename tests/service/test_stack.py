@@ -1,0 +1,35 @@
+"""`make run`'s choice of model base, and the benchmark's server flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import pytest
+
+from service.bench import server_flags
+from service.stack import choose_model_base
+
+
+def args(model_base: Path, demo_base: Path) -> argparse.Namespace:
+    return argparse.Namespace(model_base=model_base, demo_base=demo_base, model_name="ham10000")
+
+
+def test_the_released_model_is_served_when_present(model_base: Path, tmp_path: Path) -> None:
+    assert choose_model_base(args(model_base, tmp_path / "demo")) == model_base
+
+
+def test_the_placeholder_is_served_loudly_otherwise(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    released = tmp_path / "models"
+    (released / "ham10000" / "tmp-publish").mkdir(parents=True)  # half-published: not a version
+    with caplog.at_level(logging.WARNING):
+        chosen = choose_model_base(args(released, tmp_path / "demo"))
+    assert chosen == tmp_path / "demo"
+    assert "UNTRAINED PLACEHOLDER" in caplog.text
+
+
+def test_bench_caps_batches_at_the_best_raw_size_unless_told() -> None:
+    assert server_flags([], 8) == ["--batch-max-size=8"]
+    assert server_flags(["--batch-max-size=16"], 8) == ["--batch-max-size=16"]
