@@ -126,6 +126,25 @@ def predict_split(name: str, records: Sequence[Record], network: Any, hooks: Net
     return outputs
 
 
+def statistics_sample(records: Sequence[Record], limit: int, seed: int) -> tuple[Record, ...]:
+    """At most `limit` training records (0: all) for the OOD statistics, every class as fully as
+    the budget allows: small classes whole, the large ones (nv) sampled."""
+    if limit <= 0 or len(records) <= limit:
+        return tuple(records)
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list[Record]] = {}
+    for record in records:
+        by_class.setdefault(record.dx, []).append(record)
+    chosen: list[Record] = []
+    budget = limit
+    classes = sorted(by_class.values(), key=len)
+    for position, members in enumerate(classes):
+        take = min(len(members), budget // (len(classes) - position))
+        chosen += [members[i] for i in sorted(rng.permutation(len(members))[:take])]
+        budget -= take
+    return tuple(chosen)
+
+
 def decide(split: Split, outputs: dict[str, Outputs], settings: TrainSettings) -> Decisions:
     """Fit everything on train/validation, then measure on test."""
     labels, val, test = split.labels, outputs["val"], outputs["test"]
@@ -213,9 +232,11 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
     network = hooks.train(split, settings, workdir)
     if settings.weights_dtype == "float16":
         _round_weights(network)
+    parts = {**split.parts(), "train": statistics_sample(split.train, settings.ood_fit_images,
+                                                          settings.seed)}
     outputs = {name: predict_split(name, part, network, hooks, settings, split.labels,
                                    tta=settings.tta and name == "test")
-               for name, part in split.parts().items()}
+               for name, part in parts.items()}
     decisions = decide(split, outputs, settings)
     config = build_config(split, decisions, settings)
     model_dir = settings.model_base / settings.model_name

@@ -49,6 +49,7 @@ class TrainSettings:
     tta: bool = False  # also measure flip-averaged test-time augmentation
     bootstrap_samples: int = 1000  # lesion resamples for the 95% intervals
     ood_components: int = 128  # PCA dims of the features for the Mahalanobis OOD score
+    ood_fit_images: int = 4000  # training images fitting the OOD statistics (0: all); caps CPU time
     ood_quantile: float = 0.99  # of validation OOD scores -> max_ood_score
     target_coverage: float = 0.90  # of validation images answered -> min_confidence
     melanoma_sensitivity: float = 0.85  # validation sensitivity fixing the mel operating point

@@ -157,3 +157,19 @@ def test_cli_builds_settings_from_flags_over_environment(tmp_path: Path) -> None
     assert settings.data_dir == tmp_path and settings.force and settings.seed == 7
     assert settings.tta and settings.model_base == Path("elsewhere")
     assert settings.sanity_dir is None and settings.time_budget_s is None
+
+
+def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:
+    from collections import Counter
+
+    from trainer.data import Record
+    from trainer.pipeline import statistics_sample
+
+    sizes = {"df": 3, "vasc": 5, "nv": 40, "mel": 12}
+    records = [Record(f"{dx}{i}", f"L{dx}{i}", dx, tmp_path, None, "", "", "")
+               for dx, count in sizes.items() for i in range(count)]
+    counts = Counter(r.dx for r in statistics_sample(records, 30, seed=0))
+    # 30 split over 4 classes smallest first: df 3, vasc 5, then mel and nv 11 each
+    assert counts == {"df": 3, "vasc": 5, "mel": 11, "nv": 11}
+    assert statistics_sample(records, 0, seed=0) == tuple(records)
+    assert statistics_sample(records, 30, seed=1) != statistics_sample(records, 30, seed=0)
