@@ -207,8 +207,9 @@ def _write_reports(version_dir: Path, workdir: Path, report_data: dict[str, Any]
     for out_dir in (version_dir / "assets.extra" / REPORT_DIR, workdir / REPORT_DIR):
         report.write_report(out_dir, report_data, plot_inputs)
     modelcard.write_model_card(version_dir, config, report_data)
+    # next to report/, not in it: report/ is copied into the next attempt's version
     shutil.copyfile(version_dir / "assets.extra" / modelcard.MODEL_CARD,
-                    workdir / REPORT_DIR / modelcard.MODEL_CARD)
+                    workdir / modelcard.MODEL_CARD)
 
 
 def _round_weights(network: Any) -> None:
