@@ -24,6 +24,15 @@ def _value(metrics: dict[str, Any], name: str) -> str:
     return f"{entry['value']:.3f}{interval}"
 
 
+def _sanity_line(results: list[dict[str, Any]]) -> str:
+    if not results:
+        return "- Sanity check: no non-skin or noise images were checked."
+    answered = [r["name"] for r in results if not r["abstained"]]
+    line = (f"- Sanity check: abstained on {len(results) - len(answered)} of {len(results)} "
+            "non-skin photos and noise images")
+    return line + (f"; ANSWERED {', '.join(answered)}." if answered else ".")
+
+
 def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
     test, data = report["test"]["metrics"], report["data"]
     labels = ", ".join(f"`{label}` ({config.display_name(label)})" for label in config.labels)
@@ -61,6 +70,7 @@ def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
         f"{report['test']['melanoma_threshold']}): {_value(test, 'melanoma_sensitivity')} / "
         f"{_value(test, 'melanoma_specificity')}",
         f"- ECE (15 bins, after calibration): {_value(test, 'ece')}",
+        _sanity_line(report.get("sanity", [])),
         "- Full report: `assets.extra/report/report.md`.", "",
         "## Intended use", "",
         "Research and engineering demonstrations of a skin-lesion classification service on "

@@ -87,7 +87,9 @@ def test_model_card_states_licence_and_limits() -> None:
     config = ModelConfig(LABELS, HAM10000_DISPLAY_NAMES, InputSpec(192, 192))
     card = render_model_card(config, {
         "model": {"name": "ham10000", "backbone": "mobilenet_v2", "size_bytes": 123},
-        "data": {"seed": 1, "images": {}, "lesions": {}}, "test": result})
+        "data": {"seed": 1, "images": {}, "lesions": {}}, "test": result,
+        "sanity": [{"name": "cat.bmp", "abstained": True}, {"name": "noise", "abstained": False}]})
+    assert "abstained on 1 of 2 non-skin photos and noise images; ANSWERED noise." in card
     for phrase in ("Not a diagnostic device", "CC BY-NC 4.0", "200x150", "192x192",
                    "Balanced accuracy (mean per-class recall): 1.000 (95% CI 1.000-1.000)"):
         assert phrase in card, phrase
