@@ -244,7 +244,9 @@ class ChunkRunner:
                 results.extend(in_flight.popleft().result())
             return results
         finally:
-            wait(in_flight)  # nothing of this chunk may outlive it
+            # Nothing of this chunk may outlive it; bounded, in case rq's timeout fired on a hung
+            # model call, which no thread can interrupt.
+            wait(in_flight, timeout=self.policy.backend_timeout_s)
 
     def _model_ref(self, record: JobRecord) -> ModelRef:
         """One version for the whole job: the pinned one, or the first chunk's resolution."""
