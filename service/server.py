@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = lesion_classifier_pb2.DESCRIPTOR.services_by_name["LesionClassifier"].full_name
 MAX_SEND_MESSAGE_BYTES = 4 * 1024 * 1024  # bytes; responses are a few hundred bytes
 STOP_JOIN_TIMEOUT_S = 5.0  # seconds to wait for the health monitor to notice a stop
+HEALTH_ONLY_WORKERS = 4  # threads; probes are tiny and a few per period
 
 ServiceAdder = Callable[[grpc.Server], None]
 """Registers one more service on the server (e.g. the batch jobs API); passed with its full name,
@@ -136,22 +137,30 @@ class HealthMonitor:
 
 
 class FrontServer:
-    """The gRPC server with its health monitor; start() and stop(grace) drive both."""
+    """The gRPC server with its health monitor and, optionally, a plaintext health-only server
+    (`health_port`, 0 when off); start() and stop(grace) drive them all."""
 
     def __init__(self, server: grpc.Server, monitor: HealthMonitor,
-                 stream_pool: ThreadPoolExecutor) -> None:
+                 stream_pool: ThreadPoolExecutor,
+                 health_only: tuple[grpc.Server, int] | None = None) -> None:
         self.grpc_server = server
         self.monitor = monitor
         self.stream_pool = stream_pool
+        self.health_server: grpc.Server | None = health_only[0] if health_only else None
+        self.health_port = health_only[1] if health_only else 0
 
     def start(self) -> None:
         self.grpc_server.start()
+        if self.health_server is not None:
+            self.health_server.start()
         self.monitor.start()
 
     def stop(self, grace_s: float | None) -> None:
         """Turn health NOT_SERVING, refuse new calls, let in-flight ones finish within grace_s."""
         self.monitor.stop()
         self.grpc_server.stop(grace_s).wait()
+        if self.health_server is not None:
+            self.health_server.stop(None)
         self.stream_pool.shutdown(wait=False, cancel_futures=True)
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
@@ -176,11 +185,17 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
     for name, add in extra_services:
         add(server)
         names.append(name)
-    monitor = add_health(server, backend, settings, names, metrics)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    monitor = HealthMonitor(health_servicer, backend, settings.model_name, names,
+                            settings.health_interval_s, settings.backend_timeout_s,
+                            on_change=metrics.set_serving if metrics else None)
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = bind(server, settings)
-    return FrontServer(server, monitor, stream_pool), port
+    health_only = (health_only_server(health_servicer, settings.health_listen_address)
+                   if settings.health_listen_address else None)
+    return FrontServer(server, monitor, stream_pool, health_only), port
 
 
 def interceptors(security: SecuritySettings, metrics: Metrics | None) -> list[Any]:
@@ -210,13 +225,15 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
     ]
 
 
-def add_health(server: grpc.Server, backend: Backend, settings: Settings, names: Sequence[str],
-               metrics: Metrics | None) -> HealthMonitor:
-    servicer = health.HealthServicer()
+def health_only_server(servicer: health.HealthServicer,
+                       address: str) -> tuple[grpc.Server, int]:
+    """A plaintext server with only grpc.health.v1, sharing the main server's statuses: kubelet
+    gRPC probes cannot speak TLS, and nothing else may be reachable without it."""
+    server = grpc.server(ThreadPoolExecutor(max_workers=HEALTH_ONLY_WORKERS,
+                                            thread_name_prefix="health"),
+                         options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    return HealthMonitor(servicer, backend, settings.model_name, names,
-                         settings.health_interval_s, settings.backend_timeout_s,
-                         on_change=metrics.set_serving if metrics else None)
+    return server, server.add_insecure_port(address)
 
 
 def bind(server: grpc.Server, settings: Settings) -> int:

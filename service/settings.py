@@ -55,6 +55,7 @@ class Settings:
     """Everything the front service is configured with."""
 
     listen_address: str = defaults.DEFAULT_LISTEN_ADDRESS
+    health_listen_address: str = ""  # off; see the --health-listen flag
     metrics_address: str = defaults.DEFAULT_METRICS_ADDRESS
     metrics_port: int = defaults.DEFAULT_METRICS_PORT
     backend: str = defaults.DEFAULT_BACKEND
@@ -92,7 +93,8 @@ class Settings:
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> Settings:
         return cls(
-            listen_address=ns.listen, metrics_address=ns.metrics_address,
+            listen_address=ns.listen, health_listen_address=ns.health_listen,
+            metrics_address=ns.metrics_address,
             metrics_port=ns.metrics_port, backend=ns.backend, model_base=ns.model_base,
             model_name=ns.model_name, poll_interval_s=ns.poll_interval_s,
             version_labels=ns.version_labels, tfserving_target=ns.tfserving_target,
@@ -127,6 +129,8 @@ def optional_path(text: str) -> Path | None:
 OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     # flag, type, default, help
     ("listen", str, defaults.DEFAULT_LISTEN_ADDRESS, "gRPC address host:port (port 0: any)"),
+    ("health-listen", str, "", "extra plaintext address serving only grpc.health.v1, for "
+     "probes that cannot speak TLS (empty: off)"),
     ("metrics-address", str, defaults.DEFAULT_METRICS_ADDRESS, "Prometheus exporter address"),
     ("metrics-port", int, defaults.DEFAULT_METRICS_PORT, "Prometheus exporter port (0: off)"),
     ("backend", str, defaults.DEFAULT_BACKEND, "model backend: embedded or tfserving"),

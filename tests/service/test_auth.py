@@ -172,3 +172,31 @@ def test_mutual_tls_requires_a_client_certificate(pki: Pki) -> None:
                 pb_grpc.LesionClassifierStub(channel).Classify(
                     pb.ClassifyRequest(image=good_jpeg()), timeout=2)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_plaintext_health_port_beside_a_tls_port(pki: Pki) -> None:
+    """Kubelet probes cannot speak TLS: --health-listen serves grpc.health.v1 only, in plaintext,
+    with the same statuses as the TLS port."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.service.conftest import wait_until
+
+    security = SecuritySettings(auth_token="s3cret", tls_cert=pki.server_cert,
+                                tls_key=pki.server_key)
+    settings = server_settings(security=security, health_listen_address="127.0.0.1:0")
+    backend = FakeBackend()
+    with running_server(backend, settings) as running:
+        assert running.server.health_port > 0
+        with grpc.insecure_channel(f"127.0.0.1:{running.server.health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+
+            def status() -> int:
+                return int(health.Check(health_pb2.HealthCheckRequest(), timeout=2).status)
+
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.SERVING)
+            backend.up = False
+            assert wait_until(lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING)
+            with pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.LesionClassifierStub(channel).Classify(
+                    pb.ClassifyRequest(image=good_jpeg()), timeout=2)
+            assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
