@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from service.errors import FailedPrecondition
 from service.model_config import HAM10000_DISPLAY_NAMES, ModelConfig
 from trainer import abstention, datareport, evaluate, modelcard, report
 from trainer.calibration import CalibrationResult, calibrate, softmax
@@ -226,6 +227,9 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
         raise DataError("no data directory: pass --data-dir or set DERMSERVE_DATA_DIR")
     hooks = hooks or default_hooks()
     workdir = settings.workdir
+    if settings.publish_only and not (workdir / FINAL_WEIGHTS).exists():
+        raise FailedPrecondition(f"--publish-only: {workdir / FINAL_WEIGHTS} does not exist "
+                                 "(training has not finished)", "NOT_TRAINED")
     workdir.mkdir(parents=True, exist_ok=True)
     records = load_records(settings.data_dir)
     split = prepare_split(records, settings, workdir)
@@ -291,6 +295,9 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         check_sanity_and_report])
     logger.info("published version %s with held-out balanced accuracy %.4f", version_dir.name,
                 decisions.test["metrics"]["balanced_accuracy"]["value"])
+    for name, target in report_data["targets"].items():
+        logger.info("target %s %s: %s (%s)", name, target["target"], target["value"],
+                    "met" if target["met"] else "NOT met")
     return version_dir
 
 

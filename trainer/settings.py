@@ -46,6 +46,7 @@ class TrainSettings:
     noise_images: int = 4  # generated noise images it must abstain on too
     allow_sanity_failures: bool = False  # publish even if a sanity image is answered
     force: bool = False  # publish even if the promotion gate refuses
+    publish_only: bool = False  # fail rather than train when workdir has no finished network
     tta: bool = False  # also measure flip-averaged test-time augmentation
     bootstrap_samples: int = 1000  # lesion resamples for the 95% intervals
     ood_components: int = 128  # PCA dims of the features for the Mahalanobis OOD score

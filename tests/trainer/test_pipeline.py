@@ -173,3 +173,11 @@ def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:
     assert counts == {"df": 3, "vasc": 5, "mel": 11, "nv": 11}
     assert statistics_sample(records, 0, seed=0) == tuple(records)
     assert statistics_sample(records, 30, seed=1) != statistics_sample(records, 30, seed=0)
+
+
+def test_publish_only_refuses_to_train(tmp_path: Path, data_dir: Path) -> None:
+    from service.errors import FailedPrecondition
+
+    settings = _settings(tmp_path, data_dir, "untrained", publish_only=True)
+    with pytest.raises(FailedPrecondition, match="network.weights.h5 does not exist"):
+        run(settings, NetworkHooks(constant_tiny, predict_network))
