@@ -58,11 +58,11 @@ class InputRoots:
         refs: list[ImageRef] = []
         for text in texts:
             path = self.resolve(text, relative_to)
-            if path.is_dir():
-                refs.extend(ImageRef(str(p), str(p)) for p in self._images_under(path))
-            else:
-                refs.append(ImageRef(text, str(path)))
-            check_count(len(refs), limit)
+            found = ((ImageRef(str(p), str(p)) for p in self._images_under(path))
+                     if path.is_dir() else [ImageRef(text, str(path))])
+            for ref in found:
+                refs.append(ref)
+                check_count(len(refs), limit)  # per file: a huge folder fails early
         return refs
 
     def _images_under(self, directory: Path) -> Iterator[Path]:
