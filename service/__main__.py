@@ -4,14 +4,14 @@ import os
 import sys
 
 from service.logs import configure_logging
-from service.server import serve
+from service.server import optional_services, serve
 from service.settings import Settings
 
 
 def main() -> None:
     settings = Settings.from_sources(sys.argv[1:], os.environ)
     configure_logging(settings.log_format, settings.log_level)
-    serve(settings)
+    serve(settings, optional_services(os.environ))
 
 
 if __name__ == "__main__":

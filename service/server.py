@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -264,6 +264,17 @@ def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]]
     if exporter is not None:
         exporter.shutdown()
     log.info("stopped")
+
+
+def optional_services(environ: Mapping[str, str]) -> list[tuple[str, ServiceAdder]]:
+    """Services other packages host on the front's port: `worker.front.front_services(environ)`
+    (the BatchJobs API) when the worker package provides it; none otherwise."""
+    try:
+        from worker.front import front_services  # type: ignore[import-not-found,import-untyped,unused-ignore]
+    except ImportError:
+        return []
+    services: list[tuple[str, ServiceAdder]] = list(front_services(environ))
+    return services
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
