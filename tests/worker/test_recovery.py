@@ -141,4 +141,7 @@ def test_a_redis_restart_mid_job_loses_no_job(
     wait_until(lambda: jobs.get(job_id).state.terminal, "the worker to reconnect and finish",
                timeout_s=120, interval_s=0.1)
     assert_exactly_one_result_per_image(jobs, job_id)
-    assert workers.processes[0].poll() is None  # the same worker, still alive
+    worker = workers.processes[0]
+    assert worker.poll() is None  # the same worker, still alive
+    worker.send_signal(signal.SIGTERM)  # as Kubernetes stops a pod: leave cleanly, and soon
+    assert worker.wait(timeout=30) == 0
