@@ -12,6 +12,8 @@ DEFAULT_REDIS_SOCKET_TIMEOUT_S = 30.0
 """Seconds one of our Redis commands may take before the connection counts as dead. rq gets a
 connection of its own, whose timeout it raises above its blocking dequeue."""
 DEFAULT_REDIS_RETRIES = 8  # attempts per command on a dropped connection (~1 minute with backoff)
+DEFAULT_API_REDIS_RETRIES = 2  # the BatchJobs API's attempts: a client waits ~1 s, then gets
+# UNAVAILABLE and retries itself, rather than hanging while the worker rides the outage out
 DEFAULT_REDIS_BACKOFF_BASE_S = 0.25  # seconds; first wait before reconnecting
 DEFAULT_REDIS_BACKOFF_CAP_S = 10.0  # seconds; longest wait, so a restarted Redis is seen soon
 

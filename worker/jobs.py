@@ -7,15 +7,20 @@ the input roots (InvalidRequest), counts and bytes within limits (ResourceExhaus
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
 
-from service.errors import InvalidRequest, ResourceExhausted
+import redis
+
+from service.errors import BackendUnavailable, InvalidRequest, ResourceExhausted
 from worker import defaults
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority
@@ -77,6 +82,29 @@ class JobLimits:
     max_manifest_bytes: int = defaults.DEFAULT_MAX_MANIFEST_BYTES
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@contextmanager
+def job_store_errors() -> Iterator[None]:
+    """The one place where Redis' errors become dermserve's: UNAVAILABLE, safe to retry."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log.warning("batch job store unreachable: %s", exc)
+        raise BackendUnavailable("the batch job store is unreachable; retry later",
+                                 "JOB_STORE_UNAVAILABLE") from exc
+
+
+def translated(method: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with job_store_errors():
+            return method(*args, **kwargs)
+    return wrapper
+
+
 class JobService:
     """Batch jobs over a JobStore (state), a ResultStore (files) and ChunkQueues (work)."""
 
@@ -96,8 +124,10 @@ class JobService:
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> JobService:
         """Everything the front service needs to serve BatchJobs: two Redis clients, no TF."""
-        store = JobStore.from_settings(connect(settings), settings)
-        queues = ChunkQueues.from_settings(connect(settings, decode_responses=False), settings)
+        retries = defaults.DEFAULT_API_REDIS_RETRIES
+        store = JobStore.from_settings(connect(settings, retries=retries), settings)
+        queues = ChunkQueues.from_settings(
+            connect(settings, decode_responses=False, retries=retries), settings)
         limits = JobLimits(settings.max_images_per_job, settings.max_inline_images,
                            settings.max_inline_bytes, settings.max_manifest_bytes)
         return cls(store, ResultStore(settings.batch_output_dir), queues,
@@ -109,6 +139,7 @@ class JobService:
         self.queues.connection.close()
 
     # --- submit ----------------------------------------------------------------------------------
+    @translated
     def submit(self, request: SubmitRequest) -> SubmitOutcome:
         check_request(request)
         if request.client_job_id:
@@ -207,6 +238,7 @@ class JobService:
         shutil.rmtree(self.results.job_dir(job_id), ignore_errors=True)
 
     # --- reading ---------------------------------------------------------------------------------
+    @translated
     def get(self, job_id: str) -> JobRecord:
         self.results.job_dir(job_id)  # rejects malformed ids before they reach Redis
         return self.store.load(job_id)
@@ -216,7 +248,7 @@ class JobService:
         """The job now, then again whenever its progress changes, ending with a terminal state."""
         last: tuple[object, ...] | None = None
         while is_active():
-            record = self.get(job_id)
+            record = self.get(job_id)  # translated: Redis away ends the stream with UNAVAILABLE
             if record.progress_key != last:
                 last = record.progress_key
                 yield record
@@ -224,12 +256,14 @@ class JobService:
                 return
             time.sleep(self.watch_interval_s)
 
+    @translated
     def cancel(self, job_id: str) -> JobRecord:
         self.get(job_id)
         record = self.store.cancel(job_id)
         log.info("batch job %s cancelled", job_id)
         return record
 
+    @translated
     def list_results(self, job_id: str, page_size: int = 0, page_token: str = "") -> ResultsPage:
         record = self.get(job_id)
         size = min(page_size or defaults.DEFAULT_PAGE_SIZE, defaults.MAX_PAGE_SIZE)

@@ -103,13 +103,14 @@ return 'OK'
 """
 
 
-def connect(settings: WorkerSettings, decode_responses: bool = True) -> redis.Redis:
+def connect(settings: WorkerSettings, decode_responses: bool = True,
+            retries: int | None = None) -> redis.Redis:
     """A client that reconnects by itself: each command is retried with exponential backoff
     while Redis is unreachable (a restart, a failover), for about a minute. rq needs its own
     client with `decode_responses=False` (it stores pickles)."""
     retry = Retry(ExponentialBackoff(cap=defaults.DEFAULT_REDIS_BACKOFF_CAP_S,
                                      base=defaults.DEFAULT_REDIS_BACKOFF_BASE_S),
-                  settings.redis_retries)
+                  settings.redis_retries if retries is None else retries)
     return redis.Redis.from_url(
         settings.redis_url, decode_responses=decode_responses, retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],

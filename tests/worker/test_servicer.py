@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -15,7 +16,13 @@ import pytest
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
-from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
+from tests.worker.conftest import (
+    FakeBackend,
+    RedisServer,
+    jpeg_bytes,
+    run_worker_burst,
+    write_images,
+)
 from worker.jobs import JobService
 from worker.servicer import add_batch_jobs_service, batch_jobs_service
 from worker.settings import WorkerSettings
@@ -225,3 +232,18 @@ def test_cli_submit_watch_results_and_cancel(
     assert inline["total_images"] == "3" and inline["job_id"] != job_id
     assert main(["submit", str(input_root / "folder"), "--inline", "--target", target]) == 1
     assert json.loads(capsys.readouterr().err)["code"] == "RESOURCE_EXHAUSTED"
+
+
+def test_redis_down_is_unavailable_and_quick(
+        stub: pb_grpc.BatchJobsStub, redis_server: RedisServer, input_root: Path) -> None:
+    write_images(input_root / "r", 1)
+    job_id = stub.SubmitBatchJob(files("r"), timeout=10).job.job_id
+    redis_server.stop()
+    started = time.monotonic()
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.GetBatchJob(pb.GetBatchJobRequest(job_id=job_id), timeout=20)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert reason(caught.value) == "JOB_STORE_UNAVAILABLE"
+    assert time.monotonic() - started < 10
+    redis_server.start()
+    assert stub.GetBatchJob(pb.GetBatchJobRequest(job_id=job_id), timeout=20).job.job_id == job_id
