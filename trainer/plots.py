@@ -27,7 +27,7 @@ def _save(figure: Figure, path: Path) -> Path:
 def grouped_bars(path: Path, title: str, categories: Sequence[str],
                  series: Mapping[str, Sequence[float]], ylabel: str) -> Path:
     """One group of bars per category, one bar per series (e.g. per split)."""
-    figure = Figure(figsize=(max(6.0, 0.45 * len(categories) * max(1, len(series))), 4.0))
+    figure = Figure(figsize=(min(12.0, max(6.0, 0.3 * len(categories) * max(1, len(series)))), 4.0))
     axes = figure.add_subplot()
     width = 0.8 / max(1, len(series))
     positions = np.arange(len(categories))
