@@ -25,7 +25,7 @@ from service.model_config import ModelConfig
 from service.observe import NullObserver, Observer
 from service.prediction import Prediction, build_prediction
 from service.preprocessing import to_model_input
-from service.validation import ImageLimits, decode_image
+from service.validation import ImageLimits, PixelBudget, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,20 @@ class Classifier:
     """Classifies encoded images with one model through any Backend."""
 
     def __init__(self, backend: Backend, model_name: str, limits: ImageLimits,
-                 min_confidence_floor: float = 0.0, observer: Observer | None = None) -> None:
+                 min_confidence_floor: float = 0.0, observer: Observer | None = None,
+                 decode_budget: PixelBudget | None = None) -> None:
         self.backend = backend
         self.model_name = model_name
         self.limits = limits
         self.min_confidence_floor = min_confidence_floor
         self.observer: Observer = observer or NullObserver()
+        self.decode_budget = decode_budget
 
     def classify(self, image: bytes, ref: ModelRef | None = None, request_id: str = "",
                  timeout: float | None = None) -> Prediction:
         """Classify one image; every failure is raised as a DermserveError."""
         deadline = Deadline(timeout)
-        decoded = self.decode(image)
+        decoded = self.decode(image, deadline.remaining())
         return self._predict([decoded], [request_id], ref, deadline)[0]
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
@@ -77,7 +79,7 @@ class Classifier:
         valid: dict[int, Image.Image] = {}
         for index, data in enumerate(images):
             try:
-                valid[index] = self.decode(data)
+                valid[index] = self.decode(data, deadline.remaining())
             except InvalidImage as exc:
                 errors[index] = exc
         results: dict[int, Prediction | DermserveError] = dict(errors)
@@ -95,11 +97,11 @@ class Classifier:
         """Every version of the model the backend knows, newest first."""
         return self.backend.list_versions(self.model_name, timeout)
 
-    def decode(self, data: bytes) -> Image.Image:
+    def decode(self, data: bytes, timeout: float | None = None) -> Image.Image:
         """Validate and decode one image, reporting the time or the rejection."""
         started = time.perf_counter()
         try:
-            image = decode_image(data, self.limits)
+            image = decode_image(data, self.limits, self.decode_budget, timeout)
         except InvalidImage as exc:
             self.observer.image_rejected(exc.reason)
             raise

@@ -25,6 +25,10 @@ DEFAULT_MIN_IMAGE_SIDE = 64  # pixels; below it a lesion has no texture left (tr
 DEFAULT_MAX_ASPECT_RATIO = 4.0  # long side / short side; 21:9 phones are 2.3, panoramas are not
 # lesions
 
+DEFAULT_DECODE_PIXEL_BUDGET = 4 * DEFAULT_MAX_IMAGE_PIXELS
+"""Pixels decoded at once across all calls: four of the largest images, ~640 MB in Pillow (4 bytes
+per pixel), so a burst of huge images queues instead of exhausting the pod's memory."""
+
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for the non-image fields of a request on top of the image limit."""
 

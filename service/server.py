@@ -30,6 +30,7 @@ from service.metrics import Metrics, start_exporter
 from service.servicer import LesionClassifierServicer
 from service.settings import SecuritySettings, Settings
 from service.status import ErrorMappingInterceptor
+from service.validation import PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
         interceptors=interceptors(settings.security, metrics),
         options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     classifier = Classifier(backend, settings.model_name, settings.limits,
-                            settings.min_confidence_floor, observer=metrics)
+                            settings.min_confidence_floor, observer=metrics,
+                            decode_budget=PixelBudget(settings.decode_pixel_budget))
     stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
                                      thread_name_prefix="classify-stream")
     lesion_classifier_pb2_grpc.add_LesionClassifierServicer_to_server(

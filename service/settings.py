@@ -67,6 +67,7 @@ class Settings:
     backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
     backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
     limits: ImageLimits = field(default_factory=ImageLimits)
+    decode_pixel_budget: int = defaults.DEFAULT_DECODE_PIXEL_BUDGET
     min_confidence_floor: float = defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
     batching: BatchSettings = field(default_factory=BatchSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
@@ -101,6 +102,7 @@ class Settings:
             backend_timeout_s=ns.backend_timeout_s, backend_max_retries=ns.backend_max_retries,
             limits=ImageLimits(ns.max_image_bytes, ns.max_image_pixels, ns.min_image_side,
                                ns.max_aspect_ratio),
+            decode_pixel_budget=ns.decode_pixel_budget,
             min_confidence_floor=ns.min_confidence_floor,
             batching=BatchSettings(ns.batching == "on", ns.batch_max_size, ns.batch_max_wait_ms,
                                    ns.batch_workers, ns.batch_queue_limit),
@@ -145,6 +147,8 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("max-image-pixels", int, defaults.DEFAULT_MAX_IMAGE_PIXELS, "pixel count limit"),
     ("min-image-side", int, defaults.DEFAULT_MIN_IMAGE_SIDE, "shortest side, pixels"),
     ("max-aspect-ratio", float, defaults.DEFAULT_MAX_ASPECT_RATIO, "long/short side limit"),
+    ("decode-pixel-budget", int, defaults.DEFAULT_DECODE_PIXEL_BUDGET,
+     "pixels decoded at once across calls (memory bound)"),
     ("min-confidence-floor", float, defaults.DEFAULT_MIN_CONFIDENCE_FLOOR,
      "abstain below this top probability, whatever the version says"),
     ("batching", str, "on", "micro-batching: on or off"),

@@ -26,6 +26,9 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 | multi-picture JPEG (MPO, phone cameras)  | convert   | primary image used    |
 | EXIF orientation                         | convert   | applied (upright)     |
 
+Memory: with a `PixelBudget`, at most that many pixels are decoded at once across threads; a
+call that cannot get its share in time fails with ResourceExhausted (DECODE_BUSY, retryable).
+
 Why: the model was trained on 8-bit colour dermatoscopy. Grey images lack the colour cues it
 relies on and would be classified confidently and wrongly, so they are refused; transparent
 pixels hide content behind arbitrary colours, so they are refused too. Palette, CMYK, opaque
@@ -38,13 +41,16 @@ from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service import defaults
-from service.errors import InvalidImage
+from service.errors import InvalidImage, ResourceExhausted
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -155,12 +161,45 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """Validate `data` and return it as a fully decoded, upright RGB image."""
+class PixelBudget:
+    """Bounds the pixels being decoded at once across threads, so that many large images arriving
+    together cannot exhaust memory (Pillow holds about 4 bytes per decoded RGB pixel). A call
+    that cannot get its share within its timeout fails with RESOURCE_EXHAUSTED (retryable)."""
+
+    def __init__(self, max_pixels: int) -> None:
+        if max_pixels < 1:
+            raise ValueError("the pixel budget must be positive")
+        self.max_pixels = max_pixels
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int, timeout: float | None) -> Iterator[None]:
+        share = min(pixels, self.max_pixels)  # an image larger than the budget may go alone
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + share <= self.max_pixels, timeout):
+                raise ResourceExhausted("too many large images are being decoded; retry",
+                                        "DECODE_BUSY")
+            self.in_use += share
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= share
+                self._cond.notify_all()
+
+
+def decode_image(data: bytes, limits: ImageLimits, budget: PixelBudget | None = None,
+                 timeout: float | None = None) -> Image.Image:
+    """Validate `data` and return it as a fully decoded, upright RGB image. With a `budget`, the
+    decoding waits (up to `timeout` seconds) for its share of the pixels in flight."""
     check_size(data, limits)
     image_format = sniff_format(data)
     image = open_header(data, image_format)
     check_dimensions(*image.size, limits)
     check_frames(image, image_format)
     check_mode(image)
-    return to_rgb(decode_fully(image))
+    if budget is None:
+        return to_rgb(decode_fully(image))
+    with budget.hold(image.size[0] * image.size[1], timeout):
+        return to_rgb(decode_fully(image))

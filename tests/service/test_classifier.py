@@ -74,3 +74,19 @@ def test_confidence_floor_makes_the_classifier_abstain() -> None:
     prediction = cautious.classify(good_jpeg())
     assert prediction.abstained and prediction.abstention.value == "LOW_CONFIDENCE"
     assert not classifier(FakeBackend()).classify(good_jpeg()).abstained
+
+
+def test_pixel_budget_bounds_decoding_in_flight() -> None:
+    from service.errors import ResourceExhausted
+    from service.validation import PixelBudget
+
+    budget = PixelBudget(max_pixels=50_000)
+    cautious = Classifier(FakeBackend(), "ham10000", ImageLimits(), decode_budget=budget)
+    with budget.hold(40_000, timeout=1):  # another call is decoding a large image
+        with pytest.raises(ResourceExhausted) as caught:
+            cautious.classify(good_jpeg(), timeout=0.2)  # 200x150 = 30,000 pixels: no room
+        assert caught.value.reason == "DECODE_BUSY"
+    assert budget.in_use == 0
+    assert cautious.classify(good_jpeg(), timeout=5).model_version == 2
+    with budget.hold(10**9, timeout=1):  # larger than the budget: it may still go alone
+        assert budget.in_use == 50_000
