@@ -183,26 +183,32 @@ class ChunkRunner:
 
     def _run_claimed(self, job_id: str, index: int, attempt: int,
                      token: str) -> tuple[str, list[ImageResult]]:
+        try:
+            results = self._results_of(job_id, index, attempt)
+        except Exception as exc:
+            self.store.record_chunk_error(job_id, index, reason_of(exc))
+            raise
+        if results is None:
+            return "CANCELLED", []
+        if isinstance(results, str):
+            return results, []
+        self.results.write_chunk_results(job_id, index, results)
+        counts = outcome_counts(results)
+        return self.store.complete_chunk(job_id, index, token, *counts), results
+
+    def _results_of(self, job_id: str, index: int,
+                    attempt: int) -> list[ImageResult] | str | None:
+        """The chunk's results; None when cancelled; "FAILED" when it failed the whole job."""
         record = self.store.load(job_id)
         refs = self.results.read_chunk_inputs(job_id, index)
         first = index * record.chunk_size
         if attempt > self.policy.max_attempts:
-            results = self._give_up(job_id, index, refs, first)
-        else:
-            try:
-                maybe = self._classify_chunk(record, refs, first)
-            except ModelNotFound as exc:
-                self._fail_job(record, exc)
-                return "FAILED", []
-            except Exception as exc:
-                self.store.record_chunk_error(job_id, index, reason_of(exc))
-                raise
-            if maybe is None:
-                return "CANCELLED", []
-            results = maybe
-        self.results.write_chunk_results(job_id, index, results)
-        counts = outcome_counts(results)
-        return self.store.complete_chunk(job_id, index, token, *counts), results
+            return self._give_up(job_id, index, refs, first)
+        try:
+            return self._classify_chunk(record, refs, first)
+        except ModelNotFound as exc:
+            self._fail_job(record, exc)
+            return "FAILED"
 
     def _give_up(self, job_id: str, index: int, refs: Sequence[ImageRef],
                  first: int) -> list[ImageResult]:

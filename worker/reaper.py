@@ -22,8 +22,9 @@ import redis
 
 from service.errors import JobNotFound
 from worker.chunks import FINAL_LEASE
+from worker.defaults import DEFAULT_MAX_CHUNK_ATTEMPTS
 from worker.queues import ChunkQueues, chunk_job_id, finalize_job_id
-from worker.records import ChunkState, JobRecord
+from worker.records import ChunkState, JobRecord, JobState
 from worker.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,10 @@ log = logging.getLogger(__name__)
 
 class Reaper:
     def __init__(self, store: JobStore, queues: ChunkQueues, interval_s: float,
-                 grace_s: float) -> None:
+                 grace_s: float, max_attempts: int = DEFAULT_MAX_CHUNK_ATTEMPTS) -> None:
         self.store = store
         self.queues = queues
+        self.max_attempts = max_attempts
         self.interval_s = interval_s
         self.grace_s = grace_s
         self.stopping = threading.Event()
@@ -82,6 +84,8 @@ class Reaper:
         queued = 0
         for index in indexes:
             attempt = self.store.requeue_abandoned(record.job_id, index)
+            if attempt is not None and self._hopeless(record, index, attempt):
+                return queued
             if attempt is not None:
                 log.warning("job %s chunk %d lost its worker; queued again (attempt %d)",
                             record.job_id, index, attempt)
@@ -97,12 +101,26 @@ class Reaper:
             if alive:
                 continue
             attempt = self.store.requeue_pending(record.job_id, index, attempts.get(index, 1))
+            if attempt is not None and self._hopeless(record, index, attempt):
+                return queued
             if attempt is not None:
                 log.warning("job %s chunk %d had no queued run; queued again (attempt %d)",
                             record.job_id, index, attempt)
                 self.queues.enqueue_chunk(record.job_id, index, attempt, record.priority)
                 queued += 1
         return queued
+
+    def _hopeless(self, record: JobRecord, index: int, attempt: int) -> bool:
+        """Past its attempts, a chunk's run records its images as failed; when even that run
+        failed (its inputs are unreadable, say), the job fails instead of looping forever."""
+        if attempt <= self.max_attempts + 1:
+            return False
+        reason = self.store.chunk_error(record.job_id, index) or "WORKER_LOST"
+        log.error("job %s: chunk %d failed %d runs (%s); failing the job", record.job_id, index,
+                  attempt - 1, reason)
+        self.store.finish(record.job_id, JobState.FAILED,
+                          f"chunk {index} could not run ({reason})")
+        return True
 
     def _reap_finalize(self, record: JobRecord) -> int:
         if self.store.lease_held(record.job_id, FINAL_LEASE):

@@ -115,7 +115,7 @@ class WorkerProcess:
                                   ChunkPolicy.from_settings(settings), self.metrics,
                                   name=f"{socket.gethostname()}-{os.getpid()}")
         self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
-                             settings.reap_grace_s)
+                             settings.reap_grace_s, settings.max_chunk_attempts)
 
     def serve(self) -> None:
         if self.settings.worker_metrics_port:

@@ -246,3 +246,23 @@ def test_metrics_count_images_chunks_and_jobs(
     assert 'dermserve_batch_jobs{state="RUNNING"} 0.0' in text
     assert 'dermserve_batch_queue_depth{priority="normal"} 0.0' in text
     assert "dermserve_worker_busy 0.0" in text
+
+
+def test_a_chunk_whose_inputs_vanished_fails_the_job_instead_of_looping(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    from worker.reaper import Reaper
+
+    write_images(input_root / "gone", 2)
+    job_id = submit_dir(jobs, input_root / "gone")
+    jobs.results.chunk_path(job_id, 0, ".input.json").unlink()  # the shared volume lost it
+    reaper = Reaper(jobs.store, jobs.queues, interval_s=1, grace_s=0,
+                    max_attempts=settings.max_chunk_attempts)
+    for _ in range(3 * (settings.max_chunk_attempts + 2)):  # bounded
+        run_worker_burst(settings, FakeBackend())
+        if jobs.get(job_id).state.terminal:
+            break
+        wait_until(lambda: not jobs.store.lease_held(job_id, 0), "the lease to go")
+        reaper.reap_once()
+    job = jobs.get(job_id)
+    assert job.state is JobState.FAILED
+    assert job.error == "chunk 0 could not run (FileNotFoundError)"
