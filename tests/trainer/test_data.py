@@ -149,3 +149,14 @@ def test_manifest_that_does_not_match_the_data_fails(ham_dir: Path, tmp_path: Pa
 def test_bad_fractions_fail() -> None:
     with pytest.raises(DataError, match="fractions"):
         split_by_lesion([], seed=0, val_fraction=0.6, test_fraction=0.5)
+
+
+def test_dataverse_tab_metadata_loads(tmp_path: Path) -> None:
+    rows = write_ham_dataset(tmp_path, folders=("HAM10000_images_part_1", "HAM10000_images_part_2"))
+    (tmp_path / "metadata.csv").unlink()
+    lines = ["\t".join(f'"{h}"' for h in HEADER)]
+    lines += ["\t".join(f'"{row[h]}"' if h != "age" else row[h] for h in HEADER) for row in rows]
+    (tmp_path / "HAM10000_metadata.tab").write_text("\n".join(lines) + "\n")
+    records = load_records(tmp_path)
+    assert [r.image_id for r in records] == [row["image_id"] for row in rows]
+    assert records[2].age == 31.0 and records[0].sex == "male"
