@@ -51,8 +51,10 @@ class Classifier:
 
     def __init__(self, backend: Backend, model_name: str, limits: ImageLimits,
                  min_confidence_floor: float = 0.0, observer: Observer | None = None,
-                 decode_budget: PixelBudget | None = None) -> None:
+                 decode_budget: PixelBudget | None = None,
+                 default_version_label: str = "") -> None:
         self.backend = backend
+        self.default_version_label = default_version_label
         self.model_name = model_name
         self.limits = limits
         self.min_confidence_floor = min_confidence_floor
@@ -91,7 +93,15 @@ class Classifier:
 
     def describe(self, ref: ModelRef | None = None, timeout: float | None = None) -> VersionInfo:
         """The version `ref` (default: the latest) resolves to now."""
-        return self.backend.resolve(ref or ModelRef(self.model_name), timeout)
+        return self.backend.resolve(self.wanted(ref), timeout)
+
+    def wanted(self, ref: ModelRef | None) -> ModelRef:
+        """`ref` if it pins a version or names a label, else the default: the version carrying
+        the default label when one is set (so a canary never answers unpinned calls), otherwise
+        the latest."""
+        if ref is not None and (ref.version is not None or ref.label):
+            return ref
+        return ModelRef(self.model_name, label=self.default_version_label or None)
 
     def list_versions(self, timeout: float | None = None) -> list[VersionInfo]:
         """Every version of the model the backend knows, newest first."""
@@ -110,7 +120,7 @@ class Classifier:
 
     def _predict(self, images: list[Image.Image], request_ids: list[str], ref: ModelRef | None,
                  deadline: Deadline) -> list[Prediction]:
-        wanted = ref or ModelRef(self.model_name)
+        wanted = self.wanted(ref)
         try:
             return self._predict_once(images, request_ids, wanted, deadline)
         except ModelNotFound:

@@ -178,7 +178,8 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
         options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     classifier = Classifier(backend, settings.model_name, settings.limits,
                             settings.min_confidence_floor, observer=metrics,
-                            decode_budget=PixelBudget(settings.decode_pixel_budget))
+                            decode_budget=PixelBudget(settings.decode_pixel_budget),
+                            default_version_label=settings.default_version_label)
     stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
                                      thread_name_prefix="classify-stream")
     lesion_classifier_pb2_grpc.add_LesionClassifierServicer_to_server(

@@ -63,6 +63,7 @@ class Settings:
     model_name: str = defaults.DEFAULT_MODEL_NAME
     poll_interval_s: float = defaults.DEFAULT_POLL_INTERVAL_S
     version_labels: Mapping[str, int] = field(default_factory=dict)
+    default_version_label: str = ""  # empty: unpinned calls get the latest version
     tfserving_target: str = defaults.DEFAULT_TFSERVING_TARGET
     backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
     backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
@@ -98,7 +99,8 @@ class Settings:
             metrics_address=ns.metrics_address,
             metrics_port=ns.metrics_port, backend=ns.backend, model_base=ns.model_base,
             model_name=ns.model_name, poll_interval_s=ns.poll_interval_s,
-            version_labels=ns.version_labels, tfserving_target=ns.tfserving_target,
+            version_labels=ns.version_labels, default_version_label=ns.default_version_label,
+            tfserving_target=ns.tfserving_target,
             backend_timeout_s=ns.backend_timeout_s, backend_max_retries=ns.backend_max_retries,
             limits=ImageLimits(ns.max_image_bytes, ns.max_image_pixels, ns.min_image_side,
                                ns.max_aspect_ratio),
@@ -140,6 +142,8 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("model-name", str, defaults.DEFAULT_MODEL_NAME, "model name"),
     ("poll-interval-s", float, defaults.DEFAULT_POLL_INTERVAL_S, "embedded: rescan period"),
     ("version-labels", parse_labels, "", "embedded: labels, e.g. stable=3,canary=4"),
+    ("default-version-label", str, "", "label answering calls that pin nothing, e.g. stable "
+     "(empty: the latest version)"),
     ("tfserving-target", str, defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
     ("backend-timeout-s", float, defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
     ("backend-max-retries", int, defaults.DEFAULT_BACKEND_MAX_RETRIES, "retries on UNAVAILABLE"),

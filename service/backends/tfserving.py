@@ -114,8 +114,11 @@ _STATES = {
 
 
 def default_channel_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                            ) -> list[tuple[str, int]]:
+                            ) -> list[tuple[str, int | str]]:
     return [
+        # With a headless Service (dns:///tfserving:8500) this spreads calls over every TF Serving
+        # pod; gRPC's default, pick_first, would send all of one front pod's calls to one of them.
+        ("grpc.lb_policy_name", "round_robin"),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),

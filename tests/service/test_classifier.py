@@ -90,3 +90,12 @@ def test_pixel_budget_bounds_decoding_in_flight() -> None:
     assert cautious.classify(good_jpeg(), timeout=5).model_version == 2
     with budget.hold(10**9, timeout=1):  # larger than the budget: it may still go alone
         assert budget.in_use == 50_000
+
+
+def test_default_version_label_answers_unpinned_calls_and_pins_still_win() -> None:
+    backend = FakeBackend(versions=(1, 2))
+    backend.labels["stable"] = 1
+    stable_first = Classifier(backend, "ham10000", ImageLimits(), default_version_label="stable")
+    assert stable_first.classify(good_jpeg()).model_version == 1
+    assert stable_first.classify(good_jpeg(), ModelRef("ham10000", version=2)).model_version == 2
+    assert classifier(backend).classify(good_jpeg()).model_version == 2  # no default: latest
