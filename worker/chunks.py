@@ -207,8 +207,17 @@ class ChunkRunner:
         try:
             return self._classify_chunk(record, refs, first)
         except ModelNotFound as exc:
-            self._fail_job(record, exc)
-            return "FAILED"
+            if record.requested_version is not None or record.requested_label:
+                self._fail_job(record, exc)
+                return "FAILED"
+            if record.resolved_version is None:
+                raise  # not even "latest" resolved: transient, the chunk runs again later
+        # The version the job started on was unloaded (newer ones were published): go on with
+        # the latest rather than fail an archive half-way; every result names its version.
+        log.warning("job %s: version %s went away; continuing on the latest", job_id,
+                    record.resolved_version)
+        self.store.unpin_version(job_id, record.resolved_version)
+        return self._classify_chunk(self.store.load(job_id), refs, first)
 
     def _give_up(self, job_id: str, index: int, refs: Sequence[ImageRef],
                  first: int) -> list[ImageResult]:
@@ -222,8 +231,7 @@ class ChunkRunner:
         return [ImageResult.failed(first + i, ref.reference, error) for i, ref in enumerate(refs)]
 
     def _fail_job(self, record: JobRecord, error: ModelNotFound) -> None:
-        if record.requested_version is None and not record.requested_label:
-            raise error  # "latest" went missing: transient, the chunk runs again later
+        """The version the client pinned does not exist (or went away): the job cannot run."""
         log.error("batch job %s failed: %s", record.job_id, error)
         self.store.finish(record.job_id, JobState.FAILED, error.message)
 

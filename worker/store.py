@@ -89,6 +89,13 @@ if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return -1 end
 return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 """
 
+UNPIN = """
+if redis.call('HGET', KEYS[1], 'resolved_version') == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], 'resolved_version')
+end
+return 0
+"""
+
 FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'GONE' end
@@ -134,6 +141,7 @@ class JobStore:
         self._requeue = client.register_script(REQUEUE)
         self._requeue_pending = client.register_script(REQUEUE_PENDING)
         self._finish = client.register_script(FINISH)
+        self._unpin = client.register_script(UNPIN)
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: WorkerSettings) -> JobStore:
@@ -283,6 +291,10 @@ class JobStore:
             pipe.hget(key, "resolved_version")
             results: list[Any] = pipe.execute()
         return int(results[1] or version)
+
+    def unpin_version(self, job_id: str, version: int) -> None:
+        """Forget the job's version if it is still `version` (the next chunk resolves again)."""
+        self._unpin(keys=[self.job_key(job_id)], args=[version])
 
     # --- the end ---------------------------------------------------------------------------------
     def finish(self, job_id: str, state: JobState, error: str = "") -> str:

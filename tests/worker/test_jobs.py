@@ -266,3 +266,21 @@ def test_a_chunk_whose_inputs_vanished_fails_the_job_instead_of_looping(
     job = jobs.get(job_id)
     assert job.state is JobState.FAILED
     assert job.error == "chunk 0 could not run (FileNotFoundError)"
+
+
+def test_a_job_moves_on_when_its_version_is_unloaded_mid_job(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    write_images(input_root / "reload", 8)  # two chunks of two batches
+    job_id = submit_dir(jobs, input_root / "reload")
+
+    def publish_version_2_before_the_second_chunk(call: int) -> None:
+        if call == 3:
+            backend.versions = (2,)  # TF Serving unloads 1 when 2 arrives (latest-only policy)
+
+    backend = FakeBackend(publish_version_2_before_the_second_chunk)
+    run_worker_burst(settings, backend)
+    job = jobs.get(job_id)
+    assert (job.state, job.done, job.failed) == (JobState.SUCCEEDED, 8, 0)
+    assert job.resolved_version == 2
+    versions = [r.model_version for r in all_results(jobs, job_id)]
+    assert versions == [1, 1, 1, 1, 2, 2, 2, 2]  # each result names the version that made it
