@@ -270,14 +270,10 @@ def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]]
 
 
 def optional_services(environ: Mapping[str, str]) -> list[tuple[str, ServiceAdder]]:
-    """Services other packages host on the front's port: `worker.front.front_services(environ)`
-    (the BatchJobs API) when the worker package provides it; none otherwise."""
-    try:
-        from worker.front import front_services  # type: ignore[import-not-found,import-untyped,unused-ignore]
-    except ImportError:
-        return []
-    services: list[tuple[str, ServiceAdder]] = list(front_services(environ))
-    return services
+    """Services hosted on the front's port besides Classify: BatchJobs, when Redis is set."""
+    from worker.front import front_services
+
+    return front_services(environ)
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -1,8 +1,6 @@
-"""`make run`: start the local stack (the front service, plus whatever worker/stack.py adds),
-print how to call it, and stop every process on Ctrl-C or SIGTERM.
-
-Extension point: a module `worker.stack` with `stack_processes(args) -> list[Process]` adds its
-processes (redis-server, the RQ worker); it is imported lazily and may be absent.
+"""`make run`: start the local stack (the front service, plus the redis-server and the batch
+worker that worker/stack.py describes), print how to call it, and stop every process on Ctrl-C or
+SIGTERM. worker.stack builds on this module's Process, so it is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -75,18 +73,18 @@ def choose_model_base(args: argparse.Namespace) -> Path:
 
 
 def front_process(args: argparse.Namespace, model_base: Path) -> Process:
+    from worker.stack import batch_environment
+
+    # The front hosts BatchJobs, so it shares the worker's Redis, input roots and output dir.
     return Process("front", [sys.executable, "-m", "service", "--listen", args.listen,
                              "--model-base", str(model_base), "--model-name", args.model_name,
-                             "--backend", "embedded"])
+                             "--backend", "embedded"], env=batch_environment())
 
 
 def extra_processes(args: argparse.Namespace) -> list[Process]:
-    try:
-        from worker.stack import stack_processes  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return []
-    processes: list[Process] = stack_processes(args)
-    return processes
+    from worker.stack import stack_processes
+
+    return stack_processes(args)
 
 
 def wait_until_serving(target: str, processes: Sequence[Process]) -> bool:
