@@ -156,7 +156,8 @@ def run_worker(settings: WorkerSettings) -> int:
     backend = build_backend(settings)
     try:
         classifier = Classifier(backend, settings.model_name, settings.image_limits,
-                                settings.min_confidence_floor)
+                                settings.min_confidence_floor,
+                                default_version_label=settings.default_version_label)
         wait_for_model(classifier, settings.model_ready_timeout_s)
         WorkerProcess(settings, classifier).serve()
     finally:

@@ -63,6 +63,8 @@ class WorkerSettings:
     poll_interval_s: float = service_defaults.DEFAULT_POLL_INTERVAL_S
     model_ready_timeout_s: float = defaults.DEFAULT_MODEL_READY_TIMEOUT_S
     min_confidence_floor: float = service_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
+    default_version_label: str = field(default="", metadata={
+        "help": "label answering jobs that pin nothing, e.g. stable (empty: the latest)"})
     max_image_bytes: int = service_defaults.DEFAULT_MAX_IMAGE_BYTES
     max_image_pixels: int = service_defaults.DEFAULT_MAX_IMAGE_PIXELS
     min_image_side: int = service_defaults.DEFAULT_MIN_IMAGE_SIDE
