@@ -287,11 +287,18 @@ def fit_stage(network: Any, model: Any, stage: str, data: tuple[np.ndarray, np.n
     if state.finished:
         network.load_weights(checkpoints / f"{stage}-best.weights.h5")
         return state
+    views, labels = data
+    num_classes = int(network.outputs[0].shape[-1])
     if state.epochs_done:
         logger.info("%s resumes after epoch %d", stage, state.epochs_done - 1)
         network.load_weights(checkpoints / f"{stage}-last.weights.h5")
-    views, labels = data
-    num_classes = int(network.outputs[0].shape[-1])
+    else:
+        # The starting point is a candidate too (epoch -1), so a stage never ends worse than it
+        # began: fine-tuning the top blocks can lose to the head alone.
+        state.best_score = balanced_accuracy(val[1], _predict_logits(model, val[0]).argmax(axis=1),
+                                             num_classes)
+        network.save_weights(checkpoints / f"{stage}-best.weights.h5")
+        logger.info("%s starts at val balanced accuracy %.4f", stage, state.best_score)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     batches = _make_batches(views, labels, strategy, num_classes, settings.batch_size,
@@ -350,6 +357,12 @@ def measure_imbalance(network: Any, settings: TrainSettings, train: tuple[np.nda
 def _stage_one(network: Any, settings: TrainSettings, views: np.ndarray, labels: np.ndarray,
                val: tuple[np.ndarray, np.ndarray], workdir: Path) -> tuple[str, StageState]:
     set_trainable(network, None)
+    head_state = StageState(workdir / "checkpoints" / "stage1-head-state.json")
+    measured = settings.imbalance != "auto" or (workdir / IMBALANCE_FILE).exists()
+    if head_state.finished and measured:
+        # Resuming after stage 1: skip recomputing the pooled features (minutes on a CPU).
+        network.load_weights(workdir / "checkpoints" / "stage1-head-best.weights.h5")
+        return measure_imbalance(network, settings, (views, labels), val, workdir), head_state
     pooled = np.stack([_pooled(network, settings, view) for view in views])
     val_pooled = _pooled(network, settings, val[0])
     # Every cached view is one more example for the head: it is tiny, so it sees them all at once.
@@ -461,12 +474,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--input-size", type=int, default=TrainSettings.input_size)
     parser.add_argument("--views", type=int, default=TrainSettings.views_per_image)
     parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
+    parser.add_argument("--fine-tune-learning-rate", type=float,
+                        default=TrainSettings.fine_tune_learning_rate)
     parser.add_argument("--time-budget-s", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = TrainSettings(weights_path=args.weights, seed=args.seed,
                              input_size=args.input_size, views_per_image=args.views,
                              fine_tune_epochs=args.fine_tune_epochs,
+                             fine_tune_learning_rate=args.fine_tune_learning_rate,
                              time_budget_s=args.time_budget_s)
     records = load_records(args.data_dir)
     manifest = args.workdir / "split.json"
