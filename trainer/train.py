@@ -476,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
     parser.add_argument("--fine-tune-learning-rate", type=float,
                         default=TrainSettings.fine_tune_learning_rate)
+    parser.add_argument("--patience", type=int, default=TrainSettings.patience)
     parser.add_argument("--time-budget-s", type=float, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -483,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              input_size=args.input_size, views_per_image=args.views,
                              fine_tune_epochs=args.fine_tune_epochs,
                              fine_tune_learning_rate=args.fine_tune_learning_rate,
+                             patience=args.patience,
                              time_budget_s=args.time_budget_s)
     records = load_records(args.data_dir)
     manifest = args.workdir / "split.json"
