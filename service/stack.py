@@ -113,7 +113,7 @@ def print_usage(target: str) -> None:
 dermserve is serving on {target}. Try:
 
   .venv/bin/dermserve classify --target {target} path/to/lesion.jpg
-  .venv/bin/dermserve classify --target {target} --json ../shared/data/ham10000/<image>.jpg
+  .venv/bin/dermserve classify --target {target} --json ../shared/data/ham10000/images/<image>.jpg
   .venv/bin/dermserve models --target {target}
   grpcurl -plaintext {target} list
   grpcurl -plaintext -d "{{\\"image\\": \\"$(base64 -w0 lesion.jpg)\\"}}" \\
