@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable
 
 import redis
 
@@ -81,33 +82,32 @@ class Reaper:
         return self._reap_running(record, running) + self._reap_pending(record, pending, attempts)
 
     def _reap_running(self, record: JobRecord, indexes: list[int]) -> int:
-        queued = 0
-        for index in indexes:
-            attempt = self.store.requeue_abandoned(record.job_id, index)
-            if attempt is not None and self._hopeless(record, index, attempt):
-                return queued
-            if attempt is not None:
-                log.warning("job %s chunk %d lost its worker; queued again (attempt %d)",
-                            record.job_id, index, attempt)
-                self.queues.enqueue_chunk(record.job_id, index, attempt, record.priority)
-                queued += 1
-        return queued
+        requeued = ((i, self.store.requeue_abandoned(record.job_id, i)) for i in indexes)
+        return self._queue_again(record, requeued, "lost its worker")
 
     def _reap_pending(self, record: JobRecord, indexes: list[int],
                       attempts: dict[int, int]) -> int:
         ids = [chunk_job_id(record.job_id, i, attempts.get(i, 1)) for i in indexes]
+        lost = [i for i, alive in zip(indexes, self.queues.alive(ids), strict=True) if not alive]
+        requeued = ((i, self.store.requeue_pending(record.job_id, i, attempts.get(i, 1)))
+                    for i in lost)
+        return self._queue_again(record, requeued, "had no queued run")
+
+    def _queue_again(self, record: JobRecord, requeued: Iterable[tuple[int, int | None]],
+                     why: str) -> int:
+        """Enqueue each chunk the store handed back (an attempt number, None when another reaper
+        or the worker got there first), stopping at the first hopeless one. `requeued` is lazy,
+        so no chunk is taken from the store after the job has failed."""
         queued = 0
-        for index, alive in zip(indexes, self.queues.alive(ids), strict=True):
-            if alive:
+        for index, attempt in requeued:
+            if attempt is None:
                 continue
-            attempt = self.store.requeue_pending(record.job_id, index, attempts.get(index, 1))
-            if attempt is not None and self._hopeless(record, index, attempt):
-                return queued
-            if attempt is not None:
-                log.warning("job %s chunk %d had no queued run; queued again (attempt %d)",
-                            record.job_id, index, attempt)
-                self.queues.enqueue_chunk(record.job_id, index, attempt, record.priority)
-                queued += 1
+            if self._hopeless(record, index, attempt):
+                break
+            log.warning("job %s chunk %d %s; queued again (attempt %d)", record.job_id, index,
+                        why, attempt)
+            self.queues.enqueue_chunk(record.job_id, index, attempt, record.priority)
+            queued += 1
         return queued
 
     def _hopeless(self, record: JobRecord, index: int, attempt: int) -> bool:
