@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from service.backends.base import ModelRef, VersionState
 from service.backends.embedded import EmbeddedBackend
 from service.errors import BackendUnavailable, ModelNotFound
 from tests.backends.conftest import FAST_POLL_S
-from tests.backends.helpers import publish_version, wait_until
+from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
 
 LATEST = ModelRef(TINY_MODEL_NAME)
@@ -125,36 +124,16 @@ def test_new_version_is_picked_up_without_restart(make_backend: MakeBackend, mod
 def test_hot_reload_during_traffic_fails_no_call(make_backend: MakeBackend, model_dir: Path,
                                                  version3_dir: Path) -> None:
     backend = make_backend(poll_interval_s=FAST_POLL_S)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    answered: list[int] = []
-
-    def traffic(seed: int) -> None:
-        batch = images(2, seed)
-        while not stop.is_set():
-            try:
-                answered.append(backend.predict(LATEST, batch).version.version)
-            except BaseException as exc:  # record, so that the test reports it
-                errors.append(exc)
-
-    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_until(lambda: len(answered) > 20, what="traffic on version 2")
+    with Traffic(backend, LATEST, [images(2, seed) for seed in range(3)]) as traffic:
+        traffic.wait_for_more(20, "traffic on version 2")
         publish_version(version3_dir, model_dir, 3)
         shutil.rmtree(model_dir / "1")
         wait_until(lambda: backend.resolve(LATEST).version == 3 and 1 not in states(backend),
                    what="version 3 to serve and version 1 to leave")
-        count = len(answered)
-        wait_until(lambda: len(answered) > count + 20, what="traffic after the reload")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert errors == []
-    assert set(answered) == {2, 3}
-    assert answered[-1] == 3
+        traffic.wait_for_more(20, "traffic after the reload")
+    assert traffic.errors == []
+    assert set(traffic.answered) == {2, 3}
+    assert traffic.answered[-1] == 3
     assert states(backend) == {3: VersionState.AVAILABLE, 2: VersionState.AVAILABLE}
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from service.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from tests.backends.helpers import publish_version, wait_until
+from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.backends.test_embedded import images
 from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME
@@ -106,34 +105,15 @@ def test_hot_reload_during_traffic_fails_no_call(fake_tfserving: FakeTFServing,
                                                  make_client: Callable[..., TFServingBackend],
                                                  model_base: Path, version3_dir: Path) -> None:
     client = make_client(fake_tfserving, metadata_cache_ttl_s=0.05)
-    stop = threading.Event()
-    errors: list[BaseException] = []
-    answered: list[int] = []
-
-    def traffic(seed: int) -> None:
-        batch = images(2, seed)
-        while not stop.is_set():
-            try:
-                answered.append(client.predict(LATEST, batch).version.version)
-            except BaseException as exc:  # record, so that the test reports it
-                errors.append(exc)
-
-    threads = [threading.Thread(target=traffic, args=(seed,)) for seed in range(3)]
-    for thread in threads:
-        thread.start()
-    try:
-        wait_until(lambda: len(answered) > 20, what="traffic on version 2")
+    with Traffic(client, LATEST, [images(2, seed) for seed in range(3)]) as traffic:
+        traffic.wait_for_more(20, "traffic on version 2")
         publish_version(version3_dir, model_base / TINY_MODEL_NAME, 3)
         shutil.rmtree(model_base / TINY_MODEL_NAME / "1")
-        wait_until(lambda: bool(answered) and answered[-1] == 3, what="answers from version 3")
-        count = len(answered)
-        wait_until(lambda: len(answered) > count + 20, what="traffic after the reload")
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
-    assert errors == []
-    assert set(answered) == {2, 3}
+        wait_until(lambda: bool(traffic.answered) and traffic.answered[-1] == 3,
+                   what="answers from version 3")
+        traffic.wait_for_more(20, "traffic after the reload")
+    assert traffic.errors == []
+    assert set(traffic.answered) == {2, 3}
 
 
 def test_unavailable_is_retried_a_bounded_number_of_times(
