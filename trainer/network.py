@@ -137,3 +137,19 @@ def set_trainable(network: Any, first_trainable: str | None) -> list[str]:
         if layer.trainable and layer.weights:
             trainable.append(layer.name)
     return trainable
+
+
+def set_all_trainable(network: Any, batchnorm_momentum: float) -> list[str]:
+    """Train every layer, BatchNormalization too: in training mode, its statistics following the
+    fine-tuned weights with `batchnorm_momentum` (Keras' default 0.999 follows too slowly for a
+    run of a few epochs). Returns the names of the layers with trainable weights."""
+    import keras
+
+    trainable = []
+    for layer in network.layers:
+        layer.trainable = True
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
+        if layer.weights:
+            trainable.append(layer.name)
+    return trainable

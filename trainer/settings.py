@@ -32,6 +32,11 @@ class TrainSettings:
     # Adam, cosine-decayed over the stage's epochs. Measured on the release run: 3e-4 wrecked the
     # pretrained top blocks (val balanced accuracy 0.58 -> 0.17) and 5e-5 raised the training loss.
     fine_tune_learning_rate: float = 1e-5
+    # "cached": stage 2 trains the top blocks (from first_trainable, BatchNorm frozen) on the
+    # cached views, minutes an epoch on a CPU; "full": every layer, BatchNorm included, on images
+    # augmented afresh each epoch: what moves the model most, at ~11 min an epoch on 2 CPU cores.
+    fine_tune: str = "cached"
+    batchnorm_momentum: float = 0.99  # "full" only; Keras' 0.999 is too slow for short runs
     patience: int = 3  # epochs without a better validation balanced accuracy before stopping
     imbalance: str = "auto"  # "auto" (measure on stage 1), "class_weights", "balanced_sampling"
     imbalance_trial_epochs: int = 15  # stage-1 epochs per strategy when measuring

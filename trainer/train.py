@@ -6,7 +6,9 @@ view of each validation image, are cached as float16 under `workdir/cache/`. The
   stage 1 trains the head (dropout + dense) on pooled features of the cached views, after measuring
          which imbalance strategy (class weights or balanced sampling) gives the better validation
          balanced accuracy, and
-  stage 2 trains the top blocks and the head on the cached activations, one view per epoch.
+  stage 2 trains the top blocks and the head on the cached activations, one view per epoch, or,
+         with `fine_tune="full"`, every layer (BatchNorm too) on images augmented afresh each
+         epoch, streamed rather than cached.
 Both stop early on validation balanced accuracy, computed from validation predictions each epoch.
 The network trained is the one `build_network` returns (the stages' models share its layers), so
 inference is the plain network on `to_model_input` images. Every epoch writes a checkpoint; running
@@ -39,6 +41,7 @@ from trainer.network import (
     cut_tensor,
     head_model,
     lower_model,
+    set_all_trainable,
     set_trainable,
 )
 from trainer.settings import TrainSettings
@@ -177,14 +180,16 @@ def example_weights(labels: np.ndarray, strategy: str, num_classes: int) -> np.n
     return weights.astype(np.float32)
 
 
-def _make_batches(views: np.ndarray, labels: np.ndarray, strategy: str, num_classes: int,
-                  batch_size: int, seed: int, start_epoch: int) -> Any:
-    """A keras PyDataset serving view `epoch % len(views)` in this epoch's order."""
+def _epoch_batches(labels: np.ndarray, fetch: Callable[[int, np.ndarray], np.ndarray],
+                   strategy: str, num_classes: int, batch_size: int, seed: int,
+                   start_epoch: int) -> Any:
+    """A keras PyDataset of `(fetch(epoch, indices), labels, weights)` batches in each epoch's
+    order (see `epoch_order`), starting at `start_epoch` so a resumed stage continues its order."""
     import keras
 
     weights = example_weights(labels, strategy, num_classes)
 
-    class ViewBatches(keras.utils.PyDataset):  # type: ignore[misc]  # keras is untyped
+    class EpochBatches(keras.utils.PyDataset):  # type: ignore[misc]  # keras is untyped
         def __init__(self) -> None:
             super().__init__()
             self.epoch = start_epoch
@@ -198,14 +203,38 @@ def _make_batches(views: np.ndarray, labels: np.ndarray, strategy: str, num_clas
 
         def __getitem__(self, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             index = np.sort(self.order[step * batch_size:(step + 1) * batch_size])
-            view = views[self.epoch % len(views)]
-            return view[index].astype(np.float32), labels[index], weights[index]
+            return fetch(self.epoch, index), labels[index], weights[index]
 
         def on_epoch_end(self) -> None:
             self.epoch += 1
             self._shuffle()
 
-    return ViewBatches()
+    return EpochBatches()
+
+
+def cached_batches(views: np.ndarray, labels: np.ndarray, strategy: str,
+                   settings: TrainSettings, num_classes: int) -> Callable[[int], Any]:
+    """Batches of cached views: epoch `e` serves view `e % len(views)`."""
+    def fetch(epoch: int, index: np.ndarray) -> np.ndarray:
+        return np.asarray(views[epoch % len(views)][index], np.float32)
+
+    return lambda start: _epoch_batches(labels, fetch, strategy, num_classes,
+                                        settings.batch_size, settings.seed, start)
+
+
+def streamed_batches(records: Sequence[Record], labels: np.ndarray, strategy: str,
+                     settings: TrainSettings, num_classes: int) -> Callable[[int], Any]:
+    """Batches of images augmented afresh every epoch (views numbered after the cached ones, so
+    none repeats): what a fine-tune of the whole backbone needs, and costs only PIL time."""
+    spec, seed, first_view = settings.input_spec(), settings.seed, settings.views_per_image
+
+    def fetch(epoch: int, index: np.ndarray) -> np.ndarray:
+        return scale_pixels(np.stack([augment(load_image(records[i]), spec,
+                                              view_rng(seed, first_view + epoch, int(i)))
+                                      for i in index]))
+
+    return lambda start: _epoch_batches(labels, fetch, strategy, num_classes,
+                                        settings.batch_size, settings.seed, start)
 
 
 class StageState:
@@ -271,15 +300,28 @@ def _predict_logits(model: Any, inputs: np.ndarray) -> np.ndarray:
                            for s in range(0, len(inputs), PREDICT_BATCH)])
 
 
+def _logits_of_cache(model: Any, inputs: np.ndarray) -> Callable[[], np.ndarray]:
+    """Validation logits of cached activations or features, with the weights of the moment."""
+    return lambda: _predict_logits(model, inputs)
+
+
+def _logits_of_images(network: Any, records: Sequence[Record],
+                      settings: TrainSettings) -> Callable[[], np.ndarray]:
+    """Validation logits of plain views of `records`, read as the service reads images."""
+    spec = settings.input_spec()
+    return lambda: predict_network(network, records, spec, settings.batch_size)[0]
+
+
 def _cosine(base: float, epochs: int) -> Callable[[int, float], float]:
     return lambda epoch, _lr: base * 0.5 * (1 + math.cos(math.pi * min(epoch, epochs) / epochs))
 
 
-def fit_stage(network: Any, model: Any, stage: str, data: tuple[np.ndarray, np.ndarray],
-              val: tuple[np.ndarray, np.ndarray], strategy: str, epochs: int,
+def fit_stage(network: Any, model: Any, stage: str, batches: Callable[[int], Any],
+              val: tuple[Callable[[], np.ndarray], np.ndarray], epochs: int,
               learning_rate: float, settings: TrainSettings, checkpoints: Path,
-              deadline: float | None = None) -> StageState:
-    """Train `model` (a view of `network`'s layers) with early stopping; resumable."""
+              deadline: float | None = None, log_steps: int = 0) -> StageState:
+    """Train `model` (a view of `network`'s layers) on `batches(start_epoch)` with early stopping
+    on `val` (a function giving validation logits, and the labels); resumable."""
     import keras
 
     checkpoints.mkdir(parents=True, exist_ok=True)
@@ -287,7 +329,7 @@ def fit_stage(network: Any, model: Any, stage: str, data: tuple[np.ndarray, np.n
     if state.finished:
         network.load_weights(checkpoints / f"{stage}-best.weights.h5")
         return state
-    views, labels = data
+    predict_val, val_labels = val
     num_classes = int(network.outputs[0].shape[-1])
     if state.epochs_done:
         logger.info("%s resumes after epoch %d", stage, state.epochs_done - 1)
@@ -295,21 +337,18 @@ def fit_stage(network: Any, model: Any, stage: str, data: tuple[np.ndarray, np.n
     else:
         # The starting point is a candidate too (epoch -1), so a stage never ends worse than it
         # began: fine-tuning the top blocks can lose to the head alone.
-        state.best_score = balanced_accuracy(val[1], _predict_logits(model, val[0]).argmax(axis=1),
+        state.best_score = balanced_accuracy(val_labels, predict_val().argmax(axis=1),
                                              num_classes)
         network.save_weights(checkpoints / f"{stage}-best.weights.h5")
         logger.info("%s starts at val balanced accuracy %.4f", stage, state.best_score)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    batches = _make_batches(views, labels, strategy, num_classes, settings.batch_size,
-                            settings.seed, state.epochs_done)
     callbacks = [keras.callbacks.LearningRateScheduler(_cosine(learning_rate, epochs)),
-                 _monitor(network, lambda: _predict_logits(model, val[0]), val[1], state,
-                          checkpoints, stage, settings.patience, deadline,
-                          LOG_EVERY_STEPS if views.ndim > 3 else 0)]
+                 _monitor(network, predict_val, val_labels, state, checkpoints, stage,
+                          settings.patience, deadline, log_steps)]
     if state.epochs_done < epochs:
-        model.fit(batches, epochs=epochs, initial_epoch=state.epochs_done, callbacks=callbacks,
-                  verbose=0)
+        model.fit(batches(state.epochs_done), epochs=epochs, initial_epoch=state.epochs_done,
+                  callbacks=callbacks, verbose=0)
     network.load_weights(checkpoints / f"{stage}-best.weights.h5")
     state.finished = True
     state.save()
@@ -327,6 +366,18 @@ def _pooled(network: Any, settings: TrainSettings, activations: np.ndarray) -> n
     return _predict_logits(model, activations)
 
 
+def _fit_head(network: Any, settings: TrainSettings, stage: str,
+              train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+              strategy: str, epochs: int, workdir: Path) -> StageState:
+    """Train the head alone on pooled features (`train`: views (V, N, D) and labels)."""
+    model = head_model(network)
+    num_classes = int(network.outputs[0].shape[-1])
+    return fit_stage(network, model, stage,
+                     cached_batches(*train, strategy, settings, num_classes),
+                     (_logits_of_cache(model, val[0]), val[1]), epochs,
+                     settings.head_learning_rate, settings, workdir / "checkpoints")
+
+
 def measure_imbalance(network: Any, settings: TrainSettings, train: tuple[np.ndarray, np.ndarray],
                       val: tuple[np.ndarray, np.ndarray], workdir: Path) -> str:
     """Train the head with each strategy from the same start; keep the better one on validation
@@ -341,9 +392,8 @@ def measure_imbalance(network: Any, settings: TrainSettings, train: tuple[np.nda
     trials: dict[str, Any] = {}
     for strategy in STRATEGIES:
         network.set_weights(start)
-        state = fit_stage(network, head_model(network), f"trial-{strategy}", train, val,
-                          strategy, settings.imbalance_trial_epochs, settings.head_learning_rate,
-                          settings, workdir / "checkpoints")
+        state = _fit_head(network, settings, f"trial-{strategy}", train, val, strategy,
+                          settings.imbalance_trial_epochs, workdir)
         scores[strategy] = state.best_score
         trials[strategy] = {"best_val_balanced_accuracy": state.best_score,
                             "best_epoch": state.best_epoch, "history": state.history}
@@ -368,23 +418,36 @@ def _stage_one(network: Any, settings: TrainSettings, views: np.ndarray, labels:
     # Every cached view is one more example for the head: it is tiny, so it sees them all at once.
     head_data = (pooled.reshape(1, -1, pooled.shape[-1]), np.tile(labels, len(views)))
     strategy = measure_imbalance(network, settings, head_data, (val_pooled, val[1]), workdir)
-    state = fit_stage(network, head_model(network), "stage1-head", head_data,
-                      (val_pooled, val[1]), strategy, settings.head_epochs,
-                      settings.head_learning_rate, settings, workdir / "checkpoints")
+    state = _fit_head(network, settings, "stage1-head", head_data, (val_pooled, val[1]),
+                      strategy, settings.head_epochs, workdir)
     return strategy, state
 
 
-def _stage_two(network: Any, settings: TrainSettings, views: np.ndarray, labels: np.ndarray,
+def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.ndarray,
                val: tuple[np.ndarray, np.ndarray], strategy: str, workdir: Path,
                deadline: float | None) -> StageState:
+    """Fine-tune: the top blocks on the cached views, or (`fine_tune="full"`) every layer on
+    images augmented afresh each epoch."""
     import keras
 
-    trainable = set_trainable(network, settings.first_trainable)
-    logger.info("stage 2 trains %d layers from %s", len(trainable), settings.first_trainable)
-    model = keras.Model(cut_tensor(network, settings.first_trainable), network.outputs[0])
-    return fit_stage(network, model, "stage2-top", (views, labels), val, strategy,
+    labels = label_indices(split.train, split.labels)
+    num_classes = len(split.labels)
+    if settings.fine_tune == "full":
+        trainable = set_all_trainable(network, settings.batchnorm_momentum)
+        model = keras.Model(network.inputs, network.outputs[0])
+        batches = streamed_batches(split.train, labels, strategy, settings, num_classes)
+        predict_val = _logits_of_images(network, split.val, settings)
+        stage = "stage2-full"
+    else:
+        trainable = set_trainable(network, settings.first_trainable)
+        model = keras.Model(cut_tensor(network, settings.first_trainable), network.outputs[0])
+        batches = cached_batches(views, labels, strategy, settings, num_classes)
+        predict_val = _logits_of_cache(model, val[0])
+        stage = "stage2-top"
+    logger.info("%s trains %d layers from %s", stage, len(trainable), trainable[0])
+    return fit_stage(network, model, stage, batches, (predict_val, val[1]),
                      settings.fine_tune_epochs, settings.fine_tune_learning_rate, settings,
-                     workdir / "checkpoints", deadline)
+                     workdir / "checkpoints", deadline, LOG_EVERY_STEPS)
 
 
 def new_network(settings: TrainSettings, num_classes: int) -> Any:
@@ -413,7 +476,7 @@ def train_network(split: Split, settings: TrainSettings, workdir: Path) -> Any:
     train_labels = label_indices(split.train, split.labels)
     val = (val_acts, label_indices(split.val, split.labels))
     strategy, head = _stage_one(network, settings, train_views, train_labels, val, workdir)
-    top = _stage_two(network, settings, train_views, train_labels, val, strategy, workdir,
+    top = _stage_two(network, settings, split, train_views, val, strategy, workdir,
                      deadline)
     network.save_weights(final)
     _write_summary(workdir, settings, strategy, head, top, time.time() - started)
@@ -476,6 +539,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
     parser.add_argument("--fine-tune-learning-rate", type=float,
                         default=TrainSettings.fine_tune_learning_rate)
+    parser.add_argument("--fine-tune", choices=("cached", "full"), default=TrainSettings.fine_tune)
     parser.add_argument("--patience", type=int, default=TrainSettings.patience)
     parser.add_argument("--time-budget-s", type=float, default=None)
     args = parser.parse_args(argv)
@@ -484,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                              input_size=args.input_size, views_per_image=args.views,
                              fine_tune_epochs=args.fine_tune_epochs,
                              fine_tune_learning_rate=args.fine_tune_learning_rate,
-                             patience=args.patience,
+                             fine_tune=args.fine_tune, patience=args.patience,
                              time_budget_s=args.time_budget_s)
     records = load_records(args.data_dir)
     manifest = args.workdir / "split.json"

@@ -15,7 +15,7 @@ from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 from tests.trainer.conftest import write_ham_dataset
 from trainer.augment import augment, view_rng
 from trainer.data import HAM10000_LABELS, Split, load_records, split_by_lesion
-from trainer.network import build_network, lower_model, set_trainable
+from trainer.network import build_network, lower_model, set_all_trainable, set_trainable
 from trainer.settings import TrainSettings
 from trainer.train import (
     FINAL_WEIGHTS,
@@ -68,6 +68,17 @@ def test_stage_two_trains_only_the_top_and_no_batch_norm() -> None:
     assert trainable[0] == "block_13_expand" and trainable[-1] == "logits"
     assert "block_12_expand" not in trainable
     assert not any(name.endswith("_BN") or name.endswith("_bn") for name in trainable)
+
+
+def test_full_fine_tune_trains_every_layer_and_batch_norm_with_its_momentum() -> None:
+    import keras
+
+    network = build_network(7, SPEC, backbone="mobilenet_v2", weights_path=None)
+    trainable = set_all_trainable(network, 0.99)
+    assert trainable[0] == "Conv1" and "bn_Conv1" in trainable and trainable[-1] == "logits"
+    norms = [layer for layer in network.layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.trainable and layer.momentum == 0.99 for layer in norms)
 
 
 def test_augmentation_touches_only_the_training_split(split: Split, tmp_path: Path) -> None:
@@ -157,3 +168,37 @@ def test_tta_averages_flipped_views(split: Split) -> None:
     averaged, tta_features = predict_network(network, split.test, SPEC, tta=True)
     np.testing.assert_array_equal(features, tta_features)
     assert averaged.shape == plain.shape and not np.allclose(averaged, plain)
+
+
+def test_full_fine_tune_streams_fresh_views_and_trains_batch_norm(split: Split,
+                                                                 tmp_path: Path) -> None:
+    settings = tiny_settings(fine_tune="full", fine_tune_epochs=2, batchnorm_momentum=0.5)
+    head_only = train_network(split, tiny_settings(fine_tune_epochs=0), tmp_path / "head")
+    network = train_network(split, settings, tmp_path / "full")
+    history = json.loads((tmp_path / "full" / "training.json").read_text())["stages"]["top"]
+    assert [entry["epoch"] for entry in history["history"]] == [0, 1]
+    # The last epoch's weights: the backbone's first layers and BatchNorm statistics moved.
+    network.load_weights(tmp_path / "full" / "checkpoints" / "stage2-full-last.weights.h5")
+    for layer, weight in (("tiny_conv1", "kernel"), ("tiny_bn1", "moving_mean")):
+        after = getattr(network.get_layer(layer), weight).numpy()
+        before = getattr(head_only.get_layer(layer), weight).numpy()
+        assert not np.allclose(after, before), layer
+
+
+def test_streamed_views_are_new_each_epoch_and_never_the_cached_ones(split: Split) -> None:
+    from trainer.train import streamed_batches
+
+    settings = tiny_settings()
+    labels = np.zeros(len(split.train), np.int64)
+    batches = streamed_batches(split.train, labels, "class_weights", settings, 7)
+    first = batches(0)[0][0]
+    assert first.shape == (settings.batch_size, 32, 32, 3) and first.min() >= -1.0
+    again = batches(0)[0][0]
+    np.testing.assert_array_equal(first, again)  # seeded: a resumed epoch sees the same views
+    later = batches(1)[0][0]
+    assert not np.array_equal(first, later)
+    index = np.sort(np.random.default_rng([settings.seed, 0]).permutation(len(labels))[:8])
+    cached_view = scale_pixels(np.stack([augment(Image.open(split.train[i].path), SPEC,
+                                                 view_rng(settings.seed, 0, int(i)))
+                                         for i in index]))
+    assert not np.allclose(first, cached_view)
