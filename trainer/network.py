@@ -139,17 +139,20 @@ def set_trainable(network: Any, first_trainable: str | None) -> list[str]:
     return trainable
 
 
-def set_all_trainable(network: Any, batchnorm_momentum: float) -> list[str]:
-    """Train every layer, BatchNormalization too: in training mode, its statistics following the
-    fine-tuned weights with `batchnorm_momentum` (Keras' default 0.999 follows too slowly for a
-    run of a few epochs). Returns the names of the layers with trainable weights."""
+def set_all_trainable(network: Any, batchnorm_momentum: float | None) -> list[str]:
+    """Train every layer. With a `batchnorm_momentum`, BatchNormalization too: in training mode,
+    its statistics following the fine-tuned weights at that momentum (Keras' default 0.999
+    follows too slowly for a run of a few epochs); with None, BatchNormalization stays frozen in
+    inference mode on its ImageNet statistics, so training starts exactly where the head left
+    off. Returns the names of the layers with trainable weights."""
     import keras
 
     trainable = []
     for layer in network.layers:
-        layer.trainable = True
-        if isinstance(layer, keras.layers.BatchNormalization):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = not is_bn or batchnorm_momentum is not None
+        if is_bn and batchnorm_momentum is not None:
             layer.momentum = batchnorm_momentum
-        if layer.weights:
+        if layer.trainable and layer.weights:
             trainable.append(layer.name)
     return trainable

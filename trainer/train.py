@@ -433,7 +433,8 @@ def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.nd
     labels = label_indices(split.train, split.labels)
     num_classes = len(split.labels)
     if settings.fine_tune == "full":
-        trainable = set_all_trainable(network, settings.batchnorm_momentum)
+        momentum = settings.batchnorm_momentum if settings.fine_tune_batchnorm else None
+        trainable = set_all_trainable(network, momentum)
         model = keras.Model(network.inputs, network.outputs[0])
         batches = streamed_batches(split.train, labels, strategy, settings, num_classes)
         predict_val = _logits_of_images(network, split.val, settings)
@@ -540,6 +541,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fine-tune-learning-rate", type=float,
                         default=TrainSettings.fine_tune_learning_rate)
     parser.add_argument("--fine-tune", choices=("cached", "full"), default=TrainSettings.fine_tune)
+    parser.add_argument("--frozen-batchnorm", action="store_true",
+                        help="with --fine-tune full: keep BatchNorm on its ImageNet statistics")
     parser.add_argument("--patience", type=int, default=TrainSettings.patience)
     parser.add_argument("--time-budget-s", type=float, default=None)
     args = parser.parse_args(argv)
@@ -548,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                              input_size=args.input_size, views_per_image=args.views,
                              fine_tune_epochs=args.fine_tune_epochs,
                              fine_tune_learning_rate=args.fine_tune_learning_rate,
-                             fine_tune=args.fine_tune, patience=args.patience,
+                             fine_tune=args.fine_tune,
+                             fine_tune_batchnorm=not args.frozen_batchnorm, patience=args.patience,
                              time_budget_s=args.time_budget_s)
     records = load_records(args.data_dir)
     manifest = args.workdir / "split.json"

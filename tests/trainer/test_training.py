@@ -80,6 +80,10 @@ def test_full_fine_tune_trains_every_layer_and_batch_norm_with_its_momentum() ->
              if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.trainable and layer.momentum == 0.99 for layer in norms)
 
+    frozen_norms = set_all_trainable(network, None)  # BatchNorm kept on ImageNet statistics
+    assert frozen_norms[0] == "Conv1" and "bn_Conv1" not in frozen_norms
+    assert not any(layer.trainable for layer in norms)
+
 
 def test_augmentation_touches_only_the_training_split(split: Split, tmp_path: Path) -> None:
     settings = tiny_settings()
