@@ -33,8 +33,8 @@ class TrainSettings:
     # pretrained top blocks (val balanced accuracy 0.58 -> 0.17) and 5e-5 raised the training loss.
     fine_tune_learning_rate: float = 1e-5
     # "cached": stage 2 trains the top blocks (from first_trainable, BatchNorm frozen) on the
-    # cached views, minutes an epoch on a CPU; "full": every layer, BatchNorm included, on images
-    # augmented afresh each epoch: what moves the model most, at ~11 min an epoch on 2 CPU cores.
+    # cached views, about 2 min an epoch on 2 CPU cores; "full": every layer, on images augmented
+    # afresh each epoch, 8-20 min an epoch on 2 CPU cores (measured): meant for a GPU.
     fine_tune: str = "cached"
     batchnorm_momentum: float = 0.99  # "full" only; Keras' 0.999 is too slow for short runs
     # "full" only: False keeps BatchNorm frozen on its ImageNet statistics. Training it switches

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ FINAL_WEIGHTS = "network.weights.h5"
 SUMMARY_FILE = "training.json"
 IMBALANCE_FILE = "imbalance.json"
 STRATEGIES = ("class_weights", "balanced_sampling")
+FINE_TUNE_MODES = ("cached", "full")  # stage 2: top blocks on cached views, or every layer
 CACHE_CHUNK = 256  # images augmented ahead of the network: overlaps PIL work with TF's
 PREDICT_BATCH = 256  # cached activations per prediction call (small tensors: memory is no issue)
 LOG_EVERY_STEPS = 50  # steps between progress lines within a stage-2 epoch (about a minute)
@@ -181,13 +183,14 @@ def example_weights(labels: np.ndarray, strategy: str, num_classes: int) -> np.n
 
 
 def _epoch_batches(labels: np.ndarray, fetch: Callable[[int, np.ndarray], np.ndarray],
-                   strategy: str, num_classes: int, batch_size: int, seed: int,
+                   strategy: str, num_classes: int, settings: TrainSettings,
                    start_epoch: int) -> Any:
     """A keras PyDataset of `(fetch(epoch, indices), labels, weights)` batches in each epoch's
     order (see `epoch_order`), starting at `start_epoch` so a resumed stage continues its order."""
     import keras
 
     weights = example_weights(labels, strategy, num_classes)
+    batch_size, seed = settings.batch_size, settings.seed
 
     class EpochBatches(keras.utils.PyDataset):  # type: ignore[misc]  # keras is untyped
         def __init__(self) -> None:
@@ -218,8 +221,7 @@ def cached_batches(views: np.ndarray, labels: np.ndarray, strategy: str,
     def fetch(epoch: int, index: np.ndarray) -> np.ndarray:
         return np.asarray(views[epoch % len(views)][index], np.float32)
 
-    return lambda start: _epoch_batches(labels, fetch, strategy, num_classes,
-                                        settings.batch_size, settings.seed, start)
+    return partial(_epoch_batches, labels, fetch, strategy, num_classes, settings)
 
 
 def streamed_batches(records: Sequence[Record], labels: np.ndarray, strategy: str,
@@ -233,8 +235,7 @@ def streamed_batches(records: Sequence[Record], labels: np.ndarray, strategy: st
                                               view_rng(seed, first_view + epoch, int(i)))
                                       for i in index]))
 
-    return lambda start: _epoch_batches(labels, fetch, strategy, num_classes,
-                                        settings.batch_size, settings.seed, start)
+    return partial(_epoch_batches, labels, fetch, strategy, num_classes, settings)
 
 
 class StageState:
@@ -430,6 +431,8 @@ def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.nd
     images augmented afresh each epoch."""
     import keras
 
+    if settings.fine_tune not in FINE_TUNE_MODES:
+        raise ValueError(f"fine_tune must be one of {FINE_TUNE_MODES}, not {settings.fine_tune!r}")
     labels = label_indices(split.train, split.labels)
     num_classes = len(split.labels)
     if settings.fine_tune == "full":
@@ -540,7 +543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
     parser.add_argument("--fine-tune-learning-rate", type=float,
                         default=TrainSettings.fine_tune_learning_rate)
-    parser.add_argument("--fine-tune", choices=("cached", "full"), default=TrainSettings.fine_tune)
+    parser.add_argument("--fine-tune", choices=FINE_TUNE_MODES, default=TrainSettings.fine_tune)
     parser.add_argument("--frozen-batchnorm", action="store_true",
                         help="with --fine-tune full: keep BatchNorm on its ImageNet statistics")
     parser.add_argument("--patience", type=int, default=TrainSettings.patience)

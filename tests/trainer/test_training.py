@@ -206,3 +206,8 @@ def test_streamed_views_are_new_each_epoch_and_never_the_cached_ones(split: Spli
                                                  view_rng(settings.seed, 0, int(i)))
                                          for i in index]))
     assert not np.allclose(first, cached_view)
+
+
+def test_an_unknown_fine_tune_mode_is_refused(split: Split, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="fine_tune must be one of"):
+        train_network(split, tiny_settings(fine_tune="ful"), tmp_path)
