@@ -79,9 +79,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Train
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    settings = settings_from(args, os.environ)
+    try:
+        settings = settings_from(args, os.environ)
+    except ValueError as exc:  # a setting out of its range: a usage error, exit 2
+        parser.error(str(exc))
     from trainer.pipeline import run
 
     try:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from service.model_config import DEFAULT_REFERENCE_PIXELS, InputSpec
 
+FINE_TUNE_MODES = ("cached", "full")  # stage 2: top blocks on cached views, or every layer
 DEFAULT_INPUT_SIZE = 192  # pixels, square: the data is 200x150, and 224 costs 1.36x the compute
 DEFAULT_FIRST_TRAINABLE = "block_13_expand"
 """MobileNetV2's layer where stage 2 starts training: blocks 13-16 and Conv_1 (the top blocks, at
@@ -67,6 +68,12 @@ class TrainSettings:
     melanoma_sensitivity: float = 0.85  # validation sensitivity fixing the mel operating point
     sample_predictions: int = 16  # recorded predictions the published graph must reproduce
     weights_dtype: str = "float32"  # "float16": variables stored at half size (weights rounded)
+
+    def __post_init__(self) -> None:
+        # Checked here, not when stage 2 starts: a typo must not cost the minutes of stage 1.
+        if self.fine_tune not in FINE_TUNE_MODES:
+            raise ValueError(f"fine_tune must be one of {FINE_TUNE_MODES}, "
+                             f"not {self.fine_tune!r}")
 
     def input_spec(self) -> InputSpec:
         return InputSpec(height=self.input_size, width=self.input_size,

@@ -45,7 +45,7 @@ from trainer.network import (
     set_all_trainable,
     set_trainable,
 )
-from trainer.settings import TrainSettings
+from trainer.settings import FINE_TUNE_MODES, TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ FINAL_WEIGHTS = "network.weights.h5"
 SUMMARY_FILE = "training.json"
 IMBALANCE_FILE = "imbalance.json"
 STRATEGIES = ("class_weights", "balanced_sampling")
-FINE_TUNE_MODES = ("cached", "full")  # stage 2: top blocks on cached views, or every layer
 CACHE_CHUNK = 256  # images augmented ahead of the network: overlaps PIL work with TF's
 PREDICT_BATCH = 256  # cached activations per prediction call (small tensors: memory is no issue)
 LOG_EVERY_STEPS = 50  # steps between progress lines within a stage-2 epoch (about a minute)
@@ -431,8 +430,6 @@ def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.nd
     images augmented afresh each epoch."""
     import keras
 
-    if settings.fine_tune not in FINE_TUNE_MODES:
-        raise ValueError(f"fine_tune must be one of {FINE_TUNE_MODES}, not {settings.fine_tune!r}")
     labels = label_indices(split.train, split.labels)
     num_classes = len(split.labels)
     if settings.fine_tune == "full":

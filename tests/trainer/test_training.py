@@ -208,6 +208,14 @@ def test_streamed_views_are_new_each_epoch_and_never_the_cached_ones(split: Spli
     assert not np.allclose(first, cached_view)
 
 
-def test_an_unknown_fine_tune_mode_is_refused(split: Split, tmp_path: Path) -> None:
+def test_an_unknown_fine_tune_mode_is_refused_before_any_training(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.cli import main
+
     with pytest.raises(ValueError, match="fine_tune must be one of"):
-        train_network(split, tiny_settings(fine_tune="ful"), tmp_path)
+        tiny_settings(fine_tune="ful")
+    with pytest.raises(SystemExit) as exited:
+        main(["--data-dir", str(tmp_path), "--fine-tune", "ful", "--workdir", str(tmp_path)])
+    assert exited.value.code == 2
+    assert "fine_tune must be one of" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was split, cached or trained
