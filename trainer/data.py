@@ -13,7 +13,7 @@ import logging
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,13 @@ DEFAULT_VAL_FRACTION = 0.15  # of each class's lesions: ~1,100 lesions, enough f
 DEFAULT_TEST_FRACTION = 0.15  # of each class's lesions: keeps >= 10 df lesions held out
 MANIFEST_FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
+RENDITION_SEPARATOR = "@"
+"""A second rendition's records are keyed `<image_id>@<rendition>` (the image ids stay unique)."""
+EXTRA_LABELS_FILE = "labels.csv"
+EXTRA_SPLIT_COLUMN = "isic2017_split"
+EXTRA_TRAIN_SPLIT = "train"
+EXTERNAL_CHECK_SPLITS = ("validation", "test")
+"""ISIC 2017's held-back splits: the external check, never trained, tuned or thresholded on."""
 
 
 @dataclass(frozen=True)
@@ -257,3 +264,53 @@ def split_by_lesion(records: Sequence[Record], seed: int,
              for name in SPLIT_NAMES}
     return Split(labels=tuple(labels), seed=seed, val_fraction=val_fraction,
                  test_fraction=test_fraction, **parts)
+
+
+def base_image_id(key: str) -> str:
+    """The HAM10000 image id of a record's key, whichever rendition it is."""
+    return key.split(RENDITION_SEPARATOR, 1)[0]
+
+
+def load_rendition(rendition_dir: Path, records: Sequence[Record]) -> list[Record]:
+    """Records of a second rendition of `records`' images (same ids, lesions and labels; e.g.
+    the 224x224 central crops): one per image found in `rendition_dir`."""
+    rendition_dir = Path(rendition_dir)
+    if not rendition_dir.is_dir():
+        raise DataError(f"rendition directory {rendition_dir} does not exist")
+    images = index_images(image_folders(rendition_dir))
+    name = rendition_dir.name
+    found = [replace(r, image_id=f"{r.image_id}{RENDITION_SEPARATOR}{name}",
+                     path=images[r.image_id]) for r in records if r.image_id in images]
+    if not found:
+        raise DataError(f"{rendition_dir}: none of the {len(records)} images is there")
+    logger.info("rendition %s: %d of %d images", name, len(found), len(records))
+    return found
+
+
+def load_labelled_folder(data_dir: Path, splits: Sequence[str],
+                         labels: Sequence[str] = HAM10000_LABELS) -> list[Record]:
+    """Records of another source's `labels.csv` (`image_id,dx,isic2017_split`, images in
+    `images/`), keeping the rows of `splits`. Each image is its own lesion (the source gives no
+    lesion ids): these records are only ever trained on, or only ever measured."""
+    data_dir = Path(data_dir)
+    path = data_dir / EXTRA_LABELS_FILE
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = [row for row in csv.DictReader(handle) if row.get(EXTRA_SPLIT_COLUMN) in splits]
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    unknown = [row["dx"] for row in rows if row["dx"] not in labels]
+    if unknown:
+        raise DataError(f"{path}: unknown dx code(s) {_offenders(unknown)}")
+    images = index_images(image_folders(data_dir))
+    missing = [row["image_id"] for row in rows if row["image_id"] not in images]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of {path} missing: {_offenders(missing)}")
+    return [Record(image_id=row["image_id"], lesion_id=f"{data_dir.name}:{row['image_id']}",
+                   dx=row["dx"], path=images[row["image_id"]], age=None, sex="unknown",
+                   localization="unknown", dx_type=data_dir.name) for row in rows]
+
+
+def with_extra_training(split: Split, extra: Sequence[Record]) -> Split:
+    """`split` with `extra` records (another source's) added to its training part only."""
+    return replace(split, train=(*split.train, *extra))

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from service.model_config import InputSpec
+from trainer.settings import COLOUR_CONSTANCY_MODES
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,12 @@ DROPOUT_LAYER = "head_dropout"
 LOGITS_LAYER = "logits"
 TINY_BACKBONE = "tiny"
 """A two-convolution stand-in backbone for tests: the real graph shape, no skill, no weights."""
+COLOUR_LAYER = "shades_of_gray"
+SHADES_OF_GRAY_POWER = 6.0
+"""The Minkowski norm of Shades of Gray (Finlayson and Trezzi, 2004); p = 6 is what the ISIC
+2018/2019 leaders used to take the clinic's light and camera out of dermoscopy colours."""
+MAX_COLOUR_GAIN = 3.0
+"""Per-channel gains are clipped to [1/x, x]: a nearly one-coloured image must not be blown up."""
 
 
 def _applications() -> dict[str, Callable[..., Any]]:
@@ -59,6 +66,35 @@ def _tiny_backbone(inputs: Any) -> Any:
     return keras.layers.ReLU(name="tiny_relu2")(x)
 
 
+def shades_of_gray(images: Any, power: float = SHADES_OF_GRAY_POWER,
+                   max_gain: float = MAX_COLOUR_GAIN) -> Any:
+    """Shades of Gray colour constancy in the graph, per image, on `[-1, 1]` inputs: each channel
+    is divided by its Minkowski p-norm mean (the estimate of the light's colour) and scaled back to
+    the image's mean level, so a grey-beige ISIC frame and a pink HAM10000 frame of the same lesion
+    reach the backbone alike. keras.ops only: it runs under TensorFlow and JAX, and since it is
+    part of the network, training, the SavedModel, TF Serving and the embedded backend share it."""
+    from keras import ops
+
+    unit = (images + 1.0) * 0.5
+    eps = 1e-6
+    light = ops.power(ops.mean(ops.power(ops.maximum(unit, eps), power), axis=(1, 2),
+                               keepdims=True), 1.0 / power)                  # [N, 1, 1, 3]
+    gain = ops.mean(light, axis=-1, keepdims=True) / ops.maximum(light, eps)
+    gain = ops.clip(gain, 1.0 / max_gain, max_gain)
+    return ops.clip(unit * gain, 0.0, 1.0) * 2.0 - 1.0
+
+
+def _colour_layer(inputs: Any, mode: str) -> Any:
+    import keras
+
+    if mode == "none":
+        return inputs
+    if mode != "shades_of_gray":
+        raise ValueError(f"unknown colour constancy {mode!r}; choose one of "
+                         f"{COLOUR_CONSTANCY_MODES}")
+    return keras.layers.Lambda(shades_of_gray, name=COLOUR_LAYER)(inputs)
+
+
 def _backbone_output(inputs: Any, backbone: str, weights_path: Path | None) -> Any:
     """The backbone's last feature map, its layers inlined into the graph of `inputs`."""
     if backbone == TINY_BACKBONE:
@@ -76,19 +112,20 @@ def _backbone_output(inputs: Any, backbone: str, weights_path: Path | None) -> A
 
 def build_network(num_classes: int, spec: InputSpec, backbone: str = DEFAULT_BACKBONE,
                   weights_path: Path | None = None, dropout: float = DEFAULT_DROPOUT,
-                  seed: int = 0) -> Any:
-    """Return a keras.Model `(N, H, W, 3) float in [-1, 1] -> [logits (N, K), features (N, D)]`."""
+                  seed: int = 0, colour_constancy: str = "none", name: str | None = None) -> Any:
+    """Return a keras.Model `(N, H, W, 3) float in [-1, 1] -> [logits (N, K), features (N, D)]`,
+    with `colour_constancy` ("shades_of_gray") applied in the graph before the backbone."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((spec.height, spec.width, 3), name="image")
-    feature_map = _backbone_output(inputs, backbone, weights_path)
+    feature_map = _backbone_output(_colour_layer(inputs, colour_constancy), backbone, weights_path)
     features = keras.layers.GlobalAveragePooling2D(name=FEATURES_LAYER)(feature_map)
     dropped = keras.layers.Dropout(dropout, seed=seed, name=DROPOUT_LAYER)(features)
     initializer = keras.initializers.GlorotUniform(seed=seed)
     logits = keras.layers.Dense(num_classes, kernel_initializer=initializer,
                                 name=LOGITS_LAYER)(dropped)
-    return keras.Model(inputs, [logits, features], name=f"dermserve_{backbone}")
+    return keras.Model(inputs, [logits, features], name=name or f"dermserve_{backbone}")
 
 
 def cut_tensor(network: Any, first_trainable: str) -> Any:

@@ -8,6 +8,7 @@ again after training finishes only evaluates and publishes. Tests inject a tiny 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -21,8 +22,20 @@ from service.errors import FailedPrecondition
 from service.model_config import HAM10000_DISPLAY_NAMES, ModelConfig
 from trainer import abstention, datareport, evaluate, modelcard, report
 from trainer.calibration import CalibrationResult, calibrate, softmax
-from trainer.data import Record, Split, label_indices, load_records, split_by_lesion
+from trainer.data import (
+    EXTRA_TRAIN_SPLIT,
+    RENDITION_SEPARATOR,
+    Record,
+    Split,
+    label_indices,
+    load_labelled_folder,
+    load_records,
+    load_rendition,
+    split_by_lesion,
+    with_extra_training,
+)
 from trainer.errors import DataError, SanityCheckFailed
+from trainer.external import Sources, check_external_gate, measure_version
 from trainer.features import FeatureStatistics
 from trainer.metrics import threshold_for_sensitivity
 from trainer.publish import SamplePredictions, check_promotion, publish, verify_reproduces
@@ -78,18 +91,33 @@ class Decisions:
     sanity: list[dict[str, Any]] = field(default_factory=list)
 
 
-def prepare_split(records: Sequence[Record], settings: TrainSettings, workdir: Path) -> Split:
+def training_records(settings: TrainSettings) -> tuple[list[Record], list[Record]]:
+    """(HAM10000 records, in every rendition given; other sources' training-only records)."""
+    assert settings.data_dir is not None
+    records = load_records(settings.data_dir)
+    if settings.renditions_dir is not None:
+        records += load_rendition(settings.renditions_dir, records)
+    extra = ([] if settings.extra_train_dir is None else
+             load_labelled_folder(settings.extra_train_dir, (EXTRA_TRAIN_SPLIT,)))
+    return records, extra
+
+
+def prepare_split(records: Sequence[Record], settings: TrainSettings, workdir: Path,
+                  extra: Sequence[Record] = ()) -> Split:
     """The workdir's saved split if there is one (a resumed run must not re-split), else a new
-    lesion-grouped split, saved."""
+    lesion-grouped split (every rendition of a lesion's images on one side; `extra` records
+    only in train), saved."""
     path = workdir / SPLIT_FILE
+    seed = settings.effective_split_seed
     if path.exists():
-        split = Split.load(path, records)
-        if split.seed != settings.seed:
-            raise DataError(f"{path} was made with seed {split.seed}, not {settings.seed}; "
-                            "use another workdir or the same seed")
+        split = Split.load(path, [*records, *extra])
+        if split.seed != seed:
+            raise DataError(f"{path} was made with seed {split.seed}, not {seed}; "
+                            "use another workdir or the same split seed")
         logger.info("reusing the split in %s", path)
         return split
-    split = split_by_lesion(records, settings.seed, settings.val_fraction, settings.test_fraction)
+    split = with_extra_training(split_by_lesion(records, seed, settings.val_fraction,
+                                                settings.test_fraction), extra)
     split.save(path)
     return split
 
@@ -125,6 +153,10 @@ def predict_split(name: str, records: Sequence[Record], network: Any, hooks: Net
         arrays["tta_logits"] = tta_logits
     np.savez(path, **arrays)  # type: ignore[arg-type]  # numpy's stub mistypes **kwds
     return outputs
+
+
+def primary_rendition(records: Sequence[Record]) -> tuple[Record, ...]:
+    return tuple(r for r in records if RENDITION_SEPARATOR not in r.image_id)
 
 
 def statistics_sample(records: Sequence[Record], limit: int, seed: int) -> tuple[Record, ...]:
@@ -231,12 +263,18 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
         raise FailedPrecondition(f"--publish-only: {workdir / FINAL_WEIGHTS} does not exist "
                                  "(training has not finished)", "NOT_TRAINED")
     workdir.mkdir(parents=True, exist_ok=True)
-    records = load_records(settings.data_dir)
-    split = prepare_split(records, settings, workdir)
+    records, extra = training_records(settings)
+    split = prepare_split(records, settings, workdir, extra)
     datareport.write_data_report(split, workdir / REPORT_DIR, str(settings.data_dir))
     network = hooks.train(split, settings, workdir)
+    if settings.train_only:
+        logger.info("--train-only: the trained network is in %s", workdir / FINAL_WEIGHTS)
+        return workdir
     if settings.weights_dtype == "float16":
         _round_weights(network)
+    # The headline test is the primary rendition (the images every version is compared on); the
+    # second rendition of the same test lesions is in the robustness table (trainer.external).
+    split = dataclasses.replace(split, test=primary_rendition(split.test))
     parts = {**split.parts(), "train": statistics_sample(split.train, settings.ood_fit_images,
                                                           settings.seed)}
     outputs = {name: predict_split(name, part, network, hooks, settings, split.labels,
@@ -279,10 +317,16 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
     def check_sanity_and_report(version_dir: Path) -> None:
         failures = run_sanity(version_dir, decisions, settings)
         report_data["sanity"] = decisions.sanity
+        if settings.external_dir is not None:
+            report_data["external_check"] = measure_version(
+                version_dir, external_sources(settings), settings.bootstrap_samples)
         report_data["model"]["size_bytes"] = _directory_bytes(version_dir)
         inputs = report.PlotInputs(**{**plot_inputs.__dict__, "ood_sanity": np.array(
             [r["ood_score"] for r in decisions.sanity])})
         _write_reports(version_dir, settings.workdir, report_data, inputs, config)
+        if settings.external_dir is not None:
+            check_external_gate(model_dir, report_data["external_check"], settings.external_dir,
+                                settings.force)
         if failures and not settings.allow_sanity_failures:
             details = settings.workdir / REPORT_DIR / report.REPORT_MARKDOWN
             raise SanityCheckFailed(
@@ -299,6 +343,11 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         logger.info("target %s %s: %s (%s)", name, target["target"], target["value"],
                     "met" if target["met"] else "NOT met")
     return version_dir
+
+
+def external_sources(settings: TrainSettings) -> Sources:
+    assert settings.data_dir is not None
+    return Sources(settings.data_dir, settings.external_dir, settings.renditions_dir)
 
 
 def run_sanity(version_dir: Path, decisions: Decisions, settings: TrainSettings) -> list[str]:
@@ -331,9 +380,14 @@ def assemble_report(split: Split, decisions: Decisions, settings: TrainSettings)
     return {
         "model": {"name": settings.model_name, "backbone": settings.backbone,
                   "description": f"input {settings.input_size}x{settings.input_size}, "
+                                 f"colour constancy {settings.colour_constancy}, "
                                  f"seed {settings.seed}",
                   "input": settings.input_spec().__dict__},
-        "data": {**datareport.summary(split), "source": str(settings.data_dir)},
+        "data": {**datareport.summary(split), "source": str(settings.data_dir),
+                 "renditions": None if settings.renditions_dir is None
+                 else str(settings.renditions_dir),
+                 "extra_training": None if settings.extra_train_dir is None
+                 else f"{settings.extra_train_dir} (its train split, training only)"},
         "training": _training_summary(settings.workdir),
         "calibration": decisions.calibration.as_dict(),
         "abstention": {"rule": decisions.rule.__dict__,

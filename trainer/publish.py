@@ -87,8 +87,12 @@ def check_promotion(model_dir: Path, balanced_accuracy: float, force: bool = Fal
     current = recorded_metric(model_dir / str(versions[-1]))
     if current is None or balanced_accuracy >= current:
         return
-    message = (f"held-out {GATE_METRIC} {balanced_accuracy:.4f} is below version {versions[-1]}'s "
-               f"{current:.4f}")
+    refuse_unless_forced(f"held-out {GATE_METRIC} {balanced_accuracy:.4f} is below version "
+                         f"{versions[-1]}'s {current:.4f}", force)
+
+
+def refuse_unless_forced(message: str, force: bool) -> None:
+    """A gate's refusal: PromotionRefused, or with `force` a warning and on we go."""
     if force:
         logger.warning("%s; publishing anyway (forced)", message)
         return

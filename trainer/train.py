@@ -59,7 +59,12 @@ LOG_EVERY_STEPS = 50  # steps between progress lines within a stage-2 epoch (abo
 
 
 def configure_threads(threads: int) -> None:
-    """Pin TensorFlow's thread pools (only possible before its runtime starts)."""
+    """Pin TensorFlow's thread pools (only possible before its runtime starts); other Keras
+    backends (JAX on an accelerator) keep their own."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return
     import tensorflow as tf
 
     try:
@@ -104,16 +109,27 @@ def _prefetched(make: Callable[[range], np.ndarray], count: int,
         yield pending.result()
 
 
+def compiled_forward(model: Any) -> Callable[[np.ndarray], Any]:
+    """`model(x, training=False)` compiled once: a tf.function under TensorFlow (a Keras model
+    called eagerly per batch is ~10x slower), Keras' own jitted predict step under JAX."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(lambda x: model(x, training=False),  # type: ignore[no-any-return]
+                           reduce_retracing=True)
+    return model.predict_on_batch  # type: ignore[no-any-return]
+
+
 def _run_lower(lower: Any, images: Iterator[np.ndarray], count: int, name: str,
                batch_size: int) -> np.ndarray:
-    import tensorflow as tf
-
-    forward = tf.function(lambda x: lower(x, training=False), reduce_retracing=True)
+    forward = compiled_forward(lower)
     out: np.ndarray | None = None
     done, started = 0, time.monotonic()
     for chunk in images:
         for start in range(0, len(chunk), batch_size):
-            activations = forward(scale_pixels(chunk[start:start + batch_size])).numpy()
+            activations = np.asarray(forward(scale_pixels(chunk[start:start + batch_size])))
             if out is None:
                 out = np.empty((count, *activations.shape[1:]), np.float16)
             out[done:done + len(activations)] = activations
@@ -453,7 +469,8 @@ def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.nd
 
 def new_network(settings: TrainSettings, num_classes: int) -> Any:
     return build_network(num_classes, settings.input_spec(), settings.backbone,
-                         settings.weights_path, settings.dropout, settings.seed)
+                         settings.weights_path, settings.dropout, settings.seed,
+                         settings.colour_constancy)
 
 
 def train_network(split: Split, settings: TrainSettings, workdir: Path) -> Any:
@@ -504,9 +521,7 @@ def predict_network(network: Any, records: Sequence[Record], spec: InputSpec,
     """Logits and pooled features of `records`' images, read with PIL and passed through
     `to_model_input` as the service does. tta averages the logits over the plain view and its
     horizontal and vertical flips; the features always come from the plain view."""
-    import tensorflow as tf
-
-    forward = tf.function(lambda x: network(x, training=False))
+    forward = compiled_forward(network)
     logits, features = [], []
     for start in range(0, len(records), batch_size):
         images = np.stack([plain_view(r, spec) for r in records[start:start + batch_size]])

@@ -1,0 +1,279 @@
+"""Issue 10's trainer pieces: colour constancy in the graph, a second rendition and extra training
+data in the lesion split, the external check's figures and gate, and seed ensembles."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import TINY_INPUT
+from tests.trainer.conftest import CLASS_COLOURS, write_ham_dataset
+from trainer.data import (
+    EXTERNAL_CHECK_SPLITS,
+    HAM10000_LABELS,
+    base_image_id,
+    load_labelled_folder,
+    load_records,
+    load_rendition,
+    split_by_lesion,
+    with_extra_training,
+)
+from trainer.errors import PromotionRefused
+from trainer.external import (
+    check_external_gate,
+    comparison_markdown,
+    external_metrics,
+    served_decision,
+)
+
+MEL, NV, BKL = (HAM10000_LABELS.index(c) for c in ("mel", "nv", "bkl"))
+
+
+def write_isic_like(root: Path, per_class_and_split: int = 3) -> Path:
+    """labels.csv (image_id, dx, isic2017_split) and 24x24 JPEGs of mel, nv and bkl."""
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for split in ("train", "validation", "test"):
+        for dx in ("mel", "nv", "bkl"):
+            for n in range(per_class_and_split):
+                image_id = f"ISIC_{split[:2]}{dx}{n}"
+                Image.new("RGB", (24, 24), CLASS_COLOURS[dx]).save(
+                    root / "images" / f"{image_id}.jpg")
+                rows.append({"image_id": image_id, "dx": dx, "isic2017_split": split})
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["image_id", "dx", "isic2017_split"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+# --- colour constancy ---------------------------------------------------------------------
+
+
+def test_shades_of_gray_removes_a_colour_cast() -> None:
+    from trainer.network import shades_of_gray
+
+    rng = np.random.default_rng(0)
+    scene = rng.uniform(0.2, 0.8, (1, 16, 16, 3)).astype(np.float32)
+    cast = scene * np.array([1.0, 0.7, 0.55], np.float32)  # a yellow-red light
+    both = np.concatenate([scene, cast]) * 2 - 1
+    corrected = (np.asarray(shades_of_gray(both)) + 1) / 2
+    before = np.abs(scene - cast).mean()
+    after = np.abs(corrected[0] / corrected[0].mean() - corrected[1] / corrected[1].mean()).mean()
+    assert after < before / 10
+    # the light estimate (p-norm of each channel) comes out grey: equal channels
+    light = np.power(np.power(corrected[1], 6).mean(axis=(0, 1)), 1 / 6)
+    np.testing.assert_allclose(light, light.mean(), rtol=0.02)
+
+
+def test_shades_of_gray_keeps_range_and_clips_gains_on_one_coloured_images() -> None:
+    from trainer.network import MAX_COLOUR_GAIN, shades_of_gray
+
+    red = np.zeros((1, 8, 8, 3), np.float32)
+    red[..., 0] = 0.9
+    out = (np.asarray(shades_of_gray(red * 2 - 1)) + 1) / 2
+    assert out.min() >= 0 and out.max() <= 1
+    # green and blue were ~0: a gain of thousands would turn noise into colour; clipped instead
+    assert out[..., 1].max() <= 1e-6 * MAX_COLOUR_GAIN + 1e-6
+
+
+def test_the_network_applies_colour_constancy_in_its_graph() -> None:
+    import keras
+
+    from trainer.network import COLOUR_LAYER, build_network, shades_of_gray
+
+    plain = build_network(7, TINY_INPUT, "tiny", seed=0)
+    corrected = build_network(7, TINY_INPUT, "tiny", seed=0, colour_constancy="shades_of_gray")
+    assert COLOUR_LAYER not in [layer.name for layer in plain.layers]
+    # what the backbone sees is the corrected image (so training, export and serving share it)
+    probe = keras.Model(corrected.inputs, corrected.get_layer(COLOUR_LAYER).output)
+    image = np.random.default_rng(1).uniform(-0.6, 0.6, (2, 32, 32, 3)).astype(np.float32)
+    image[1] *= np.array([1.0, 0.8, 0.6], np.float32)
+    np.testing.assert_allclose(np.asarray(probe(image)), np.asarray(shades_of_gray(image)),
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="colour constancy"):
+        build_network(7, TINY_INPUT, "tiny", colour_constancy="retinex")
+
+
+# --- data: renditions and extra training images --------------------------------------------
+
+
+def test_a_second_rendition_stays_on_its_lesions_side_and_keeps_the_split(tmp_path: Path) -> None:
+    write_ham_dataset(tmp_path / "ham", lesions_per_class=6)
+    write_ham_dataset(tmp_path / "crops", lesions_per_class=6, size=(24, 24), seed=3)
+    records = load_records(tmp_path / "ham")
+    crops = load_rendition(tmp_path / "crops", records)
+    assert len(crops) == len(records)
+    assert all(c.path.parent.parent.name == "crops" for c in crops)
+    both = split_by_lesion([*records, *crops], seed=4)
+    alone = split_by_lesion(records, seed=4)
+    for name, part in both.parts().items():
+        lesions = {r.lesion_id for r in part}
+        assert lesions == {r.lesion_id for r in alone.parts()[name]}
+        # both renditions of each image are on the same side
+        assert sorted(base_image_id(r.image_id) for r in part if "@" in r.image_id) == \
+            sorted(r.image_id for r in part if "@" not in r.image_id)
+
+
+def test_extra_training_images_go_to_train_only(tmp_path: Path) -> None:
+    write_ham_dataset(tmp_path / "ham")
+    isic = write_isic_like(tmp_path / "isic2017")
+    extra = load_labelled_folder(isic, ("train",))
+    assert len(extra) == 9 and {r.dx for r in extra} == {"mel", "nv", "bkl"}
+    split = with_extra_training(split_by_lesion(load_records(tmp_path / "ham"), seed=0), extra)
+    ids = {r.image_id for r in extra}
+    assert ids <= {r.image_id for r in split.train}
+    assert not ids & {r.image_id for r in (*split.val, *split.test)}
+    held_back = load_labelled_folder(isic, EXTERNAL_CHECK_SPLITS)
+    assert len(held_back) == 18 and not {r.image_id for r in held_back} & ids
+
+
+def test_an_unknown_label_in_extra_data_is_a_data_error(tmp_path: Path) -> None:
+    from trainer.errors import DataError
+
+    isic = write_isic_like(tmp_path / "isic2017")
+    text = (isic / "labels.csv").read_text().replace("bkl", "sk")
+    (isic / "labels.csv").write_text(text)
+    with pytest.raises(DataError, match="unknown dx"):
+        load_labelled_folder(isic, ("train",))
+
+
+# --- the external check's figures and gate -------------------------------------------------
+
+
+def _probabilities(rows: list[dict[str, float]]) -> np.ndarray:
+    out = np.full((len(rows), 7), 0.01)
+    for n, row in enumerate(rows):
+        for label, value in row.items():
+            out[n, HAM10000_LABELS.index(label)] = value
+    return out / out.sum(axis=1, keepdims=True)
+
+
+def test_external_metrics_at_the_served_operating_point() -> None:
+    y = np.array([MEL, MEL, NV, NV, NV, BKL])
+    probabilities = _probabilities([{"mel": 0.6, "nv": 0.3}, {"mel": 0.3, "nv": 0.6},
+                                    {"nv": 0.9}, {"mel": 0.35, "nv": 0.6}, {"nv": 0.8},
+                                    {"bkl": 0.7, "nv": 0.2}])
+    result = external_metrics(y, probabilities, HAM10000_LABELS, melanoma_threshold=0.25,
+                              bootstrap=50)
+    # P(mel) ranks: both melanomas above 3 of the 4 others, one below the fourth (0.35 > 0.3)
+    assert result["melanoma_auc"]["value"] == pytest.approx(7 / 8)
+    assert result["recall_argmax"] == {"mel": 0.5, "nv": 1.0, "bkl": 1.0}
+    # at P(mel) >= 0.25 both melanomas are flagged, and so is one nevus of three
+    assert result["melanoma_sensitivity"] == 1.0
+    assert result["nevus_specificity"] == pytest.approx(2 / 3)
+    assert result["recall_served"] == {"mel": 1.0, "nv": pytest.approx(2 / 3), "bkl": 1.0}
+    low, high = result["melanoma_auc"]["ci95"]
+    assert 0 <= low <= high <= 1
+    served = served_decision(probabilities, HAM10000_LABELS, None)
+    np.testing.assert_array_equal(served, probabilities.argmax(1))
+
+
+def _published(model_dir: Path, version: int, auc: float | None) -> Path:
+    version_dir = model_dir / str(version)
+    (version_dir / "assets.extra" / "report").mkdir(parents=True)
+    (version_dir / "saved_model.pb").write_bytes(b"")
+    report: dict[str, Any] = {}
+    if auc is not None:
+        report["external_check"] = {"external": {"melanoma_auc": {"value": auc}}}
+    (version_dir / "assets.extra" / "report" / "report.json").write_text(json.dumps(report))
+    return version_dir
+
+
+def _candidate(auc: float) -> dict[str, Any]:
+    return {"external": {"melanoma_auc": {"value": auc, "ci95": [auc - 0.1, auc + 0.1]}}}
+
+
+def test_the_external_gate_refuses_a_version_worse_abroad(tmp_path: Path) -> None:
+    model_dir = tmp_path / "models" / "ham10000"
+    check_external_gate(model_dir, _candidate(0.5), tmp_path)  # nothing published yet: passes
+    _published(model_dir, 1, 0.80)
+    check_external_gate(model_dir, _candidate(0.81), tmp_path)
+    with pytest.raises(PromotionRefused, match="below version 1's 0.8000"):
+        check_external_gate(model_dir, _candidate(0.79), tmp_path)
+    check_external_gate(model_dir, _candidate(0.79), tmp_path, force=True)
+
+
+def test_comparison_table_has_one_row_per_version() -> None:
+    own = {"balanced_accuracy": 0.7, "macro_auc": 0.9, "ece": 0.03, "melanoma_sensitivity": 0.8}
+    result = {"version_dir": "v", "name": "candidate A", "own_test": own,
+              "robustness": {"primary_x0.5": own, "primary_x1": own, "primary_x2": own},
+              "external": {**_candidate(0.81)["external"], "melanoma_sensitivity": 0.7,
+                           "nevus_specificity": 0.6, "recall_argmax": {"mel": 0.5}},
+              "cost": {"single_image_p50_ms": 20.0, "batch_images_per_s": 80.0}}
+    table = comparison_markdown([result, {**result, "name": "candidate B"}])
+    rows = table.strip().splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| candidate A | 0.700 |")
+    assert "0.810 [0.710-0.910]" in rows[3] and rows[3].endswith("| 20.0 | 80.0 |")
+
+
+# --- seed ensembles --------------------------------------------------------------------------
+
+
+def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> None:
+    from service.model_config import ModelConfig
+    from trainer.ensemble import ensemble_network
+    from trainer.export import ServingModule, save_version
+    from trainer.network import build_network
+    from trainer.served import ServedVersion
+
+    members = [build_network(7, TINY_INPUT, "tiny", seed=s, colour_constancy="shades_of_gray",
+                             name=f"member_{s}") for s in (1, 2)]
+    ensemble = ensemble_network(members)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    scaled = images.astype(np.float32) / 127.5 - 1
+    logits, features = (np.asarray(t) for t in ensemble(scaled, training=False))
+    member_logits = [np.asarray(m(scaled, training=False)[0]) for m in members]
+    log_softmax = [x - np.log(np.exp(x).sum(axis=1, keepdims=True)) for x in member_logits]
+    np.testing.assert_allclose(logits, np.mean(log_softmax, axis=0), atol=1e-5)
+    assert features.shape == (3, 2 * np.asarray(members[0](scaled)[1]).shape[1])
+
+    config = ModelConfig(labels=HAM10000_LABELS, display_names={}, input=TINY_INPUT)
+    save_version(ServingModule(ensemble, config), config, tmp_path / "1")
+    served, _ = ServedVersion(tmp_path / "1").classify_arrays(images)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+
+    flipped = ensemble_network(members, flip_tta=True)
+    mirror = np.asarray(flipped(scaled[:, :, ::-1].copy(), training=False)[0])
+    np.testing.assert_allclose(np.asarray(flipped(scaled, training=False)[0]), mirror,
+                               atol=1e-5)
+
+
+# --- the GPU path: training under Keras 3 on JAX, exporting under TensorFlow -----------------
+
+
+def test_the_trainer_trains_under_jax_and_publishes_under_tensorflow(tmp_path: Path) -> None:
+    """What a lent accelerator runs (TensorFlow does not run there, Keras on JAX does): the
+    resumable training under KERAS_BACKEND=jax, then evaluation and export of the same workdir
+    under TensorFlow, here on the CPU with the tiny backbone."""
+    import os
+    import subprocess
+    import sys
+
+    write_ham_dataset(tmp_path / "ham", lesions_per_class=5)
+    common = ["--data-dir", str(tmp_path / "ham"), "--workdir", str(tmp_path / "work"),
+              "--backbone", "tiny", "--input-size", "32", "--reference-pixels", "3072",
+              "--first-trainable", "tiny_conv2", "--views-per-image", "1", "--batch-size", "16",
+              "--head-epochs", "2", "--fine-tune-epochs", "1", "--imbalance", "class_weights",
+              "--colour-constancy", "shades_of_gray", "--bootstrap-samples", "20",
+              "--ood-components", "4", "--noise-images", "0", "--sample-predictions", "4"]
+    run = [sys.executable, "-m", "trainer"]
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    trained = subprocess.run([*run, "--train-only", *common], env=env, capture_output=True,
+                             text=True, timeout=240)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    summary = json.loads((tmp_path / "work" / "training.json").read_text())
+    assert summary["stages"]["top"]["history"], "stage 2 ran no epoch"
+    env["KERAS_BACKEND"] = "tensorflow"
+    published = subprocess.run([*run, "--publish-only", "--model-base", str(tmp_path / "models"),
+                                *common], env=env, capture_output=True, text=True, timeout=240)
+    assert published.returncode == 0, published.stderr[-3000:]
+    assert (tmp_path / "models" / "ham10000" / "1" / "saved_model.pb").is_file()

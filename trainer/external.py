@@ -1,0 +1,326 @@
+"""The external check and the robustness table of a model version, through its SavedModel.
+
+A model that looks fine on its own lesion-grouped split can be near chance on other clinics'
+images, which is what hospitals send. This module measures a *finished* version (a SavedModel
+directory, read as the service reads it: `service.preprocessing.to_model_input` and the
+`serving_default` signature) on
+- the external check: ISIC 2017's validation and test images (other clinics and cameras, three
+  of the seven classes; never trained, tuned or thresholded on): per-class recall for mel, nv and
+  bkl, melanoma-vs-rest ROC AUC with an image-bootstrap 95% interval, and melanoma sensitivity and
+  nevus specificity and recall at the version's served operating point;
+- its own held-out test (the version's `split.json`), in the primary rendition at three input
+  scales and in a second rendition (the 224x224 central crops), for the robustness table;
+- its CPU cost: single-image latency and batch throughput of the signature on this machine.
+
+`python -m trainer.external --version-dir models/ham10000/1 ...` writes the JSON and a Markdown
+table; several `--version-dir`s give one comparison table (the README's candidates table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from trainer import metrics as m
+from trainer.data import (
+    EXTERNAL_CHECK_SPLITS,
+    Record,
+    base_image_id,
+    image_folders,
+    index_images,
+    label_indices,
+    load_labelled_folder,
+    load_records,
+)
+from trainer.evaluate import MELANOMA
+
+logger = logging.getLogger(__name__)
+
+NEVUS = "nv"
+EXTERNAL_CLASSES = ("mel", "nv", "bkl")
+"""The classes ISIC 2017 has (its seborrheic keratoses are HAM10000's bkl)."""
+ROBUSTNESS_SCALES = (0.5, 1.0, 2.0)
+"""Input sizes relative to the primary rendition (200x150): a smaller photo, as is, a sharper
+frame (the shared preprocessing brings it back to the training detail)."""
+DEFAULT_BOOTSTRAP = 1000  # resamples for the 95% intervals
+LATENCY_REPEATS = 30  # single-image signature calls timed (the median is reported)
+THROUGHPUT_BATCH = 32  # images per call for the throughput figure
+THROUGHPUT_CALLS = 6
+SPLIT_RELATIVE_PATH = Path("assets.extra") / "split.json"
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where the evaluation images are."""
+
+    data_dir: Path  # HAM10000 (metadata and the primary rendition)
+    external_dir: Path | None = None  # ISIC 2017 (labels.csv)
+    renditions_dir: Path | None = None  # the 224x224 crops of the same images
+
+
+def served_decision(probabilities: np.ndarray, labels: Sequence[str],
+                    melanoma_threshold: float | None) -> np.ndarray:
+    """The label index the service's operating point gives: melanoma when P(mel) reaches the
+    threshold, else the most probable class."""
+    decision = probabilities.argmax(axis=1)
+    if melanoma_threshold is not None and MELANOMA in labels:
+        melanoma = list(labels).index(MELANOMA)
+        decision = np.where(probabilities[:, melanoma] >= melanoma_threshold, melanoma, decision)
+    return np.asarray(decision)
+
+
+def external_metrics(y: np.ndarray, probabilities: np.ndarray, labels: Sequence[str],
+                     melanoma_threshold: float | None, bootstrap: int = DEFAULT_BOOTSTRAP,
+                     seed: int = 0) -> dict[str, Any]:
+    """The external check's figures; images are the bootstrap unit (ISIC 2017 gives no lesion
+    ids)."""
+    labels = list(labels)
+    melanoma, nevus = labels.index(MELANOMA), labels.index(NEVUS)
+    is_mel = y == melanoma
+    argmax = probabilities.argmax(axis=1)
+    served = served_decision(probabilities, labels, melanoma_threshold)
+    present = [labels.index(c) for c in EXTERNAL_CLASSES if np.any(y == labels.index(c))]
+    recall = {labels[k]: float((argmax[y == k] == k).mean()) for k in present}
+    served_recall = {labels[k]: float((served[y == k] == k).mean()) for k in present}
+    resamples = m.lesion_bootstrap_indices([str(i) for i in range(len(y))], bootstrap, seed)
+
+    def auc(yy: np.ndarray, pp: np.ndarray) -> float:
+        return m.binary_auc(pp[:, melanoma], yy == melanoma)
+
+    flagged = probabilities[:, melanoma] >= (melanoma_threshold if melanoma_threshold
+                                             is not None else 1.1)
+    nevi = y == nevus
+    return {
+        "images": int(len(y)),
+        "counts": {labels[k]: int((y == k).sum()) for k in present},
+        "melanoma_auc": {"value": auc(y, probabilities),
+                         "ci95": list(m.bootstrap_interval(auc, y, probabilities, resamples))},
+        "recall_argmax": recall,
+        "mean_recall_argmax": float(np.mean(list(recall.values()))),
+        "melanoma_threshold": melanoma_threshold,
+        "melanoma_sensitivity": float(flagged[is_mel].mean()) if is_mel.any() else None,
+        "nevus_specificity": float(1 - flagged[nevi].mean()) if nevi.any() else None,
+        "recall_served": served_recall,
+    }
+
+
+def own_metrics(y: np.ndarray, probabilities: np.ndarray, labels: Sequence[str],
+                melanoma_threshold: float | None) -> dict[str, Any]:
+    """Point estimates on the own test (the version's report has the intervals)."""
+    k = len(labels)
+    out = {"images": int(len(y)),
+           "balanced_accuracy": m.balanced_accuracy(y, probabilities.argmax(1), k),
+           "macro_f1": m.macro_f1(y, probabilities.argmax(1), k),
+           "macro_auc": m.macro_auc(y, probabilities),
+           "ece": m.expected_calibration_error(y, probabilities)}
+    if MELANOMA in labels and melanoma_threshold is not None:
+        melanoma = list(labels).index(MELANOMA)
+        flagged = probabilities[:, melanoma] >= melanoma_threshold
+        out["melanoma_sensitivity"] = float(flagged[y == melanoma].mean())
+        out["served_balanced_accuracy"] = m.balanced_accuracy(
+            y, served_decision(probabilities, labels, melanoma_threshold), k)
+    return out
+
+
+def _read(path: Path, scale: float = 1.0) -> Image.Image:
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    if scale != 1.0:
+        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.BICUBIC)
+    return rgb
+
+
+def own_test_records(version_dir: Path, sources: Sources) -> tuple[list[Record], list[Record]]:
+    """(primary-rendition test records, the same images' second rendition where it exists) of
+    the version's saved split."""
+    manifest = json.loads((version_dir / SPLIT_RELATIVE_PATH).read_text(encoding="utf-8"))
+    test_ids = {base_image_id(entry["image_id"]) for entry in manifest["splits"]["test"]}
+    records = [r for r in load_records(sources.data_dir) if r.image_id in test_ids]
+    if sources.renditions_dir is None:
+        return records, []
+    crops = index_images(image_folders(sources.renditions_dir))
+    return records, [replace(r, path=crops[r.image_id]) for r in records if r.image_id in crops]
+
+
+class Measurer:
+    """Classifies images through one version's SavedModel, as the service does."""
+
+    def __init__(self, version_dir: Path) -> None:
+        from trainer.served import ServedVersion
+
+        self.served = ServedVersion(version_dir)
+        self.labels = self.served.config.labels
+        threshold = self.served.config.metrics.get("melanoma_threshold")
+        self.melanoma_threshold = None if threshold is None else float(threshold)
+
+    def probabilities(self, records: Sequence[Record], scale: float = 1.0) -> np.ndarray:
+        chunks = []
+        for start in range(0, len(records), 256):
+            images = [_read(r.path, scale) for r in records[start:start + 256]]
+            chunks.append(self.served.classify(images)[0])
+        return np.concatenate(chunks)
+
+    def cost(self, image_path: Path) -> dict[str, float]:
+        """Median single-image signature latency (ms) and batch throughput (images/s) here."""
+        single = self.served.inputs([_read(image_path)])
+        batch = np.repeat(single, THROUGHPUT_BATCH, axis=0)
+        self.served.classify_arrays(batch)  # warm-up (graph tracing, thread pools)
+        times = []
+        for _ in range(LATENCY_REPEATS):
+            started = time.perf_counter()
+            self.served.classify_arrays(single)
+            times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for _ in range(THROUGHPUT_CALLS):
+            self.served.classify_arrays(batch)
+        seconds = time.perf_counter() - started
+        return {"single_image_p50_ms": float(np.median(times) * 1000),
+                "batch_images_per_s": THROUGHPUT_BATCH * THROUGHPUT_CALLS / seconds}
+
+
+def measure_external(measurer: Measurer, external_dir: Path,
+                     bootstrap: int = DEFAULT_BOOTSTRAP) -> dict[str, Any]:
+    external = load_labelled_folder(external_dir, EXTERNAL_CHECK_SPLITS)
+    logger.info("external check (%d images)", len(external))
+    return external_metrics(label_indices(external, measurer.labels),
+                            measurer.probabilities(external), measurer.labels,
+                            measurer.melanoma_threshold, bootstrap)
+
+
+def measure_version(version_dir: Path, sources: Sources, bootstrap: int = DEFAULT_BOOTSTRAP,
+                    with_cost: bool = True) -> dict[str, Any]:
+    """Every figure of this module for one version (see the module docstring)."""
+    measurer = Measurer(version_dir)
+    labels, threshold = measurer.labels, measurer.melanoma_threshold
+    result: dict[str, Any] = {"version_dir": str(version_dir), "labels": list(labels),
+                              "melanoma_threshold": threshold}
+    if sources.external_dir is not None:
+        result["external"] = measure_external(measurer, sources.external_dir, bootstrap)
+    primary, second = own_test_records(version_dir, sources)
+    y = label_indices(primary, labels)
+    robustness: dict[str, Any] = {}
+    for scale in ROBUSTNESS_SCALES:
+        logger.info("%s: own test at scale %s (%d images)", version_dir, scale, len(primary))
+        probabilities = measurer.probabilities(primary, scale)
+        robustness[f"primary_x{scale:g}"] = own_metrics(y, probabilities, labels, threshold)
+    if second:
+        logger.info("%s: own test, second rendition (%d images)", version_dir, len(second))
+        robustness["crops224"] = own_metrics(label_indices(second, labels),
+                                             measurer.probabilities(second), labels, threshold)
+    result["own_test"] = robustness["primary_x1"]
+    result["robustness"] = robustness
+    if with_cost and primary:
+        result["cost"] = measurer.cost(primary[0].path)
+    return result
+
+
+def recorded_external_auc(version_dir: Path) -> float | None:
+    """The external melanoma AUC in a version's report (None when it was published without)."""
+    path = version_dir / "assets.extra" / "report" / "report.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        return float(report["external_check"]["external"]["melanoma_auc"]["value"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_external_gate(model_dir: Path, candidate: dict[str, Any], external_dir: Path,
+                        force: bool = False) -> None:
+    """Refuse a candidate whose external melanoma AUC is below the latest version's: better at
+    home and worse abroad is not promoted. A version published without the figure is measured."""
+    from trainer.publish import refuse_unless_forced, version_numbers
+
+    versions = version_numbers(model_dir)
+    if not versions:
+        return
+    latest = model_dir / str(versions[-1])
+    current = recorded_external_auc(latest)
+    if current is None:
+        current = measure_external(Measurer(latest), external_dir)["melanoma_auc"]["value"]
+    value = candidate["external"]["melanoma_auc"]["value"]
+    if value >= current:
+        logger.info("external gate: melanoma AUC %.4f >= version %s's %.4f", value,
+                    latest.name, current)
+        return
+    refuse_unless_forced(f"external-check melanoma AUC {value:.4f} is below version "
+                         f"{latest.name}'s {current:.4f}", force)
+
+
+def _f(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def comparison_markdown(results: Sequence[dict[str, Any]]) -> str:
+    """One row per version: own test, robustness, external check and cost."""
+    head = ("| version | own bal. acc. | own macro AUC | own mel sens. | own ECE | crops224 bal. "
+            "acc. | x0.5 / x2 bal. acc. | ext. mel AUC [95% CI] | ext. mel sens. | ext. nv spec. "
+            "| ext. recall mel / nv / bkl (argmax) | p50 ms | img/s |")
+    lines = [head, "|" + "---|" * 13]
+    for r in results:
+        own, rob = r["own_test"], r["robustness"]
+        ext = r.get("external", {})
+        auc = ext.get("melanoma_auc", {})
+        ci = auc.get("ci95", [None, None])
+        recall = ext.get("recall_argmax", {})
+        cost = r.get("cost", {})
+        lines.append(
+            f"| {r.get('name', r['version_dir'])} | {_f(own['balanced_accuracy'])} | "
+            f"{_f(own['macro_auc'])} | {_f(own.get('melanoma_sensitivity'))} | "
+            f"{_f(own['ece'])} | {_f(rob.get('crops224', {}).get('balanced_accuracy'))} | "
+            f"{_f(rob['primary_x0.5']['balanced_accuracy'])} / "
+            f"{_f(rob['primary_x2']['balanced_accuracy'])} | "
+            f"{_f(auc.get('value'))} [{_f(ci[0])}-{_f(ci[1])}] | "
+            f"{_f(ext.get('melanoma_sensitivity'))} | {_f(ext.get('nevus_specificity'))} | "
+            f"{' / '.join(_f(recall.get(c)) for c in EXTERNAL_CLASSES)} | "
+            f"{_f(cost.get('single_image_p50_ms'), 1)} | "
+            f"{_f(cost.get('batch_images_per_s'), 1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.external",
+        description="Measure published versions on the ISIC 2017 external check, their own test "
+                    "at three scales and in the crops rendition, and their CPU cost.")
+    parser.add_argument("--version-dir", type=Path, action="append", required=True,
+                        help="a version directory (repeat to compare several)")
+    parser.add_argument("--name", action="append", default=[],
+                        help="a row name per --version-dir (default: the path)")
+    parser.add_argument("--data-dir", type=Path, required=True, help="HAM10000")
+    parser.add_argument("--external-dir", type=Path, default=None, help="ISIC 2017")
+    parser.add_argument("--renditions-dir", type=Path, default=None,
+                        help="the 224x224 crops of the HAM10000 images")
+    parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP)
+    parser.add_argument("--no-cost", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--out", type=Path, required=True, help="JSON; a .md table beside it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    sources = Sources(args.data_dir, args.external_dir, args.renditions_dir)
+    results = []
+    for position, version_dir in enumerate(args.version_dir):
+        result = measure_version(version_dir, sources, args.bootstrap, not args.no_cost)
+        result["name"] = args.name[position] if position < len(args.name) else str(version_dir)
+        results.append(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    args.out.with_suffix(".md").write_text(comparison_markdown(results), encoding="utf-8")
+    print(comparison_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
