@@ -120,6 +120,8 @@ def test_another_token_holder_can_neither_reuse_nor_see_nor_cancel_a_job(
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     assert finish(settings, front.alice, stolen).state == pb.BATCH_JOB_STATE_SUCCEEDED
+    watched = front.alice.call("WatchBatchJob", pb.WatchBatchJobRequest(job_id=stolen))
+    assert [m.job.state for m in watched][-1] == pb.BATCH_JOB_STATE_SUCCEEDED  # type: ignore[attr-defined]
     assert [r.reference for r in front.alice.results(stolen)] == [
         f"alice/img_{i:04d}.jpg" for i in range(3)]
     assert [r.reference for r in front.bob.results(bobs.job.job_id)] == [
