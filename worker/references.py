@@ -126,9 +126,13 @@ class InputRoots:
 
 
 def check_reference(text: str, name: str) -> None:
-    if not text or "\x00" in text:
+    try:
+        size = len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold
+        size = -1
+    if not text or "\x00" in text or size < 0:
         raise InvalidRequest(f"{name} is empty or malformed", "BAD_REFERENCE")
-    if len(text.encode("utf-8", "surrogateescape")) > MAX_REFERENCE_BYTES:
+    if size > MAX_REFERENCE_BYTES:
         raise InvalidRequest(f"{name} is over {MAX_REFERENCE_BYTES} bytes, longer than any "
                              "path the server can open", "REFERENCE_TOO_LONG")
 
