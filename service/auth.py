@@ -1,9 +1,13 @@
 """Bearer-token authentication and TLS / mutual TLS credentials. All off by default (loopback);
 deploy/ turns them on.
 
-Tokens: a file with one grant per line, `TOKEN [SERVICE ...]`, where SERVICE is a full gRPC
-service name such as `dermserve.v1.LesionClassifier`; a token without services may call every
-service. `#` starts a comment. Clients send `authorization: Bearer TOKEN`.
+Tokens: a file with one grant per line, `TOKEN [SERVICE ...] [name=NAME] [role=operator]`, where
+SERVICE is a full gRPC service name such as `dermserve.v1.LesionClassifier`; a token without
+services may call every service. `#` starts a comment. Clients send `authorization: Bearer TOKEN`.
+A call acts as its token's identity, `token:NAME` (without a name: `token:` and a hash of the
+token, so a rotated token keeps its jobs only if it keeps its name); batch jobs belong to it, and
+an operator token sees every identity's jobs. Without tokens a call acts as its client
+certificate's subject (mutual TLS), else as `anonymous` (service/identity.py).
 - no `authorization` metadata, or not a Bearer token, or an unknown token -> UNAUTHENTICATED
 - a known token calling a service it was not granted                    -> PERMISSION_DENIED
 The health service is exempt, so that kubelet probes need no secret.
@@ -11,6 +15,7 @@ The health service is exempt, so that kubelet probes need no secret.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -21,10 +26,12 @@ import grpc
 
 from service.errors import PermissionDenied, Unauthenticated
 from service.handlers import Behaviour, rewrap
+from service.identity import ANONYMOUS, CURRENT_CALLER, Caller, acting_as
 
 AUTHORIZATION_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
 EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
+OPERATOR_ROLE = "operator"
 
 
 @dataclass(frozen=True)
@@ -33,9 +40,27 @@ class TokenGrant:
 
     token: str
     services: frozenset[str] = frozenset()
+    name: str = ""
+    operator: bool = False
 
     def allows(self, service: str) -> bool:
         return not self.services or service in self.services
+
+    @property
+    def caller(self) -> Caller:
+        tag = self.name or hashlib.sha256(self.token.encode()).hexdigest()[:16]
+        return Caller(f"token:{tag}", self.operator)
+
+    @classmethod
+    def parse(cls, words: Sequence[str]) -> TokenGrant:
+        """`TOKEN [SERVICE ...] [name=NAME] [role=operator]`, as split into words."""
+        options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        role = options.get("role", OPERATOR_ROLE)
+        if not options.keys() <= {"name", "role"} or role != OPERATOR_ROLE:
+            raise ValueError(f"unknown token options {sorted(options)}: name=NAME and "
+                             "role=operator are known")
+        return cls(words[0], frozenset(word for word in words[1:] if "=" not in word),
+                   options.get("name", ""), options.get("role") == OPERATOR_ROLE)
 
 
 class TokenTable:
@@ -52,7 +77,7 @@ class TokenTable:
         for line in text.splitlines():
             words = line.split("#", 1)[0].split()
             if words:
-                grants.append(TokenGrant(words[0], frozenset(words[1:])))
+                grants.append(TokenGrant.parse(words))
         return cls(grants)
 
     @classmethod
@@ -66,8 +91,9 @@ class TokenTable:
                 found = grant
         return found
 
-    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str) -> None:
-        """Raise Unauthenticated or PermissionDenied unless `metadata` may call `method`."""
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str) -> Caller:
+        """Who the call acts as; Unauthenticated or PermissionDenied unless `metadata` may call
+        `method`."""
         token = bearer_token(metadata)
         if token is None:
             raise Unauthenticated("send 'authorization: Bearer <token>'", "MISSING_TOKEN")
@@ -77,6 +103,7 @@ class TokenTable:
         if not grant.allows(service_of(method)):
             raise PermissionDenied(f"the token may not call {service_of(method)}",
                                    "SERVICE_NOT_GRANTED")
+        return grant.caller
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
@@ -109,25 +136,38 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         metadata = handler_call_details.invocation_metadata
 
-        def check() -> None:
-            self.tokens.check(metadata, method)
+        def check() -> Caller:
+            return self.tokens.check(metadata, method)
 
         return rewrap(handler, lambda behaviour: guard_unary(behaviour, check),
                       lambda behaviour: guard_stream(behaviour, check))
 
 
-def guard_unary(behaviour: Behaviour, check: Callable[[], None]) -> Behaviour:
+def guard_unary(behaviour: Behaviour, check: Callable[[], Caller]) -> Behaviour:
     def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-        check()
-        return behaviour(request, context)
+        with acting_as(check()):
+            return behaviour(request, context)
     return guarded
 
 
-def guard_stream(behaviour: Behaviour, check: Callable[[], None]) -> Behaviour:
+def guard_stream(behaviour: Behaviour, check: Callable[[], Caller]) -> Behaviour:
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        check()
-        yield from behaviour(request, context)
+        with acting_as(check()):
+            yield from behaviour(request, context)
     return guarded
+
+
+def caller_of(context: grpc.ServicerContext) -> Caller:
+    """Who the call acts as: its token's identity (bound by TokenAuthInterceptor), else the
+    subject of its client certificate (mutual TLS), else ANONYMOUS."""
+    caller = CURRENT_CALLER.get()
+    if caller is not None:
+        return caller
+    # A list of bytes values, whatever grpc-stubs say (they type it as bytes).
+    subject: Any = context.auth_context().get("x509_subject")
+    if subject:
+        return Caller("cert:" + subject[0].decode("utf-8", "replace"))
+    return ANONYMOUS
 
 
 def server_credentials(cert: Path, key: Path,

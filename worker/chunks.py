@@ -145,7 +145,8 @@ class ChunkRunner:
 
     def __init__(self, store: JobStore, results: ResultStore, queues: ChunkQueues,
                  classifier: BatchClassifier, roots: InputRoots, policy: ChunkPolicy,
-                 observer: ChunkObserver | None = None, name: str = "") -> None:
+                 observer: ChunkObserver | None = None, name: str = "",
+                 inside_chunk: Callable[[str, int], None] | None = None) -> None:
         self.store = store
         self.results = results
         self.queues = queues
@@ -154,6 +155,7 @@ class ChunkRunner:
         self.policy = policy
         self.observer: ChunkObserver = observer or NullChunkObserver()
         self.name = name or uuid.uuid4().hex[:8]
+        self.inside_chunk = inside_chunk  # a test's hook (worker/hold.py); None in production
         self.pool = ThreadPoolExecutor(max_workers=max(1, policy.pipeline_depth),
                                        thread_name_prefix="chunk-batch")
 
@@ -173,6 +175,8 @@ class ChunkRunner:
             return claim
         started = time.perf_counter()
         with LeaseKeeper(self.store, job_id, index, token, self.policy.lease_ttl_s):
+            if self.inside_chunk is not None:
+                self.inside_chunk(job_id, index)
             outcome, results = self._run_claimed(job_id, index, attempt, token)
         self.observer.chunk_finished(outcome, time.perf_counter() - started, results)
         log.info("chunk %s/%d attempt %d: %s (%d images)", job_id, index, attempt, outcome,

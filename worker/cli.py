@@ -33,7 +33,7 @@ from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.cli import add_connection_arguments, call_metadata, error_entry, open_channel
 from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
-from worker.results import CSV_COLUMNS
+from worker.results import CSV_COLUMNS, csv_cell
 
 PROGRESS_WIDTH = 30  # characters of the progress bar
 TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
@@ -220,7 +220,7 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
     writer = csv.writer(out)
     writer.writerow(CSV_COLUMNS[:9] + ["error_reason", "probabilities"])
     for result in result_pages(stub, args):
-        writer.writerow(csv_row(result))
+        writer.writerow([csv_cell(cell) for cell in csv_row(result)])
 
 
 def csv_row(result: pb.BatchImageResult) -> list[object]:

@@ -35,6 +35,8 @@ DEFAULT_ACTIVE_JOB_TTL_S = 30 * 24 * 3600  # seconds; a safety net so nothing li
 MAX_CLIENT_JOB_ID_LENGTH = 128  # characters; documented in the proto
 MAX_INLINE_NAME_LENGTH = 512  # characters; documented in the proto
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a directory reference contributes
+MAX_REFERENCE_BYTES = 4096  # bytes of one path reference: Linux's PATH_MAX, so a longer one
+# could never be opened and is refused before it reaches the file system
 
 # --- leases and recovery -------------------------------------------------------------------------
 DEFAULT_LEASE_TTL_S = 15.0

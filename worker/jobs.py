@@ -3,6 +3,10 @@
 The BatchJobs servicer (worker/servicer.py) and tests call it; it imports neither grpc nor
 TensorFlow. It validates everything a client sends before anything is queued: references inside
 the input roots (InvalidRequest), counts and bytes within limits (ResourceExhausted).
+
+A job belongs to the Caller that submitted it (service/identity.py): another caller gets
+JobNotFound, exactly as for an unknown id, so that job ids cannot be probed; an operator sees
+every job. An idempotency key (`client_job_id`) is scoped to its owner.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import ParamSpec, TypeVar
 
 import redis
 
-from service.errors import BackendUnavailable, InvalidRequest, ResourceExhausted
+from service.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
+from service.identity import ANONYMOUS, Caller
 from worker import defaults
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority
@@ -88,13 +93,18 @@ R = TypeVar("R")
 
 @contextmanager
 def job_store_errors() -> Iterator[None]:
-    """The one place where Redis' errors become dermserve's: UNAVAILABLE, safe to retry."""
+    """The one place where Redis' errors become dermserve's: UNAVAILABLE, safe to retry, or
+    RESOURCE_EXHAUSTED when Redis is out of memory."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("batch job store unreachable: %s", exc)
         raise BackendUnavailable("the batch job store is unreachable; retry later",
                                  "JOB_STORE_UNAVAILABLE") from exc
+    except redis.OutOfMemoryError as exc:  # maxmemory reached: no new job fits until some expire
+        log.warning("batch job store full: %s", exc)
+        raise ResourceExhausted("the batch job store is full; retry later",
+                                "JOB_STORE_FULL") from exc
 
 
 def translated(method: Callable[P, R]) -> Callable[P, R]:
@@ -140,34 +150,35 @@ class JobService:
 
     # --- submit ----------------------------------------------------------------------------------
     @translated
-    def submit(self, request: SubmitRequest) -> SubmitOutcome:
+    def submit(self, request: SubmitRequest, caller: Caller = ANONYMOUS) -> SubmitOutcome:
         check_request(request)
-        if request.client_job_id:
-            earlier = self._earlier_job(request.client_job_id)
+        idempotency_key = (self.store.idempotency_key(caller.identity, request.client_job_id)
+                           if request.client_job_id else "")
+        if idempotency_key:
+            earlier = self._earlier_job(idempotency_key)
             if earlier is not None:
                 return SubmitOutcome(earlier, created=False)
         job_id = uuid.uuid4().hex
         try:
             refs = self._collect(job_id, request.input)
-            record = self._create(job_id, request, refs)
+            record = self._create(job_id, request, refs, caller, idempotency_key)
         except BaseException:
             shutil.rmtree(self.results.job_dir(job_id), ignore_errors=True)
             raise
-        if request.client_job_id:
-            earlier_id = self.store.claim_idempotency_key(request.client_job_id, job_id)
+        if idempotency_key:
+            earlier_id = self.store.claim_idempotency_key(idempotency_key, job_id)
             if earlier_id is not None and self.store.exists(earlier_id):
                 self._discard(job_id)  # lost a race with an identical submission
                 return SubmitOutcome(self.store.load(earlier_id), created=False)
             if earlier_id is not None:  # the earlier job expired: the key is ours now
-                self.store.client.set(self.store.idempotency_key(request.client_job_id), job_id,
-                                      ex=self.store.active_job_ttl_s)
+                self.store.client.set(idempotency_key, job_id, ex=self.store.active_job_ttl_s)
         self.queues.enqueue_chunks(job_id, range(record.chunk_count), request.priority)
         log.info("batch job %s: %d images in %d chunks", job_id, record.total,
                  record.chunk_count)
         return SubmitOutcome(record, created=True)
 
-    def _earlier_job(self, client_job_id: str) -> JobRecord | None:
-        earlier_id = self.store.client.get(self.store.idempotency_key(client_job_id))
+    def _earlier_job(self, idempotency_key: str) -> JobRecord | None:
+        earlier_id = self.store.client.get(idempotency_key)
         if earlier_id and self.store.exists(str(earlier_id)):
             return self.store.load(str(earlier_id))
         return None
@@ -201,9 +212,11 @@ class JobService:
             text, base = job_input.manifest_csv, None
         paths = manifest_paths(text)
         check_count(len(paths), self.limits.max_images)
-        return self.roots.expand(paths, self.limits.max_images, relative_to=base)
+        return self.roots.expand(paths, self.limits.max_images, relative_to=base,
+                                 source="the manifest")
 
-    def _create(self, job_id: str, request: SubmitRequest, refs: list[ImageRef]) -> JobRecord:
+    def _create(self, job_id: str, request: SubmitRequest, refs: list[ImageRef], caller: Caller,
+                idempotency_key: str) -> JobRecord:
         if not refs:
             raise InvalidRequest("the job has no images", "EMPTY_JOB")
         check_count(len(refs), self.limits.max_images)
@@ -212,6 +225,7 @@ class JobService:
         for index, chunk in enumerate(chunks):
             self.results.write_chunk_inputs(job_id, index, chunk)
         fields = self._fields(job_id, request, len(refs), len(chunks))
+        fields.update(owner=caller.identity, idempotency_key=idempotency_key)
         self.store.create(fields, len(chunks))
         return self.store.load(job_id)
 
@@ -239,16 +253,20 @@ class JobService:
 
     # --- reading ---------------------------------------------------------------------------------
     @translated
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, caller: Caller = ANONYMOUS) -> JobRecord:
         self.results.job_dir(job_id)  # rejects malformed ids before they reach Redis
-        return self.store.load(job_id)
+        record = self.store.load(job_id)
+        if not caller.may_see(record.owner):
+            raise JobNotFound(f"no batch job {job_id!r} (unknown, or expired after its TTL)")
+        return record
 
-    def watch(self, job_id: str, is_active: Callable[[], bool] = lambda: True
-              ) -> Iterator[JobRecord]:
+    def watch(self, job_id: str, is_active: Callable[[], bool] = lambda: True,
+              caller: Caller = ANONYMOUS) -> Iterator[JobRecord]:
         """The job now, then again whenever its progress changes, ending with a terminal state."""
         last: tuple[object, ...] | None = None
         while is_active():
-            record = self.get(job_id)  # translated: Redis away ends the stream with UNAVAILABLE
+            # translated: Redis away ends the stream with UNAVAILABLE
+            record = self.get(job_id, caller)
             if record.progress_key != last:
                 last = record.progress_key
                 yield record
@@ -257,15 +275,16 @@ class JobService:
             time.sleep(self.watch_interval_s)
 
     @translated
-    def cancel(self, job_id: str) -> JobRecord:
-        self.get(job_id)
+    def cancel(self, job_id: str, caller: Caller = ANONYMOUS) -> JobRecord:
+        self.get(job_id, caller)
         record = self.store.cancel(job_id)
         log.info("batch job %s cancelled", job_id)
         return record
 
     @translated
-    def list_results(self, job_id: str, page_size: int = 0, page_token: str = "") -> ResultsPage:
-        record = self.get(job_id)
+    def list_results(self, job_id: str, page_size: int = 0, page_token: str = "",
+                     caller: Caller = ANONYMOUS) -> ResultsPage:
+        record = self.get(job_id, caller)
         size = min(page_size or defaults.DEFAULT_PAGE_SIZE, defaults.MAX_PAGE_SIZE)
         if size < 0:
             raise InvalidRequest("page_size must not be negative", "BAD_PAGE_SIZE")

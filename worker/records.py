@@ -9,6 +9,8 @@ import enum
 import time
 from dataclasses import dataclass
 
+from service.identity import ANONYMOUS
+
 
 class JobState(enum.Enum):
     """Mirrors dermserve.v1.BatchJobState."""
@@ -67,6 +69,7 @@ class JobRecord:
     finished: float | None
     error: str
     job_dir: str
+    owner: str = ANONYMOUS.identity
 
     @property
     def progress_key(self) -> tuple[object, ...]:
@@ -103,6 +106,7 @@ class JobRecord:
             finished=_optional_float(raw.get("finished", "")),
             error=raw.get("error", ""),
             job_dir=raw["job_dir"],
+            owner=raw.get("owner", ANONYMOUS.identity),  # jobs from before owners: anonymous's
         )
 
 

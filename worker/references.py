@@ -1,21 +1,39 @@
 """Which files a job may read: references resolved inside the configured input roots.
 
-Every path is resolved (symlinks followed, `..` collapsed) before it is compared with the roots,
-so `../`, an absolute path elsewhere and a symlink leading out are all refused with
-InvalidRequest (INVALID_ARGUMENT). The worker checks again when it opens a file, because a
-symlink can change between submission and the chunk's run.
+At submission every path is resolved (symlinks followed, `..` collapsed) before it is compared
+with the roots, so `../`, an absolute path elsewhere and a symlink leading out are all refused
+with InvalidRequest (INVALID_ARGUMENT); a symlink inside the roots that leads inside them is
+followed then, and the job stores the file it resolved to. A worker opens that stored path one
+component at a time from the root's directory descriptor with O_NOFOLLOW (`open_beneath`), so a
+symlink that appears later, even between a check and an open, is refused (SYMLINK_REFUSED)
+instead of followed, and only a regular file is read.
+
+References are what results show a client: the client's own text for a file it named, and for a
+file found by expanding a directory its path relative to its input root (never a server path).
+File names that are not UTF-8 (Latin-1 names from PACS exports) keep their bytes on disk; their
+undecodable bytes are shown percent-encoded, `caf\\xe9.jpg` as `caf%E9.jpg` (`printable`).
+Error messages name a reference by its position in the request, never by its text: they are
+logged, and a path can be patient data.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from service.errors import InvalidRequest, ResourceExhausted
-from worker.defaults import IMAGE_SUFFIXES
+from worker.defaults import IMAGE_SUFFIXES, MAX_REFERENCE_BYTES
+
+DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+"""O_NONBLOCK: opening a FIFO planted under a root returns at once (and fstat refuses it)
+instead of blocking the worker until someone writes to it."""
 
 
 @dataclass(frozen=True)
@@ -33,56 +51,170 @@ class InputRoots:
         self.roots = tuple(root.resolve() for root in roots)
 
     def contains(self, path: Path) -> bool:
-        return any(path == root or path.is_relative_to(root) for root in self.roots)
+        return self.root_of(path) is not None
 
-    def resolve(self, text: str, relative_to: Path | None = None) -> Path:
+    def root_of(self, path: Path) -> Path | None:
+        """The innermost root `path` lies in, compared by name (resolve it first)."""
+        inside = [root for root in self.roots if path == root or path.is_relative_to(root)]
+        return max(inside, key=lambda root: len(root.parts), default=None)
+
+    def resolve(self, text: str, relative_to: Path | None = None,
+                name: str = "a reference") -> Path:
         """The real path `text` names, or InvalidRequest when it leaves every root."""
         if not self.roots:
             raise InvalidRequest("this server has no input roots: send images inline",
                                  "NO_INPUT_ROOTS")
-        if not text or "\x00" in text:
-            raise InvalidRequest("an image reference is empty or malformed", "BAD_REFERENCE")
+        check_reference(text, name)
         candidate = Path(text)
         if not candidate.is_absolute():
             candidate = (relative_to or self.roots[0]) / candidate
-        resolved = candidate.resolve()
+        resolved = resolved_path(candidate, name)
         if not self.contains(resolved):
-            # The message names the reference, never the resolved target or the roots.
-            raise InvalidRequest(f"reference {text!r} is outside the server's input roots",
+            # The message names neither the reference, nor the resolved target, nor the roots.
+            raise InvalidRequest(f"{name} is outside the server's input roots",
                                  "REFERENCE_OUTSIDE_INPUT_ROOTS")
         return resolved
 
-    def expand(self, texts: Iterable[str], limit: int,
-               relative_to: Path | None = None) -> list[ImageRef]:
+    def expand(self, texts: Iterable[str], limit: int, relative_to: Path | None = None,
+               source: str = "the request") -> list[ImageRef]:
         """Files and directories (their images, recursively, sorted) as ImageRefs."""
         refs: list[ImageRef] = []
-        for text in texts:
-            path = self.resolve(text, relative_to)
-            found = ((ImageRef(str(p), str(p)) for p in self._images_under(path))
-                     if path.is_dir() else [ImageRef(text, str(path))])
+        for position, text in enumerate(texts):
+            name = f"reference {position} of {source}"
+            path = self.resolve(text, relative_to, name)
+            found = self._images_under(path) if is_directory(path, name) else [
+                ImageRef(text, str(path))]
             for ref in found:
                 refs.append(ref)
                 check_count(len(refs), limit)  # per file: a huge folder fails early
         return refs
 
-    def _images_under(self, directory: Path) -> Iterator[Path]:
+    def _images_under(self, directory: Path) -> Iterator[ImageRef]:
+        root = self.root_of(directory)
+        assert root is not None  # resolve() checked it
         for path in sorted(directory.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                resolved = path.resolve()
-                if self.contains(resolved):  # a symlink inside may still lead out: skip it
-                    yield resolved
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                resolved = path.resolve() if path.is_file() else None
+            except (OSError, RuntimeError):  # a loop or an unreadable entry: not an image
+                continue
+            if resolved is not None and self.contains(resolved):  # a link may still lead out
+                yield ImageRef(printable(path.relative_to(root).as_posix()), str(resolved))
 
     def read_manifest(self, text: str, max_bytes: int) -> tuple[str, Path]:
         """The CSV text of a manifest file inside the roots, and its directory."""
-        path = self.resolve(text)
+        path = self.resolve(text, name="the manifest")
         try:
-            size = path.stat().st_size
-            if size > max_bytes:
-                raise ResourceExhausted(f"the manifest has {size} bytes; the limit is "
-                                        f"{max_bytes}", "MANIFEST_TOO_LARGE")
-            return path.read_text(encoding="utf-8"), path.parent
+            data = self.read_file(path, max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ResourceExhausted(f"the manifest is over {max_bytes} bytes",
+                                        "MANIFEST_TOO_LARGE")
+            # utf-8-sig: spreadsheet programs start their CSV exports with a byte-order mark.
+            return data.decode("utf-8-sig"), path.parent
         except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"cannot read manifest {text!r}", "BAD_MANIFEST") from exc
+            raise InvalidRequest("cannot read the manifest as UTF-8 text", "BAD_MANIFEST"
+                                 ) from exc
+
+    def read_file(self, path: Path, max_bytes: int) -> bytes:
+        """At most `max_bytes` of the regular file at `path`, opened beneath its root."""
+        root = self.root_of(path)
+        if root is None:
+            raise InvalidRequest("the file left the input roots", "REFERENCE_OUTSIDE_INPUT_ROOTS")
+        with os.fdopen(open_beneath(root, path.relative_to(root).parts), "rb") as handle:
+            return handle.read(max_bytes)
+
+
+def check_reference(text: str, name: str) -> None:
+    try:
+        size = len(text.encode("utf-8", "surrogateescape"))
+    except UnicodeEncodeError:  # a lone surrogate no file name can hold
+        size = -1
+    if not text or "\x00" in text or size < 0:
+        raise InvalidRequest(f"{name} is empty or malformed", "BAD_REFERENCE")
+    if size > MAX_REFERENCE_BYTES:
+        raise InvalidRequest(f"{name} is over {MAX_REFERENCE_BYTES} bytes, longer than any "
+                             "path the server can open", "REFERENCE_TOO_LONG")
+
+
+def resolved_path(candidate: Path, name: str) -> Path:
+    try:
+        return candidate.resolve()
+    except RuntimeError as exc:  # Python 3.11 and 3.12 raise this on a symlink loop
+        raise InvalidRequest(f"{name} runs into a symlink loop", "SYMLINK_LOOP") from exc
+    except OSError as exc:
+        raise path_error(exc, name) from exc
+
+
+def is_directory(path: Path, name: str) -> bool:
+    try:
+        return path.is_dir()
+    except OSError as exc:  # is_dir() reports "no" for most errors, not for a name too long
+        raise path_error(exc, name) from exc
+
+
+def path_error(error: OSError, name: str) -> InvalidRequest:
+    """A client's path the file system refused, as a stable reason without the path."""
+    if error.errno == errno.ENAMETOOLONG:
+        return InvalidRequest(f"{name} has a name too long for the file system",
+                              "REFERENCE_TOO_LONG")
+    if error.errno == errno.ELOOP:
+        return InvalidRequest(f"{name} runs into a symlink loop", "SYMLINK_LOOP")
+    return InvalidRequest(f"{name} cannot be resolved", "BAD_REFERENCE")
+
+
+def open_beneath(root: Path, parts: Sequence[str]) -> int:
+    """A read-only descriptor of the regular file `root/parts...`. Each component is opened
+    with O_NOFOLLOW relative to the descriptor of the one before, so that no symbolic link is
+    followed (ELOOP, refused as SYMLINK_REFUSED) and no path is looked up twice by name."""
+    if not parts or any(part in ("", ".", "..") for part in parts):
+        raise InvalidRequest("the reference does not name a file", "NOT_A_REGULAR_FILE")
+    directory = os.open(root, DIRECTORY_FLAGS)
+    try:
+        for part in parts[:-1]:
+            inner = _open_component(part, DIRECTORY_FLAGS, directory)
+            os.close(directory)
+            directory = inner
+        descriptor = _open_component(parts[-1], FILE_FLAGS, directory)
+    finally:
+        os.close(directory)
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise InvalidRequest("the reference is not a regular file", "NOT_A_REGULAR_FILE")
+    return descriptor
+
+
+def _open_component(part: str, flags: int, directory: int) -> int:
+    try:
+        return os.open(part, flags, dir_fd=directory)
+    except OSError as exc:
+        # O_NOFOLLOW on a symbolic link fails with ELOOP, or ENOTDIR with O_DIRECTORY.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and _is_symlink(part, directory):
+            raise InvalidRequest("the file's path now runs through a symbolic link",
+                                 "SYMLINK_REFUSED") from None
+        raise
+
+
+def _is_symlink(part: str, directory: int) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(part, dir_fd=directory, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of a file name that are not UTF-8 (Python carries them as
+    surrogate escapes) become %XX, so that results, CSV files and messages can hold it."""
+    raw = text.encode("utf-8", "surrogateescape")
+    parts: list[str] = []
+    while True:
+        try:
+            parts.append(raw.decode("utf-8"))
+            return "".join(parts)
+        except UnicodeDecodeError as bad:
+            parts.append(raw[:bad.start].decode("utf-8"))
+            parts.append("".join(f"%{byte:02X}" for byte in raw[bad.start:bad.end]))
+            raw = raw[bad.end:]
 
 
 def check_count(count: int, limit: int) -> None:
@@ -93,7 +225,11 @@ def check_count(count: int, limit: int) -> None:
 
 def manifest_paths(csv_text: str) -> list[str]:
     """The `path` column of a CSV with a header, or the first column of one without."""
-    rows = [row for row in csv.reader(io.StringIO(csv_text)) if row and any(row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(csv_text.removeprefix("\ufeff")))
+                if row and any(row)]
+    except csv.Error as exc:  # its messages carry no data, e.g. "field larger than field limit"
+        raise InvalidRequest(f"the manifest is not valid CSV: {exc}", "BAD_MANIFEST") from exc
     if not rows:
         raise InvalidRequest("the manifest lists no images", "EMPTY_MANIFEST")
     header = [cell.strip().lower() for cell in rows[0]]
@@ -109,11 +245,7 @@ def manifest_paths(csv_text: str) -> list[str]:
 
 
 def open_checked(ref: ImageRef, roots: InputRoots, max_bytes: int) -> bytes:
-    """Read one image for a worker, re-checking its containment; OSError when unreadable.
-    Reading max_bytes + 1 lets validation report IMAGE_TOO_LARGE without loading a huge file."""
-    path = Path(ref.path).resolve()
-    if not roots.contains(path):
-        raise InvalidRequest(f"reference {ref.reference!r} left the input roots",
-                             "REFERENCE_OUTSIDE_INPUT_ROOTS")
-    with path.open("rb") as handle:
-        return handle.read(max_bytes + 1)
+    """Read one image for a worker, beneath its root (see open_beneath); OSError when
+    unreadable. Reading max_bytes + 1 lets validation report IMAGE_TOO_LARGE without loading a
+    huge file."""
+    return roots.read_file(Path(ref.path), max_bytes + 1)

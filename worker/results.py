@@ -5,6 +5,10 @@
     <output_dir>/<job_id>/chunks/<chunk>.jsonl         the chunk's results, one line per image
     <output_dir>/<job_id>/results.jsonl, results.csv   the exports, written when the job succeeds
 
+A CSV cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
+return, as a reference named `=HYPERLINK(...)` does) is written with a leading single quote
+(OWASP's rule for CSV injection); numbers are written as they are.
+
 Every file is written to a temporary name and renamed, so a reader never sees half a file, and a
 chunk that runs again (its worker was killed) replaces its file instead of adding to it: one
 result per image, whatever happened.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -22,10 +27,12 @@ from pathlib import Path
 
 from service.errors import DermserveError, InvalidRequest
 from service.prediction import Prediction
-from worker.references import ImageRef
+from worker.references import ImageRef, printable
 
 EXPORT_JSONL = "results.jsonl"
 EXPORT_CSV = "results.csv"
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 
 
 @dataclass(frozen=True)
@@ -66,12 +73,14 @@ class ImageResult:
     def classified(cls, index: int, reference: str, prediction: Prediction) -> ImageResult:
         probabilities = tuple((p.label, p.display_name, p.probability)
                               for p in prediction.probabilities)
-        return cls(index, reference, prediction.model_name, prediction.model_version,
+        # printable: a job queued before references were made printable may still carry raw
+        # file name bytes, which no CSV, JSON or protobuf string can hold.
+        return cls(index, printable(reference), prediction.model_name, prediction.model_version,
                    probabilities, prediction.abstention.value, prediction.ood_score)
 
     @classmethod
     def failed(cls, index: int, reference: str, error: DermserveError) -> ImageResult:
-        return cls(index, reference, error=ImageError.from_exception(error))
+        return cls(index, printable(reference), error=ImageError.from_exception(error))
 
     def to_json(self) -> str:
         raw = asdict(self)
@@ -181,11 +190,20 @@ def csv_lines(results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator
     """CSV rows: fixed columns, then one `p_<label>` column per class of the model version."""
     buffer = _LineBuffer()
     writer = csv.writer(buffer)
-    writer.writerow([*CSV_COLUMNS, *(f"p_{label}" for label in labels)])
+    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels)]
+    writer.writerow([csv_cell(name) for name in header])
     yield buffer.take()
     for result in results:
-        writer.writerow(csv_row(result, labels))
+        writer.writerow([csv_cell(cell) for cell in csv_row(result, labels)])
         yield buffer.take()
+
+
+def csv_cell(value: object) -> object:
+    """`value`, or text that a spreadsheet shows instead of running it as a formula."""
+    if (isinstance(value, str) and value.startswith(FORMULA_PREFIXES)
+            and not NUMBER.fullmatch(value)):
+        return "'" + value
+    return value
 
 
 def csv_row(result: ImageResult, labels: Sequence[str]) -> list[object]:

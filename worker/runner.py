@@ -32,6 +32,7 @@ from service.classifier import Classifier
 from service.errors import DermserveError
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
+from worker.hold import FirstChunkHold
 from worker.metrics import BatchStateCollector, WorkerMetrics
 from worker.queues import ChunkQueues
 from worker.reaper import Reaper
@@ -113,7 +114,9 @@ class WorkerProcess:
         self.runner = ChunkRunner(self.store, ResultStore(settings.batch_output_dir),
                                   self.queues, classifier, InputRoots(settings.input_roots),
                                   ChunkPolicy.from_settings(settings), self.metrics,
-                                  name=f"{socket.gethostname()}-{os.getpid()}")
+                                  name=f"{socket.gethostname()}-{os.getpid()}",
+                                  inside_chunk=(FirstChunkHold(self.store)
+                                                if settings.test_hold_first_chunk else None))
         self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
                              settings.reap_grace_s, settings.max_chunk_attempts)
 

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from dermserve.v1 import lesion_classifier_pb2 as lc
+from service.auth import caller_of
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.records import JobRecord, Priority
 from worker.results import ImageResult
@@ -108,25 +109,28 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
 
     def SubmitBatchJob(self, request: pb.SubmitBatchJobRequest,
                        context: grpc.ServicerContext) -> pb.SubmitBatchJobResponse:
-        outcome = self.jobs.submit(submit_request(request))
+        outcome = self.jobs.submit(submit_request(request), caller_of(context))
         return pb.SubmitBatchJobResponse(job=self._job(outcome.job), created=outcome.created)
 
     def GetBatchJob(self, request: pb.GetBatchJobRequest,
                     context: grpc.ServicerContext) -> pb.GetBatchJobResponse:
-        return pb.GetBatchJobResponse(job=self._job(self.jobs.get(request.job_id)))
+        return pb.GetBatchJobResponse(job=self._job(self.jobs.get(request.job_id,
+                                                                  caller_of(context))))
 
     def WatchBatchJob(self, request: pb.WatchBatchJobRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.WatchBatchJobResponse]:
-        for record in self.jobs.watch(request.job_id, context.is_active):
+        for record in self.jobs.watch(request.job_id, context.is_active, caller_of(context)):
             yield pb.WatchBatchJobResponse(job=self._job(record))
 
     def CancelBatchJob(self, request: pb.CancelBatchJobRequest,
                        context: grpc.ServicerContext) -> pb.CancelBatchJobResponse:
-        return pb.CancelBatchJobResponse(job=self._job(self.jobs.cancel(request.job_id)))
+        record = self.jobs.cancel(request.job_id, caller_of(context))
+        return pb.CancelBatchJobResponse(job=self._job(record))
 
     def ListBatchJobResults(self, request: pb.ListBatchJobResultsRequest,
                             context: grpc.ServicerContext) -> pb.ListBatchJobResultsResponse:
-        page = self.jobs.list_results(request.job_id, request.page_size, request.page_token)
+        page = self.jobs.list_results(request.job_id, request.page_size, request.page_token,
+                                      caller_of(context))
         return pb.ListBatchJobResultsResponse(
             results=[result_message(result) for result in page.results],
             next_page_token=page.next_page_token, job=self._job(page.job))

@@ -72,6 +72,8 @@ class WorkerSettings:
     worker_metrics_address: str = defaults.DEFAULT_WORKER_METRICS_ADDRESS
     worker_metrics_port: int = defaults.DEFAULT_WORKER_METRICS_PORT
     burst: bool = field(default=False, metadata={"help": "exit once the queues are empty"})
+    test_hold_first_chunk: bool = field(default=False, metadata={
+        "help": "tests only: hold the first chunk claimed until released (worker/hold.py)"})
 
     @property
     def image_limits(self) -> ImageLimits:

@@ -9,7 +9,9 @@ and results live in files (worker/results.py). Keys, under the prefix `P` (derms
     P:job:<id>:errors        hash: chunk index -> reason of its last failed run
     P:job:<id>:lease:<i>     string with a TTL: the token of the worker running chunk i
     P:job:<id>:lease:final   string with a TTL: the worker writing the exports
-    P:idem:<client_job_id>   string: the job id an idempotency key maps to
+    P:idem:<owner>:<client_job_id>
+                             string: the job id an idempotency key maps to, per owner (a hash of
+                             the owner's identity): another identity's same key is another job
     P:active                 set: ids of jobs not yet in a terminal state
     P:stats                  hash: jobs finished per state (for the metrics)
 
@@ -20,6 +22,7 @@ script), so a chunk that runs twice after a worker was killed adds its counts on
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -102,9 +105,9 @@ if not state then return 'GONE' end
 if state ~= 'QUEUED' and state ~= 'RUNNING' then return state end
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'finished', ARGV[2], 'error', ARGV[4])
 for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[3]) end
-local idem = redis.call('HGET', KEYS[1], 'client_job_id')
-if idem and idem ~= '' then redis.call('EXPIRE', ARGV[5] .. idem, ARGV[3]) end
-redis.call('SREM', KEYS[5], ARGV[6])
+local idem = redis.call('HGET', KEYS[1], 'idempotency_key')
+if idem and idem ~= '' then redis.call('EXPIRE', idem, ARGV[3]) end
+redis.call('SREM', KEYS[5], ARGV[5])
 redis.call('HINCRBY', KEYS[6], ARGV[1], 1)
 return 'OK'
 """
@@ -163,12 +166,10 @@ class JobStore:
     def lease_key(self, job_id: str, index: int | str) -> str:
         return f"{self.job_key(job_id)}:lease:{index}"
 
-    def idempotency_key(self, client_job_id: str) -> str:
-        return f"{self.idempotency_prefix}{client_job_id}"
-
-    @property
-    def idempotency_prefix(self) -> str:
-        return f"{self.prefix}:idem:"
+    def idempotency_key(self, owner: str, client_job_id: str) -> str:
+        """Hashed, because an owner is any text (a certificate subject) and a key is not."""
+        scope = hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+        return f"{self.prefix}:idem:{scope}:{client_job_id}"
 
     @property
     def active_key(self) -> str:
@@ -197,9 +198,9 @@ class JobStore:
             pipe.sadd(self.active_key, job_id)
             pipe.execute()
 
-    def claim_idempotency_key(self, client_job_id: str, job_id: str) -> str | None:
-        """Map `client_job_id` to `job_id` unless it is mapped already; returns the earlier id."""
-        key = self.idempotency_key(client_job_id)
+    def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
+        """Map the idempotency `key` to `job_id` unless it is mapped already; returns the
+        earlier id."""
         if self.client.set(key, job_id, nx=True, ex=self.active_job_ttl_s):
             return None
         earlier = self.client.get(key)
@@ -301,7 +302,7 @@ class JobStore:
         """Move a running job to a terminal state and start its TTL; 'OK', or the state it was
         already in ('GONE' when it expired)."""
         keys = [*self._job_keys(job_id), self.active_key, self.stats_key]
-        args = [state.value, time.time(), self.job_ttl_s, error, self.idempotency_prefix, job_id]
+        args = [state.value, time.time(), self.job_ttl_s, error, job_id]
         return str(self._finish(keys=keys, args=args))
 
     def cancel(self, job_id: str) -> JobRecord:

@@ -40,7 +40,9 @@ class Workers:
         self.logs = logs
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, hold_first_chunk: bool = False) -> subprocess.Popen[bytes]:
+        """A worker; with `hold_first_chunk`, one that announces its first chunk and stays
+        inside it (worker/hold.py) until killed."""
         s = self.settings
         args = ["--redis-url", s.redis_url, "--input-roots", os.pathsep.join(map(str,
                                                                                    s.input_roots)),
@@ -48,7 +50,8 @@ class Workers:
                 "--model-name", s.model_name, "--chunk-size", str(s.chunk_size),
                 "--batch-size", str(s.batch_size), "--lease-ttl-s", str(s.lease_ttl_s),
                 "--reap-interval-s", str(s.reap_interval_s), "--reap-grace-s", "0",
-                "--poll-interval-s", "30", "--worker-metrics-port", "0"]
+                "--poll-interval-s", "30", "--worker-metrics-port", "0",
+                *(["--test-hold-first-chunk"] if hold_first_chunk else [])]
         log = (self.logs / f"worker-{len(self.processes)}.log").open("wb")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
         process = subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=REPO, env=env,
@@ -102,18 +105,25 @@ def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
     assert listed == list(range(IMAGES))
 
 
+def inside_a_chunk(jobs: JobService, timeout_s: int = 120) -> tuple[str, int, int]:
+    """(job id, chunk, pid) announced by a worker holding its first chunk (worker/hold.py)."""
+    announced = jobs.store.client.blpop([f"{jobs.store.prefix}:test:inside"], timeout=timeout_s)
+    assert announced, "no worker announced that it is inside a chunk"
+    job_id, index, pid = announced[1].rsplit(":", 2)
+    return job_id, int(index), int(pid)
+
+
 def test_a_worker_killed_mid_chunk_loses_and_duplicates_nothing(
         jobs: JobService, workers: Workers, input_root: Path) -> None:
     job_id = submit(jobs, input_root)
-    first = workers.start()
-    workers.start()  # the survivor; both load the model at once, to keep the test short
-    wait_until(lambda: jobs.get(job_id).chunks_done >= 2 and running_chunks(jobs, job_id,
-                                                                          first.pid),
-               "the first worker to be inside a chunk", timeout_s=120, interval_s=0.005)
+    first = workers.start(hold_first_chunk=True)
+    held_job, held_chunk, pid = inside_a_chunk(jobs)  # the kill point, not a race
+    assert (held_job, pid) == (job_id, first.pid)
+    workers.start()  # the survivor: it runs the other chunks, then the killed one
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=30)
     killed = running_chunks(jobs, job_id, first.pid)
-    assert killed, "the worker was not inside a chunk when it died"
+    assert killed == [held_chunk], "the worker was not inside its chunk when it died"
     progress = jobs.get(job_id)
     assert progress.state is JobState.RUNNING and progress.done < IMAGES
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from service.errors import InvalidRequest, ResourceExhausted
 from tests.worker.conftest import write_images
-from worker.references import InputRoots, manifest_paths, open_checked
+from worker.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
 
 
 def test_manifest_with_a_path_column_or_without_a_header() -> None:
@@ -46,3 +48,50 @@ def test_a_folder_swapped_for_a_symlink_after_submission_is_refused_at_read_time
     (root / "sub").symlink_to(outside, target_is_directory=True)  # same path, now outside
     with pytest.raises(InvalidRequest):
         open_checked(ref, roots, 10_000_000)
+
+
+def test_the_walk_refuses_a_symlinked_component_even_one_leading_inside_the_roots(
+        tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    write_images(root / "sub", 1)
+    write_images(root / "other", 2)
+    roots = InputRoots([root])
+    ref = roots.expand(["sub/img_0000.jpg"], limit=1)[0]
+    (root / "sub").rename(root / "sub-moved")
+    (root / "sub").symlink_to(root / "other", target_is_directory=True)  # inside, but swapped in
+    with pytest.raises(InvalidRequest) as caught:
+        open_checked(ref, roots, 10_000_000)
+    assert caught.value.reason == "SYMLINK_REFUSED"
+    last = roots.expand(["other/img_0001.jpg"], limit=1)[0]
+    (root / "other" / "img_0001.jpg").unlink()
+    (root / "other" / "img_0001.jpg").symlink_to(root / "sub-moved" / "img_0000.jpg")
+    with pytest.raises(InvalidRequest) as caught:  # the last component, too
+        open_checked(last, roots, 10_000_000)
+    assert caught.value.reason == "SYMLINK_REFUSED"
+
+
+def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.mkfifo(root / "pipe.jpg")
+    roots = InputRoots([root])
+    ref = roots.expand(["pipe.jpg"], limit=1)[0]
+    outcome: list[BaseException] = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_of(ref, roots)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # the old open() blocked here until a writer came, forever
+    assert [getattr(error, "reason", None) for error in outcome] == ["NOT_A_REGULAR_FILE"]
+
+
+def _error_of(ref: ImageRef, roots: InputRoots) -> BaseException:
+    try:
+        open_checked(ref, roots, 1000)
+    except Exception as exc:  # noqa: BLE001 - the test inspects whatever it was
+        return exc
+    raise AssertionError("a FIFO was read as an image")
+
+
+def test_printable_keeps_utf8_and_percent_encodes_other_bytes() -> None:
+    latin1 = os.fsdecode(b"caf\xe9 \xc3\xa9t\xe9.jpg")
+    assert printable(latin1) == "caf%E9 \u00e9t%E9.jpg"
+    assert printable("d\u00e9j\u00e0 100%.jpg") == "d\u00e9j\u00e0 100%.jpg"

@@ -1,0 +1,40 @@
+"""A test-only hook that makes "kill a worker inside a chunk" deterministic.
+
+With `--test-hold-first-chunk` (DERMSERVE_TEST_HOLD_FIRST_CHUNK=1) a worker, once it has claimed
+its first chunk and holds its lease, announces `<job_id>:<index>:<pid>` on the Redis list
+`<prefix>:test:inside` and then waits, lease kept alive, until something is pushed to
+`<prefix>:test:release`. A test pops the announcement (BLPOP: no polling, no timing) and kills
+the worker exactly there. Production never sets the flag; later chunks run normally.
+"""
+
+from __future__ import annotations
+
+import os
+
+from worker.store import JobStore
+
+WAIT_SLICE_S = 5  # seconds per BLPOP: well under the Redis client's socket timeout
+
+
+class FirstChunkHold:
+    """Holds the first chunk this process claims (see the module docstring)."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+        self.used = False
+
+    @property
+    def inside_key(self) -> str:
+        return f"{self.store.prefix}:test:inside"
+
+    @property
+    def release_key(self) -> str:
+        return f"{self.store.prefix}:test:release"
+
+    def __call__(self, job_id: str, index: int) -> None:
+        if self.used:
+            return
+        self.used = True
+        self.store.client.rpush(self.inside_key, f"{job_id}:{index}:{os.getpid()}")
+        while not self.store.client.blpop([self.release_key], timeout=WAIT_SLICE_S):
+            pass
