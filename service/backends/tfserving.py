@@ -45,7 +45,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from service.backends.base import (
+    BatchOutput,
+    ModelRef,
+    VersionInfo,
+    VersionState,
+    load_failure,
+)
 from service.backends.savedmodel import (
     CONFIG_OUTPUT,
     IMAGE_INPUT,
@@ -160,6 +166,16 @@ def translate_rpc_error(exc: grpc.RpcError, target: str, what: str,
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(message)
     return InternalError(message)
+
+
+def public_status_error(status: Any) -> str:
+    """A version's load error as clients may see it: TF Serving's error code, not its message
+    (server paths and TensorFlow's exception text), which stays in TF Serving's log."""
+    if not status.error_message:
+        return ""
+    codes = status.DESCRIPTOR.fields_by_name["error_code"].enum_type.values_by_number
+    code = codes.get(status.error_code)
+    return load_failure(code.name if code is not None else "UNKNOWN", "TF Serving's log")
 
 
 @dataclass(frozen=True)
@@ -347,7 +363,7 @@ class TFServingBackend:
             except ModelNotFound:  # unloaded since GetModelStatus answered
                 config = None
         return VersionInfo(self.model_name, version, state, config, labels.get(version, ()),
-                           status.status.error_message)
+                           public_status_error(status.status))
 
     # --- the wire ----------------------------------------------------------------------------
 

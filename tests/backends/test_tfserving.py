@@ -185,3 +185,18 @@ def test_server_without_versions_is_unavailable(tmp_path: Path,
         assert client.list_versions(TINY_MODEL_NAME) == []
     finally:
         empty.stop()
+
+
+def test_a_version_load_error_reaches_clients_as_its_code_only() -> None:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    from service.backends.tfserving import public_status_error
+
+    status = get_model_status_pb2.ModelVersionStatus().status
+    assert public_status_error(status) == ""
+    status.error_code = 3  # tensorflow.error.Code.INVALID_ARGUMENT
+    status.error_message = ("Op type not registered 'Foo' in binary running on tfs-0; loading "
+                            "/models/ham10000/4/saved_model.pb")
+    public = public_status_error(status)
+    assert "INVALID_ARGUMENT" in public and "cannot load" in public
+    assert "/models" not in public and "Op type" not in public
