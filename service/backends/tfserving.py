@@ -152,7 +152,9 @@ def translate_rpc_error(exc: grpc.RpcError, target: str, what: str,
                         not_found: type[DermserveError]) -> DermserveError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-    message = f"TF Serving at {target}, {what}: {code.name}: {details}"
+    # Clients see the code only: TF Serving's details name its paths and quote TensorFlow.
+    logger.info("TF Serving at %s, %s: %s: %s", target, what, code.name, details)
+    message = f"the model server answered {what} with {code.name}"
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(message)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -421,7 +423,7 @@ class TFServingBackend:
             while True:
                 remaining = self._remaining(deadline)
                 if remaining <= 0:
-                    raise BackendTimeout(f"TF Serving at {self.target}, {what}: deadline passed")
+                    raise BackendTimeout(f"the model server did not answer {what} in time")
                 try:
                     return method(self._channel_stubs())(request, timeout=remaining)
                 except grpc.RpcError as exc:

@@ -200,3 +200,13 @@ def test_a_version_load_error_reaches_clients_as_its_code_only() -> None:
     public = public_status_error(status)
     assert "INVALID_ARGUMENT" in public and "cannot load" in public
     assert "/models" not in public and "Op type" not in public
+
+
+def test_upstream_errors_name_neither_tf_servings_address_nor_its_details(
+        fake_tfserving: FakeTFServing, make_client: Callable[..., TFServingBackend]) -> None:
+    client = make_client(fake_tfserving)
+    with pytest.raises(ModelNotFound) as caught:
+        client.predict(ModelRef(TINY_MODEL_NAME, version=7), images())
+    message = caught.value.message
+    assert message.startswith("the model server answered ") and message.endswith(" NOT_FOUND")
+    assert fake_tfserving.target not in message
