@@ -1,14 +1,21 @@
-"""The classifier core: validate -> resolve the version -> preprocess -> predict -> post-process.
+"""The classifier core: check the images' headers -> resolve the version -> decode each image to
+that version's input -> predict -> post-process.
 
 grpc-free: the servicer calls it for online requests and the batch worker for batch jobs, so both
-run the same checks on the same images. Errors are service.errors types only.
+run the same checks on the same images, within the same decode budget. Errors are service.errors
+types only.
+
+Memory: the version is resolved before decoding because its input spec says how much detail to
+decode (a JPEG decodes at 1/2 to 1/8 scale), and each image holds its budget share until it is
+the model input, a few kB; the large decoded pixels never outlive their share.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
@@ -21,13 +28,23 @@ from service.errors import (
     InvalidImage,
     ModelNotFound,
 )
-from service.model_config import ModelConfig
+from service.model_config import InputSpec, ModelConfig
 from service.observe import NullObserver, Observer
 from service.prediction import Prediction, build_prediction
-from service.preprocessing import to_model_input
-from service.validation import ImageLimits, PixelBudget, decode_image
+from service.preprocessing import detail_size, to_model_input
+from service.validation import (
+    ImageLimits,
+    PixelBudget,
+    budget_share,
+    decode_rgb,
+    open_image,
+    reduce_scale,
+)
 
 log = logging.getLogger(__name__)
+
+Results = dict[int, Prediction | DermserveError]
+"""Each image's prediction or error, by its position in the call."""
 
 
 class Deadline:
@@ -44,6 +61,10 @@ class Deadline:
         if left <= 0:
             raise BackendTimeout("the deadline passed before the model answered")
         return left
+
+    def check(self) -> None:
+        """Raises BackendTimeout once the deadline has passed (between decoding steps)."""
+        self.remaining()
 
 
 class Classifier:
@@ -64,9 +85,10 @@ class Classifier:
     def classify(self, image: bytes, ref: ModelRef | None = None, request_id: str = "",
                  timeout: float | None = None) -> Prediction:
         """Classify one image; every failure is raised as a DermserveError."""
-        deadline = Deadline(timeout)
-        decoded = self.decode(image, deadline.remaining())
-        return self._predict([decoded], [request_id], ref, deadline)[0]
+        result = self.classify_many([image], ref, [request_id], timeout)[0]
+        if isinstance(result, DermserveError):
+            raise result
+        return result
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
                       request_ids: Sequence[str] | None = None,
@@ -77,18 +99,15 @@ class Classifier:
         ids = list(request_ids) if request_ids is not None else [""] * len(images)
         if len(ids) != len(images):
             raise InternalError(f"{len(images)} images but {len(ids)} request ids")
-        errors: dict[int, DermserveError] = {}
-        valid: dict[int, Image.Image] = {}
+        results: Results = {}
+        opened: dict[int, Image.Image] = {}
         for index, data in enumerate(images):
-            try:
-                valid[index] = self.decode(data, deadline.remaining())
+            try:  # before the backend is asked: a bad header is the client's error, whatever
+                opened[index] = self.open(data, deadline)  # the backend's state
             except InvalidImage as exc:
-                errors[index] = exc
-        results: dict[int, Prediction | DermserveError] = dict(errors)
-        if valid:
-            predictions = self._predict(list(valid.values()), [ids[i] for i in valid], ref,
-                                        deadline)
-            results.update(zip(valid, predictions, strict=True))
+                results[index] = exc
+        if opened:
+            results.update(self._predict(opened, images, ids, ref, deadline))
         return [results[index] for index in range(len(images))]
 
     def describe(self, ref: ModelRef | None = None, timeout: float | None = None) -> VersionInfo:
@@ -107,40 +126,71 @@ class Classifier:
         """Every version of the model the backend knows, newest first."""
         return self.backend.list_versions(self.model_name, timeout)
 
-    def decode(self, data: bytes, timeout: float | None = None) -> Image.Image:
-        """Validate and decode one image, reporting the time or the rejection."""
-        started = time.perf_counter()
+    def open(self, data: bytes, deadline: Deadline) -> Image.Image:
+        """Every check of `data` that needs no pixels (its pixels stay encoded)."""
         try:
-            image = decode_image(data, self.limits, self.decode_budget, timeout)
+            return open_image(data, self.limits, deadline.check)
+        except InvalidImage as exc:
+            self.observer.image_rejected(exc.reason)
+            raise
+
+    def decode(self, image: Image.Image, spec: InputSpec, deadline: Deadline) -> np.ndarray:
+        """An opened image as `spec`'s model input, decoded at the least scale that keeps the
+        detail preprocessing uses, within the decode budget (takes ownership of `image`)."""
+        started = time.perf_counter()
+        reduce_scale(image, detail_size(image.size, spec))
+        try:
+            with self._budget_share(budget_share(image), deadline):
+                array = to_model_input(decode_rgb(image, deadline.check), spec)
         except InvalidImage as exc:
             self.observer.image_rejected(exc.reason)
             raise
         self.observer.image_decoded(time.perf_counter() - started)
-        return image
+        return array
 
-    def _predict(self, images: list[Image.Image], request_ids: list[str], ref: ModelRef | None,
-                 deadline: Deadline) -> list[Prediction]:
+    @contextmanager
+    def _budget_share(self, pixels: int, deadline: Deadline) -> Iterator[None]:
+        if self.decode_budget is None:
+            yield
+            return
+        with self.decode_budget.hold(pixels, deadline.remaining()):
+            yield
+
+    def _predict(self, opened: dict[int, Image.Image], images: Sequence[bytes], ids: list[str],
+                 ref: ModelRef | None, deadline: Deadline) -> Results:
         wanted = self.wanted(ref)
         try:
-            return self._predict_once(images, request_ids, wanted, deadline)
+            return self._predict_once(opened, ids, wanted, deadline)
         except ModelNotFound:
             if wanted.version is not None:
                 raise
             # Hot reload: the version we resolved was unloaded before it answered; the next
-            # resolve names its successor. Once only, so a broken backend cannot loop us.
+            # resolve names its successor, whose input may differ, so the images are decoded
+            # again. Once only, so a broken backend cannot loop us.
             log.info("resolved version of %s went away; resolving again", wanted.describe())
-            return self._predict_once(images, request_ids, wanted, deadline)
+            reopened = {index: self.open(images[index], deadline) for index in opened}
+            return self._predict_once(reopened, ids, wanted, deadline)
 
-    def _predict_once(self, images: list[Image.Image], request_ids: list[str], wanted: ModelRef,
-                      deadline: Deadline) -> list[Prediction]:
+    def _predict_once(self, opened: dict[int, Image.Image], ids: list[str], wanted: ModelRef,
+                      deadline: Deadline) -> Results:
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
-        batch = np.stack([to_model_input(image, config.input) for image in images])
-        pinned = ModelRef(version.name, version=version.version)
-        started = time.perf_counter()
-        output = self.backend.predict(pinned, batch, deadline.remaining())
-        self.observer.model_called(time.perf_counter() - started)
-        return self._build(output, config, request_ids)
+        results: Results = {}
+        arrays: dict[int, np.ndarray] = {}
+        for index, image in opened.items():
+            try:
+                arrays[index] = self.decode(image, config.input, deadline)
+            except InvalidImage as exc:
+                results[index] = exc
+        if arrays:
+            pinned = ModelRef(version.name, version=version.version)
+            started = time.perf_counter()
+            output = self.backend.predict(pinned, np.stack(list(arrays.values())),
+                                          deadline.remaining())
+            self.observer.model_called(time.perf_counter() - started)
+            predictions = self._build(output, config, [ids[index] for index in arrays])
+            results.update(zip(arrays, predictions, strict=True))
+        return results
 
     def _build(self, output: BatchOutput, config: ModelConfig,
                request_ids: list[str]) -> list[Prediction]:

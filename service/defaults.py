@@ -26,8 +26,14 @@ DEFAULT_MAX_ASPECT_RATIO = 4.0  # long side / short side; 21:9 phones are 2.3, p
 # lesions
 
 DEFAULT_DECODE_PIXEL_BUDGET = 4 * DEFAULT_MAX_IMAGE_PIXELS
-"""Pixels decoded at once across all calls: four of the largest images, ~640 MB in Pillow (4 bytes
-per pixel), so a burst of huge images queues instead of exhausting the pod's memory."""
+"""Pixels alive in decoders at once across all calls, every full-size copy counted: ~640 MB in
+Pillow (4 bytes per pixel), so a burst of huge images queues instead of exhausting the pod's
+memory. Two of the largest PNGs fit (a decoded image and its converted or rotated copy each);
+JPEGs decode at reduced scale, so a 40-megapixel JPEG takes about 1.3 million of it."""
+
+DEFAULT_MAX_JPEG_SCANS = 100
+"""Scans a JPEG may have: libjpeg's progressive script writes 10 and mozjpeg's optimised ones
+fewer than 30, while CPU bombs carry thousands (each scan walks every block of the image)."""
 
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for the non-image fields of a request on top of the image limit."""

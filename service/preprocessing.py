@@ -18,13 +18,29 @@ from PIL import Image
 from service.model_config import InputSpec
 
 
+def reduced_size(size: tuple[int, int], reference_pixels: int) -> tuple[int, int]:
+    """`size` scaled down (aspect kept) to about `reference_pixels`; a smaller size unchanged."""
+    width, height = size
+    if width * height <= reference_pixels:
+        return size
+    scale = math.sqrt(reference_pixels / (width * height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def detail_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:
+    """The least size an image of `size` may be decoded at without losing detail that
+    `to_model_input` keeps: its reduced size, and the input's longer side each way (either
+    orientation, as EXIF may turn the image after decoding)."""
+    width, height = reduced_size(size, spec.reference_pixels)
+    side = max(spec.width, spec.height)
+    return max(width, side), max(height, side)
+
+
 def normalise_detail(image: Image.Image, reference_pixels: int) -> Image.Image:
     """Downscale (antialiased) so the image holds no more detail than the training images."""
-    width, height = image.size
-    if width * height <= reference_pixels:
+    size = reduced_size(image.size, reference_pixels)
+    if size == image.size:
         return image
-    scale = math.sqrt(reference_pixels / (width * height))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # reducing_gap makes Pillow shrink by whole factors first: much faster on phone-sized inputs,
     # and still antialiased.
     return image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)

@@ -16,6 +16,8 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 | long/short side over `max_aspect_ratio`  | reject    | BAD_ASPECT_RATIO      |
 | a side under `min_side` (e.g. 1x1)       | reject    | IMAGE_TOO_SMALL       |
 | more than one frame (APNG)               | reject    | MULTI_FRAME           |
+| progressive JPEG with more than          | reject    | TOO_MANY_SCANS        |
+| `max_jpeg_scans` scans (CPU bomb)        |           |                       |
 | truncated or corrupt data (full decode)  | reject    | CORRUPT_IMAGE         |
 | grayscale (L, 1, I;16, LA)               | reject    | UNSUPPORTED_COLOR     |
 | any transparent pixel (RGBA, LA, tRNS)   | reject    | TRANSPARENT_IMAGE     |
@@ -26,8 +28,16 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 | multi-picture JPEG (MPO, phone cameras)  | convert   | primary image used    |
 | EXIF orientation                         | convert   | applied (upright)     |
 
-Memory: with a `PixelBudget`, at most that many pixels are decoded at once across threads; a
-call that cannot get its share in time fails with ResourceExhausted (DECODE_BUSY, retryable).
+Memory: a JPEG is decoded at reduced scale (`draft`) when the caller says how much detail it needs
+(`min_size`): libjpeg scales by 1/2, 1/4 or 1/8 while decoding, so a 40-megapixel photo costs
+~0.6 megapixels. With a `PixelBudget`, at most that many pixels are alive at once across threads,
+counting every full-size copy (conversion, rotation: `PEAK_BUFFERS`); a call that cannot get its
+share in time fails with ResourceExhausted (DECODE_BUSY, retryable). The caller holds the share
+until the image is reduced to what it keeps (service/decoding.py: the model input).
+
+CPU: the scan count of a progressive JPEG is checked before decoding (each scan walks every block
+of the image again), and with a `check_deadline` the decoder stops between blocks of input once
+the call's deadline has passed.
 
 Why: the model was trained on 8-bit colour dermatoscopy. Grey images lack the colour cues it
 relies on and would be classified confidently and wrongly, so they are refused; transparent
@@ -40,10 +50,11 @@ first picture is the photograph.
 from __future__ import annotations
 
 import io
+import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -63,6 +74,36 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.
                  IndexError, TypeError)
 """What Pillow's decoders raise on broken data (truncation is an OSError)."""
 
+JPEG_SOS = 0xDA  # start of scan
+JPEG_EOI = 0xD9  # end of image
+JPEG_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
+JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+"""Where a scan's entropy-coded data ends: 0xFF followed by neither a stuffed zero, a restart
+marker nor another fill byte."""
+
+PEAK_BUFFERS = 2
+"""Full-size pixel buffers alive at once while one image is decoded and reduced: the decoded
+image and one copy of it (the EXIF rotation, the colour conversion or the resize's first pass).
+Each copy replaces the image it was made from before the next one is made."""
+
+DeadlineCheck = Callable[[], None]
+"""Raises (BackendTimeout) once the call's deadline has passed."""
+
+
+class DeadlineReader(io.BytesIO):
+    """The image bytes as Pillow reads them. The decoder takes its input in blocks of 64 KiB and
+    a progressive JPEG does its work as its scans arrive, so checking the deadline on each read
+    stops a slow decode soon after the deadline instead of at its end."""
+
+    def __init__(self, data: bytes, check_deadline: DeadlineCheck | None) -> None:
+        super().__init__(data)
+        self._check_deadline = check_deadline
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        if self._check_deadline is not None:
+            self._check_deadline()
+        return super().read(size)
+
 
 @dataclass(frozen=True)
 class ImageLimits:
@@ -72,6 +113,7 @@ class ImageLimits:
     max_pixels: int = defaults.DEFAULT_MAX_IMAGE_PIXELS
     min_side: int = defaults.DEFAULT_MIN_IMAGE_SIDE
     max_aspect_ratio: float = defaults.DEFAULT_MAX_ASPECT_RATIO
+    max_jpeg_scans: int = defaults.DEFAULT_MAX_JPEG_SCANS
 
 
 def sniff_format(data: bytes) -> str:
@@ -91,11 +133,12 @@ def check_size(data: bytes, limits: ImageLimits) -> None:
                            "IMAGE_TOO_LARGE")
 
 
-def open_header(data: bytes, image_format: str) -> Image.Image:
+def open_header(data: bytes, image_format: str,
+                check_deadline: DeadlineCheck | None = None) -> Image.Image:
     """Read only the header; pixel data is decoded later, after the dimension checks."""
     try:
         # JPEG's plugin hands multi-picture files to MPO itself, so listing JPEG is enough.
-        return Image.open(io.BytesIO(data), formats=[image_format])
+        return Image.open(DeadlineReader(data, check_deadline), formats=[image_format])
     except Image.DecompressionBombError as exc:
         raise InvalidImage("the image declares too many pixels", "TOO_MANY_PIXELS") from exc
     except (UnidentifiedImageError, *DECODE_ERRORS) as exc:
@@ -122,11 +165,45 @@ def check_frames(image: Image.Image, image_format: str) -> None:
         raise InvalidImage("animated images are not accepted", "MULTI_FRAME")
 
 
+def count_scans(data: bytes, limit: int) -> int:
+    """The scans (SOS markers) of the first JPEG in `data`, counted up to `limit + 1`. Segments
+    are skipped by their length, so an EXIF thumbnail's scans are not counted; a malformed
+    stream ends the count and is left to the decoder to refuse."""
+    pos, scans = len(JPEG_MAGIC) - 1, 0
+    while scans <= limit and pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == JPEG_EOI:
+            break
+        if marker in JPEG_STANDALONE_MARKERS:
+            pos += 2
+            continue
+        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == JPEG_SOS:
+            scans += 1
+            end_of_scan = JPEG_NEXT_MARKER.search(data, pos)
+            if end_of_scan is None:
+                break
+            pos = end_of_scan.start()
+    return scans
+
+
+def check_scans(data: bytes, image_format: str, limits: ImageLimits) -> None:
+    """Each scan of a progressive JPEG walks every block of the image again: thousands of tiny
+    scans make a small file cost minutes of CPU, so they are counted before anything decodes."""
+    if image_format == "JPEG" and count_scans(data, limits.max_jpeg_scans) > limits.max_jpeg_scans:
+        raise InvalidImage(f"the JPEG has more than {limits.max_jpeg_scans} scans",
+                           "TOO_MANY_SCANS")
+
+
 def decode_fully(image: Image.Image) -> Image.Image:
     """Force a full decode so truncation and corruption surface here, not inside the model."""
     try:
         image.load()
-        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy costs ~1 ms per image
+        # In place: the rotated copy replaces the decoded pixels at once (PEAK_BUFFERS).
+        ImageOps.exif_transpose(image, in_place=True)
         return image
     except Image.DecompressionBombError as exc:
         raise InvalidImage("the image declares too many pixels", "TOO_MANY_PIXELS") from exc
@@ -154,23 +231,65 @@ def check_mode(image: Image.Image) -> None:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert what loses nothing the model uses; refuse transparent images."""
+    """Convert what loses nothing the model uses; refuse transparent images. Takes ownership of
+    `image`: once converted, its pixels are freed at once, so only one copy is alive."""
     if has_transparency(image):
         raise InvalidImage("images with transparent pixels are not accepted",
                            "TRANSPARENT_IMAGE")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    if image.mode == "RGB":
+        return image
+    converted = image.convert("RGB")
+    image.close()
+    return converted
+
+
+def open_image(data: bytes, limits: ImageLimits,
+               check_deadline: DeadlineCheck | None = None) -> Image.Image:
+    """Every check that needs no pixels; returns the image with its pixel data still encoded."""
+    check_size(data, limits)
+    image_format = sniff_format(data)
+    image = open_header(data, image_format, check_deadline)
+    check_dimensions(*image.size, limits)
+    check_frames(image, image_format)
+    check_mode(image)
+    check_scans(data, image_format, limits)
+    return image
+
+
+def reduce_scale(image: Image.Image, min_size: tuple[int, int]) -> None:
+    """Have a JPEG decoded at the smallest scale (1/2, 1/4 or 1/8, done by libjpeg inside the
+    IDCT) that still keeps `min_size` pixels each way; other formats decode at full size. Call
+    before decoding: `image.size` then tells the size the decode will have."""
+    image.draft(image.mode, min_size)
+
+
+def budget_share(image: Image.Image) -> int:
+    """The pixels to hold in a PixelBudget while `image` is decoded and reduced (call after
+    `reduce_scale`)."""
+    width, height = image.size
+    return width * height * PEAK_BUFFERS
+
+
+def decode_rgb(image: Image.Image, check_deadline: DeadlineCheck | None = None) -> Image.Image:
+    """Decode an opened image fully, upright and in RGB (taking ownership of `image`)."""
+    decoded = decode_fully(image)
+    if check_deadline is not None:
+        check_deadline()
+    return to_rgb(decoded)
 
 
 class PixelBudget:
-    """Bounds the pixels being decoded at once across threads, so that many large images arriving
-    together cannot exhaust memory (Pillow holds about 4 bytes per decoded RGB pixel). A call
-    that cannot get its share within its timeout fails with RESOURCE_EXHAUSTED (retryable)."""
+    """Bounds the pixels alive in decoders at once across threads, so that many large images
+    arriving together cannot exhaust memory (Pillow holds 4 bytes per CMYK or RGB pixel). A
+    call that cannot get its share within its timeout fails with RESOURCE_EXHAUSTED
+    (retryable). `peak` is the most pixels ever held at once, for tests and benchmarks."""
 
     def __init__(self, max_pixels: int) -> None:
         if max_pixels < 1:
             raise ValueError("the pixel budget must be positive")
         self.max_pixels = max_pixels
         self.in_use = 0
+        self.peak = 0
         self._cond = threading.Condition()
 
     @contextmanager
@@ -181,6 +300,7 @@ class PixelBudget:
                 raise ResourceExhausted("too many large images are being decoded; retry",
                                         "DECODE_BUSY")
             self.in_use += share
+            self.peak = max(self.peak, self.in_use)
         try:
             yield
         finally:
@@ -189,17 +309,12 @@ class PixelBudget:
                 self._cond.notify_all()
 
 
-def decode_image(data: bytes, limits: ImageLimits, budget: PixelBudget | None = None,
-                 timeout: float | None = None) -> Image.Image:
-    """Validate `data` and return it as a fully decoded, upright RGB image. With a `budget`, the
-    decoding waits (up to `timeout` seconds) for its share of the pixels in flight."""
-    check_size(data, limits)
-    image_format = sniff_format(data)
-    image = open_header(data, image_format)
-    check_dimensions(*image.size, limits)
-    check_frames(image, image_format)
-    check_mode(image)
-    if budget is None:
-        return to_rgb(decode_fully(image))
-    with budget.hold(image.size[0] * image.size[1], timeout):
-        return to_rgb(decode_fully(image))
+def decode_image(data: bytes, limits: ImageLimits, min_size: tuple[int, int] | None = None,
+                 check_deadline: DeadlineCheck | None = None) -> Image.Image:
+    """Validate `data` and return it as a fully decoded, upright RGB image; a JPEG at reduced
+    scale when `min_size` allows. Unbudgeted: the classifier's path (service/classifier.py)
+    holds a PixelBudget share until the image is the model input."""
+    image = open_image(data, limits, check_deadline)
+    if min_size is not None:
+        reduce_scale(image, min_size)
+    return decode_rgb(image, check_deadline)

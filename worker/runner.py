@@ -30,6 +30,7 @@ from rq.job import Job
 from service.backends.base import Backend, ModelRef
 from service.classifier import Classifier
 from service.errors import DermserveError
+from service.validation import PixelBudget
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
@@ -82,6 +83,16 @@ def build_backend(settings: WorkerSettings) -> Backend:
 
         return TFServingBackend(settings.tfserving_target, settings.model_name)
     raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")
+
+
+def build_classifier(settings: WorkerSettings, backend: Backend) -> Classifier:
+    """The same classifier core as the front's, with the same kind of decode budget: a chunk's
+    batches decode in parallel (pipeline_depth), and each image holds its share until it is
+    the model input."""
+    return Classifier(backend, settings.model_name, settings.image_limits,
+                      settings.min_confidence_floor,
+                      decode_budget=PixelBudget(settings.decode_pixel_budget),
+                      default_version_label=settings.default_version_label)
 
 
 def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
@@ -158,9 +169,7 @@ def run_worker(settings: WorkerSettings) -> int:
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     backend = build_backend(settings)
     try:
-        classifier = Classifier(backend, settings.model_name, settings.image_limits,
-                                settings.min_confidence_floor,
-                                default_version_label=settings.default_version_label)
+        classifier = build_classifier(settings, backend)
         wait_for_model(classifier, settings.model_ready_timeout_s)
         WorkerProcess(settings, classifier).serve()
     finally:

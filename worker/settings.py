@@ -69,6 +69,7 @@ class WorkerSettings:
     max_image_pixels: int = service_defaults.DEFAULT_MAX_IMAGE_PIXELS
     min_image_side: int = service_defaults.DEFAULT_MIN_IMAGE_SIDE
     max_aspect_ratio: float = service_defaults.DEFAULT_MAX_ASPECT_RATIO
+    decode_pixel_budget: int = service_defaults.DEFAULT_DECODE_PIXEL_BUDGET
     worker_metrics_address: str = defaults.DEFAULT_WORKER_METRICS_ADDRESS
     worker_metrics_port: int = defaults.DEFAULT_WORKER_METRICS_PORT
     burst: bool = field(default=False, metadata={"help": "exit once the queues are empty"})

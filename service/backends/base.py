@@ -39,6 +39,12 @@ class VersionState(enum.Enum):
     END = "END"
 
 
+def load_failure(reason: str, log: str = "the server log") -> str:
+    """What a client is told of a version that failed to load (VersionInfo.error): a stable
+    reason only. The loader's message names server paths and quotes TensorFlow; `log` has it."""
+    return f"cannot load this version ({reason}); the details are in {log}"
+
+
 @dataclass(frozen=True)
 class VersionInfo:
     """One version of a model as a backend sees it; `config` is None until it has loaded."""
@@ -48,7 +54,7 @@ class VersionInfo:
     state: VersionState
     config: ModelConfig | None = None
     labels_assigned: tuple[str, ...] = ()
-    error: str = ""
+    error: str = ""  # shown to clients (ListModels): a reason, never paths or exception text
 
 
 @dataclass(frozen=True)

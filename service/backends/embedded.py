@@ -6,8 +6,12 @@ Layout: `<model_base>/<model_name>/<version>/saved_model.pb` (docs/model-contrac
   `saved_model.pb` (other names, such as the trainer's temporary directories, are ignored). It is
   loaded only once it is stable: the same files, sizes and mtimes on two consecutive scans. The
   policy keeps the latest `max_loaded_versions` loadable versions loaded (default 2), plus any
-  version a label points to. A version that fails to load is marked END with the error, emits
+  version a label points to. A version that fails to load is marked END with its reason (the
+  details, which name server paths and quote TensorFlow, go to the log only), emits
   `load_failed`, never affects the versions already serving, and is retried when its files change.
+- A missing model directory. An NFS blip or a remount hides the directory for a scan or two, so
+  while versions are loaded they keep serving until the directory has been missing for
+  `missing_scans_to_unload` scans in a row; then they unload as if deleted.
 - Hot reload. `start()` scans twice (`settle_s` apart) and loads synchronously, so the versions on
   disk are AVAILABLE when it returns (`start(block=False)` does the same in the poller thread).
   The poller then rescans every `poll_interval_s`: new versions load (and warm up) before older
@@ -36,7 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from service.backends.base import (
+    BatchOutput,
+    ModelRef,
+    VersionInfo,
+    VersionState,
+    load_failure,
+)
 from service.backends.savedmodel import LoadedVersion
 from service.backends.version_dirs import (
     SAVED_MODEL_FILE,
@@ -61,6 +71,11 @@ rollback keep working through a release without holding every old model in memor
 
 DEFAULT_SETTLE_S = 0.2
 """Seconds between start()'s two scans: a directory still being copied changes within this."""
+
+DEFAULT_MISSING_SCANS_TO_UNLOAD = 3
+"""Scans in a row the model directory may be missing before its loaded versions unload: 6 s at
+the default interval. A network file system's blip or remount lasts a scan or two; unloading on
+the first one cost about 9 s of outage (the reload); a directory really removed goes in three."""
 
 POLLER_JOIN_TIMEOUT_S = 30.0
 """How long close() waits for a scan in progress (a model load) to finish."""
@@ -91,14 +106,19 @@ class EmbeddedBackend:
                  version_labels: dict[str, int] | None = None,
                  events: EventSink | None = None,
                  max_loaded_versions: int = DEFAULT_MAX_LOADED_VERSIONS,
-                 settle_s: float = DEFAULT_SETTLE_S) -> None:
+                 settle_s: float = DEFAULT_SETTLE_S,
+                 missing_scans_to_unload: int = DEFAULT_MISSING_SCANS_TO_UNLOAD) -> None:
         if max_loaded_versions < 1:
             raise ValueError("max_loaded_versions must be at least 1")
+        if missing_scans_to_unload < 1:
+            raise ValueError("missing_scans_to_unload must be at least 1")
         self.model_name = model_name
         self._model_dir = Path(model_base) / model_name
         self._poll_interval_s = poll_interval_s
         self._settle_s = settle_s
         self._max_loaded = max_loaded_versions
+        self._missing_scans_to_unload = missing_scans_to_unload
+        self._missing_scans = 0  # scans in a row that found no model directory
         self._events = events
         self._configured_labels = dict(version_labels or {})
         self._labels = dict(self._configured_labels)
@@ -140,6 +160,8 @@ class EmbeddedBackend:
             if self._stop.is_set():
                 return
             scanned = scan_versions(self._model_dir)
+            if self._riding_out_missing_dir(scanned is None):
+                return
             self._refresh_labels(scanned is not None)
             dirs = scanned or {}
             self._describe_dir(scanned)
@@ -151,6 +173,20 @@ class EmbeddedBackend:
                     self._load(stable[number])
             self._unload_unwanted(self._wanted(dirs, stable))
             self._forget_gone(dirs)
+
+    def _riding_out_missing_dir(self, missing: bool) -> bool:
+        """True while the directory has been missing for fewer than `missing_scans_to_unload`
+        scans in a row and a version is loaded: this scan then changes nothing."""
+        self._missing_scans = self._missing_scans + 1 if missing else 0
+        if not missing or self._missing_scans >= self._missing_scans_to_unload:
+            return False
+        with self._lock:
+            serving = any(r.state is VersionState.AVAILABLE for r in self._versions.values())
+        if serving:
+            logger.warning("model directory %s is missing (scan %d of %d before unloading); the "
+                           "loaded versions keep serving", self._model_dir, self._missing_scans,
+                           self._missing_scans_to_unload)
+        return serving
 
     def _first_scans(self) -> None:
         self.poll()
@@ -261,12 +297,15 @@ class EmbeddedBackend:
             self._labels = {**self._configured_labels, **(from_file or {})}
 
     def _describe_dir(self, scanned: dict[int, VersionDir] | None) -> None:
-        """Remember what the scan saw, to explain BackendUnavailable while nothing serves."""
-        state = (f"{self._model_dir} does not exist" if scanned is None
-                 else f"no version directory with {SAVED_MODEL_FILE} in {self._model_dir}"
+        """Remember what the scan saw, to explain BackendUnavailable while nothing serves. The
+        explanation reaches clients, so it names no server path; the log has the path."""
+        state = ("the model directory does not exist" if scanned is None
+                 else f"the model directory has no version directory with {SAVED_MODEL_FILE}"
                  if not scanned else f"waiting for versions {sorted(scanned)} to settle")
         with self._lock:
-            self._dir_state = state
+            changed, self._dir_state = state != self._dir_state, state
+        if changed:
+            logger.info("model directory %s: %s", self._model_dir, state)
 
     def _stable_versions(self, dirs: dict[int, VersionDir]) -> dict[int, VersionDir]:
         """Versions whose files did not change since the previous scan."""
@@ -308,7 +347,7 @@ class EmbeddedBackend:
             loaded = LoadedVersion.load(version_dir.path)
         except InternalError as exc:
             with self._lock:
-                record.state, record.error = VersionState.END, exc.message
+                record.state, record.error = VersionState.END, load_failure(exc.reason)
                 record.failed_fingerprint = version_dir.fingerprint
             logger.warning("%s version %s failed to load: %s", self.model_name, record.number,
                            exc.message)

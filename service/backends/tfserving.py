@@ -45,7 +45,13 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from service.backends.base import (
+    BatchOutput,
+    ModelRef,
+    VersionInfo,
+    VersionState,
+    load_failure,
+)
 from service.backends.savedmodel import (
     CONFIG_OUTPUT,
     IMAGE_INPUT,
@@ -146,7 +152,9 @@ def translate_rpc_error(exc: grpc.RpcError, target: str, what: str,
                         not_found: type[DermserveError]) -> DermserveError:
     code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
-    message = f"TF Serving at {target}, {what}: {code.name}: {details}"
+    # Clients see the code only: TF Serving's details name its paths and quote TensorFlow.
+    logger.info("TF Serving at %s, %s: %s: %s", target, what, code.name, details)
+    message = f"the model server answered {what} with {code.name}"
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(message)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -160,6 +168,16 @@ def translate_rpc_error(exc: grpc.RpcError, target: str, what: str,
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         return ResourceExhausted(message)
     return InternalError(message)
+
+
+def public_status_error(status: Any) -> str:
+    """A version's load error as clients may see it: TF Serving's error code, not its message
+    (server paths and TensorFlow's exception text), which stays in TF Serving's log."""
+    if not status.error_message:
+        return ""
+    codes = status.DESCRIPTOR.fields_by_name["error_code"].enum_type.values_by_number
+    code = codes.get(status.error_code)
+    return load_failure(code.name if code is not None else "UNKNOWN", "TF Serving's log")
 
 
 @dataclass(frozen=True)
@@ -347,7 +365,7 @@ class TFServingBackend:
             except ModelNotFound:  # unloaded since GetModelStatus answered
                 config = None
         return VersionInfo(self.model_name, version, state, config, labels.get(version, ()),
-                           status.status.error_message)
+                           public_status_error(status.status))
 
     # --- the wire ----------------------------------------------------------------------------
 
@@ -405,7 +423,7 @@ class TFServingBackend:
             while True:
                 remaining = self._remaining(deadline)
                 if remaining <= 0:
-                    raise BackendTimeout(f"TF Serving at {self.target}, {what}: deadline passed")
+                    raise BackendTimeout(f"the model server did not answer {what} in time")
                 try:
                     return method(self._channel_stubs())(request, timeout=remaining)
                 except grpc.RpcError as exc:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.backends.base import ModelRef, VersionState
-from service.backends.embedded import EmbeddedBackend
+from service.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
 from service.errors import BackendUnavailable, ModelNotFound
 from tests.backends.conftest import FAST_POLL_S
 from tests.backends.helpers import Traffic, publish_version, wait_until
@@ -212,3 +212,33 @@ def test_closed_backend_is_unavailable(make_backend: MakeBackend) -> None:
     backend.close()
     with pytest.raises(BackendUnavailable, match="closed"):
         backend.resolve(LATEST)
+
+
+def test_a_model_directory_missing_for_a_scan_keeps_serving(make_backend: MakeBackend,
+                                                            model_dir: Path) -> None:
+    # An NFS blip: the directory is gone for one scan. Unloading then cost ~9 s of outage.
+    events: Events = []
+    backend = make_backend(poll_interval_s=SLOW_POLL_S, events=lambda *e: events.append(e))
+    away = model_dir.with_name("away")
+    model_dir.rename(away)
+    backend.poll()
+    assert backend.predict(LATEST, images()).version.version == 2
+    assert states(backend) == {2: VersionState.AVAILABLE, 1: VersionState.AVAILABLE}
+    away.rename(model_dir)
+    backend.poll()
+    assert backend.predict(LATEST, images()).version.version == 2
+    assert not [event for event in events if event[2] == "unloaded"]
+
+
+def test_a_model_directory_gone_for_several_scans_unloads(make_backend: MakeBackend,
+                                                          model_dir: Path) -> None:
+    backend = make_backend(poll_interval_s=SLOW_POLL_S)
+    shutil.rmtree(model_dir)
+    for _ in range(DEFAULT_MISSING_SCANS_TO_UNLOAD - 1):
+        backend.poll()
+        assert backend.resolve(LATEST).version == 2
+    backend.poll()
+    assert set(states(backend).values()) <= {VersionState.END}
+    with pytest.raises(BackendUnavailable, match="does not exist") as caught:
+        backend.resolve(LATEST)
+    assert str(model_dir.parent) not in caught.value.message  # no server path for clients

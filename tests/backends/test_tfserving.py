@@ -185,3 +185,28 @@ def test_server_without_versions_is_unavailable(tmp_path: Path,
         assert client.list_versions(TINY_MODEL_NAME) == []
     finally:
         empty.stop()
+
+
+def test_a_version_load_error_reaches_clients_as_its_code_only() -> None:
+    from tensorflow_serving.apis import get_model_status_pb2
+
+    from service.backends.tfserving import public_status_error
+
+    status = get_model_status_pb2.ModelVersionStatus().status
+    assert public_status_error(status) == ""
+    status.error_code = 3  # tensorflow.error.Code.INVALID_ARGUMENT
+    status.error_message = ("Op type not registered 'Foo' in binary running on tfs-0; loading "
+                            "/models/ham10000/4/saved_model.pb")
+    public = public_status_error(status)
+    assert "INVALID_ARGUMENT" in public and "cannot load" in public
+    assert "/models" not in public and "Op type" not in public
+
+
+def test_upstream_errors_name_neither_tf_servings_address_nor_its_details(
+        fake_tfserving: FakeTFServing, make_client: Callable[..., TFServingBackend]) -> None:
+    client = make_client(fake_tfserving)
+    with pytest.raises(ModelNotFound) as caught:
+        client.predict(ModelRef(TINY_MODEL_NAME, version=7), images())
+    message = caught.value.message
+    assert message.startswith("the model server answered ") and message.endswith(" NOT_FOUND")
+    assert fake_tfserving.target not in message

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -105,3 +106,31 @@ def test_hot_reload_during_traffic_fails_no_call(real_server: Running, model_bas
     assert reloaded, "version 3 never answered"
     assert failures == []
     assert versions[0] == 2 and versions[-1] == 3
+
+
+def test_clients_see_reasons_not_server_paths_or_tensorflow_text(model_base: Path,
+                                                                 tmp_path: Path) -> None:
+    broken = model_base / TINY_MODEL_NAME / "4"
+    broken.mkdir()
+    (broken / "saved_model.pb").write_bytes(b"this is not a protobuf")
+    with closing_backend(model_base) as backend, running_server(backend) as running:
+        listed = {v.model.version: v for v in
+                  running.stub.ListModels(pb.ListModelsRequest(), timeout=5).versions}
+    assert "MODEL_LOAD_FAILED" in listed[4].error
+    assert str(model_base) not in listed[4].error and "Error" not in listed[4].error
+    with closing_backend(tmp_path / "missing") as backend, running_server(backend) as running:
+        with pytest.raises(grpc.RpcError) as caught:
+            running.stub.Classify(pb.ClassifyRequest(image=good_jpeg()), timeout=5)
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "does not exist" in (caught.value.details() or "")
+    assert str(tmp_path) not in (caught.value.details() or "")
+
+
+@contextmanager
+def closing_backend(model_base: Path) -> Iterator[EmbeddedBackend]:
+    backend = EmbeddedBackend(model_base, TINY_MODEL_NAME, poll_interval_s=3600.0, settle_s=0.05)
+    backend.start()
+    try:
+        yield backend
+    finally:
+        backend.close()

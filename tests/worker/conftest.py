@@ -18,11 +18,10 @@ import redis
 from PIL import Image
 
 from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
-from service.classifier import Classifier
 from service.errors import ModelNotFound
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from worker.jobs import JobService
-from worker.runner import WorkerProcess
+from worker.runner import WorkerProcess, build_classifier
 from worker.settings import WorkerSettings
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -179,7 +178,6 @@ class FakeBackend:
 
 def run_worker_burst(settings: WorkerSettings, backend: FakeBackend) -> WorkerProcess:
     """Run an in-process worker until the queues are empty (rq's burst mode)."""
-    classifier = Classifier(backend, settings.model_name, settings.image_limits)
-    process = WorkerProcess(settings, classifier)
+    process = WorkerProcess(settings, build_classifier(settings, backend))
     process.serve()
     return process

@@ -1,0 +1,92 @@
+"""Large and hostile images made in the test (nothing downloaded), and a peak-memory meter.
+
+The large ones are 40 megapixels, the service's default limit, with smooth content so that they
+stay a few MB encoded; decoding one at full size costs 160 MB in Pillow, a copy as much again."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+LARGE_SIZE = (7744, 5164)  # 39.99 megapixels
+EXIF_ORIENTATION = 0x0112
+ROTATE_90_CLOCKWISE = 6  # "rotate 90 degrees clockwise to display"
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def smooth_bands(size: tuple[int, int], bands: int) -> list[Image.Image]:
+    """`bands` different gradients of `size`: photo-like colour that compresses well."""
+    ramp = Image.linear_gradient("L").resize(size)
+    turned = ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    radial = Image.radial_gradient("L").resize(size)
+    inverse = ramp.point(lambda value: 255 - value)
+    return [ramp, turned, radial, inverse][:bands]
+
+
+def large_cmyk_jpeg(size: tuple[int, int] = LARGE_SIZE) -> bytes:
+    return encode(Image.merge("CMYK", smooth_bands(size, 4)), quality=85)
+
+
+def large_rotated_jpeg(size: tuple[int, int] = LARGE_SIZE) -> bytes:
+    """An RGB JPEG whose EXIF says to rotate it upright (what phones write)."""
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = ROTATE_90_CLOCKWISE
+    return encode(Image.merge("RGB", smooth_bands(size, 3)), exif=exif.tobytes(), quality=85)
+
+
+def large_opaque_rgba_png(size: tuple[int, int]) -> bytes:
+    """An RGBA PNG with a fully opaque alpha channel: it is converted to RGB, a full copy."""
+    bands = smooth_bands(size, 3)
+    return encode(Image.merge("RGBA", [*bands, Image.new("L", size, 255)]), "PNG",
+                  compress_level=1)
+
+
+def many_scan_jpeg(base: bytes, extra_scans: int) -> bytes:
+    """`base` (a progressive JPEG) with its last scan repeated `extra_scans` times: libjpeg
+    warns and decodes every one of them, walking the whole image each time."""
+    end = base.rindex(b"\xff\xd9")
+    last_scan = base[base.rindex(b"\xff\xda"):end]
+    return base[:end] + last_scan * extra_scans + base[end:]
+
+
+def scan_count(data: bytes) -> int:
+    """Start-of-scan markers in `data` (no APP segment here holds a thumbnail)."""
+    return len(re.findall(b"\xff\xda", data))
+
+
+@dataclass
+class PeakMemory:
+    baseline_kib: int = 0
+    peak_kib: int = 0
+
+    @property
+    def growth_bytes(self) -> int:
+        return (self.peak_kib - self.baseline_kib) * 1024
+
+
+def status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise LookupError(field)
+
+
+@contextmanager
+def peak_memory() -> Iterator[PeakMemory]:
+    """This process's peak resident memory over the block, above what it held at the start
+    (Linux: writing 5 to clear_refs resets the high-water mark to the current RSS)."""
+    Path("/proc/self/clear_refs").write_text("5")
+    meter = PeakMemory(baseline_kib=status_kib("VmRSS"))
+    yield meter
+    meter.peak_kib = status_kib("VmHWM")
