@@ -50,6 +50,11 @@ class TrainSettings:
     patience: int = 3  # epochs without a better validation balanced accuracy before stopping
     imbalance: str = "auto"  # "auto" (measure on stage 1), "class_weights", "balanced_sampling"
     imbalance_trial_epochs: int = 15  # stage-1 epochs per strategy when measuring
+    # Another workdir whose cached activations to reuse (the same backbone, cut, input size and
+    # colour constancy; its training images must begin with this split's, as when it trained on
+    # the same split plus extra images). The views keep the source's augmentation seed, so seeds
+    # then differ in initialisation, dropout and batch order only, and cost no new cache.
+    cache_source: Path | None = None
     threads: int = 2  # TensorFlow intra-op threads: the machine has 2 cores
     time_budget_s: float | None = None  # stop fine-tuning before an epoch would overrun this
     # data, evaluation, calibration and publication (trainer.pipeline; defaults in their modules)

@@ -152,6 +152,26 @@ def _cached(path: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
     return array
 
 
+def reused_cache(source: Path, split: Split, name: str, count: int) -> np.ndarray | None:
+    """Rows `[:count]` of `source`'s cached `name`, if its split's `part` (train or val) begins
+    with this split's: the same images in the same order, so the same views."""
+    part = "val" if name == "val.npy" else "train"
+    try:
+        manifest = json.loads((source / "split.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cache source {source} has no readable split.json: {exc}") from exc
+    theirs = [entry["image_id"] for entry in manifest["splits"][part]]
+    ours = [record.image_id for record in getattr(split, part)]
+    if theirs[:len(ours)] != ours:
+        raise ValueError(f"cache source {source}: its {part} images do not begin with this "
+                         "split's; it cannot share its cache")
+    path = source / "cache" / name
+    if not path.exists():
+        return None
+    logger.info("reusing %d rows of %s", count, path)
+    return np.asarray(np.load(path, mmap_mode="r")[:count])
+
+
 def cache_activations(lower: Any, split: Split, settings: TrainSettings,
                       workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Activations at the cut: train (views, N, ...) of augmented views; val (N, ...) plain."""
@@ -170,9 +190,15 @@ def cache_activations(lower: Any, split: Split, settings: TrainSettings,
             return _run_lower(lower, _prefetched(make, count, pool), count, name,
                               settings.batch_size)
 
-    val_acts = _cached(cache / "val.npy", lambda: run(plain, len(val), "val"))
+    def build(name: str, count: int, make: Callable[[range], np.ndarray]) -> np.ndarray:
+        source = settings.cache_source
+        reused = None if source is None else reused_cache(source, split, name, count)
+        return reused if reused is not None else run(make, count, name)
+
+    val_acts = _cached(cache / "val.npy", lambda: build("val.npy", len(val), plain))
     views = [_cached(cache / f"train-view{view}.npy",
-                     lambda view=view: run(augmented(view), len(train), f"train view {view}"))  # type: ignore[misc]
+                     lambda view=view: build(f"train-view{view}.npy", len(train),  # type: ignore[misc]
+                                             augmented(view)))
              for view in range(settings.views_per_image)]
     return np.stack(views), val_acts
 

@@ -219,3 +219,29 @@ def test_an_unknown_fine_tune_mode_is_refused_before_any_training(
     assert exited.value.code == 2
     assert "fine_tune must be one of" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was split, cached or trained
+
+
+def test_a_run_reuses_the_cache_of_a_run_on_the_same_split_plus_extra_images(
+        split: Split, tmp_path: Path) -> None:
+    import dataclasses
+
+    from trainer.data import with_extra_training
+
+    extra = split.test[:4]  # stand-ins for another source's training images
+    bigger = with_extra_training(split, extra)
+    settings = tiny_settings(fine_tune_epochs=0, head_epochs=1)
+    bigger.save(tmp_path / "big" / "split.json")
+    network = build_network(7, SPEC, backbone="tiny", seed=3)
+    lower = lower_model(network, settings.first_trainable)
+    big_views, big_val = cache_activations(lower, bigger, settings, tmp_path / "big")
+
+    reuse = dataclasses.replace(settings, cache_source=tmp_path / "big")
+    views, val = cache_activations(lower, split, reuse, tmp_path / "small")
+    np.testing.assert_array_equal(views, big_views[:, :len(split.train)])
+    np.testing.assert_array_equal(val, big_val)
+    assert (tmp_path / "small" / "cache" / "train-view0.npy").is_file()
+
+    # a split whose training images are not a prefix of the source's cannot share its cache
+    shuffled = dataclasses.replace(split, train=split.train[::-1])
+    with pytest.raises(ValueError, match="do not begin with this split's"):
+        cache_activations(lower, shuffled, reuse, tmp_path / "other")
