@@ -9,13 +9,18 @@ response (None ends the stream), and returns at once, so the call holds no serve
 stays open. Such a behaviour keeps that shape only when the interceptor passes a
 `callback_stream` wrapper that knows it; otherwise it is adapted into a blocking iterator, which
 is always correct but pins one server thread for the whole call.
+
+The close callbacks such a behaviour registers run on a thread of their own: gRPC runs them on
+its event thread, and health's takes the lock under which `set()` waits for that very thread to
+send a status, which deadlocked the server's stop whenever a watch closed during it.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -60,9 +65,29 @@ def wrap_stream(behaviour: Any, stream_response: Wrapper,
         return stream_response(behaviour)
     if callback_stream is None:
         return stream_response(blocking(behaviour))
-    wrapped: Any = callback_stream(behaviour)
+    wrapped: Any = callback_stream(closing_apart(behaviour))
     wrapped.experimental_non_blocking = True
     wrapped.experimental_thread_pool = getattr(behaviour, "experimental_thread_pool", None)
+    return wrapped
+
+
+class CloseApartContext:
+    """A call's context whose close callbacks run on a thread of their own."""
+
+    def __init__(self, context: grpc.ServicerContext) -> None:
+        self._context = context
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return self._context.add_callback(
+            lambda: threading.Thread(target=callback, name="stream-closed", daemon=True).start())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+def closing_apart(behaviour: CallbackBehaviour) -> CallbackBehaviour:
+    def wrapped(request: Any, context: grpc.ServicerContext, send: SendResponse) -> None:
+        behaviour(request, cast(grpc.ServicerContext, CloseApartContext(context)), send)
     return wrapped
 
 

@@ -203,7 +203,7 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = bind(server, settings)
-    health_only = (health_only_server(health_servicer, settings.health_listen_address)
+    health_only = (health_only_server(health_servicer, settings)
                    if settings.health_listen_address else None)
     return FrontServer(server, monitor, stream_pool, drain, health_only), port
 
@@ -238,14 +238,17 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 
 
 def health_only_server(servicer: health.HealthServicer,
-                       address: str) -> tuple[grpc.Server, int]:
+                       settings: Settings) -> tuple[grpc.Server, int]:
     """A plaintext server with only grpc.health.v1, sharing the main server's statuses: kubelet
-    gRPC probes cannot speak TLS, and nothing else may be reachable without it."""
+    gRPC probes cannot speak TLS, and nothing else may be reachable without it. Its Watch
+    streams are limited as on the main port, since anyone who reaches it may open them."""
     server = grpc.server(ThreadPoolExecutor(max_workers=HEALTH_ONLY_WORKERS,
                                             thread_name_prefix="health"),
+                         interceptors=[ErrorMappingInterceptor(),
+                                       StreamLimiter(settings.streams, tokens_checked=False)],
                          options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    return server, server.add_insecure_port(address)
+    return server, server.add_insecure_port(settings.health_listen_address)
 
 
 def bind(server: grpc.Server, settings: Settings) -> int:

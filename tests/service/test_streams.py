@@ -98,6 +98,18 @@ def refusal(action: object) -> tuple[grpc.StatusCode, str | None] | None:
     return None
 
 
+def open_watches(health: health_pb2_grpc.HealthStub, count: int) -> tuple[list[object], list[
+        tuple[grpc.StatusCode, str | None] | None]]:
+    """Open `count` health watches one after the other, each read up to its first status or
+    its refusal, so that which ones are refused does not depend on a race."""
+    watches, outcomes = [], []
+    for _ in range(count):
+        watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+        watches.append(watch)
+        outcomes.append(refusal(lambda watch=watch: next(watch)))
+    return watches, outcomes
+
+
 def sample(running: Running, name: str, labels: dict[str, str] | None = None) -> float | None:
     return running.metrics.registry.get_sample_value(name, labels or {})
 
@@ -110,11 +122,7 @@ def test_a_flood_of_health_watches_leaves_authorised_calls_their_threads(tmp_pat
     settings = token_settings(tmp_path, streams, grpc_workers=8)
     with running_server(FakeBackend(), settings) as running:
         health = health_pb2_grpc.HealthStub(running.channel)
-        watches, outcomes = [], []
-        for _ in range(40):
-            watch = health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
-            watches.append(watch)
-            outcomes.append(refusal(lambda watch=watch: next(watch)))
+        watches, outcomes = open_watches(health, 40)
         assert outcomes[:24] == [None] * 24  # each got its first status
         assert outcomes[24:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")] * 16
         answer = running.stub.Classify(pb.ClassifyRequest(image=good_jpeg()),
@@ -133,10 +141,7 @@ def test_a_flood_of_health_watches_leaves_authorised_calls_their_threads(tmp_pat
 def test_one_address_cannot_hold_every_health_watch(fake_backend: FakeBackend) -> None:
     settings = server_settings(streams=StreamSettings(max_per_client=3, max_health_watches=10))
     with running_server(fake_backend, settings) as running:
-        health = health_pb2_grpc.HealthStub(running.channel)
-        watches = [health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
-                   for _ in range(4)]
-        outcomes = [refusal(lambda watch=watch: next(watch)) for watch in watches]
+        watches, outcomes = open_watches(health_pb2_grpc.HealthStub(running.channel), 4)
         assert outcomes == [None] * 3 + [(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                           "TOO_MANY_CLIENT_STREAMS")]
         for watch in watches:
@@ -182,6 +187,36 @@ def test_an_idle_stream_ends_with_stream_idle_and_gives_its_slot_back(tmp_path: 
         following = OpenStream(running, "tok-0")
         assert following.first().WhichOneof("outcome") == "result"
         following.close()
+
+
+def test_a_stream_blocked_without_polling_is_cancelled_once_idle(fake_backend: FakeBackend,
+                                                                  ) -> None:
+    # Reflection waits in its client's next request and never asks is_active: the reaper
+    # cancels it shortly after the idle timeout, and its slot comes back.
+    streams = StreamSettings(max_streams=1, idle_timeout_s=0.2)
+    with running_server(fake_backend, server_settings(streams=streams)) as running:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(running.channel)
+        ask = Feed()
+        ask.send(reflection_pb2.ServerReflectionRequest(list_services=""))  # type: ignore[arg-type]
+        listing = reflection.ServerReflectionInfo(iter(ask), timeout=CALL_TIMEOUT_S)
+        assert next(listing).list_services_response.service
+        assert refusal(lambda: next(listing)) == (grpc.StatusCode.CANCELLED, None)
+        stream = running.stub.ClassifyStream(iter([item("after")]), timeout=CALL_TIMEOUT_S)
+        assert [answer.request_id for answer in stream] == ["after"]
+        ask.close()
+
+
+def test_the_plaintext_health_port_limits_watches_too(fake_backend: FakeBackend) -> None:
+    settings = server_settings(health_listen_address="127.0.0.1:0",
+                               streams=StreamSettings(max_per_client=2))
+    with running_server(fake_backend, settings) as running:
+        port = running.server.health_port
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            watches, outcomes = open_watches(health_pb2_grpc.HealthStub(channel), 3)
+            for watch in watches:
+                watch.cancel()
+    assert outcomes == [None, None, (grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                     "TOO_MANY_CLIENT_STREAMS")]
 
 
 def test_max_streams_must_leave_threads_for_unary_calls() -> None:
