@@ -17,11 +17,14 @@ DEFAULT_GRPC_WORKERS = 64  # threads; each in-flight RPC holds one, and the benc
 DEFAULT_MAX_CONCURRENT_RPCS = 256  # calls; beyond it gRPC answers RESOURCE_EXHAUSTED at once
 
 # --- streams ------------------------------------------------------------------------------------
-DEFAULT_MAX_STREAMS = DEFAULT_GRPC_WORKERS // 2
-"""Streaming calls (ClassifyStream, WatchBatchJob, reflection) open at once, all clients together.
-Each holds a handler thread for as long as it is open, so capping them at half the threads keeps
-the other half for unary calls (Classify, GetBatchJob...) however many streams clients open; past
-it a stream is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS)."""
+DEFAULT_MAX_STREAMS = 0
+"""Streaming calls (ClassifyStream, WatchBatchJob, reflection) open at once, all clients together;
+0 means half of the gRPC threads (32 of 64), which follows `--grpc-workers` when only that is
+changed. Each stream holds a handler thread for as long as it is open, so capping them at half
+the threads keeps the other half for unary calls (Classify, GetBatchJob...) however many streams
+clients open; past it a stream is refused with RESOURCE_EXHAUSTED (reason TOO_MANY_STREAMS)."""
+
+STREAM_SHARE_OF_WORKERS = 0.5  # of the gRPC threads, for streams when max_streams is 0
 
 DEFAULT_MAX_STREAMS_PER_CLIENT = 8
 """Streams one client (bearer token, else client certificate subject, else address) may hold open

@@ -36,7 +36,7 @@ class StreamSettings:
     """Limits on streaming calls, so that open streams cannot starve unary calls
     (service/streams.py)."""
 
-    max_streams: int = defaults.DEFAULT_MAX_STREAMS
+    max_streams: int = defaults.DEFAULT_MAX_STREAMS  # 0: a share of the gRPC threads
     max_per_client: int = defaults.DEFAULT_MAX_STREAMS_PER_CLIENT
     max_health_watches: int = defaults.DEFAULT_MAX_HEALTH_WATCHES
     idle_timeout_s: float = defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S
@@ -97,13 +97,20 @@ class Settings:
         fail with RESOURCE_EXHAUSTED before any of our code runs."""
         return self.limits.max_bytes + defaults.MESSAGE_OVERHEAD_BYTES
 
+    @property
+    def stream_limit(self) -> int:
+        """Streaming calls open at once: --max-streams, or a share of the gRPC threads."""
+        if self.streams.max_streams > 0:
+            return self.streams.max_streams
+        return max(1, int(self.grpc_workers * defaults.STREAM_SHARE_OF_WORKERS))
+
     @classmethod
     def from_sources(cls, argv: Sequence[str] | None = None,
                      environ: Mapping[str, str] | None = None) -> Settings:
         """Parse `argv` (flags) over `environ` (DERMSERVE_* variables) over the defaults."""
         parser = build_parser(environ or {})
         settings = cls.from_namespace(parser.parse_args(argv))
-        if settings.streams.max_streams >= settings.grpc_workers:
+        if settings.stream_limit >= settings.grpc_workers:
             parser.error("--max-streams must be below --grpc-workers, or streams can take every "
                          "thread and leave none for unary calls")
         return settings
@@ -188,7 +195,7 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("grpc-workers", int, defaults.DEFAULT_GRPC_WORKERS, "gRPC handler threads"),
     ("max-concurrent-rpcs", int, defaults.DEFAULT_MAX_CONCURRENT_RPCS, "calls at once"),
     ("max-streams", int, defaults.DEFAULT_MAX_STREAMS, "streaming calls open at once, all "
-     "clients together (below --grpc-workers: the rest serve unary calls)"),
+     "clients together, below --grpc-workers so the rest serve unary calls (0: half of them)"),
     ("max-streams-per-client", int, defaults.DEFAULT_MAX_STREAMS_PER_CLIENT,
      "streaming calls one token, certificate or address may hold open"),
     ("max-health-watches", int, defaults.DEFAULT_MAX_HEALTH_WATCHES,

@@ -164,8 +164,8 @@ def touching(requests: Iterable[Any], clock: IdleClock) -> Iterator[Any]:
 class StreamLimiter(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Slots and idle timeouts for every streaming call (see the module docstring)."""
 
-    def __init__(self, settings: StreamSettings, tokens_checked: bool) -> None:
-        self.streams = SlotPool("streams", settings.max_streams, settings.max_per_client)
+    def __init__(self, settings: StreamSettings, max_streams: int, tokens_checked: bool) -> None:
+        self.streams = SlotPool("streams", max_streams, settings.max_per_client)
         self.watches = SlotPool("health watches", settings.max_health_watches,
                                 settings.max_per_client)
         self.idle_timeout_s = settings.idle_timeout_s

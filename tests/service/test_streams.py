@@ -225,7 +225,9 @@ def test_max_streams_must_leave_threads_for_unary_calls() -> None:
     assert caught.value.code == 2
     settings = Settings.from_sources([], {"DERMSERVE_MAX_STREAMS": "3",
                                           "DERMSERVE_STREAM_IDLE_TIMEOUT_S": "9.5"})
-    assert (settings.streams.max_streams, settings.streams.idle_timeout_s) == (3, 9.5)
+    assert (settings.stream_limit, settings.streams.idle_timeout_s) == (3, 9.5)
+    assert Settings.from_sources(["--grpc-workers", "16"]).stream_limit == 8  # a user's old flag
+    assert Settings.from_sources([]).stream_limit == 32
 
 
 # --- defect 5: request ids, and clients that do not read ----------------------------------------
