@@ -13,7 +13,10 @@
     ├── Unauthenticated                 -> UNAUTHENTICATED
     ├── PermissionDenied                -> PERMISSION_DENIED
     ├── BackendUnavailable              -> UNAVAILABLE (retryable)
+    ├── ServerDraining                  -> UNAVAILABLE (retry on another server)
     ├── BackendTimeout                  -> DEADLINE_EXCEEDED
+    ├── StreamIdle                      -> DEADLINE_EXCEEDED
+    ├── ClientGone                      -> CANCELLED (nobody hears it; counted, not logged)
     └── InternalError                   -> INTERNAL (message never reaches a client)
 
 Each class names its status as a string so that this module stays transport-free; the gRPC layer
@@ -123,6 +126,27 @@ class BackendTimeout(DermserveError):
 
     status = "DEADLINE_EXCEEDED"
     default_reason = "BACKEND_TIMEOUT"
+
+
+class ServerDraining(DermserveError):
+    """The server is stopping: it ends open streams once their accepted work is answered."""
+
+    status = "UNAVAILABLE"
+    default_reason = "SERVER_DRAINING"
+
+
+class StreamIdle(DermserveError):
+    """A stream carried no message either way for longer than the server's idle timeout."""
+
+    status = "DEADLINE_EXCEEDED"
+    default_reason = "STREAM_IDLE"
+
+
+class ClientGone(DermserveError):
+    """The client cancelled the call or let its deadline pass; no answer can reach it."""
+
+    status = "CANCELLED"
+    default_reason = "CLIENT_GONE"
 
 
 class InternalError(DermserveError):

@@ -13,11 +13,18 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 """The id of the call the current thread serves; the servicer sets it for each request."""
 
 
+def escaped(text: str) -> str:
+    """`text` as Python's repr writes it, less the quotes: a newline or any other control
+    character becomes an escape, so a client's value can never start a forged log line."""
+    return repr(text)[1:-1]
+
+
 class RequestIdFilter(logging.Filter):
-    """Stamps every record with the current request id ("" outside a call)."""
+    """Stamps every record with the current request id ("" outside a call), escaped: ids are
+    checked before they are set, and escaping keeps logs safe should one slip through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id_var.get()
+        record.request_id = escaped(request_id_var.get())
         return True
 
 

@@ -14,6 +14,8 @@ Names are an interface: deploy/'s alerts and dashboards use them.
   dermserve_model_load_events_total{event}         backend version events (loaded, unloaded, ...)
   dermserve_model_loaded{model_version}            1 for the version the health probe found serving
   dermserve_serving                                1 while health says SERVING, else 0
+  dermserve_stream_images_pending                  images read from ClassifyStreams whose
+                                                   answers gRPC has not taken yet
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class Metrics:
         self.decode_latency = Histogram("dermserve_decode_latency_seconds",
                                         "Validation and decoding of one image.",
                                         buckets=LATENCY_BUCKETS, registry=reg)
+        self.stream_pending = Gauge("dermserve_stream_images_pending",
+                                    "Images read from ClassifyStreams whose answers gRPC has "
+                                    "not taken yet.", registry=reg)
         self.rejections = Counter("dermserve_image_rejections",
                                   "Images refused by validation, by reason.", ["reason"],
                                   registry=reg)
@@ -82,6 +87,9 @@ class Metrics:
         short = method.rsplit("/", 1)[-1]
         self.requests.labels(short, code).inc()
         self.request_latency.labels(short).observe(seconds)
+
+    def stream_images_pending(self, delta: int) -> None:
+        self.stream_pending.inc(delta)
 
     # --- Observer -------------------------------------------------------------------------------
     def image_decoded(self, seconds: float) -> None:

@@ -25,11 +25,13 @@ from service.auth import TokenAuthInterceptor, TokenGrant, TokenTable, server_cr
 from service.backends.base import Backend, ModelRef
 from service.batching import MicroBatcher
 from service.classifier import Classifier, require_config
+from service.classify_stream import StreamDrain
 from service.errors import DermserveError
 from service.metrics import Metrics, start_exporter
 from service.servicer import LesionClassifierServicer
 from service.settings import SecuritySettings, Settings
 from service.status import ErrorMappingInterceptor
+from service.streams import StreamLimiter
 from service.validation import PixelBudget
 
 log = logging.getLogger(__name__)
@@ -142,11 +144,12 @@ class FrontServer:
     (`health_port`, 0 when off); start() and stop(grace) drive them all."""
 
     def __init__(self, server: grpc.Server, monitor: HealthMonitor,
-                 stream_pool: ThreadPoolExecutor,
+                 stream_pool: ThreadPoolExecutor, drain: StreamDrain,
                  health_only: tuple[grpc.Server, int] | None = None) -> None:
         self.grpc_server = server
         self.monitor = monitor
         self.stream_pool = stream_pool
+        self.drain = drain
         self.health_server: grpc.Server | None = health_only[0] if health_only else None
         self.health_port = health_only[1] if health_only else 0
 
@@ -157,8 +160,10 @@ class FrontServer:
         self.monitor.start()
 
     def stop(self, grace_s: float | None) -> None:
-        """Turn health NOT_SERVING, refuse new calls, let in-flight ones finish within grace_s."""
+        """Turn health NOT_SERVING, stop reading open streams, refuse new calls, and let
+        in-flight ones (and the images streams accepted) finish within grace_s."""
         self.monitor.stop()
+        self.drain.begin()
         self.grpc_server.stop(grace_s).wait()
         if self.health_server is not None:
             self.health_server.stop(None)
@@ -174,7 +179,7 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
     """Build the server on `backend` (not started); returns it and the port it is bound to."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
-        interceptors=interceptors(settings.security, metrics),
+        interceptors=interceptors(settings, metrics),
         options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     classifier = Classifier(backend, settings.model_name, settings.limits,
                             settings.min_confidence_floor, observer=metrics,
@@ -182,8 +187,10 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
                             default_version_label=settings.default_version_label)
     stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
                                      thread_name_prefix="classify-stream")
+    drain = StreamDrain()
     lesion_classifier_pb2_grpc.add_LesionClassifierServicer_to_server(
-        LesionClassifierServicer(classifier, settings.backend_timeout_s, stream_pool), server)
+        LesionClassifierServicer(classifier, settings.backend_timeout_s, stream_pool, drain,
+                                 metrics), server)
     names = [SERVICE_NAME]
     for name, add in extra_services:
         add(server)
@@ -196,17 +203,20 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     port = bind(server, settings)
-    health_only = (health_only_server(health_servicer, settings.health_listen_address)
+    health_only = (health_only_server(health_servicer, settings)
                    if settings.health_listen_address else None)
-    return FrontServer(server, monitor, stream_pool, health_only), port
+    return FrontServer(server, monitor, stream_pool, drain, health_only), port
 
 
-def interceptors(security: SecuritySettings, metrics: Metrics | None) -> list[Any]:
-    """Error mapping outermost, so that auth failures are mapped and counted like any other."""
+def interceptors(settings: Settings, metrics: Metrics | None) -> list[Any]:
+    """Error mapping outermost, so that auth failures and stream refusals are mapped and counted
+    like any other; the stream limiter inside auth, so that it knows checked tokens only."""
     chain: list[Any] = [ErrorMappingInterceptor(metrics)]
-    tokens = token_table(security)
+    tokens = token_table(settings.security)
     if tokens is not None:
         chain.append(TokenAuthInterceptor(tokens))
+    chain.append(StreamLimiter(settings.streams, settings.stream_limit,
+                               tokens_checked=tokens is not None))
     return chain
 
 
@@ -229,14 +239,18 @@ def server_options(settings: Settings) -> list[tuple[str, Any]]:
 
 
 def health_only_server(servicer: health.HealthServicer,
-                       address: str) -> tuple[grpc.Server, int]:
+                       settings: Settings) -> tuple[grpc.Server, int]:
     """A plaintext server with only grpc.health.v1, sharing the main server's statuses: kubelet
-    gRPC probes cannot speak TLS, and nothing else may be reachable without it."""
+    gRPC probes cannot speak TLS, and nothing else may be reachable without it. Its Watch
+    streams are limited as on the main port, since anyone who reaches it may open them."""
     server = grpc.server(ThreadPoolExecutor(max_workers=HEALTH_ONLY_WORKERS,
                                             thread_name_prefix="health"),
+                         interceptors=[ErrorMappingInterceptor(),
+                                       StreamLimiter(settings.streams, settings.stream_limit,
+                                                     tokens_checked=False)],
                          options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    return server, server.add_insecure_port(address)
+    return server, server.add_insecure_port(settings.health_listen_address)
 
 
 def bind(server: grpc.Server, settings: Settings) -> int:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,16 +19,13 @@ from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service import defaults
 from service.backends.base import ModelRef, VersionInfo, VersionState
 from service.classifier import Classifier
-from service.errors import InvalidRequest
+from service.classify_stream import PendingObserver, StreamDrain, StreamSession
+from service.errors import DermserveError, InvalidRequest
 from service.logs import request_id_var
 from service.prediction import Abstention, Prediction
 from service.status import public_error, status_code
 
 log = logging.getLogger(__name__)
-
-STREAM_WINDOW = 16
-"""Images of one ClassifyStream in flight at once: enough to fill micro-batches from a single
-stream, few enough that one stream cannot take every worker thread."""
 
 ABSTENTION_REASONS = {
     Abstention.NONE: pb.ABSTENTION_REASON_UNSPECIFIED,
@@ -50,10 +45,13 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
     """Serves dermserve.v1.LesionClassifier over a Classifier."""
 
     def __init__(self, classifier: Classifier, backend_timeout_s: float,
-                 stream_pool: ThreadPoolExecutor) -> None:
+                 stream_pool: ThreadPoolExecutor, drain: StreamDrain | None = None,
+                 observer: PendingObserver | None = None) -> None:
         self.classifier = classifier
         self.backend_timeout_s = backend_timeout_s
         self.stream_pool = stream_pool
+        self.drain = drain if drain is not None else StreamDrain()
+        self.observer = observer
 
     def Classify(self, request: pb.ClassifyRequest,
                  context: grpc.ServicerContext) -> pb.ClassifyResponse:
@@ -71,12 +69,9 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
 
     def ClassifyStream(self, request_iterator: Iterator[pb.ClassifyStreamRequest],
                        context: grpc.ServicerContext) -> Iterator[pb.ClassifyStreamResponse]:
-        answers: queue.Queue[pb.ClassifyStreamResponse | None] = queue.Queue()
-        window = threading.BoundedSemaphore(STREAM_WINDOW)
-        threading.Thread(target=self._pump, args=(request_iterator, context, answers, window),
-                         name="classify-stream-reader", daemon=True).start()
-        while (answer := answers.get()) is not None:
-            yield answer
+        session = StreamSession(lambda request: self._stream_item(request, context),
+                                self.stream_pool, self.drain, self.observer)
+        return session.run(request_iterator, context)
 
     def GetModel(self, request: pb.GetModelRequest,
                  context: grpc.ServicerContext) -> pb.GetModelResponse:
@@ -99,48 +94,27 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
             return self.backend_timeout_s
         return min(remaining, self.backend_timeout_s)
 
-    def _pump(self, requests: Iterator[pb.ClassifyStreamRequest], context: grpc.ServicerContext,
-              answers: queue.Queue[pb.ClassifyStreamResponse | None],
-              window: threading.BoundedSemaphore) -> None:
-        """Read the stream and classify up to STREAM_WINDOW images at once; None marks the end."""
-        try:
-            for item in requests:
-                window.acquire()
-                try:
-                    self.stream_pool.submit(self._answer, item.request, context, answers, window)
-                except RuntimeError:  # the pool is shut down: the server is stopping
-                    window.release()
-                    break
-        except grpc.RpcError:
-            log.info("ClassifyStream: the client went away")
-        finally:
-            for _ in range(STREAM_WINDOW):  # wait for the images still in flight
-                window.acquire()
-            answers.put(None)
-
-    def _answer(self, request: pb.ClassifyRequest, context: grpc.ServicerContext,
-                answers: queue.Queue[pb.ClassifyStreamResponse | None],
-                window: threading.BoundedSemaphore) -> None:
-        try:
-            answers.put(self._stream_item(request, context))
-        finally:
-            window.release()
-
     def _stream_item(self, request: pb.ClassifyRequest,
                      context: grpc.ServicerContext) -> pb.ClassifyStreamResponse:
-        request_id = request.request_id
-        scope = request_id_var.set(request_id)
+        """One image's answer. The id is checked before anything uses it: an invalid one is
+        neither logged nor echoed (a 5 MB id once made an answer too big to send)."""
         try:
             request_id = request_id_of(request)
-            request_id_var.set(request_id)
+        except InvalidRequest as exc:
+            return error_answer("", public_error(exc, "ClassifyStream"))
+        scope = request_id_var.set(request_id)
+        try:
             result = self._classify(request, request_id, context)
             return pb.ClassifyStreamResponse(request_id=request_id, result=result)
         except Exception as exc:  # noqa: BLE001 - each image's failure is its own answer
-            error = public_error(exc, "ClassifyStream")
-            return pb.ClassifyStreamResponse(request_id=request_id, error=pb.ImageError(
-                code=status_code(error).name, reason=error.reason, message=error.message))
+            return error_answer(request_id, public_error(exc, "ClassifyStream"))
         finally:
             request_id_var.reset(scope)
+
+
+def error_answer(request_id: str, error: DermserveError) -> pb.ClassifyStreamResponse:
+    return pb.ClassifyStreamResponse(request_id=request_id, error=pb.ImageError(
+        code=status_code(error).name, reason=error.reason, message=error.message))
 
 
 def new_request_id() -> str:

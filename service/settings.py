@@ -32,6 +32,17 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
+class StreamSettings:
+    """Limits on streaming calls, so that open streams cannot starve unary calls
+    (service/streams.py)."""
+
+    max_streams: int = defaults.DEFAULT_MAX_STREAMS  # 0: a share of the gRPC threads
+    max_per_client: int = defaults.DEFAULT_MAX_STREAMS_PER_CLIENT
+    max_health_watches: int = defaults.DEFAULT_MAX_HEALTH_WATCHES
+    idle_timeout_s: float = defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """Bearer tokens and TLS; all unset (off) by default, for loopback use."""
 
@@ -72,6 +83,7 @@ class Settings:
     min_confidence_floor: float = defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
     batching: BatchSettings = field(default_factory=BatchSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
+    streams: StreamSettings = field(default_factory=StreamSettings)
     grace_period_s: float = defaults.DEFAULT_GRACE_PERIOD_S
     health_interval_s: float = defaults.DEFAULT_HEALTH_INTERVAL_S
     grpc_workers: int = defaults.DEFAULT_GRPC_WORKERS
@@ -85,12 +97,23 @@ class Settings:
         fail with RESOURCE_EXHAUSTED before any of our code runs."""
         return self.limits.max_bytes + defaults.MESSAGE_OVERHEAD_BYTES
 
+    @property
+    def stream_limit(self) -> int:
+        """Streaming calls open at once: --max-streams, or a share of the gRPC threads."""
+        if self.streams.max_streams > 0:
+            return self.streams.max_streams
+        return max(1, int(self.grpc_workers * defaults.STREAM_SHARE_OF_WORKERS))
+
     @classmethod
     def from_sources(cls, argv: Sequence[str] | None = None,
                      environ: Mapping[str, str] | None = None) -> Settings:
         """Parse `argv` (flags) over `environ` (DERMSERVE_* variables) over the defaults."""
         parser = build_parser(environ or {})
-        return cls.from_namespace(parser.parse_args(argv))
+        settings = cls.from_namespace(parser.parse_args(argv))
+        if settings.stream_limit >= settings.grpc_workers:
+            parser.error("--max-streams must be below --grpc-workers, or streams can take every "
+                         "thread and leave none for unary calls")
+        return settings
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace) -> Settings:
@@ -110,6 +133,8 @@ class Settings:
                                    ns.batch_workers, ns.batch_queue_limit),
             security=SecuritySettings(ns.auth_tokens_file, ns.auth_token or None, ns.tls_cert,
                                       ns.tls_key, ns.tls_client_ca),
+            streams=StreamSettings(ns.max_streams, ns.max_streams_per_client,
+                                   ns.max_health_watches, ns.stream_idle_timeout_s),
             grace_period_s=ns.grace_period_s, health_interval_s=ns.health_interval_s,
             grpc_workers=ns.grpc_workers, max_concurrent_rpcs=ns.max_concurrent_rpcs,
             log_format=ns.log_format, log_level=ns.log_level)
@@ -169,6 +194,14 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("health-interval-s", float, defaults.DEFAULT_HEALTH_INTERVAL_S, "health probe period"),
     ("grpc-workers", int, defaults.DEFAULT_GRPC_WORKERS, "gRPC handler threads"),
     ("max-concurrent-rpcs", int, defaults.DEFAULT_MAX_CONCURRENT_RPCS, "calls at once"),
+    ("max-streams", int, defaults.DEFAULT_MAX_STREAMS, "streaming calls open at once, all "
+     "clients together, below --grpc-workers so the rest serve unary calls (0: half of them)"),
+    ("max-streams-per-client", int, defaults.DEFAULT_MAX_STREAMS_PER_CLIENT,
+     "streaming calls one token, certificate or address may hold open"),
+    ("max-health-watches", int, defaults.DEFAULT_MAX_HEALTH_WATCHES,
+     "grpc.health.v1 Watch streams open at once"),
+    ("stream-idle-timeout-s", float, defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S,
+     "end a stream after this long without a message either way"),
     ("log-format", str, "text", "text or json (JSON lines with request_id)"),
     ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
 )

@@ -6,20 +6,32 @@ its stable reason in the trailing metadata key `dermserve-reason`. Any other exc
 becomes INTERNAL with a generic message and an incident id; the traceback goes to the log only.
 It also times each call and reports (method, code, seconds) to a CallRecorder for the metrics.
 It must be the outermost interceptor so that errors raised by the others (auth) are mapped too.
+
+A call the client gave up on (cancelled, or past its deadline) is counted CANCELLED or
+DEADLINE_EXCEEDED, whatever the behaviour raised on its way out (reading a cancelled request
+stream raises), and is not logged as an error: grpcurl closes its reflection stream that way on
+every use, and the INTERNAL-rate alert must not fire on ordinary use.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import grpc
 
-from service.errors import DermserveError, InternalError
-from service.handlers import Behaviour, rewrap
+from service.errors import ClientGone, DermserveError, InternalError
+from service.handlers import (
+    Behaviour,
+    CallbackBehaviour,
+    Continuation,
+    SendResponse,
+    rewrap,
+)
 from service.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -68,17 +80,16 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, recorder: CallRecorder | None = None) -> None:
         self.recorder = recorder
 
-    def intercept_service(
-            self, continuation: Callable[[grpc.HandlerCallDetails],
-                                         grpc.RpcMethodHandler[Any, Any] | None],
-            handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    def intercept_service(self, continuation: Continuation,
+                          handler_call_details: grpc.HandlerCallDetails,
+                          ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
         return rewrap(handler, lambda behaviour: self._unary(behaviour, method),
-                      lambda behaviour: self._stream(behaviour, method))
+                      lambda behaviour: self._stream(behaviour, method),
+                      lambda behaviour: self._callback_stream(behaviour, method))
 
     def _unary(self, behaviour: Behaviour, method: str) -> Behaviour:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
@@ -98,7 +109,7 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
         try:
             return behaviour(request, context)
         except Exception as exc:  # noqa: BLE001 - every failure is mapped, none escapes raw
-            failure = public_error(exc, method)
+            failure = self._failure(exc, method, context)
         finally:
             self._record(method, context, failure, started)
         abort(context, failure)
@@ -111,18 +122,64 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
                 yield from behaviour(request, context)
                 return
             except Exception as exc:  # noqa: BLE001
-                failure = public_error(exc, method)
+                failure = self._failure(exc, method, context)
             finally:
                 self._record(method, context, failure, started)
             abort(context, failure)
         return wrapped
 
+    def _callback_stream(self, behaviour: CallbackBehaviour, method: str) -> CallbackBehaviour:
+        """A non-blocking stream (health's Watch) is counted when it ends, which is when the
+        client leaves unless the behaviour ended it by sending None."""
+        def wrapped(request: Any, context: grpc.ServicerContext, send: SendResponse) -> None:
+            started = time.perf_counter()
+            ended_by_server = threading.Event()
+            recorded = threading.Lock()
+
+            def record(failure: DermserveError | None, code: str) -> None:
+                if recorded.acquire(blocking=False):  # once: the end callback runs after a failure
+                    self._record(method, context, failure, started, code)
+
+            def send_tracked(response: Any) -> None:
+                if response is None:
+                    ended_by_server.set()
+                send(response)
+
+            context.add_callback(lambda: record(None, code_set_by(context)
+                                                if ended_by_server.is_set() else "CANCELLED"))
+            try:
+                behaviour(request, context, send_tracked)
+            except Exception as exc:  # noqa: BLE001
+                failure = public_error(exc, method)
+                record(failure, status_code(failure).name)
+                abort(context, failure)
+        return wrapped
+
+    def _failure(self, error: Exception, method: str,
+                 context: grpc.ServicerContext) -> DermserveError:
+        """The error to answer with; when the client has gone nobody hears it, so an error of
+        ours is not logged as one (reading a cancelled request stream raises grpc.RpcError)."""
+        if not isinstance(error, DermserveError) and not context.is_active():
+            log.debug("%s: the client went away (%s)", method, type(error).__name__)
+            return ClientGone("the client cancelled the call or its deadline passed")
+        return public_error(error, method)
+
     def _record(self, method: str, context: grpc.ServicerContext,
-                failure: DermserveError | None, started: float) -> None:
+                failure: DermserveError | None, started: float, code: str | None = None) -> None:
         if self.recorder is None:
             return
-        code = status_code(failure).name if failure is not None else code_set_by(context)
+        if code is None:
+            code = outcome_of(context, failure)
         self.recorder.call_finished(method, code, time.perf_counter() - started)
+
+
+def outcome_of(context: grpc.ServicerContext, failure: DermserveError | None) -> str:
+    """The code a call ends with: CANCELLED or DEADLINE_EXCEEDED when the client is gone, else
+    the failure's, else what the behaviour set."""
+    if not context.is_active():
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return status_code(failure).name if failure is not None else code_set_by(context)
 
 
 def code_set_by(context: grpc.ServicerContext) -> str:
