@@ -16,6 +16,10 @@ DEFAULT_METRICS_PORT = 9464  # TCP port; the conventional Prometheus exporter po
 DEFAULT_GRPC_WORKERS = 64  # threads; each in-flight RPC holds one, and the benchmark runs 32
 DEFAULT_MAX_CONCURRENT_RPCS = 256  # calls; beyond it gRPC answers RESOURCE_EXHAUSTED at once
 
+DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S = 5.0
+"""Seconds between looks at the tokens file and the TLS files for a rotation: three stat calls, so
+cheap; Kubernetes takes up to a minute to update a mounted Secret anyway."""
+
 DEFAULT_GRACE_PERIOD_S = 20.0  # seconds; under Kubernetes' default terminationGracePeriod of 30 s
 
 # --- images --------------------------------------------------------------------------------------
