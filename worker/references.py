@@ -93,7 +93,10 @@ def check_count(count: int, limit: int) -> None:
 
 def manifest_paths(csv_text: str) -> list[str]:
     """The `path` column of a CSV with a header, or the first column of one without."""
-    rows = [row for row in csv.reader(io.StringIO(csv_text)) if row and any(row)]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(csv_text)) if row and any(row)]
+    except csv.Error as exc:  # a stray carriage return, a field over csv's size limit...
+        raise InvalidRequest("the manifest is not valid CSV", "BAD_MANIFEST") from exc
     if not rows:
         raise InvalidRequest("the manifest lists no images", "EMPTY_MANIFEST")
     header = [cell.strip().lower() for cell in rows[0]]
