@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test run bench demo-model train tools redis-server clean
+.PHONY: help install proto lint test attack fuzz run bench demo-model train tools redis-server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,12 +44,22 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check service worker trainer tests
+	$(VENV)/bin/ruff check service worker trainer tests tools
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
 test: lint  ## install what is missing, lint, and run every test
 	$(VENV)/bin/pytest -q
+
+# --- security: the hostile corpus and the fuzzers (docs/security.md) ---
+ATTACK_DIR ?= var/attack
+FUZZ_EXAMPLES ?= 20000
+
+attack: install proto redis-server  ## hostile corpus vs a TLS+token stack on loopback; JSON summary in var/attack/
+	$(PY) -m tools.attack --workdir $(ATTACK_DIR)/stack --out $(ATTACK_DIR)/summary.json
+
+fuzz: install proto  ## long random Hypothesis run over image and reference validation (FUZZ_EXAMPLES per target)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/fuzz
 
 # --- the front service: run, bench, and the placeholder model until the released one lands ---
 DEMO_BASE ?= var/demo-models

@@ -11,22 +11,38 @@ certificate's subject (mutual TLS), else as `anonymous` (service/identity.py).
 - no `authorization` metadata, or not a Bearer token, or an unknown token -> UNAUTHENTICATED
 - a known token calling a service it was not granted                    -> PERMISSION_DENIED
 The health service is exempt, so that kubelet probes need no secret.
+
+Rotation without a restart: the tokens file and the TLS files (certificate, key, client CA) are
+watched (`FileWatch`: inode, size and mtime, looked at most every `interval_s`). A changed file is
+loaded and checked before it replaces the old one; a file caught half-written or invalid keeps the
+old grants or certificate in force, with a warning, and is tried again at the next look. Kubernetes
+updates a mounted Secret by swapping a symlink, so both halves of a key pair change together.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
+import ssl
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from service.errors import PermissionDenied, Unauthenticated
 from service.handlers import Behaviour, rewrap
 from service.identity import ANONYMOUS, CURRENT_CALLER, Caller, acting_as
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Signature = tuple[tuple[int, int, int] | None, ...]
 
 AUTHORIZATION_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
@@ -106,6 +122,75 @@ class TokenTable:
         return grant.caller
 
 
+class TokenChecker(Protocol):
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None,
+              method: str) -> Caller: ...
+
+
+class FileWatch:
+    """Tells when files changed on disk, looking at most every `interval_s` seconds; `poll(load)`
+    returns what `load` made of the new files, or None (unchanged, or unloadable: kept for the
+    next look). Thread-safe: gRPC calls TLS fetchers from its own threads."""
+
+    def __init__(self, paths: Sequence[Path], interval_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.paths = tuple(paths)
+        self.interval_s = interval_s
+        self._clock = clock
+        self._seen = self.signature()
+        self._next_look = clock() + interval_s
+        self._lock = threading.Lock()
+
+    def signature(self) -> Signature:
+        return tuple(_stat_signature(path) for path in self.paths)
+
+    def poll(self, load: Callable[[], T]) -> T | None:
+        with self._lock:
+            now = self._clock()
+            if now < self._next_look:
+                return None
+            self._next_look = now + self.interval_s
+            current = self.signature()
+            if current == self._seen:
+                return None
+            try:
+                loaded = load()
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                log.warning("changed %s not loaded, the previous one stays in force: %s",
+                            ", ".join(p.name for p in self.paths), type(exc).__name__)
+                return None
+            self._seen = current
+            log.info("reloaded %s", ", ".join(p.name for p in self.paths))
+            return loaded
+
+
+def _stat_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = os.stat(path)  # follows symlinks: a Secret update swaps the `..data` link
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+class ReloadingTokens:
+    """A TokenTable read from `path` (plus fixed `extra` grants), re-read when the file changes."""
+
+    def __init__(self, path: Path, interval_s: float, extra: Sequence[TokenGrant] = ()) -> None:
+        self.path = path
+        self.extra = tuple(extra)
+        self.watch = FileWatch([path], interval_s)
+        self.table = self._load()  # a missing or empty file fails the start, loudly
+
+    def _load(self) -> TokenTable:
+        return TokenTable([*TokenTable.load(self.path).grants, *self.extra])
+
+    def check(self, metadata: Iterable[tuple[str, str | bytes]] | None, method: str) -> Caller:
+        fresh = self.watch.poll(self._load)
+        if fresh is not None:
+            self.table = fresh
+        return self.table.check(metadata, method)
+
+
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     for key, value in metadata or ():
         if key == AUTHORIZATION_KEY and isinstance(value, str) and value.startswith(BEARER_PREFIX):
@@ -122,7 +207,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Rejects calls without an accepted token. It raises service.errors, so it must sit inside
     the ErrorMappingInterceptor, which turns them into status codes and counts them."""
 
-    def __init__(self, tokens: TokenTable) -> None:
+    def __init__(self, tokens: TokenChecker) -> None:
         self.tokens = tokens
 
     def intercept_service(
@@ -170,14 +255,41 @@ def caller_of(context: grpc.ServicerContext) -> Caller:
     return ANONYMOUS
 
 
-def server_credentials(cert: Path, key: Path,
-                       client_ca: Path | None = None) -> grpc.ServerCredentials:
+def server_credentials(cert: Path, key: Path, client_ca: Path | None = None,
+                       reload_interval_s: float | None = None) -> grpc.ServerCredentials:
     """TLS from PEM files; with `client_ca`, mutual TLS: clients must present a certificate
-    signed by it."""
-    return grpc.ssl_server_credentials(
+    signed by it. With `reload_interval_s`, files changed on disk are used for new connections
+    (connections already open keep the certificate they were made with)."""
+    if reload_interval_s is None:
+        return grpc.ssl_server_credentials(
+            [(key.read_bytes(), cert.read_bytes())],
+            root_certificates=client_ca.read_bytes() if client_ca else None,
+            require_client_auth=client_ca is not None)
+    files = [cert, key, *([client_ca] if client_ca else [])]
+    watch = FileWatch(files, reload_interval_s)
+
+    def load() -> grpc.ServerCertificateConfiguration:
+        return certificate_configuration(cert, key, client_ca)
+
+    def fetch() -> grpc.ServerCertificateConfiguration:
+        # None keeps the current configuration (grpc's documentation); grpc-stubs omit it.
+        return watch.poll(load)  # type: ignore[return-value]
+
+    return grpc.dynamic_ssl_server_credentials(
+        load(), fetch, require_client_authentication=client_ca is not None)
+
+
+def certificate_configuration(cert: Path, key: Path, client_ca: Path | None
+                              ) -> grpc.ServerCertificateConfiguration:
+    """The PEM files as gRPC's configuration, after checking that the key matches the certificate
+    and the CA parses (ssl.SSLError otherwise): a bad pair would fail every handshake."""
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    check.load_cert_chain(cert, key)
+    if client_ca is not None:
+        check.load_verify_locations(cafile=client_ca)
+    return grpc.ssl_server_certificate_configuration(
         [(key.read_bytes(), cert.read_bytes())],
-        root_certificates=client_ca.read_bytes() if client_ca else None,
-        require_client_auth=client_ca is not None)
+        root_certificates=client_ca.read_bytes() if client_ca else None)
 
 
 def channel_credentials(ca: Path | None = None, cert: Path | None = None,

@@ -41,6 +41,9 @@ DEFAULT_STREAM_IDLE_TIMEOUT_S = 120.0
 (reason STREAM_IDLE), so that abandoned streams give their slot back. Far above the gap between
 images of a working ClassifyStream; a WatchBatchJob on a job queued behind others may be quiet
 for longer, and reconnecting every two minutes costs nothing. Health watches are exempt."""
+DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S = 5.0
+"""Seconds between looks at the tokens file and the TLS files for a rotation: three stat calls, so
+cheap; Kubernetes takes up to a minute to update a mounted Secret anyway."""
 
 DEFAULT_GRACE_PERIOD_S = 20.0  # seconds; under Kubernetes' default terminationGracePeriod of 30 s
 

@@ -21,7 +21,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dermserve.v1 import lesion_classifier_pb2, lesion_classifier_pb2_grpc
-from service.auth import TokenAuthInterceptor, TokenGrant, TokenTable, server_credentials
+from service.auth import (
+    ReloadingTokens,
+    TokenAuthInterceptor,
+    TokenChecker,
+    TokenGrant,
+    TokenTable,
+    channel_credentials,
+    server_credentials,
+)
 from service.backends.base import Backend, ModelRef
 from service.batching import MicroBatcher
 from service.classifier import Classifier, require_config
@@ -60,8 +68,10 @@ def raw_backend(settings: Settings, metrics: Metrics | None) -> Backend:
     if settings.backend == "tfserving":
         from service.backends.tfserving import TFServingBackend
 
+        credentials = channel_credentials(settings.tfserving_ca) if settings.tfserving_ca else None
         return TFServingBackend(settings.tfserving_target, settings.model_name,
-                                settings.backend_timeout_s, settings.backend_max_retries)
+                                settings.backend_timeout_s, settings.backend_max_retries,
+                                credentials=credentials)
     from service.backends.embedded import EmbeddedBackend
 
     embedded = EmbeddedBackend(settings.model_base, settings.model_name,
@@ -220,13 +230,12 @@ def interceptors(settings: Settings, metrics: Metrics | None) -> list[Any]:
     return chain
 
 
-def token_table(security: SecuritySettings) -> TokenTable | None:
-    grants: list[TokenGrant] = []
+def token_table(security: SecuritySettings) -> TokenChecker | None:
+    """The accepted tokens; a tokens file is re-read when it changes (rotation, no restart)."""
+    extra = [TokenGrant(security.auth_token)] if security.auth_token else []
     if security.auth_tokens_file is not None:
-        grants.extend(TokenTable.load(security.auth_tokens_file).grants)
-    if security.auth_token:
-        grants.append(TokenGrant(security.auth_token))
-    return TokenTable(grants) if grants else None
+        return ReloadingTokens(security.auth_tokens_file, security.reload_interval_s, extra)
+    return TokenTable(extra) if extra else None
 
 
 def server_options(settings: Settings) -> list[tuple[str, Any]]:
@@ -257,7 +266,7 @@ def bind(server: grpc.Server, settings: Settings) -> int:
     security = settings.security
     if security.tls_cert is not None and security.tls_key is not None:
         credentials = server_credentials(security.tls_cert, security.tls_key,
-                                         security.tls_client_ca)
+                                         security.tls_client_ca, security.reload_interval_s)
         return server.add_secure_port(settings.listen_address, credentials)
     return server.add_insecure_port(settings.listen_address)
 

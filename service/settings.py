@@ -51,6 +51,7 @@ class SecuritySettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    reload_interval_s: float = defaults.DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S
 
     @property
     def auth_enabled(self) -> bool:
@@ -76,6 +77,7 @@ class Settings:
     version_labels: Mapping[str, int] = field(default_factory=dict)
     default_version_label: str = ""  # empty: unpinned calls get the latest version
     tfserving_target: str = defaults.DEFAULT_TFSERVING_TARGET
+    tfserving_ca: Path | None = None  # None: plaintext to TF Serving (loopback, tests)
     backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
     backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
     limits: ImageLimits = field(default_factory=ImageLimits)
@@ -123,7 +125,7 @@ class Settings:
             metrics_port=ns.metrics_port, backend=ns.backend, model_base=ns.model_base,
             model_name=ns.model_name, poll_interval_s=ns.poll_interval_s,
             version_labels=ns.version_labels, default_version_label=ns.default_version_label,
-            tfserving_target=ns.tfserving_target,
+            tfserving_target=ns.tfserving_target, tfserving_ca=ns.tfserving_ca,
             backend_timeout_s=ns.backend_timeout_s, backend_max_retries=ns.backend_max_retries,
             limits=ImageLimits(ns.max_image_bytes, ns.max_image_pixels, ns.min_image_side,
                                ns.max_aspect_ratio),
@@ -132,7 +134,8 @@ class Settings:
             batching=BatchSettings(ns.batching == "on", ns.batch_max_size, ns.batch_max_wait_ms,
                                    ns.batch_workers, ns.batch_queue_limit),
             security=SecuritySettings(ns.auth_tokens_file, ns.auth_token or None, ns.tls_cert,
-                                      ns.tls_key, ns.tls_client_ca),
+                                      ns.tls_key, ns.tls_client_ca,
+                                      ns.credentials_reload_interval_s),
             streams=StreamSettings(ns.max_streams, ns.max_streams_per_client,
                                    ns.max_health_watches, ns.stream_idle_timeout_s),
             grace_period_s=ns.grace_period_s, health_interval_s=ns.health_interval_s,
@@ -170,6 +173,8 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("default-version-label", str, "", "label answering calls that pin nothing, e.g. stable "
      "(empty: the latest version)"),
     ("tfserving-target", str, defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
+    ("tfserving-ca", optional_path, "", "tfserving: CA (PEM) of TF Serving's certificate; "
+     "enables TLS to it (empty: plaintext)"),
     ("backend-timeout-s", float, defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
     ("backend-max-retries", int, defaults.DEFAULT_BACKEND_MAX_RETRIES, "retries on UNAVAILABLE"),
     ("max-image-bytes", int, defaults.DEFAULT_MAX_IMAGE_BYTES, "encoded image limit, bytes"),
@@ -190,6 +195,8 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
     ("tls-cert", optional_path, "", "server certificate (PEM); enables TLS"),
     ("tls-key", optional_path, "", "server private key (PEM)"),
     ("tls-client-ca", optional_path, "", "CA for client certificates; enables mutual TLS"),
+    ("credentials-reload-interval-s", float, defaults.DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S,
+     "seconds between looks at the tokens and TLS files for a rotation"),
     ("grace-period-s", float, defaults.DEFAULT_GRACE_PERIOD_S, "SIGTERM drain time"),
     ("health-interval-s", float, defaults.DEFAULT_HEALTH_INTERVAL_S, "health probe period"),
     ("grpc-workers", int, defaults.DEFAULT_GRPC_WORKERS, "gRPC handler threads"),

@@ -2,15 +2,22 @@
 
 rq carries only (job id, chunk index, attempt): a few bytes per chunk. The functions are named by
 their import path, so the API process enqueues without importing the worker's code.
+
+Redis is not trusted to name code: rq's default serializer is pickle, and its jobs name any
+importable function, so anyone who could write to Redis could run code in the workers. Jobs are
+therefore serialized as JSON (our arguments are strings and integers), and the workers run only
+`ALLOWED_FUNCTIONS` (`ChunkJob`); anything else fails as an rq job, running nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from worker.records import Priority
 from worker.settings import WorkerSettings
@@ -18,8 +25,20 @@ from worker.settings import WorkerSettings
 RUN_CHUNK = "worker.chunks.run_chunk"
 RUN_FINALIZE = "worker.chunks.run_finalize"
 RQ_RESULT_TTL_S = 300  # seconds; nothing reads rq's return values, our counts live elsewhere
+ALLOWED_FUNCTIONS = frozenset({RUN_CHUNK, RUN_FINALIZE})
+SERIALIZER = JSONSerializer
 LIVE_STATUSES = frozenset({"queued", "started", "deferred", "scheduled"})
 """rq job statuses that will still run (or are running): anything else needs re-enqueueing."""
+
+
+class ChunkJob(Job):
+    """An rq job that may only call one of ALLOWED_FUNCTIONS: whatever Redis says."""
+
+    @property
+    def func(self) -> Any:
+        if self.func_name not in ALLOWED_FUNCTIONS:
+            raise ValueError(f"rq job {self.id} names a function workers do not run")
+        return super().func
 
 
 def chunk_job_id(job_id: str, index: int, attempt: int) -> str:
@@ -36,7 +55,8 @@ class ChunkQueues:
     def __init__(self, connection: redis.Redis, name: str, chunk_timeout_s: int,
                  failure_ttl_s: int) -> None:
         self.connection = connection
-        self.queues = {priority: Queue(f"{name}-{priority.value}", connection=connection)
+        self.queues = {priority: Queue(f"{name}-{priority.value}", connection=connection,
+                                       serializer=SERIALIZER, job_class=ChunkJob)
                        for priority in Priority}
         self.chunk_timeout_s = chunk_timeout_s
         self.failure_ttl_s = failure_ttl_s

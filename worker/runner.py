@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from service.auth import channel_credentials
 from service.backends.base import Backend, ModelRef
 from service.classifier import Classifier
 from service.errors import DermserveError
@@ -35,7 +37,7 @@ from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
 from worker.metrics import BatchStateCollector, WorkerMetrics
-from worker.queues import ChunkQueues
+from worker.queues import SERIALIZER, ChunkJob, ChunkQueues
 from worker.reaper import Reaper
 from worker.references import InputRoots
 from worker.results import ResultStore
@@ -81,7 +83,10 @@ def build_backend(settings: WorkerSettings) -> Backend:
     if settings.backend == "tfserving":
         from service.backends.tfserving import TFServingBackend
 
-        return TFServingBackend(settings.tfserving_target, settings.model_name)
+        credentials = (channel_credentials(Path(settings.tfserving_ca)) if settings.tfserving_ca
+                       else None)
+        return TFServingBackend(settings.tfserving_target, settings.model_name,
+                                credentials=credentials)
     raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")
 
 
@@ -155,7 +160,8 @@ class WorkerProcess:
     def _work_once(self) -> bool:
         try:
             rq_worker = BatchWorker(self.queues.listen_order(), self.runner, self.stopping,
-                                    connection=self.rq_connection,
+                                    connection=self.rq_connection, job_class=ChunkJob,
+                                    serializer=SERIALIZER,
                                     worker_ttl=defaults.DEFAULT_RQ_WORKER_TTL_S)
             return bool(rq_worker.work(burst=self.settings.burst, logging_level="INFO"))
         except (redis.ConnectionError, redis.TimeoutError) as exc:

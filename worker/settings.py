@@ -30,7 +30,12 @@ def _paths(value: str) -> tuple[Path, ...]:
 class WorkerSettings:
     """Settings of the batch worker and the BatchJobs API (they must agree on most of them)."""
 
-    redis_url: str = defaults.DEFAULT_REDIS_URL
+    # repr=False: a URL may carry a password (prefer --redis-password-file).
+    redis_url: str = field(default=defaults.DEFAULT_REDIS_URL, repr=False)
+    redis_password_file: str = field(default="", metadata={
+        "help": "file holding Redis' password, re-read for each new connection (empty: none)"})
+    redis_ca_cert: str = field(default="", metadata={
+        "help": "CA (PEM) of Redis' certificate, for a rediss:// URL (empty: system roots)"})
     key_prefix: str = defaults.DEFAULT_KEY_PREFIX
     queue_name: str = defaults.DEFAULT_QUEUE_NAME
     input_roots: tuple[Path, ...] = ()
@@ -60,6 +65,8 @@ class WorkerSettings:
     model_name: str = service_defaults.DEFAULT_MODEL_NAME
     backend: str = service_defaults.DEFAULT_BACKEND
     tfserving_target: str = service_defaults.DEFAULT_TFSERVING_TARGET
+    tfserving_ca: str = field(default="", metadata={
+        "help": "CA (PEM) of TF Serving's certificate; enables TLS to it (empty: plaintext)"})
     poll_interval_s: float = service_defaults.DEFAULT_POLL_INTERVAL_S
     model_ready_timeout_s: float = defaults.DEFAULT_MODEL_READY_TIMEOUT_S
     min_confidence_floor: float = service_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
@@ -138,7 +145,8 @@ def build_parser(base: WorkerSettings) -> argparse.ArgumentParser:
             continue
         shown = os.pathsep.join(map(str, default)) if isinstance(default, tuple) else default
         parser.add_argument(flag, type=_converter(default), default=default,
-                            help=f"{env_name(item.name)}; default {shown}")
+                            help=f"{item.metadata.get('help', '')} "
+                                 f"[{env_name(item.name)}; default {shown}]".lstrip())
     return parser
 
 

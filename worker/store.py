@@ -25,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 from service.errors import FailedPrecondition, JobNotFound
@@ -121,11 +124,44 @@ def connect(settings: WorkerSettings, decode_responses: bool = True,
     retry = Retry(ExponentialBackoff(cap=defaults.DEFAULT_REDIS_BACKOFF_CAP_S,
                                      base=defaults.DEFAULT_REDIS_BACKOFF_BASE_S),
                   settings.redis_retries if retries is None else retries)
+    url, security = connection_security(settings)
     return redis.Redis.from_url(
-        settings.redis_url, decode_responses=decode_responses, retry=retry,
+        url, decode_responses=decode_responses, retry=retry,
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_timeout=settings.redis_socket_timeout_s,
-        socket_connect_timeout=settings.redis_socket_timeout_s, health_check_interval=30)
+        socket_connect_timeout=settings.redis_socket_timeout_s, health_check_interval=30,
+        **security)
+
+
+class PasswordFile(CredentialProvider):
+    """Redis credentials whose password is read from a file for each new connection, so that a
+    rotated Secret is used without a restart (connections already open stay authenticated)."""
+
+    def __init__(self, username: str | None, path: Path) -> None:
+        self.username = username
+        self.path = path
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self.path.read_text(encoding="utf-8").strip()
+        return (self.username, password) if self.username else (password,)
+
+
+def connection_security(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
+    """The Redis URL and the client arguments for a password file and a CA. The user name stays
+    in the URL (`rediss://dermserve@redis:6379/0`); redis-py refuses a credential provider next
+    to a URL's user, so it moves into the provider."""
+    url, extra = settings.redis_url, dict[str, Any]()
+    parts = urlsplit(url)
+    if settings.redis_ca_cert:
+        if parts.scheme != "rediss":
+            raise ValueError("a Redis CA certificate needs a rediss:// URL")
+        extra["ssl_ca_certs"] = settings.redis_ca_cert
+    if settings.redis_password_file:
+        host = parts.netloc.rpartition("@")[2]
+        url = urlunsplit(parts._replace(netloc=host))
+        extra["credential_provider"] = PasswordFile(parts.username,
+                                                    Path(settings.redis_password_file))
+    return url, extra
 
 
 class JobStore:

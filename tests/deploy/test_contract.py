@@ -250,11 +250,6 @@ def test_tfserving_ports_and_files(rendered: Rendered) -> None:
     assert int(flags["port"]) == container_port(main, "grpc")
     assert int(flags["rest_api_port"]) == container_port(main, "http")
     assert flags["enable_batching"] == "true"
-    monitoring = config_file(rendered, "monitoring_config_file")
-    (path,) = re.findall(r'path:\s*"([^"]+)"', monitoring)
-    assert re.search(r"enable:\s*true", monitoring)
-    (monitor,) = [m for m in rendered.of_kind("PodMonitor") if m["metadata"]["name"] == "tfserving"]
-    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == path
 
 
 def test_tfserving_model_config_serves_the_model_volume(rendered: Rendered) -> None:

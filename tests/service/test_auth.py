@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -13,8 +12,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from service.auth import TokenTable, channel_credentials
+from service.auth import FileWatch, TokenTable, channel_credentials
 from service.settings import SecuritySettings
+from tests.pki import Pki, make_pki
 from tests.service.conftest import (
     FakeBackend,
     Running,
@@ -101,48 +101,18 @@ def test_token_table_parsing() -> None:
         TokenTable.parse("# only a comment\n")
 
 
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
-
-
-def issue(directory: Path, name: str, ca: Path, ca_key: Path, extensions: str) -> None:
-    key, csr, cert = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-    ext_file = directory / f"{name}.ext"
-    ext_file.write_text(extensions)
-    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}")
-    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-days", "2", "-out", str(cert), "-extfile", str(ext_file))
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make test certificates")
-    d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"), "-days", "2",
-            "-subj", "/CN=dermserve test CA")
-    issue(d, "server", d / "ca.crt", d / "ca.key",
-          "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-    issue(d, "client", d / "ca.crt", d / "ca.key", "extendedKeyUsage=clientAuth\n")
-    return Pki(d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt",
-               d / "client.key")
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def tls_channel(port: int, pki: Pki, with_client_cert: bool) -> grpc.Channel:
     credentials = channel_credentials(pki.ca, pki.client_cert if with_client_cert else None,
                                       pki.client_key if with_client_cert else None)
-    return grpc.secure_channel(f"localhost:{port}", credentials)
+    # A private subchannel pool: each channel makes its own connection (and TLS handshake), so a
+    # test sees the certificate the server offers now, not a connection another channel made.
+    return grpc.secure_channel(f"localhost:{port}", credentials,
+                               options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def test_tls_with_token(pki: Pki) -> None:
@@ -200,3 +170,97 @@ def test_plaintext_health_port_beside_a_tls_port(pki: Pki) -> None:
                 pb_grpc.LesionClassifierStub(channel).Classify(
                     pb.ClassifyRequest(image=good_jpeg()), timeout=2)
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+# --- rotation without a restart ----------------------------------------------------------------
+def replace_file(path: Path, text: str) -> None:
+    """Write a new file and rename it over the old one (a new inode), as editors and tools do."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def test_a_rotated_tokens_file_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("old-tok\n")
+    security = SecuritySettings(auth_tokens_file=tokens, reload_interval_s=0.0)
+    with running_server(FakeBackend(), server_settings(security=security)) as running:
+        assert classify(running, "old-tok").top_label
+        replace_file(tokens, "new-tok dermserve.v1.LesionClassifier\n")
+        assert classify(running, "new-tok").top_label
+        with pytest.raises(grpc.RpcError) as caught:
+            classify(running, "old-tok")
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(caught.value) == "INVALID_TOKEN"
+        # A file caught empty (or half-written) is refused: the last good grants stay in force.
+        replace_file(tokens, "# nothing yet\n")
+        assert classify(running, "new-tok").top_label
+
+
+def test_file_watch_looks_at_most_once_per_interval(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("a\n")
+    now = [0.0]
+    watch = FileWatch([path], interval_s=10.0, clock=lambda: now[0])
+    replace_file(path, "b\n")
+    assert watch.poll(path.read_text) is None  # changed, but the interval has not passed
+    now[0] = 10.0
+    assert watch.poll(path.read_text) == "b\n"
+    now[0] = 20.0
+    assert watch.poll(path.read_text) is None  # unchanged since the last load
+
+
+def kubernetes_secret_dir(mount: Path, contents: Path) -> None:
+    """Point `mount`'s files at `contents` the way the kubelet updates a Secret volume: the files
+    are links through `..data`, and `..data` is swapped atomically to a new directory."""
+    mount.mkdir(exist_ok=True)
+    link = mount / "..data"
+    staged = mount / "..data_new"
+    staged.symlink_to(contents)
+    os.replace(staged, link)
+    for name in ("tls.crt", "tls.key", "ca.crt"):
+        if not (mount / name).is_symlink():
+            (mount / name).symlink_to(Path("..data") / name)
+
+
+def secret_contents(directory: Path, cert: Path, key: Path, ca: Path) -> Path:
+    directory.mkdir()
+    for name, source in (("tls.crt", cert), ("tls.key", key), ("ca.crt", ca)):
+        shutil.copy(source, directory / name)
+    return directory
+
+
+def classify_over(channel: grpc.Channel) -> pb.ClassifyResponse:
+    response: pb.ClassifyResponse = pb_grpc.LesionClassifierStub(channel).Classify(
+        pb.ClassifyRequest(image=good_jpeg()), timeout=5)
+    return response
+
+
+def test_rotated_certificate_key_and_client_ca_serve_new_connections(pki: Pki,
+                                                                      tmp_path: Path) -> None:
+    (tmp_path / "other").mkdir()
+    other = make_pki(tmp_path / "other")
+    before = secret_contents(tmp_path / "before", pki.server_cert, pki.server_key, pki.ca)
+    after = secret_contents(tmp_path / "after", other.server_cert, other.server_key, other.ca)
+    broken = secret_contents(tmp_path / "broken", pki.server_cert, other.server_key, other.ca)
+    mount = tmp_path / "mount"
+    kubernetes_secret_dir(mount, before)
+    security = SecuritySettings(tls_cert=mount / "tls.crt", tls_key=mount / "tls.key",
+                                tls_client_ca=mount / "ca.crt", reload_interval_s=0.0)
+    with running_server(FakeBackend(), server_settings(security=security)) as running:
+        with tls_channel(running.port, pki, with_client_cert=True) as channel:
+            assert classify_over(channel).model.version == 2
+        # A key that does not match its certificate is refused; the old pair stays in force.
+        kubernetes_secret_dir(mount, broken)
+        with tls_channel(running.port, pki, with_client_cert=True) as channel:
+            assert classify_over(channel).model.version == 2
+        kubernetes_secret_dir(mount, after)
+        with tls_channel(running.port, other, with_client_cert=True) as channel:
+            assert classify_over(channel).model.version == 2
+        for old_side in (pki,  # trusts only the old CA and presents the old client certificate
+                         Pki(other.ca, other.server_cert, other.server_key, pki.client_cert,
+                             pki.client_key)):  # trusts the new CA, old client certificate
+            with tls_channel(running.port, old_side, with_client_cert=True) as channel:
+                with pytest.raises(grpc.RpcError) as caught:
+                    classify_over(channel)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -1,0 +1,157 @@
+"""The stack under attack, on loopback ephemeral ports: a redis-server, the front service (TLS,
+mutual TLS and bearer tokens, a plaintext health-only port, BatchJobs on), and one batch worker,
+all real processes on a tiny throwaway model. Everything lives under one work directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.auth import channel_credentials
+from tools.attack.pki import Pki, make_pki
+
+MODEL_NAME = "ham10000"
+TOKEN = "attack-suite-token"  # a throwaway grant, written to a file under the work directory
+READY_TIMEOUT_S = 180.0  # seconds for TensorFlow to import and a version to answer, 2 slow cores
+STOP_TIMEOUT_S = 20.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    pki: Pki
+    port: int
+    health_port: int
+    redis_port: int
+    input_root: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def target(self) -> str:
+        return f"localhost:{self.port}"
+
+    def channel(self, client_cert: bool = True) -> grpc.Channel:
+        credentials = channel_credentials(self.pki.ca, self.pki.client_cert if client_cert
+                                          else None, self.pki.client_key if client_cert else None)
+        return grpc.secure_channel(self.target, credentials,
+                                   options=[("grpc.use_local_subchannel_pool", 1)])
+
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
+
+    def crashed(self) -> list[str]:
+        return [f"{name} exited with {p.returncode}" for name, p in self.processes.items()
+                if p.poll() is not None]
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def export_model(base: Path) -> None:
+    """A tiny version 1 (32x32 input, no skill): the attack needs answers, not accuracy."""
+    from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+    from trainer.export import export_tiny_version
+
+    config = ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES),
+                         display_names=HAM10000_DISPLAY_NAMES,
+                         input=InputSpec(height=32, width=32, reference_pixels=64 * 48),
+                         metrics={"balanced_accuracy": 0.1}, description="attack-suite model")
+    export_tiny_version(base / MODEL_NAME / "1", config)
+
+
+def start_stack(workdir: Path) -> Stack:
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    pki = make_pki(workdir / "pki")
+    (workdir / "tokens").write_text(f"{TOKEN}\n")
+    input_root = workdir / "input"
+    input_root.mkdir()
+    models = workdir / "models"
+    export_model(models)
+    stack = Stack(workdir, pki, free_port(), free_port(), free_port(), input_root)
+    try:
+        launch(stack, models)
+        wait_ready(stack)
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMSERVE_")}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env | (extra or {})
+
+
+def launch(stack: Stack, models: Path) -> None:
+    w = stack.workdir
+    redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
+    (w / "redis").mkdir()
+    start(stack, "redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
+                           "--port", str(stack.redis_port), "--bind", "127.0.0.1",
+                           "--dir", str(w / "redis"), "--save", "", "--appendonly", "no"])
+    batch = {"DERMSERVE_REDIS_URL": redis_url, "DERMSERVE_INPUT_ROOTS": str(stack.input_root),
+             "DERMSERVE_BATCH_OUTPUT_DIR": str(w / "results")}
+    start(stack, "front", [sys.executable, "-m", "service",
+                           "--listen", f"127.0.0.1:{stack.port}",
+                           "--health-listen", f"127.0.0.1:{stack.health_port}",
+                           "--metrics-port", "0", "--backend", "embedded",
+                           "--model-base", str(models), "--model-name", MODEL_NAME,
+                           "--tls-cert", str(stack.pki.server_cert),
+                           "--tls-key", str(stack.pki.server_key),
+                           "--tls-client-ca", str(stack.pki.ca),
+                           "--auth-tokens-file", str(w / "tokens"),
+                           "--grace-period-s", "2", "--log-format", "json"], batch)
+    start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
+                            "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
+
+
+def start(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    log = (stack.workdir / f"{name}.log").open("wb")
+    stack.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                             env=child_env(env), cwd=Path.cwd())
+
+
+def wait_ready(stack: Stack) -> None:
+    """Until the health-only port says SERVING (a version answered a probe image)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with grpc.insecure_channel(f"127.0.0.1:{stack.health_port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if stack.crashed():
+                raise RuntimeError(f"the stack died while starting: {stack.crashed()}; "
+                                   f"logs in {stack.workdir}")
+            try:
+                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.25)  # a poll of a starting process, not a synchronisation
+    raise RuntimeError(f"the front did not become SERVING in {READY_TIMEOUT_S} s")
