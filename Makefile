@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench demo-model train tools redis-server clean
+.PHONY: help install proto lint test attack fuzz run bench demo-model train external-check tools redis-server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,11 +90,29 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC and 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train
 SANITY_DIR ?= ../shared/weights/sanity
+CROPS_DIR ?= ../shared/data/ham10000-crops224
+ISIC_DIR ?= ../shared/data/isic2017
+ENSEMBLE_SEEDS ?= 1 2 3
 TRAIN_FLAGS ?=
+# The second rendition and ISIC 2017 (its train split as extra training data, its validation and
+# test as the external check of the report and the promotion gate), when they are there.
+DATA_FLAGS = --data-dir $(DATA_DIR) $(if $(wildcard $(CROPS_DIR)/images),--renditions-dir $(CROPS_DIR)) \
+	$(if $(wildcard $(ISIC_DIR)/labels.csv),--extra-train-dir $(ISIC_DIR) --external-dir $(ISIC_DIR))
+PUBLISH_FLAGS = --model-base $(MODEL_BASE) $(if $(wildcard $(SANITY_DIR)),--sanity-dir $(SANITY_DIR)) \
+	--weights-dtype float16 --split-seed 1
 
-train: install  ## train on $(DATA_DIR) (resumable in $(TRAIN_WORKDIR)), evaluate, publish into $(MODEL_BASE)
-	$(PY) -m trainer --data-dir $(DATA_DIR) --weights-path $(WEIGHTS) --model-base $(MODEL_BASE) \
-		--workdir $(TRAIN_WORKDIR) $(if $(wildcard $(SANITY_DIR)),--sanity-dir $(SANITY_DIR)) --tta $(TRAIN_FLAGS)
+train: install  ## the release run: one network per ENSEMBLE_SEEDS (resumable, in $(TRAIN_WORKDIR)-s<seed>), their ensemble evaluated and published into $(MODEL_BASE)
+	@first=$(firstword $(ENSEMBLE_SEEDS)); for seed in $(ENSEMBLE_SEEDS); do \
+	  $(PY) -m trainer --train-only $(DATA_FLAGS) --weights-path $(WEIGHTS) --split-seed 1 --seed $$seed \
+	    --workdir $(TRAIN_WORKDIR)-s$$seed $$( [ $$seed = $$first ] || echo --cache-source $(TRAIN_WORKDIR)-s$$first ) \
+	    $(TRAIN_FLAGS) || exit; done
+	$(PY) -m trainer.ensemble $(foreach seed,$(ENSEMBLE_SEEDS),--member $(TRAIN_WORKDIR)-s$(seed)) \
+	  $(DATA_FLAGS) $(PUBLISH_FLAGS) --workdir $(TRAIN_WORKDIR)-ensemble $(TRAIN_FLAGS)
+
+EXTERNAL_OUT ?= $(BENCH_DIR)/external-$$(date -u +%Y%m%dT%H%M%SZ).json
+external-check: install  ## measure every version in $(MODEL_BASE) on the ISIC 2017 external check, its own test at 3 scales and in the crops rendition, and its CPU cost (JSON + Markdown table)
+	$(PY) -m trainer.external $(foreach v,$(sort $(wildcard $(MODEL_BASE)/ham10000/[0-9]*)),--version-dir $(v) --name "version $(notdir $(v))") \
+	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --out $(EXTERNAL_OUT)
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
 	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache

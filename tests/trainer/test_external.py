@@ -277,3 +277,35 @@ def test_the_trainer_trains_under_jax_and_publishes_under_tensorflow(tmp_path: P
                                 *common], env=env, capture_output=True, text=True, timeout=240)
     assert published.returncode == 0, published.stderr[-3000:]
     assert (tmp_path / "models" / "ham10000" / "1" / "saved_model.pb").is_file()
+
+
+def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Path) -> None:
+    from trainer.candidates import main as candidates_main
+    from trainer.data import split_by_lesion as split_lesions
+    from trainer.settings import TrainSettings
+    from trainer.train import train_network
+
+    write_ham_dataset(tmp_path / "ham", lesions_per_class=5, size=(40, 30))
+    isic = write_isic_like(tmp_path / "isic2017")
+    split = split_lesions(load_records(tmp_path / "ham"), seed=0)
+    for seed in (1, 2):
+        workdir = tmp_path / f"s{seed}"
+        split.save(workdir / "split.json")
+        train_network(split, TrainSettings(
+            backbone="tiny", input_size=32, reference_pixels=64 * 48,
+            first_trainable="tiny_conv2", views_per_image=1, batch_size=8, head_epochs=2,
+            fine_tune_epochs=1, imbalance="class_weights", seed=seed), workdir)
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    specs = [f"{first}:head", str(first), f"{first}+{second}"]
+    out = tmp_path / "candidates.json"
+    assert candidates_main(["--data-dir", str(tmp_path / "ham"), "--external-dir", str(isic),
+                            "--out", str(out), *specs]) == 0
+    results = json.loads(out.read_text())
+    assert list(results) == specs
+    for result in results.values():
+        assert result["external"]["images"] == 18 and result["own_test"]["images"] == len(
+            split.test)
+        assert 0 <= result["own_test"]["balanced_accuracy"] <= 1
+    # the ensemble is another network than its first member
+    assert results[specs[2]]["temperature"] != results[specs[1]]["temperature"]
+    assert out.with_suffix(".md").read_text().count("\n") == 2 + len(specs)
