@@ -35,7 +35,7 @@ from trainer.data import (
     load_rendition,
 )
 from trainer.evaluate import MELANOMA
-from trainer.external import external_metrics, own_metrics
+from trainer.external import external_metrics, own_metrics, write_results
 from trainer.pipeline import primary_rendition
 from trainer.settings import TrainSettings
 
@@ -160,10 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         network, settings = candidate_network(spec, len(split.labels))
         results[spec] = evaluate_candidate(network, split, external, settings,
                                            args.melanoma_sensitivity)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-        args.out.with_suffix(".md").write_text(table(results), encoding="utf-8")
-    print(table(results))
+        write_results(args.out, results, table(results))  # after each: a long run shows progress
     return 0
 
 

@@ -315,11 +315,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = measure_version(version_dir, sources, args.bootstrap, not args.no_cost)
         result["name"] = args.name[position] if position < len(args.name) else str(version_dir)
         results.append(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    args.out.with_suffix(".md").write_text(comparison_markdown(results), encoding="utf-8")
-    print(comparison_markdown(results))
+    write_results(args.out, results, comparison_markdown(results))
     return 0
+
+
+def write_results(out: Path, results: Any, markdown: str) -> None:
+    """`out` (JSON) and its Markdown table beside it (`.md`), and the table on stdout."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    out.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(markdown)
 
 
 if __name__ == "__main__":
