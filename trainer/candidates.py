@@ -1,7 +1,8 @@
 """Compare trained networks before publishing any: head-only against adapted, seed by seed.
 
 For each finished `trainer.train` workdir (its `network.weights.h5`, or with `:head` its stage-1
-network `checkpoints/stage1-head-best.weights.h5`), and for ensembles of several (`a+b+c`), this
+network `checkpoints/stage1-head-best.weights.h5`), and for ensembles of several (`a+b+c`, and
+`a+b+c^flip` with each member also run on the mirrored image), this
 predicts the workdir's validation split, its own test (primary rendition) and the ISIC 2017
 external check with the same preprocessing as the service, then decides on validation exactly as
 the pipeline does (temperature, the melanoma threshold for the validation sensitivity target) and
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 HEAD_SUFFIX = ":head"
 HEAD_WEIGHTS = Path("checkpoints") / "stage1-head-best.weights.h5"
 ENSEMBLE_SEPARATOR = "+"
+FLIP_SUFFIX = "^flip"
 
 
 ARCHITECTURE_FIELDS = ("backbone", "input_size", "reference_pixels", "colour_constancy",
@@ -52,7 +54,7 @@ ARCHITECTURE_FIELDS = ("backbone", "input_size", "reference_pixels", "colour_con
 
 
 def workdir_of(spec: str) -> Path:
-    return Path(spec.removesuffix(HEAD_SUFFIX))
+    return Path(spec.removesuffix(FLIP_SUFFIX).removesuffix(HEAD_SUFFIX))
 
 
 def trained_settings(workdir: Path) -> TrainSettings:
@@ -78,12 +80,14 @@ def _network(spec: str, num_classes: int, position: int) -> Any:
 
 
 def candidate_network(spec: str, num_classes: int) -> tuple[Any, TrainSettings]:
-    """One workdir's network, or the ensemble of `a+b+...`, and the (first) member's settings."""
+    """One workdir's network, or the ensemble of `a+b+...` (`...^flip`: with in-graph flip TTA),
+    and the (first) member's settings."""
     from trainer.ensemble import ensemble_network
 
-    parts = spec.split(ENSEMBLE_SEPARATOR)
+    flip = spec.endswith(FLIP_SUFFIX)
+    parts = spec.removesuffix(FLIP_SUFFIX).split(ENSEMBLE_SEPARATOR)
     members = [_network(part, num_classes, n) for n, part in enumerate(parts)]
-    network = members[0] if len(members) == 1 else ensemble_network(members)
+    network = members[0] if len(members) == 1 and not flip else ensemble_network(members, flip)
     return network, trained_settings(workdir_of(parts[0]))
 
 
@@ -131,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trainer.candidates", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("candidates", nargs="+",
-                        help="WORKDIR, WORKDIR:head (its stage-1 network) or A+B+C (ensemble)")
+                        help="WORKDIR, WORKDIR:head (its stage-1 network), A+B+C (ensemble); "
+                             "a ^flip suffix adds in-graph flip TTA")
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--renditions-dir", type=Path, default=None,
                         help="needed when the workdirs' split has the second rendition")

@@ -296,7 +296,7 @@ def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Pa
             first_trainable="tiny_conv2", views_per_image=1, batch_size=8, head_epochs=2,
             fine_tune_epochs=1, imbalance="class_weights", seed=seed), workdir)
     first, second = tmp_path / "s1", tmp_path / "s2"
-    specs = [f"{first}:head", str(first), f"{first}+{second}"]
+    specs = [f"{first}:head", str(first), f"{first}+{second}", f"{first}^flip"]
     out = tmp_path / "candidates.json"
     assert candidates_main(["--data-dir", str(tmp_path / "ham"), "--external-dir", str(isic),
                             "--out", str(out), *specs]) == 0
@@ -306,6 +306,7 @@ def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Pa
         assert result["external"]["images"] == 18 and result["own_test"]["images"] == len(
             split.test)
         assert 0 <= result["own_test"]["balanced_accuracy"] <= 1
-    # the ensemble is another network than its first member
+    # the ensemble and the flip-averaged network are other networks than the first member
     assert results[specs[2]]["temperature"] != results[specs[1]]["temperature"]
+    assert results[specs[3]]["temperature"] != results[specs[1]]["temperature"]
     assert out.with_suffix(".md").read_text().count("\n") == 2 + len(specs)
