@@ -39,9 +39,9 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from service.model_config import InputSpec, ModelConfig
-from service.preprocessing import to_model_input
-from service.validation import ImageLimits, decode_image
+from core.model_config import InputSpec, ModelConfig
+from core.preprocessing import to_model_input
+from core.validation import ImageLimits, decode_image
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the targets
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; 32 is the server's default max batch

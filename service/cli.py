@@ -23,10 +23,10 @@ from typing import Any, TextIO, cast
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from core.tls import channel_credentials
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service import defaults
-from service.auth import channel_credentials
 from service.status import REASON_METADATA_KEY
 
 Command = Callable[[argparse.Namespace], int]

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 
 DEMO_INPUT = InputSpec(height=192, width=192)  # the released model's input size
 DEMO_DESCRIPTION = ("UNTRAINED PLACEHOLDER for demos and smoke tests: a random linear map of "

@@ -26,7 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from service.prediction import Prediction
+from core.prediction import Prediction
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,12 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.backends.base import Backend, ModelRef
+from core.batching import MicroBatcher
+from core.classifier import Classifier, require_config
+from core.errors import DermserveError
+from core.tls import channel_credentials
+from core.validation import PixelBudget
 from dermserve.v1 import lesion_classifier_pb2, lesion_classifier_pb2_grpc
 from service.auth import (
     ReloadingTokens,
@@ -27,20 +33,14 @@ from service.auth import (
     TokenChecker,
     TokenGrant,
     TokenTable,
-    channel_credentials,
     server_credentials,
 )
-from service.backends.base import Backend, ModelRef
-from service.batching import MicroBatcher
-from service.classifier import Classifier, require_config
 from service.classify_stream import StreamDrain
-from service.errors import DermserveError
 from service.metrics import Metrics, start_exporter
 from service.servicer import LesionClassifierServicer
 from service.settings import SecuritySettings, Settings
 from service.status import ErrorMappingInterceptor
 from service.streams import StreamLimiter
-from service.validation import PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +66,13 @@ def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
 
 def raw_backend(settings: Settings, metrics: Metrics | None) -> Backend:
     if settings.backend == "tfserving":
-        from service.backends.tfserving import TFServingBackend
+        from core.backends.tfserving import TFServingBackend
 
         credentials = channel_credentials(settings.tfserving_ca) if settings.tfserving_ca else None
         return TFServingBackend(settings.tfserving_target, settings.model_name,
                                 settings.backend_timeout_s, settings.backend_max_retries,
                                 credentials=credentials)
-    from service.backends.embedded import EmbeddedBackend
+    from core.backends.embedded import EmbeddedBackend
 
     embedded = EmbeddedBackend(settings.model_base, settings.model_name,
                                settings.poll_interval_s, dict(settings.version_labels),

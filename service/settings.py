@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import defaults as core_defaults
+from core.validation import ImageLimits
 from service import defaults
-from service.validation import ImageLimits
 
 ENV_PREFIX = "DERMSERVE_"
 BACKENDS = ("embedded", "tfserving")
@@ -22,13 +23,13 @@ LOG_FORMATS = ("text", "json")
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """Dynamic micro-batching of concurrent predict calls (service/batching.py)."""
+    """Dynamic micro-batching of concurrent predict calls (core/batching.py)."""
 
     enabled: bool = True
-    max_size: int = defaults.DEFAULT_BATCH_MAX_SIZE
-    max_wait_ms: float = defaults.DEFAULT_BATCH_MAX_WAIT_MS
-    workers: int = defaults.DEFAULT_BATCH_WORKERS
-    queue_limit: int = defaults.DEFAULT_BATCH_QUEUE_LIMIT
+    max_size: int = core_defaults.DEFAULT_BATCH_MAX_SIZE
+    max_wait_ms: float = core_defaults.DEFAULT_BATCH_MAX_WAIT_MS
+    workers: int = core_defaults.DEFAULT_BATCH_WORKERS
+    queue_limit: int = core_defaults.DEFAULT_BATCH_QUEUE_LIMIT
 
 
 @dataclass(frozen=True)
@@ -70,19 +71,19 @@ class Settings:
     health_listen_address: str = ""  # off; see the --health-listen flag
     metrics_address: str = defaults.DEFAULT_METRICS_ADDRESS
     metrics_port: int = defaults.DEFAULT_METRICS_PORT
-    backend: str = defaults.DEFAULT_BACKEND
-    model_base: Path = Path(defaults.DEFAULT_MODEL_BASE)
-    model_name: str = defaults.DEFAULT_MODEL_NAME
-    poll_interval_s: float = defaults.DEFAULT_POLL_INTERVAL_S
+    backend: str = core_defaults.DEFAULT_BACKEND
+    model_base: Path = Path(core_defaults.DEFAULT_MODEL_BASE)
+    model_name: str = core_defaults.DEFAULT_MODEL_NAME
+    poll_interval_s: float = core_defaults.DEFAULT_POLL_INTERVAL_S
     version_labels: Mapping[str, int] = field(default_factory=dict)
     default_version_label: str = ""  # empty: unpinned calls get the latest version
-    tfserving_target: str = defaults.DEFAULT_TFSERVING_TARGET
+    tfserving_target: str = core_defaults.DEFAULT_TFSERVING_TARGET
     tfserving_ca: Path | None = None  # None: plaintext to TF Serving (loopback, tests)
-    backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
-    backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
+    backend_timeout_s: float = core_defaults.DEFAULT_BACKEND_TIMEOUT_S
+    backend_max_retries: int = core_defaults.DEFAULT_BACKEND_MAX_RETRIES
     limits: ImageLimits = field(default_factory=ImageLimits)
-    decode_pixel_budget: int = defaults.DEFAULT_DECODE_PIXEL_BUDGET
-    min_confidence_floor: float = defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
+    decode_pixel_budget: int = core_defaults.DEFAULT_DECODE_PIXEL_BUDGET
+    min_confidence_floor: float = core_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
     batching: BatchSettings = field(default_factory=BatchSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     streams: StreamSettings = field(default_factory=StreamSettings)
@@ -97,7 +98,7 @@ class Settings:
     def max_message_bytes(self) -> int:
         """gRPC's message limit: the image limit plus room for the other fields. Larger messages
         fail with RESOURCE_EXHAUSTED before any of our code runs."""
-        return self.limits.max_bytes + defaults.MESSAGE_OVERHEAD_BYTES
+        return self.limits.max_bytes + core_defaults.MESSAGE_OVERHEAD_BYTES
 
     @property
     def stream_limit(self) -> int:
@@ -165,31 +166,32 @@ OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
      "probes that cannot speak TLS (empty: off)"),
     ("metrics-address", str, defaults.DEFAULT_METRICS_ADDRESS, "Prometheus exporter address"),
     ("metrics-port", int, defaults.DEFAULT_METRICS_PORT, "Prometheus exporter port (0: off)"),
-    ("backend", str, defaults.DEFAULT_BACKEND, "model backend: embedded or tfserving"),
-    ("model-base", Path, defaults.DEFAULT_MODEL_BASE, "embedded: model base directory"),
-    ("model-name", str, defaults.DEFAULT_MODEL_NAME, "model name"),
-    ("poll-interval-s", float, defaults.DEFAULT_POLL_INTERVAL_S, "embedded: rescan period"),
+    ("backend", str, core_defaults.DEFAULT_BACKEND, "model backend: embedded or tfserving"),
+    ("model-base", Path, core_defaults.DEFAULT_MODEL_BASE, "embedded: model base directory"),
+    ("model-name", str, core_defaults.DEFAULT_MODEL_NAME, "model name"),
+    ("poll-interval-s", float, core_defaults.DEFAULT_POLL_INTERVAL_S, "embedded: rescan period"),
     ("version-labels", parse_labels, "", "embedded: labels, e.g. stable=3,canary=4"),
     ("default-version-label", str, "", "label answering calls that pin nothing, e.g. stable "
      "(empty: the latest version)"),
-    ("tfserving-target", str, defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
+    ("tfserving-target", str, core_defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
     ("tfserving-ca", optional_path, "", "tfserving: CA (PEM) of TF Serving's certificate; "
      "enables TLS to it (empty: plaintext)"),
-    ("backend-timeout-s", float, defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
-    ("backend-max-retries", int, defaults.DEFAULT_BACKEND_MAX_RETRIES, "retries on UNAVAILABLE"),
-    ("max-image-bytes", int, defaults.DEFAULT_MAX_IMAGE_BYTES, "encoded image limit, bytes"),
-    ("max-image-pixels", int, defaults.DEFAULT_MAX_IMAGE_PIXELS, "pixel count limit"),
-    ("min-image-side", int, defaults.DEFAULT_MIN_IMAGE_SIDE, "shortest side, pixels"),
-    ("max-aspect-ratio", float, defaults.DEFAULT_MAX_ASPECT_RATIO, "long/short side limit"),
-    ("decode-pixel-budget", int, defaults.DEFAULT_DECODE_PIXEL_BUDGET,
+    ("backend-timeout-s", float, core_defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
+    ("backend-max-retries", int, core_defaults.DEFAULT_BACKEND_MAX_RETRIES,
+     "retries on UNAVAILABLE"),
+    ("max-image-bytes", int, core_defaults.DEFAULT_MAX_IMAGE_BYTES, "encoded image limit, bytes"),
+    ("max-image-pixels", int, core_defaults.DEFAULT_MAX_IMAGE_PIXELS, "pixel count limit"),
+    ("min-image-side", int, core_defaults.DEFAULT_MIN_IMAGE_SIDE, "shortest side, pixels"),
+    ("max-aspect-ratio", float, core_defaults.DEFAULT_MAX_ASPECT_RATIO, "long/short side limit"),
+    ("decode-pixel-budget", int, core_defaults.DEFAULT_DECODE_PIXEL_BUDGET,
      "pixels decoded at once across calls (memory bound)"),
-    ("min-confidence-floor", float, defaults.DEFAULT_MIN_CONFIDENCE_FLOOR,
+    ("min-confidence-floor", float, core_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR,
      "abstain below this top probability, whatever the version says"),
     ("batching", str, "on", "micro-batching: on or off"),
-    ("batch-max-size", int, defaults.DEFAULT_BATCH_MAX_SIZE, "images per batch"),
-    ("batch-max-wait-ms", float, defaults.DEFAULT_BATCH_MAX_WAIT_MS, "extra wait for a batch"),
-    ("batch-workers", int, defaults.DEFAULT_BATCH_WORKERS, "batches in flight"),
-    ("batch-queue-limit", int, defaults.DEFAULT_BATCH_QUEUE_LIMIT, "images waiting, at most"),
+    ("batch-max-size", int, core_defaults.DEFAULT_BATCH_MAX_SIZE, "images per batch"),
+    ("batch-max-wait-ms", float, core_defaults.DEFAULT_BATCH_MAX_WAIT_MS, "extra wait for a batch"),
+    ("batch-workers", int, core_defaults.DEFAULT_BATCH_WORKERS, "batches in flight"),
+    ("batch-queue-limit", int, core_defaults.DEFAULT_BATCH_QUEUE_LIMIT, "images waiting, at most"),
     ("auth-tokens-file", optional_path, "", "bearer tokens file (see service/auth.py)"),
     ("auth-token", str, "", "one bearer token for every service (prefer the env variable)"),
     ("tls-cert", optional_path, "", "server certificate (PEM); enables TLS"),

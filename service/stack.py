@@ -19,6 +19,7 @@ from types import FrameType
 
 import grpc
 
+from core import defaults as core_defaults
 from service import defaults
 
 log = logging.getLogger("dermserve.stack")
@@ -150,9 +151,9 @@ def run(processes: list[Process], target: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m service.stack", description=__doc__)
-    parser.add_argument("--model-base", type=Path, default=Path(defaults.DEFAULT_MODEL_BASE))
+    parser.add_argument("--model-base", type=Path, default=Path(core_defaults.DEFAULT_MODEL_BASE))
     parser.add_argument("--demo-base", type=Path, default=Path("var/demo-models"))
-    parser.add_argument("--model-name", default=defaults.DEFAULT_MODEL_NAME)
+    parser.add_argument("--model-name", default=core_defaults.DEFAULT_MODEL_NAME)
     parser.add_argument("--listen", default=defaults.DEFAULT_LISTEN_ADDRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack %(message)s")

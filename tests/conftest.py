@@ -12,7 +12,7 @@ import pytest
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
 
 TINY_MODEL_NAME = "ham10000"
 TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
@@ -20,7 +20,7 @@ TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
 
 def tiny_config(seed: int = 0, min_confidence: float = 0.0) -> ModelConfig:
     """A ModelConfig for the tiny stand-in network (no skill; contract tests only)."""
-    from service.model_config import AbstentionRule
+    from core.model_config import AbstentionRule
 
     return ModelConfig(
         labels=tuple(HAM10000_DISPLAY_NAMES),

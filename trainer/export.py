@@ -1,7 +1,7 @@
 """Export a network as a dermserve SavedModel version: the serving contract lives here.
 
 Signatures (documented in docs/model-contract.md):
-  serving_default(image: uint8 [N, H, W, 3] RGB, already `service.preprocessing.to_model_input`)
+  serving_default(image: uint8 [N, H, W, 3] RGB, already `core.preprocessing.to_model_input`)
       -> probabilities: float32 [N, K] calibrated (softmax of logits / temperature)
       -> ood_score:     float32 [N]    Mahalanobis distance of the pooled features to the nearest
                                        class mean, in a PCA subspace of the training features when
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.model_config import ModelConfig
+from core.model_config import ModelConfig
 from trainer.features import FeatureStatistics
 
 __all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",

@@ -1,5 +1,5 @@
 """A version as the service sees it: load the SavedModel and classify PIL images through
-`service.preprocessing.to_model_input` and the `serving_default` signature."""
+`core.preprocessing.to_model_input` and the `serving_default` signature."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.model_config import ModelConfig
-from service.preprocessing import to_model_input
+from core.model_config import ModelConfig
+from core.preprocessing import to_model_input
 
 SERVING_BATCH = 32  # images per signature call: bounds memory at 224 px on a small machine
 

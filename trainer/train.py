@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.model_config import InputSpec
-from service.preprocessing import to_model_input
+from core.model_config import InputSpec
+from core.preprocessing import to_model_input
 from trainer.augment import augment, view_rng
 from trainer.class_weights import balanced_class_weights
 from trainer.data import Record, Split, label_indices

@@ -38,10 +38,10 @@ import numpy as np
 import redis
 from PIL import Image
 
-from service.backends.base import Backend, ModelRef
-from service.classifier import Classifier, require_config
-from service.preprocessing import to_model_input
-from service.validation import ImageLimits, decode_image
+from core.backends.base import Backend, ModelRef
+from core.classifier import Classifier, require_config
+from core.preprocessing import to_model_input
+from core.validation import ImageLimits, decode_image
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
 from worker.runner import WorkerProcess, build_backend, wait_for_model
@@ -142,7 +142,7 @@ class RedisProcess:
 
 def export_stand_in(model_base: Path, model_name: str, weights: Path | None) -> None:
     """An untrained version with the released model's architecture, for timing only."""
-    from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+    from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
     from trainer.export import ServingModule, save_version
     from trainer.network import build_network
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from service.backends.base import ModelRef, VersionInfo
-from service.errors import (
+from core.backends.base import ModelRef, VersionInfo
+from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     DermserveError,
@@ -35,8 +35,8 @@ from service.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from service.prediction import Prediction
-from service.validation import ImageLimits
+from core.prediction import Prediction
+from core.validation import ImageLimits
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState
 from worker.references import ImageRef, InputRoots, open_checked
@@ -52,7 +52,7 @@ FINAL_LEASE = "final"
 
 
 class BatchClassifier(Protocol):
-    """What a chunk needs of service.classifier.Classifier (a test may pass a small fake)."""
+    """What a chunk needs of core.classifier.Classifier (a test may pass a small fake)."""
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
                       request_ids: Sequence[str] | None = None,

@@ -4,7 +4,7 @@ The BatchJobs servicer (worker/servicer.py) and tests call it; it imports neithe
 TensorFlow. It validates everything a client sends before anything is queued: references inside
 the input roots (InvalidRequest), counts and bytes within limits (ResourceExhausted).
 
-A job belongs to the Caller that submitted it (service/identity.py): another caller gets
+A job belongs to the Caller that submitted it (core/identity.py): another caller gets
 JobNotFound, exactly as for an unknown id, so that job ids cannot be probed; an operator sees
 every job. An idempotency key (`client_job_id`) is scoped to its owner.
 """
@@ -24,8 +24,8 @@ from typing import ParamSpec, TypeVar
 
 import redis
 
-from service.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
-from service.identity import ANONYMOUS, Caller
+from core.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
+from core.identity import ANONYMOUS, Caller
 from worker import defaults
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority

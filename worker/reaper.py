@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import redis
 
-from service.errors import JobNotFound
+from core.errors import JobNotFound
 from worker.chunks import FINAL_LEASE
 from worker.defaults import DEFAULT_MAX_CHUNK_ATTEMPTS
 from worker.queues import ChunkQueues, chunk_job_id, finalize_job_id

@@ -9,7 +9,7 @@ import enum
 import time
 from dataclasses import dataclass
 
-from service.identity import ANONYMOUS
+from core.identity import ANONYMOUS
 
 
 class JobState(enum.Enum):

@@ -25,8 +25,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from service.errors import DermserveError, InvalidRequest
-from service.prediction import Prediction
+from core.errors import DermserveError, InvalidRequest
+from core.prediction import Prediction
 from worker.references import ImageRef, printable
 
 EXPORT_JSONL = "results.jsonl"

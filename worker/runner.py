@@ -28,11 +28,11 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from service.auth import channel_credentials
-from service.backends.base import Backend, ModelRef
-from service.classifier import Classifier
-from service.errors import DermserveError
-from service.validation import PixelBudget
+from core.backends.base import Backend, ModelRef
+from core.classifier import Classifier
+from core.errors import DermserveError
+from core.tls import channel_credentials
+from core.validation import PixelBudget
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
@@ -74,14 +74,14 @@ class BatchWorker(SimpleWorker):
 def build_backend(settings: WorkerSettings) -> Backend:
     """The model backend; TensorFlow is imported here, once, and only in the worker."""
     if settings.backend == "embedded":
-        from service.backends.embedded import EmbeddedBackend
+        from core.backends.embedded import EmbeddedBackend
 
         embedded = EmbeddedBackend(settings.model_base, settings.model_name,
                                    poll_interval_s=settings.poll_interval_s)
         embedded.start()
         return embedded
     if settings.backend == "tfserving":
-        from service.backends.tfserving import TFServingBackend
+        from core.backends.tfserving import TFServingBackend
 
         credentials = (channel_credentials(Path(settings.tfserving_ca)) if settings.tfserving_ca
                        else None)

@@ -1,6 +1,6 @@
 """The BatchJobs servicer: protos in, JobService calls, protos out. Nothing else.
 
-Errors are raised as service.errors types and mapped to status codes by the front's one
+Errors are raised as core.errors types and mapped to status codes by the front's one
 interceptor (service.status.ErrorMappingInterceptor), as for LesionClassifier.
 """
 

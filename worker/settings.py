@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from service import defaults as service_defaults
-from service.errors import InvalidRequest
-from service.validation import ImageLimits
+from core import defaults as core_defaults
+from core.errors import InvalidRequest
+from core.validation import ImageLimits
 from worker import defaults
 
 
@@ -61,22 +61,22 @@ class WorkerSettings:
     watch_interval_s: float = defaults.DEFAULT_WATCH_INTERVAL_S
     redis_socket_timeout_s: float = defaults.DEFAULT_REDIS_SOCKET_TIMEOUT_S
     redis_retries: int = defaults.DEFAULT_REDIS_RETRIES
-    model_base: Path = Path(service_defaults.DEFAULT_MODEL_BASE)
-    model_name: str = service_defaults.DEFAULT_MODEL_NAME
-    backend: str = service_defaults.DEFAULT_BACKEND
-    tfserving_target: str = service_defaults.DEFAULT_TFSERVING_TARGET
+    model_base: Path = Path(core_defaults.DEFAULT_MODEL_BASE)
+    model_name: str = core_defaults.DEFAULT_MODEL_NAME
+    backend: str = core_defaults.DEFAULT_BACKEND
+    tfserving_target: str = core_defaults.DEFAULT_TFSERVING_TARGET
     tfserving_ca: str = field(default="", metadata={
         "help": "CA (PEM) of TF Serving's certificate; enables TLS to it (empty: plaintext)"})
-    poll_interval_s: float = service_defaults.DEFAULT_POLL_INTERVAL_S
+    poll_interval_s: float = core_defaults.DEFAULT_POLL_INTERVAL_S
     model_ready_timeout_s: float = defaults.DEFAULT_MODEL_READY_TIMEOUT_S
-    min_confidence_floor: float = service_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
+    min_confidence_floor: float = core_defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
     default_version_label: str = field(default="", metadata={
         "help": "label answering jobs that pin nothing, e.g. stable (empty: the latest)"})
-    max_image_bytes: int = service_defaults.DEFAULT_MAX_IMAGE_BYTES
-    max_image_pixels: int = service_defaults.DEFAULT_MAX_IMAGE_PIXELS
-    min_image_side: int = service_defaults.DEFAULT_MIN_IMAGE_SIDE
-    max_aspect_ratio: float = service_defaults.DEFAULT_MAX_ASPECT_RATIO
-    decode_pixel_budget: int = service_defaults.DEFAULT_DECODE_PIXEL_BUDGET
+    max_image_bytes: int = core_defaults.DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = core_defaults.DEFAULT_MAX_IMAGE_PIXELS
+    min_image_side: int = core_defaults.DEFAULT_MIN_IMAGE_SIDE
+    max_aspect_ratio: float = core_defaults.DEFAULT_MAX_ASPECT_RATIO
+    decode_pixel_budget: int = core_defaults.DEFAULT_DECODE_PIXEL_BUDGET
     worker_metrics_address: str = defaults.DEFAULT_WORKER_METRICS_ADDRESS
     worker_metrics_port: int = defaults.DEFAULT_WORKER_METRICS_PORT
     burst: bool = field(default=False, metadata={"help": "exit once the queues are empty"})

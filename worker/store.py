@@ -34,7 +34,7 @@ from redis.backoff import ExponentialBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
-from service.errors import FailedPrecondition, JobNotFound
+from core.errors import FailedPrecondition, JobNotFound
 from worker import defaults
 from worker.records import ChunkState, JobRecord, JobState
 from worker.settings import WorkerSettings

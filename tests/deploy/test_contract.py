@@ -18,7 +18,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from service import defaults as service_defaults
+from core import defaults as core_defaults
 from service import settings as service_settings
 from tests.deploy.conftest import DEPLOY, Rendered
 from trainer import cli as trainer_cli
@@ -255,7 +255,7 @@ def test_tfserving_ports_and_files(rendered: Rendered) -> None:
 def test_tfserving_model_config_serves_the_model_volume(rendered: Rendered) -> None:
     spec, main = container(rendered, "Deployment", "tfserving")
     (model,) = models_config(rendered).model_config_list.config
-    assert model.name == service_defaults.DEFAULT_MODEL_NAME
+    assert model.name == core_defaults.DEFAULT_MODEL_NAME
     mount = mount_covering(spec, main, PurePosixPath(model.base_path))
     volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
     assert volume["persistentVolumeClaim"]["claimName"] == "dermserve-models"

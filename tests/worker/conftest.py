@@ -17,8 +17,8 @@ import pytest
 import redis
 from PIL import Image
 
-from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
-from service.errors import ModelNotFound
+from core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from core.errors import ModelNotFound
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from worker.jobs import JobService
 from worker.runner import WorkerProcess, build_classifier

@@ -16,9 +16,10 @@ import grpc
 import pytest
 import redis
 
+from core.tls import channel_credentials
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from service.auth import TokenTable, channel_credentials
+from service.auth import TokenTable
 from service.metrics import Metrics
 from service.server import create_server, optional_services
 from service.settings import SecuritySettings

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import BackendUnavailable, FailedPrecondition, JobNotFound
+from core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
 from tests.worker.conftest import (
     FakeBackend,
     jpeg_bytes,

@@ -60,8 +60,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service import defaults
-from service.errors import InvalidImage, ResourceExhausted
+from core import defaults
+from core.errors import InvalidImage, ResourceExhausted
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -312,7 +312,7 @@ class PixelBudget:
 def decode_image(data: bytes, limits: ImageLimits, min_size: tuple[int, int] | None = None,
                  check_deadline: DeadlineCheck | None = None) -> Image.Image:
     """Validate `data` and return it as a fully decoded, upright RGB image; a JPEG at reduced
-    scale when `min_size` allows. Unbudgeted: the classifier's path (service/classifier.py)
+    scale when `min_size` allows. Unbudgeted: the classifier's path (core/classifier.py)
     holds a PixelBudget share until the image is the model input."""
     image = open_image(data, limits, check_deadline)
     if min_size is not None:

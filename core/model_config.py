@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.errors import InternalError
+from core.errors import InternalError
 
 CONFIG_FORMAT_VERSION = 1
 CONFIG_RELATIVE_PATH = Path("assets.extra") / "dermserve.json"

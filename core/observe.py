@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.prediction import Prediction
+from core.prediction import Prediction
 
 
 class Observer(Protocol):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import DermserveError, InternalError, InvalidRequest
-from service.model_config import CONFIG_RELATIVE_PATH, ModelConfig
+from core.errors import DermserveError, InternalError, InvalidRequest
+from core.model_config import CONFIG_RELATIVE_PATH, ModelConfig
 
 logger = logging.getLogger(__name__)
 
