@@ -10,8 +10,8 @@
 A directory or image file is sent as a reference (the server reads it from its input roots); a
 `.csv` file as a manifest; `--inline` sends the images themselves instead. `submit` shows a
 progress bar on stderr until the job ends, then prints the job as JSON on stdout. Exit status: 0
-when the job (or the call) succeeded, 1 otherwise. `service/cli.py` registers these commands
-through `add_batch_commands`; `python -m worker.cli` runs them on their own.
+when the job (or the call) succeeded, 1 otherwise. cli/main.py registers these commands
+through `add_batch_commands`; `python -m cli.batch` runs them on their own.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from dermserve.v1 import lesion_classifier_pb2 as lc
-from service.cli import add_connection_arguments, call_metadata, error_entry, open_channel
 from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
 from worker.results import CSV_COLUMNS, csv_cell
 
@@ -40,14 +40,14 @@ TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
             pb.BATCH_JOB_STATE_CANCELLED}
 
 
-def add_batch_commands(commands: Any) -> None:
+def add_batch_commands(commands: Any, environ: Mapping[str, str]) -> None:
     """Register `batch` and its subcommands on the `dermserve` subparsers."""
     batch = commands.add_parser("batch", help="batch jobs: submit, status, watch, results, "
                                               "cancel")
-    register(batch.add_subparsers(dest="batch_command", required=True), os.environ)
+    register(batch.add_subparsers(dest="batch_command", required=True), environ)
 
 
-def register(commands: Any, environ: dict[str, str] | os._Environ[str]) -> None:
+def register(commands: Any, environ: Mapping[str, str]) -> None:
     submit = commands.add_parser("submit", help="submit a folder, files or a manifest CSV")
     submit.add_argument("inputs", nargs="+", metavar="DIR_OR_MANIFEST")
     submit.add_argument("--inline", action="store_true",

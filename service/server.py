@@ -294,9 +294,13 @@ def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]]
 
 def optional_services(environ: Mapping[str, str]) -> list[tuple[str, ServiceAdder]]:
     """Services hosted on the front's port besides Classify: BatchJobs, when Redis is set."""
-    from worker.front import front_services
+    from service.batch_jobs import batch_jobs_service
+    from worker.jobs import JobService
+    from worker.settings import env_name, settings_from_env
 
-    return front_services(environ)
+    if not environ.get(env_name("redis_url")):
+        return []
+    return [batch_jobs_service(JobService.from_settings(settings_from_env(environ)))]
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

@@ -1,6 +1,6 @@
 """The job service, grpc-free: submit, get, watch, cancel and page through results.
 
-The BatchJobs servicer (worker/servicer.py) and tests call it; it imports neither grpc nor
+The BatchJobs servicer (service/batch_jobs.py) and tests call it; it imports neither grpc nor
 TensorFlow. It validates everything a client sends before anything is queued: references inside
 the input roots (InvalidRequest), counts and bytes within limits (ResourceExhausted).
 

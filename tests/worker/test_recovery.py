@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.conftest import RedisServer, wait_until, write_images
+from devtools.redis import RedisServer
+from tests.worker.conftest import wait_until, write_images
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
 from worker.settings import WorkerSettings

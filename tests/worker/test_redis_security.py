@@ -16,15 +16,10 @@ import pytest
 import redis
 from rq import Queue
 
+from devtools.ports import free_port
+from devtools.redis import redis_binary
 from tests.pki import Pki, make_pki
-from tests.worker.conftest import (
-    REDIS_SERVER,
-    FakeBackend,
-    free_tcp_port,
-    jpeg_bytes,
-    run_worker_burst,
-    wait_until,
-)
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, wait_until
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.queues import SERIALIZER
 from worker.records import JobState
@@ -58,7 +53,7 @@ class SecureRedis:
                            password=self.password_file.read_text().strip())
 
     def start(self) -> None:
-        process = subprocess.Popen([REDIS_SERVER, str(self.conf)], stdout=subprocess.DEVNULL,
+        process = subprocess.Popen([redis_binary(), str(self.conf)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         self.process = process
         client = self.admin()
@@ -81,7 +76,7 @@ def secure_redis(tmp_path: Path) -> Iterator[SecureRedis]:
     shutil.copy(DEV_SECRETS / "users.acl", acl)
     password_file = tmp_path / "password"
     shutil.copy(DEV_SECRETS / "redis-password", password_file)
-    port = free_tcp_port()
+    port = free_port()
     (tmp_path / "data").mkdir()
     conf = tmp_path / "redis.conf"
     conf.write_text(deployed_conf({

@@ -15,16 +15,11 @@ import pytest
 
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from devtools.redis import RedisServer
+from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
 from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
-from tests.worker.conftest import (
-    FakeBackend,
-    RedisServer,
-    jpeg_bytes,
-    run_worker_burst,
-    write_images,
-)
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from worker.jobs import JobService
-from worker.servicer import add_batch_jobs_service, batch_jobs_service
 from worker.settings import WorkerSettings
 
 
@@ -203,7 +198,7 @@ def target(jobs: JobService) -> Iterator[str]:
 def test_cli_submit_watch_results_and_cancel(
         target: str, settings: WorkerSettings, input_root: Path,
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from worker.cli import main
+    from cli.batch import main
 
     write_images(input_root / "folder", 6)
     assert main(["submit", str(input_root / "folder"), "--no-wait", "--job-id", "cli-1",

@@ -1,4 +1,9 @@
-"""The BatchJobs servicer: protos in, JobService calls, protos out. Nothing else.
+"""The BatchJobs servicer: protos in, JobService (worker/jobs.py) calls, protos out. Nothing else.
+
+The front offers BatchJobs when it is given Redis (`--redis-url` / `DERMSERVE_REDIS_URL`, as
+`make run` and deploy/ do); without Redis there are no batch jobs to serve, and the front serves
+Classify alone. This side needs Redis and the output directory, never TensorFlow: the workers do
+the classifying.
 
 Errors are raised as core.errors types and mapped to status codes by the front's one
 interceptor (service.status.ErrorMappingInterceptor), as for LesionClassifier.
