@@ -52,17 +52,7 @@ from core.backends.base import (
     VersionState,
     load_failure,
 )
-from core.backends.savedmodel import (
-    CONFIG_OUTPUT,
-    IMAGE_INPUT,
-    LABELS_OUTPUT,
-    METADATA_SIGNATURE,
-    OOD_OUTPUT,
-    PROBABILITIES_OUTPUT,
-    PROBE_INPUT,
-    SERVING_SIGNATURE,
-    check_images,
-)
+from core.backends.savedmodel import check_images
 from core.backends.tensor_protos import make_ndarray, make_tensor
 from core.backends.version_dirs import UNKNOWN_LABEL_REASON
 from core.errors import (
@@ -74,7 +64,17 @@ from core.errors import (
     ModelNotFound,
     ResourceExhausted,
 )
-from core.model_config import ModelConfig
+from core.model_config import (
+    CONFIG_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    METADATA_SIGNATURE,
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    PROBE_INPUT,
+    SERVING_SIGNATURE,
+    ModelConfig,
+)
 
 logger = logging.getLogger(__name__)
 
