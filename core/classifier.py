@@ -32,6 +32,7 @@ from core.model_config import InputSpec, ModelConfig
 from core.observe import NullObserver, Observer
 from core.prediction import Prediction, build_prediction
 from core.preprocessing import detail_size, to_model_input
+from core.settings import ServingSettings
 from core.validation import (
     ImageLimits,
     PixelBudget,
@@ -81,6 +82,15 @@ class Classifier:
         self.min_confidence_floor = min_confidence_floor
         self.observer: Observer = observer or NullObserver()
         self.decode_budget = decode_budget
+
+    @classmethod
+    def from_settings(cls, backend: Backend, settings: ServingSettings,
+                      observer: Observer | None = None) -> Classifier:
+        """The front's and the worker's classifier: the same checks, floor, default label and
+        kind of decode budget (each image holds its share until it is the model input)."""
+        return cls(backend, settings.model_name, settings.limits, settings.min_confidence_floor,
+                   observer=observer, decode_budget=PixelBudget(settings.decode_pixel_budget),
+                   default_version_label=settings.default_version_label)
 
     def classify(self, image: bytes, ref: ModelRef | None = None, request_id: str = "",
                  timeout: float | None = None) -> Prediction:

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from core import defaults
+from core.config import setting
 from core.errors import InvalidImage, ResourceExhausted
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -109,11 +110,16 @@ class DeadlineReader(io.BytesIO):
 class ImageLimits:
     """Bounds an image must respect before anything decodes it fully."""
 
-    max_bytes: int = defaults.DEFAULT_MAX_IMAGE_BYTES
-    max_pixels: int = defaults.DEFAULT_MAX_IMAGE_PIXELS
-    min_side: int = defaults.DEFAULT_MIN_IMAGE_SIDE
-    max_aspect_ratio: float = defaults.DEFAULT_MAX_ASPECT_RATIO
-    max_jpeg_scans: int = defaults.DEFAULT_MAX_JPEG_SCANS
+    max_bytes: int = setting(defaults.DEFAULT_MAX_IMAGE_BYTES, flag="max-image-bytes",
+                             unit="bytes", help="encoded image limit")
+    max_pixels: int = setting(defaults.DEFAULT_MAX_IMAGE_PIXELS, flag="max-image-pixels",
+                              unit="pixels", help="pixel count limit")
+    min_side: int = setting(defaults.DEFAULT_MIN_IMAGE_SIDE, flag="min-image-side",
+                            unit="pixels", help="shortest side")
+    max_aspect_ratio: float = setting(defaults.DEFAULT_MAX_ASPECT_RATIO, unit="long/short side",
+                                      help="aspect ratio limit")
+    max_jpeg_scans: int = setting(defaults.DEFAULT_MAX_JPEG_SCANS, unit="scans",
+                                  help="progressive JPEG scans limit (CPU bombs carry thousands)")
 
 
 def sniff_format(data: bytes) -> str:

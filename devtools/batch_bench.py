@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, ModelRef
+from core.backends.factory import open_backend
 from core.classifier import Classifier, require_config
 from core.preprocessing import to_model_input
 from core.validation import ImageLimits, decode_image
@@ -43,7 +44,7 @@ from devtools.redis import RedisServer
 from devtools.stand_in import export_mobilenet_sized
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
-from worker.runner import WorkerProcess, build_backend, wait_for_model
+from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
 
 TARGET_RATIO = 0.8
@@ -137,14 +138,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         settings = WorkerSettings(
             redis_url=server.url, input_roots=(workdir / "input",),
             batch_output_dir=workdir / "output", model_base=model_base,
-            model_name=args.model_name, chunk_size=args.chunk_size, batch_size=args.batch_size,
+            model_name=args.model_name, chunk_size=args.chunk_size,
+            images_per_call=args.images_per_call,
             max_images_per_job=max(args.images, 1), worker_metrics_port=0, burst=True)
-        backend = build_backend(settings)
+        backend = open_backend(settings, block=True)
         try:
             classifier = Classifier(backend, settings.model_name, settings.image_limits)
             wait_for_model(classifier, settings.model_ready_timeout_s)
             raw_all = raw_figures(backend, args.model_name, samples, args.images,
-                                  args.batch_size)
+                                  args.images_per_call)
             job = job_throughput(settings, classifier, args.images)
         finally:
             backend.close()
@@ -157,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "source": str(args.data_dir) if args.data_dir else "synthetic 600x450 JPEG",
             "model": "untrained MobileNetV2 stand-in" if args.stand_in else str(args.model_base),
             "workers": 1,
-            "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+            "images_per_call": args.images_per_call, "chunk_size": args.chunk_size,
             "raw_images_per_s": raw, "raw_images_per_s_by_setup": raw_all,
             "job": job, "job_images_per_s": job["images_per_s"], "ratio": ratio,
             "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO}
@@ -174,7 +176,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stand-in", action="store_true",
                         help="time an untrained MobileNetV2 stand-in instead of --model-base")
     parser.add_argument("--weights", type=Path, help="ImageNet weights for the stand-in")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--images-per-call", "--batch-size", type=int,
+                        default=defaults.images_per_call)
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     return parser.parse_args(list(argv))

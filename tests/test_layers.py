@@ -24,8 +24,8 @@ LAYERS = {
     "tools": 5,      # the attack suite (checkout only)
 }
 PACKAGES = [name for name in LAYERS if name != "dermserve"]
-CORE_FORBIDDEN = {"rq", "redis", "grpc_health", "grpc_reflection", "prometheus_client"}
-"""What would tie the core to one edge: queues, Redis, the gRPC server's services, an exporter."""
+CORE_FORBIDDEN = {"rq", "redis", "grpc_health", "grpc_reflection"}
+"""What would tie the core to one edge: queues, Redis, the gRPC server's own services."""
 
 
 def modules() -> Iterator[tuple[str, Path]]:

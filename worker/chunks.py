@@ -89,21 +89,21 @@ class NullChunkObserver:
 class ChunkPolicy:
     """The knobs of chunk execution (from WorkerSettings)."""
 
-    batch_size: int
+    images_per_call: int
     lease_ttl_s: float
     max_attempts: int
     backend_retries: int
     backoff_base_s: float
     backoff_cap_s: float
-    backend_timeout_s: float
+    classify_timeout_s: float
     limits: ImageLimits
     pipeline_depth: int = 2
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ChunkPolicy:
-        return cls(settings.batch_size, settings.lease_ttl_s, settings.max_chunk_attempts,
+        return cls(settings.images_per_call, settings.lease_ttl_s, settings.max_chunk_attempts,
                    settings.backend_retries, settings.backoff_base_s, settings.backoff_cap_s,
-                   settings.backend_timeout_s, settings.image_limits, settings.pipeline_depth)
+                   settings.classify_timeout_s, settings.image_limits, settings.pipeline_depth)
 
 
 class LeaseKeeper:
@@ -246,7 +246,7 @@ class ChunkRunner:
         which is what keeps a worker near the model's raw throughput."""
         ref = self._model_ref(record)
         roots = InputRoots([*self.roots.roots, self.results.inputs_dir(record.job_id)])
-        size = self.policy.batch_size
+        size = self.policy.images_per_call
         in_flight: deque[Future[list[ImageResult]]] = deque()
         results: list[ImageResult] = []
         try:
@@ -264,7 +264,7 @@ class ChunkRunner:
         finally:
             # Nothing of this chunk may outlive it; bounded, in case rq's timeout fired on a hung
             # model call, which no thread can interrupt.
-            wait(in_flight, timeout=self.policy.backend_timeout_s)
+            wait(in_flight, timeout=self.policy.classify_timeout_s)
 
     def _model_ref(self, record: JobRecord) -> ModelRef:
         """One version for the whole job: the pinned one, or the first chunk's resolution."""
@@ -272,7 +272,7 @@ class ChunkRunner:
             return ModelRef(record.model_name, version=record.resolved_version)
         wanted = ModelRef(record.model_name, label=record.requested_label or None)
         info = self._retrying(lambda: self.classifier.describe(wanted,
-                                                               self.policy.backend_timeout_s))
+                                                               self.policy.classify_timeout_s))
         return ModelRef(record.model_name, version=self.store.pin_version(record.job_id,
                                                                           info.version))
 
@@ -287,7 +287,7 @@ class ChunkRunner:
                 results[offset] = ImageResult.failed(first + offset, image_ref.reference, exc)
         if images:
             answers = self._retrying(lambda: self.classifier.classify_many(
-                list(images.values()), ref, None, self.policy.backend_timeout_s))
+                list(images.values()), ref, None, self.policy.classify_timeout_s))
             for offset, answer in zip(images, answers, strict=True):
                 results[offset] = to_result(first + offset, refs[offset].reference, answer)
         return [results[offset] for offset in range(len(refs))]

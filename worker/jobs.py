@@ -31,7 +31,7 @@ from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority
 from worker.references import ImageRef, InputRoots, check_count, manifest_paths
 from worker.results import ImageResult, ResultStore
-from worker.settings import WorkerSettings
+from worker.settings import BatchApiSettings
 from worker.store import JobStore, connect
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class JobService:
         self.watch_interval_s = watch_interval_s
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> JobService:
+    def from_settings(cls, settings: BatchApiSettings) -> JobService:
         """Everything the front service needs to serve BatchJobs: two Redis clients, no TF."""
         retries = defaults.DEFAULT_API_REDIS_RETRIES
         store = JobStore.from_settings(connect(settings, retries=retries), settings)

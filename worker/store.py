@@ -37,7 +37,7 @@ from redis.retry import Retry
 from core.errors import FailedPrecondition, JobNotFound
 from worker import defaults
 from worker.records import ChunkState, JobRecord, JobState
-from worker.settings import WorkerSettings
+from worker.settings import BatchApiSettings, RedisSettings
 
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -116,7 +116,7 @@ return 'OK'
 """
 
 
-def connect(settings: WorkerSettings, decode_responses: bool = True,
+def connect(settings: RedisSettings, decode_responses: bool = True,
             retries: int | None = None) -> redis.Redis:
     """A client that reconnects by itself: each command is retried with exponential backoff
     while Redis is unreachable (a restart, a failover), for about a minute. rq needs its own
@@ -146,7 +146,7 @@ class PasswordFile(CredentialProvider):
         return (self.username, password) if self.username else (password,)
 
 
-def connection_security(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
+def connection_security(settings: RedisSettings) -> tuple[str, dict[str, Any]]:
     """The Redis URL and the client arguments for a password file and a CA. The user name stays
     in the URL (`rediss://dermserve@redis:6379/0`); redis-py refuses a credential provider next
     to a URL's user, so it moves into the provider."""
@@ -183,7 +183,7 @@ class JobStore:
         self._unpin = client.register_script(UNPIN)
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: WorkerSettings) -> JobStore:
+    def from_settings(cls, client: redis.Redis, settings: BatchApiSettings) -> JobStore:
         return cls(client, settings.key_prefix, settings.job_ttl_s, settings.active_job_ttl_s)
 
     # --- keys ------------------------------------------------------------------------------------

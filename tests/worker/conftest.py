@@ -73,7 +73,7 @@ def input_root(tmp_path: Path) -> Path:
 def settings(redis_server: RedisServer, input_root: Path, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         redis_url=redis_server.url, input_roots=(input_root,),
-        batch_output_dir=tmp_path / "output", chunk_size=4, batch_size=2,
+        batch_output_dir=tmp_path / "output", chunk_size=4, images_per_call=2,
         max_images_per_job=50, max_inline_images=5, max_inline_bytes=200_000,
         lease_ttl_s=2.0, reap_interval_s=0.3, reap_grace_s=0.0, backend_retries=3,
         backoff_base_s=0.01, backoff_cap_s=0.05, watch_interval_s=0.05,

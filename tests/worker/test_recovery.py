@@ -29,7 +29,7 @@ CHUNK = 12  # 20 chunks; batches of one image, so a chunk is mostly model time
 @pytest.fixture
 def settings(settings: WorkerSettings, model_base: Path) -> WorkerSettings:
     """The shared settings, with the tiny SavedModel and room for a longer job."""
-    return settings.with_overrides(model_base=model_base, chunk_size=CHUNK, batch_size=1,
+    return settings.with_overrides(model_base=model_base, chunk_size=CHUNK, images_per_call=1,
                                    max_images_per_job=1000, burst=False)
 
 
@@ -49,7 +49,7 @@ class Workers:
                                                                                    s.input_roots)),
                 "--batch-output-dir", str(s.batch_output_dir), "--model-base", str(s.model_base),
                 "--model-name", s.model_name, "--chunk-size", str(s.chunk_size),
-                "--batch-size", str(s.batch_size), "--lease-ttl-s", str(s.lease_ttl_s),
+                "--images-per-call", str(s.images_per_call), "--lease-ttl-s", str(s.lease_ttl_s),
                 "--reap-interval-s", str(s.reap_interval_s), "--reap-grace-s", "0",
                 "--poll-interval-s", "30", "--worker-metrics-port", "0",
                 *(["--test-hold-first-chunk"] if hold_first_chunk else [])]

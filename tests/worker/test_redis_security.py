@@ -111,7 +111,7 @@ def secure_settings(server: SecureRedis, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         redis_url=server.url(), redis_password_file=str(server.password_file),
         redis_ca_cert=str(server.pki.ca), batch_output_dir=tmp_path / "output", chunk_size=4,
-        batch_size=2, max_inline_images=5, max_inline_bytes=200_000, lease_ttl_s=2.0,
+        images_per_call=2, max_inline_images=5, max_inline_bytes=200_000, lease_ttl_s=2.0,
         reap_interval_s=0.3, reap_grace_s=0.0, backend_retries=1, backoff_base_s=0.01,
         backoff_cap_s=0.05, watch_interval_s=0.05, model_name="tiny", worker_metrics_port=0,
         redis_retries=0, burst=True)
