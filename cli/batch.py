@@ -17,7 +17,6 @@ through `add_batch_commands`; `python -m cli.batch` runs them on their own.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -31,9 +30,9 @@ from google.protobuf.json_format import MessageToDict
 from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from dermserve.v1 import lesion_classifier_pb2 as lc
+from service.batch_jobs import image_result
 from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
-from worker.results import CSV_COLUMNS, csv_cell
+from worker.results import CsvExporter, labels_of
 
 PROGRESS_WIDTH = 30  # characters of the progress bar
 TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
@@ -217,21 +216,10 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
         for result in result_pages(stub, args):
             out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
         return
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS[:9] + ["error_reason", "probabilities"])
-    for result in result_pages(stub, args):
-        writer.writerow([csv_cell(cell) for cell in csv_row(result)])
-
-
-def csv_row(result: pb.BatchImageResult) -> list[object]:
-    failed = result.HasField("error")
-    status = "error" if failed else ("abstained" if result.abstained else "classified")
-    reason = lc.AbstentionReason.Name(result.abstention_reason)
-    return [result.index, result.reference, status, result.top_label, int(result.abstained),
-            reason.removeprefix("ABSTENTION_REASON_") if result.abstained else "",
-            result.model.name, result.model.version or "", f"{result.ood_score:.6g}",
-            result.error.reason if failed else "",
-            ";".join(f"{p.label}={p.probability:.6f}" for p in result.probabilities)]
+    # The job's own exporter, so that this file is the job's results.csv, byte for byte.
+    results = [image_result(message) for message in result_pages(stub, args)]
+    for piece in CsvExporter().lines(results, labels_of(results)):
+        out.write(piece)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,7 +38,7 @@ from core.errors import (
 from core.prediction import Prediction
 from core.validation import ImageLimits
 from worker.queues import ChunkQueues
-from worker.records import ChunkState, JobRecord, JobState
+from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.references import ImageRef, InputRoots, open_checked
 from worker.results import ImageResult, ResultStore
 from worker.settings import WorkerSettings
@@ -65,8 +65,8 @@ class BatchClassifier(Protocol):
 class ChunkObserver(Protocol):
     """Receives what the worker's metrics count (worker/metrics.py implements it)."""
 
-    def chunk_finished(self, outcome: str, seconds: float, results: Sequence[ImageResult]
-                       ) -> None: ...
+    def chunk_finished(self, outcome: ChunkOutcome, seconds: float,
+                       results: Sequence[ImageResult]) -> None: ...
 
     def backend_retried(self) -> None: ...
 
@@ -74,8 +74,8 @@ class ChunkObserver(Protocol):
 
 
 class NullChunkObserver:
-    def chunk_finished(self, outcome: str, seconds: float, results: Sequence[ImageResult]
-                       ) -> None:
+    def chunk_finished(self, outcome: ChunkOutcome, seconds: float,
+                       results: Sequence[ImageResult]) -> None:
         pass
 
     def backend_retried(self) -> None:
@@ -166,11 +166,11 @@ class ChunkRunner:
         return f"{self.name}:{uuid.uuid4().hex}"
 
     # --- one chunk -------------------------------------------------------------------------------
-    def run(self, job_id: str, index: int, attempt: int) -> str:
-        """Run chunk `index`; returns how it ended (OK, LAST, DUPLICATE, CANCELLED, DONE, ...)."""
+    def run(self, job_id: str, index: int, attempt: int) -> ChunkOutcome:
+        """Run chunk `index`; returns how it ended."""
         token = self.token()
         claim = self.store.claim_chunk(job_id, index, token, self.policy.lease_ttl_s)
-        if claim != "OK":
+        if claim is not ChunkOutcome.OK:
             log.info("chunk %s/%d not run: %s", job_id, index, claim)
             return claim
         started = time.perf_counter()
@@ -181,28 +181,28 @@ class ChunkRunner:
         self.observer.chunk_finished(outcome, time.perf_counter() - started, results)
         log.info("chunk %s/%d attempt %d: %s (%d images)", job_id, index, attempt, outcome,
                  len(results))
-        if outcome == "LAST":
+        if outcome is ChunkOutcome.LAST:
             self.finalize(job_id)
         return outcome
 
     def _run_claimed(self, job_id: str, index: int, attempt: int,
-                     token: str) -> tuple[str, list[ImageResult]]:
+                     token: str) -> tuple[ChunkOutcome, list[ImageResult]]:
         try:
             results = self._results_of(job_id, index, attempt)
         except Exception as exc:
             self.store.record_chunk_error(job_id, index, reason_of(exc))
             raise
         if results is None:
-            return "CANCELLED", []
-        if isinstance(results, str):
+            return ChunkOutcome.CANCELLED, []
+        if isinstance(results, ChunkOutcome):
             return results, []
         self.results.write_chunk_results(job_id, index, results)
         counts = outcome_counts(results)
         return self.store.complete_chunk(job_id, index, token, *counts), results
 
     def _results_of(self, job_id: str, index: int,
-                    attempt: int) -> list[ImageResult] | str | None:
-        """The chunk's results; None when cancelled; "FAILED" when it failed the whole job."""
+                    attempt: int) -> list[ImageResult] | ChunkOutcome | None:
+        """The chunk's results; None when cancelled; FAILED when it failed the whole job."""
         record = self.store.load(job_id)
         refs = self.results.read_chunk_inputs(job_id, index)
         first = index * record.chunk_size
@@ -213,7 +213,7 @@ class ChunkRunner:
         except ModelNotFound as exc:
             if record.requested_version is not None or record.requested_label:
                 self._fail_job(record, exc)
-                return "FAILED"
+                return ChunkOutcome.FAILED
             if record.resolved_version is None:
                 raise  # not even "latest" resolved: transient, the chunk runs again later
         # The version the job started on was unloaded (newer ones were published): go on with
@@ -355,7 +355,7 @@ CURRENT_RUNNER: ContextVar[ChunkRunner] = ContextVar("dermserve_chunk_runner")
 
 def run_chunk(job_id: str, index: int, attempt: int) -> str:
     """rq entry point of one chunk (see the module docstring)."""
-    return CURRENT_RUNNER.get().run(job_id, index, attempt)
+    return CURRENT_RUNNER.get().run(job_id, index, attempt).value
 
 
 def run_finalize(job_id: str) -> str:

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import redis
@@ -144,8 +145,12 @@ class JobService:
                    InputRoots(settings.input_roots), settings.model_name, settings.chunk_size,
                    limits, settings.watch_interval_s)
 
+    def export_paths(self, job_id: str) -> dict[str, Path]:
+        """A finished job's result files, by format name."""
+        return self.results.export_paths(job_id)
+
     def close(self) -> None:
-        self.store.client.close()
+        self.store.close()
         self.queues.connection.close()
 
     # --- submit ----------------------------------------------------------------------------------
@@ -171,16 +176,16 @@ class JobService:
                 self._discard(job_id)  # lost a race with an identical submission
                 return SubmitOutcome(self.store.load(earlier_id), created=False)
             if earlier_id is not None:  # the earlier job expired: the key is ours now
-                self.store.client.set(idempotency_key, job_id, ex=self.store.active_job_ttl_s)
+                self.store.remap_idempotency_key(idempotency_key, job_id)
         self.queues.enqueue_chunks(job_id, range(record.chunk_count), request.priority)
         log.info("batch job %s: %d images in %d chunks", job_id, record.total,
                  record.chunk_count)
         return SubmitOutcome(record, created=True)
 
     def _earlier_job(self, idempotency_key: str) -> JobRecord | None:
-        earlier_id = self.store.client.get(idempotency_key)
-        if earlier_id and self.store.exists(str(earlier_id)):
-            return self.store.load(str(earlier_id))
+        earlier_id = self.store.idempotency_job(idempotency_key)
+        if earlier_id and self.store.exists(earlier_id):
+            return self.store.load(earlier_id)
         return None
 
     def _collect(self, job_id: str, job_input: JobInput) -> list[ImageRef]:

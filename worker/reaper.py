@@ -65,7 +65,7 @@ class Reaper:
             try:
                 record = self.store.load(job_id)
             except JobNotFound:
-                self.store.client.srem(self.store.active_key, job_id)
+                self.store.forget_active(job_id)
                 continue
             if record.state.terminal or time.time() - record.created < self.grace_s:
                 continue

@@ -36,7 +36,7 @@ from redis.retry import Retry
 
 from core.errors import FailedPrecondition, JobNotFound
 from worker import defaults
-from worker.records import ChunkState, JobRecord, JobState
+from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.settings import BatchApiSettings, RedisSettings
 
 CLAIM = """
@@ -242,6 +242,38 @@ class JobStore:
         earlier = self.client.get(key)
         return str(earlier) if earlier else None
 
+    def remap_idempotency_key(self, key: str, job_id: str) -> None:
+        """Point `key` at `job_id` (its earlier job expired)."""
+        self.client.set(key, job_id, ex=self.active_job_ttl_s)
+
+    def idempotency_job(self, key: str) -> str | None:
+        """The job id `key` maps to, if any."""
+        earlier = self.client.get(key)
+        return str(earlier) if earlier else None
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop `job_id` from the active set (its keys expired)."""
+        self.client.srem(self.active_key, job_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- the tests' hold on a first chunk (worker/hold.py) -----------------------------------
+    @property
+    def hold_inside_key(self) -> str:
+        return f"{self.prefix}:test:inside"
+
+    @property
+    def hold_release_key(self) -> str:
+        return f"{self.prefix}:test:release"
+
+    def announce_held(self, text: str) -> None:
+        self.client.rpush(self.hold_inside_key, text)
+
+    def wait_for_release(self, timeout_s: float) -> bool:
+        """True once a release was pushed, False after `timeout_s` without one."""
+        return bool(self.client.blpop([self.hold_release_key], timeout=timeout_s))
+
     def delete(self, job_id: str) -> None:
         self.client.delete(*self._job_keys(job_id))
         self.client.srem(self.active_key, job_id)
@@ -271,11 +303,13 @@ class JobStore:
         return {state: int(count) for state, count in raw.items()}
 
     # --- chunk steps -----------------------------------------------------------------------------
-    def claim_chunk(self, job_id: str, index: int, token: str, lease_s: float) -> str:
+    def claim_chunk(self, job_id: str, index: int, token: str, lease_s: float
+                    ) -> ChunkOutcome:
         """'OK' when this worker may run the chunk; else why not: DONE, BUSY, GONE or the job's
         terminal state (a cancelled job's chunks end here, before any image is read)."""
         keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
-        return str(self._claim(keys=keys, args=[index, token, int(lease_s * 1000), time.time()]))
+        return ChunkOutcome(str(self._claim(keys=keys,
+                                            args=[index, token, int(lease_s * 1000), time.time()])))
 
     def renew_lease(self, job_id: str, index: int | str, token: str, lease_s: float) -> bool:
         keys = [self.lease_key(job_id, index)]
@@ -293,10 +327,11 @@ class JobStore:
         return bool(self.client.exists(self.lease_key(job_id, index)))
 
     def complete_chunk(self, job_id: str, index: int, token: str, done: int, failed: int,
-                       abstained: int) -> str:
+                       abstained: int) -> ChunkOutcome:
         """Count a chunk once: 'OK', 'LAST' (it was the job's last), 'DUPLICATE', or why not."""
         keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
-        return str(self._complete(keys=keys, args=[index, token, done, failed, abstained]))
+        return ChunkOutcome(str(self._complete(keys=keys,
+                                               args=[index, token, done, failed, abstained])))
 
     def requeue_abandoned(self, job_id: str, index: int) -> int | None:
         """Turn a running chunk whose lease expired back to pending; returns its next attempt."""

@@ -93,7 +93,7 @@ def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
     job = jobs.get(job_id)
     assert job.state is JobState.SUCCEEDED, job
     assert (job.done, job.failed, job.total) == (IMAGES, 0, IMAGES)
-    jsonl, _ = jobs.results.export_paths(job_id)
+    jsonl = jobs.export_paths(job_id)["jsonl"]
     indexes = [json.loads(line)["index"] for line in jsonl.read_text().splitlines()]
     assert indexes == list(range(IMAGES))
     listed, token = [], ""

@@ -229,6 +229,26 @@ def test_cli_submit_watch_results_and_cancel(
     assert json.loads(capsys.readouterr().err)["code"] == "RESOURCE_EXHAUSTED"
 
 
+def test_the_cli_csv_is_the_job_csv(target: str, settings: WorkerSettings, input_root: Path,
+                                    capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """One CSV layout: `dermserve batch results --format csv` writes the job's results.csv, error
+    rows and per-class columns included (it used to write a second layout of its own)."""
+    from cli.batch import main
+
+    write_images(input_root / "mixed", 3)
+    (input_root / "mixed" / "img_0003.jpg").write_bytes(b"=HYPERLINK(not a jpeg)")
+    assert main(["submit", str(input_root / "mixed"), "--no-wait", "--target", target]) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+    run_worker_burst(settings, FakeBackend())
+    assert main(["results", job_id, "--format", "csv", "--output", str(tmp_path / "cli.csv"),
+                 "--target", target]) == 0
+    job_csv = settings.batch_output_dir / job_id / "results.csv"
+    assert (tmp_path / "cli.csv").read_bytes() == job_csv.read_bytes()
+    rows = list(csv.DictReader((tmp_path / "cli.csv").open(newline="")))
+    assert [row["status"] for row in rows] == ["classified"] * 3 + ["error"]
+    assert rows[3]["error_reason"] == "UNSUPPORTED_FORMAT" and "p_mel" in rows[0]
+
+
 def test_redis_down_is_unavailable_and_quick(
         stub: pb_grpc.BatchJobsStub, redis_server: RedisServer, input_root: Path) -> None:
     write_images(input_root / "r", 1)
