@@ -44,7 +44,7 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check service worker trainer tests tools
+	$(VENV)/bin/ruff check core service worker trainer cli devtools tests tools
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
@@ -71,20 +71,20 @@ BENCH_IMAGE ?= $(firstword $(wildcard $(DATA_DIR)/images/*.jpg))
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
 $(DEMO_MODEL): | $(VENV)/.installed
-	$(PY) -m service.demo_model --out $(DEMO_BASE)
+	$(PY) -m devtools.stand_in --out $(DEMO_BASE)
 
 demo-model: $(DEMO_MODEL)  ## export the UNTRAINED 192x192 placeholder model into var/demo-models/
 
 run: install proto  ## start the stack on the released model (else the placeholder) and print how to call it
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
-	$(PY) -m service.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
+	$(PY) -m devtools.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
 
 bench: install proto  ## benchmark the raw model against Classify over gRPC and a 2,000-image batch job; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
-	$(PY) -m service.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
-	$(PY) -m worker.bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
+	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---

@@ -1,2 +1,2 @@
-"""dermserve's serving side: validation, preprocessing and the model-version contract (grpc-free),
-plus the gRPC front service built on top of them."""
+"""The gRPC front service: servicers, interceptors (errors, auth, stream limits), health,
+reflection and metrics, over the transport-free core (core/)."""

@@ -11,7 +11,7 @@ from service.settings import Settings
 def main() -> None:
     settings = Settings.from_sources(sys.argv[1:], os.environ)
     configure_logging(settings.log_format, settings.log_level)
-    serve(settings, optional_services(os.environ))
+    serve(settings, optional_services(settings))
 
 
 if __name__ == "__main__":

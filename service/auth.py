@@ -7,7 +7,7 @@ services may call every service. `#` starts a comment. Clients send `authorizati
 A call acts as its token's identity, `token:NAME` (without a name: `token:` and a hash of the
 token, so a rotated token keeps its jobs only if it keeps its name); batch jobs belong to it, and
 an operator token sees every identity's jobs. Without tokens a call acts as its client
-certificate's subject (mutual TLS), else as `anonymous` (service/identity.py).
+certificate's subject (mutual TLS), else as `anonymous` (core/identity.py).
 - no `authorization` metadata, or not a Bearer token, or an unknown token -> UNAUTHENTICATED
 - a known token calling a service it was not granted                    -> PERMISSION_DENIED
 The health service is exempt, so that kubelet probes need no secret.
@@ -35,9 +35,9 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from service.errors import PermissionDenied, Unauthenticated
+from core.errors import PermissionDenied, Unauthenticated
+from core.identity import ANONYMOUS, CURRENT_CALLER, Caller, acting_as
 from service.handlers import Behaviour, rewrap
-from service.identity import ANONYMOUS, CURRENT_CALLER, Caller, acting_as
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def service_of(method: str) -> str:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
-    """Rejects calls without an accepted token. It raises service.errors, so it must sit inside
+    """Rejects calls without an accepted token. It raises core.errors, so it must sit inside
     the ErrorMappingInterceptor, which turns them into status codes and counts them."""
 
     def __init__(self, tokens: TokenChecker) -> None:
@@ -290,12 +290,3 @@ def certificate_configuration(cert: Path, key: Path, client_ca: Path | None
     return grpc.ssl_server_certificate_configuration(
         [(key.read_bytes(), cert.read_bytes())],
         root_certificates=client_ca.read_bytes() if client_ca else None)
-
-
-def channel_credentials(ca: Path | None = None, cert: Path | None = None,
-                        key: Path | None = None) -> grpc.ChannelCredentials:
-    """Client-side TLS: trust `ca` (default: the system roots); `cert`+`key` for mutual TLS."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=ca.read_bytes() if ca else None,
-        private_key=key.read_bytes() if key else None,
-        certificate_chain=cert.read_bytes() if cert else None)

@@ -23,8 +23,8 @@ from typing import Protocol
 
 import grpc
 
+from core.errors import ServerDraining
 from dermserve.v1 import lesion_classifier_pb2 as pb
-from service.errors import ServerDraining
 
 log = logging.getLogger(__name__)
 

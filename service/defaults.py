@@ -1,6 +1,7 @@
-"""Named defaults of the front service, each with its unit and the reason for its value.
+"""Named defaults of the gRPC front service, each with its unit and the reason for its value.
 
-Settings (service/settings.py) starts from these; flags and DERMSERVE_* variables override them.
+Settings (service/settings.py) starts from these and from core/defaults.py; flags and DERMSERVE_*
+variables override them.
 """
 
 from __future__ import annotations
@@ -46,51 +47,6 @@ DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S = 5.0
 cheap; Kubernetes takes up to a minute to update a mounted Secret anyway."""
 
 DEFAULT_GRACE_PERIOD_S = 20.0  # seconds; under Kubernetes' default terminationGracePeriod of 30 s
-
-# --- images --------------------------------------------------------------------------------------
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024  # bytes; a 24 MP phone JPEG is ~8 MiB
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000  # pixels; above any camera a clinic uses, ~160 MB decoded
-DEFAULT_MIN_IMAGE_SIDE = 64  # pixels; below it a lesion has no texture left (training: 600x450)
-DEFAULT_MAX_ASPECT_RATIO = 4.0  # long side / short side; 21:9 phones are 2.3, panoramas are not
-# lesions
-
-DEFAULT_DECODE_PIXEL_BUDGET = 4 * DEFAULT_MAX_IMAGE_PIXELS
-"""Pixels alive in decoders at once across all calls, every full-size copy counted: ~640 MB in
-Pillow (4 bytes per pixel), so a burst of huge images queues instead of exhausting the pod's
-memory. Two of the largest PNGs fit (a decoded image and its converted or rotated copy each);
-JPEGs decode at reduced scale, so a 40-megapixel JPEG takes about 1.3 million of it."""
-
-DEFAULT_MAX_JPEG_SCANS = 100
-"""Scans a JPEG may have: libjpeg's progressive script writes 10 and mozjpeg's optimised ones
-fewer than 30, while CPU bombs carry thousands (each scan walks every block of the image)."""
-
-MESSAGE_OVERHEAD_BYTES = 64 * 1024
-"""Room for the non-image fields of a request on top of the image limit."""
-
-# --- model ---------------------------------------------------------------------------------------
-DEFAULT_MODEL_NAME = "ham10000"
-DEFAULT_BACKEND = "embedded"
-DEFAULT_MODEL_BASE = "models"
-DEFAULT_POLL_INTERVAL_S = 2.0  # seconds between scans of the model base for new versions
-DEFAULT_TFSERVING_TARGET = "127.0.0.1:8500"  # TF Serving's default gRPC port, on loopback
-DEFAULT_BACKEND_TIMEOUT_S = 10.0  # seconds; cap for one backend call when the client sets none
-DEFAULT_BACKEND_MAX_RETRIES = 2  # retries on UNAVAILABLE; more would outlive typical deadlines
-
-DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
-"""Operators may demand more confidence than a version's own rule; 0 defers to the version."""
-
-# --- micro-batching ------------------------------------------------------------------------------
-DEFAULT_BATCH_MAX_SIZE = 32  # images; the benchmark's top concurrency, and CPU batches stop
-# paying off beyond it
-DEFAULT_BATCH_MAX_WAIT_MS = 10.0
-"""Milliseconds a batch may wait for company, at most. The wait is adaptive (service/batching.py):
-only until as many images are queued as the previous batch had, so a lone call never waits, while
-a burst of clients returning together is gathered into one batch. 10 ms covers the decoding of a
-burst of phone-sized JPEGs on two cores and is small next to a batch's model time."""
-DEFAULT_BATCH_WORKERS = 1
-"""Batches in flight at once. One suits the embedded backend (TensorFlow already uses every core
-for one batch); TF Serving over a network hides latency better with 2-4."""
-DEFAULT_BATCH_QUEUE_LIMIT = 1024  # images waiting; beyond it calls fail fast (RESOURCE_EXHAUSTED)
 
 # --- health --------------------------------------------------------------------------------------
 DEFAULT_HEALTH_INTERVAL_S = 2.0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -20,6 +20,11 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.backends.base import Backend, ModelRef
+from core.backends.factory import open_backend
+from core.batching import MicroBatcher
+from core.classifier import Classifier, require_config
+from core.errors import DermserveError
 from dermserve.v1 import lesion_classifier_pb2, lesion_classifier_pb2_grpc
 from service.auth import (
     ReloadingTokens,
@@ -27,20 +32,14 @@ from service.auth import (
     TokenChecker,
     TokenGrant,
     TokenTable,
-    channel_credentials,
     server_credentials,
 )
-from service.backends.base import Backend, ModelRef
-from service.batching import MicroBatcher
-from service.classifier import Classifier, require_config
 from service.classify_stream import StreamDrain
-from service.errors import DermserveError
 from service.metrics import Metrics, start_exporter
 from service.servicer import LesionClassifierServicer
 from service.settings import SecuritySettings, Settings
 from service.status import ErrorMappingInterceptor
 from service.streams import StreamLimiter
-from service.validation import PixelBudget
 
 log = logging.getLogger(__name__)
 
@@ -55,30 +54,14 @@ which health and reflection then list too."""
 
 
 def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
-    """The backend the settings name, started, and wrapped in a MicroBatcher when enabled."""
-    backend = raw_backend(settings, metrics)
+    """The backend the settings name (core/backends/factory.py), started, and wrapped in a
+    MicroBatcher when enabled. Health stays NOT_SERVING until a version answers."""
+    backend = open_backend(settings, events=metrics.model_event if metrics else None)
     if not settings.batching.enabled:
         return backend
     batching = settings.batching
     return MicroBatcher(backend, batching.max_size, batching.max_wait_ms, batching.workers,
                         batching.queue_limit, observer=metrics)
-
-
-def raw_backend(settings: Settings, metrics: Metrics | None) -> Backend:
-    if settings.backend == "tfserving":
-        from service.backends.tfserving import TFServingBackend
-
-        credentials = channel_credentials(settings.tfserving_ca) if settings.tfserving_ca else None
-        return TFServingBackend(settings.tfserving_target, settings.model_name,
-                                settings.backend_timeout_s, settings.backend_max_retries,
-                                credentials=credentials)
-    from service.backends.embedded import EmbeddedBackend
-
-    embedded = EmbeddedBackend(settings.model_base, settings.model_name,
-                               settings.poll_interval_s, dict(settings.version_labels),
-                               events=metrics.model_event if metrics else None)
-    embedded.start(block=False)  # health stays NOT_SERVING until a version answers
-    return embedded
 
 
 class HealthMonitor:
@@ -191,10 +174,7 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
         ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
         interceptors=interceptors(settings, metrics),
         options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
-    classifier = Classifier(backend, settings.model_name, settings.limits,
-                            settings.min_confidence_floor, observer=metrics,
-                            decode_budget=PixelBudget(settings.decode_pixel_budget),
-                            default_version_label=settings.default_version_label)
+    classifier = Classifier.from_settings(backend, settings, observer=metrics)
     stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
                                      thread_name_prefix="classify-stream")
     drain = StreamDrain()
@@ -292,11 +272,15 @@ def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]]
     log.info("stopped")
 
 
-def optional_services(environ: Mapping[str, str]) -> list[tuple[str, ServiceAdder]]:
-    """Services hosted on the front's port besides Classify: BatchJobs, when Redis is set."""
-    from worker.front import front_services
+def optional_services(settings: Settings) -> list[tuple[str, ServiceAdder]]:
+    """Services hosted on the front's port besides Classify: BatchJobs, with `--batch-jobs on`
+    (or `auto` and Redis given). That side needs Redis, never TensorFlow."""
+    if not settings.hosts_batch_jobs:
+        return []
+    from service.batch_jobs import batch_jobs_service
+    from worker.jobs import JobService
 
-    return front_services(environ)
+    return [batch_jobs_service(JobService.from_settings(settings))]
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

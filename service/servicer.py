@@ -1,6 +1,6 @@
 """The LesionClassifier servicer: protos in, domain calls, protos out. Nothing else.
 
-Errors are raised as service.errors and mapped to status codes by service/status.py; on
+Errors are raised as core.errors and mapped to status codes by service/status.py; on
 ClassifyStream each image's error becomes that image's `error` and the stream goes on.
 """
 
@@ -14,15 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from core.backends.base import ModelRef, VersionInfo, VersionState
+from core.classifier import Classifier
+from core.errors import DermserveError, InvalidRequest
+from core.prediction import Abstention, Prediction
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service import defaults
-from service.backends.base import ModelRef, VersionInfo, VersionState
-from service.classifier import Classifier
 from service.classify_stream import PendingObserver, StreamDrain, StreamSession
-from service.errors import DermserveError, InvalidRequest
 from service.logs import request_id_var
-from service.prediction import Abstention, Prediction
 from service.status import public_error, status_code
 
 log = logging.getLogger(__name__)

@@ -1,5 +1,10 @@
-"""The front service's one Settings object, built once at the entry point from flags and the
-environment (flags win; every flag `--some-name` also reads `DERMSERVE_SOME_NAME`).
+"""The front service's one Settings object, declared once (core/config.py) and built once at the
+entry point from flags and the environment (flags win; every flag `--some-name` also reads
+`DERMSERVE_SOME_NAME`).
+
+It inherits the groups it shares with the worker: the model, the backend and the image checks
+(core/settings.py), and Redis and the batch jobs' paths and limits (worker/settings.py), which the
+BatchJobs API hosted here must agree on with the workers.
 
 Nothing here runs at import time: `Settings.from_sources(argv, environ)` does the work.
 """
@@ -8,27 +13,42 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
+from core import config
+from core import defaults as core_defaults
+from core.config import group, parse_bool, setting
+from core.settings import ServingSettings
 from service import defaults
-from service.validation import ImageLimits
+from worker.settings import BatchApiSettings
 
-ENV_PREFIX = "DERMSERVE_"
-BACKENDS = ("embedded", "tfserving")
+PROG = "dermserve-server"
+DESCRIPTION = "Run the dermserve gRPC front service."
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+BATCH_JOBS_MODES = ("auto", "on", "off")
+REDIS_URL_FLAG = "--redis-url"
+
+
+def on_off(value: bool) -> str:
+    return "on" if value else "off"
 
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """Dynamic micro-batching of concurrent predict calls (service/batching.py)."""
+    """Dynamic micro-batching of concurrent predict calls (core/batching.py)."""
 
-    enabled: bool = True
-    max_size: int = defaults.DEFAULT_BATCH_MAX_SIZE
-    max_wait_ms: float = defaults.DEFAULT_BATCH_MAX_WAIT_MS
-    workers: int = defaults.DEFAULT_BATCH_WORKERS
-    queue_limit: int = defaults.DEFAULT_BATCH_QUEUE_LIMIT
+    enabled: bool = setting(True, flag="batching", parse=parse_bool, show=on_off,
+                            help="micro-batching: on or off")
+    max_size: int = setting(core_defaults.DEFAULT_BATCH_MAX_SIZE, flag="batch-max-size",
+                            unit="images", help="images per batch")
+    max_wait_ms: float = setting(core_defaults.DEFAULT_BATCH_MAX_WAIT_MS,
+                                 flag="batch-max-wait-ms", help="extra wait for a batch")
+    workers: int = setting(core_defaults.DEFAULT_BATCH_WORKERS, flag="batch-workers",
+                           unit="batches", help="batches in flight")
+    queue_limit: int = setting(core_defaults.DEFAULT_BATCH_QUEUE_LIMIT, flag="batch-queue-limit",
+                               unit="images", help="images waiting, at most")
 
 
 @dataclass(frozen=True)
@@ -36,22 +56,35 @@ class StreamSettings:
     """Limits on streaming calls, so that open streams cannot starve unary calls
     (service/streams.py)."""
 
-    max_streams: int = defaults.DEFAULT_MAX_STREAMS  # 0: a share of the gRPC threads
-    max_per_client: int = defaults.DEFAULT_MAX_STREAMS_PER_CLIENT
-    max_health_watches: int = defaults.DEFAULT_MAX_HEALTH_WATCHES
-    idle_timeout_s: float = defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S
+    max_streams: int = setting(
+        defaults.DEFAULT_MAX_STREAMS, unit="streams",
+        help="streaming calls open at once, all clients together, below --grpc-workers so the "
+             "rest serve unary calls (0: half of them)")
+    max_per_client: int = setting(
+        defaults.DEFAULT_MAX_STREAMS_PER_CLIENT, flag="max-streams-per-client", unit="streams",
+        help="streaming calls one token, certificate or address may hold open")
+    max_health_watches: int = setting(defaults.DEFAULT_MAX_HEALTH_WATCHES, unit="streams",
+                                      help="grpc.health.v1 Watch streams open at once")
+    idle_timeout_s: float = setting(
+        defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S, flag="stream-idle-timeout-s",
+        help="end a stream after this long without a message either way")
 
 
 @dataclass(frozen=True)
 class SecuritySettings:
     """Bearer tokens and TLS; all unset (off) by default, for loopback use."""
 
-    auth_tokens_file: Path | None = None
-    auth_token: str | None = field(default=None, repr=False)  # never in logs
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    reload_interval_s: float = defaults.DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S
+    auth_tokens_file: Path | None = setting(None, help="bearer tokens file (see service/auth.py)")
+    auth_token: str | None = setting(
+        None, secret=True, show=lambda _: "none",
+        help="one bearer token for every service (prefer the variable)")  # never in logs
+    tls_cert: Path | None = setting(None, help="server certificate (PEM); enables TLS")
+    tls_key: Path | None = setting(None, help="server private key (PEM)")
+    tls_client_ca: Path | None = setting(
+        None, help="CA for client certificates; enables mutual TLS")
+    reload_interval_s: float = setting(
+        defaults.DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S, flag="credentials-reload-interval-s",
+        help="looks at the tokens and TLS files for a rotation")
 
     @property
     def auth_enabled(self) -> bool:
@@ -63,41 +96,47 @@ class SecuritySettings:
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(ServingSettings, BatchApiSettings):
     """Everything the front service is configured with."""
 
-    listen_address: str = defaults.DEFAULT_LISTEN_ADDRESS
-    health_listen_address: str = ""  # off; see the --health-listen flag
-    metrics_address: str = defaults.DEFAULT_METRICS_ADDRESS
-    metrics_port: int = defaults.DEFAULT_METRICS_PORT
-    backend: str = defaults.DEFAULT_BACKEND
-    model_base: Path = Path(defaults.DEFAULT_MODEL_BASE)
-    model_name: str = defaults.DEFAULT_MODEL_NAME
-    poll_interval_s: float = defaults.DEFAULT_POLL_INTERVAL_S
-    version_labels: Mapping[str, int] = field(default_factory=dict)
-    default_version_label: str = ""  # empty: unpinned calls get the latest version
-    tfserving_target: str = defaults.DEFAULT_TFSERVING_TARGET
-    tfserving_ca: Path | None = None  # None: plaintext to TF Serving (loopback, tests)
-    backend_timeout_s: float = defaults.DEFAULT_BACKEND_TIMEOUT_S
-    backend_max_retries: int = defaults.DEFAULT_BACKEND_MAX_RETRIES
-    limits: ImageLimits = field(default_factory=ImageLimits)
-    decode_pixel_budget: int = defaults.DEFAULT_DECODE_PIXEL_BUDGET
-    min_confidence_floor: float = defaults.DEFAULT_MIN_CONFIDENCE_FLOOR
-    batching: BatchSettings = field(default_factory=BatchSettings)
-    security: SecuritySettings = field(default_factory=SecuritySettings)
-    streams: StreamSettings = field(default_factory=StreamSettings)
-    grace_period_s: float = defaults.DEFAULT_GRACE_PERIOD_S
-    health_interval_s: float = defaults.DEFAULT_HEALTH_INTERVAL_S
-    grpc_workers: int = defaults.DEFAULT_GRPC_WORKERS
-    max_concurrent_rpcs: int = defaults.DEFAULT_MAX_CONCURRENT_RPCS
-    log_format: str = "text"
-    log_level: str = "INFO"
+    listen_address: str = setting(defaults.DEFAULT_LISTEN_ADDRESS, flag="listen",
+                                  help="gRPC address host:port (port 0: any)")
+    health_listen_address: str = setting(
+        "", flag="health-listen",
+        help="extra plaintext address serving only grpc.health.v1, for probes that cannot "
+             "speak TLS (empty: off)")
+    metrics_address: str = setting(defaults.DEFAULT_METRICS_ADDRESS,
+                                   help="Prometheus exporter address")
+    metrics_port: int = setting(defaults.DEFAULT_METRICS_PORT, unit="TCP port",
+                                help="Prometheus exporter port (0: off)")
+    batch_jobs: str = setting(
+        "auto", choices=BATCH_JOBS_MODES,
+        help="host the BatchJobs API on this port (auto: when --redis-url or "
+             "DERMSERVE_REDIS_URL is given)")
+    batching: BatchSettings = group(BatchSettings)
+    security: SecuritySettings = group(SecuritySettings)
+    streams: StreamSettings = group(StreamSettings)
+    grace_period_s: float = setting(defaults.DEFAULT_GRACE_PERIOD_S, help="SIGTERM drain time")
+    health_interval_s: float = setting(defaults.DEFAULT_HEALTH_INTERVAL_S,
+                                       help="health probe period")
+    grpc_workers: int = setting(defaults.DEFAULT_GRPC_WORKERS, unit="threads",
+                                help="gRPC handler threads")
+    max_concurrent_rpcs: int = setting(defaults.DEFAULT_MAX_CONCURRENT_RPCS, unit="calls",
+                                       help="calls at once")
+    log_format: str = setting("text", choices=LOG_FORMATS,
+                              help="text or json (JSON lines with request_id)")
+    log_level: str = setting("INFO", choices=LOG_LEVELS, help="log level")
+
+    @property
+    def hosts_batch_jobs(self) -> bool:
+        """Whether this front serves BatchJobs ("auto" was resolved by `from_sources`)."""
+        return self.batch_jobs == "on"
 
     @property
     def max_message_bytes(self) -> int:
         """gRPC's message limit: the image limit plus room for the other fields. Larger messages
         fail with RESOURCE_EXHAUSTED before any of our code runs."""
-        return self.limits.max_bytes + defaults.MESSAGE_OVERHEAD_BYTES
+        return self.limits.max_bytes + core_defaults.MESSAGE_OVERHEAD_BYTES
 
     @property
     def stream_limit(self) -> int:
@@ -110,120 +149,26 @@ class Settings:
     def from_sources(cls, argv: Sequence[str] | None = None,
                      environ: Mapping[str, str] | None = None) -> Settings:
         """Parse `argv` (flags) over `environ` (DERMSERVE_* variables) over the defaults."""
-        parser = build_parser(environ or {})
+        environ = environ or {}
+        parser = build_parser(environ)
         settings = cls.from_namespace(parser.parse_args(argv))
         if settings.stream_limit >= settings.grpc_workers:
             parser.error("--max-streams must be below --grpc-workers, or streams can take every "
                          "thread and leave none for unary calls")
+        if settings.batch_jobs == "auto":
+            given = (REDIS_URL_FLAG + "=", REDIS_URL_FLAG)
+            redis_given = bool(environ.get(config.ENV_PREFIX + "REDIS_URL")) or any(
+                arg.startswith(given) for arg in argv or ())
+            settings = replace(settings, batch_jobs="on" if redis_given else "off")
         return settings
 
+
     @classmethod
-    def from_namespace(cls, ns: argparse.Namespace) -> Settings:
-        return cls(
-            listen_address=ns.listen, health_listen_address=ns.health_listen,
-            metrics_address=ns.metrics_address,
-            metrics_port=ns.metrics_port, backend=ns.backend, model_base=ns.model_base,
-            model_name=ns.model_name, poll_interval_s=ns.poll_interval_s,
-            version_labels=ns.version_labels, default_version_label=ns.default_version_label,
-            tfserving_target=ns.tfserving_target, tfserving_ca=ns.tfserving_ca,
-            backend_timeout_s=ns.backend_timeout_s, backend_max_retries=ns.backend_max_retries,
-            limits=ImageLimits(ns.max_image_bytes, ns.max_image_pixels, ns.min_image_side,
-                               ns.max_aspect_ratio),
-            decode_pixel_budget=ns.decode_pixel_budget,
-            min_confidence_floor=ns.min_confidence_floor,
-            batching=BatchSettings(ns.batching == "on", ns.batch_max_size, ns.batch_max_wait_ms,
-                                   ns.batch_workers, ns.batch_queue_limit),
-            security=SecuritySettings(ns.auth_tokens_file, ns.auth_token or None, ns.tls_cert,
-                                      ns.tls_key, ns.tls_client_ca,
-                                      ns.credentials_reload_interval_s),
-            streams=StreamSettings(ns.max_streams, ns.max_streams_per_client,
-                                   ns.max_health_watches, ns.stream_idle_timeout_s),
-            grace_period_s=ns.grace_period_s, health_interval_s=ns.health_interval_s,
-            grpc_workers=ns.grpc_workers, max_concurrent_rpcs=ns.max_concurrent_rpcs,
-            log_format=ns.log_format, log_level=ns.log_level)
-
-
-def parse_labels(text: str) -> dict[str, int]:
-    """'stable=3,canary=4' -> {'stable': 3, 'canary': 4}."""
-    labels: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, number = item.partition("=")
-        if not sep or not name or not number.isdigit():
-            raise argparse.ArgumentTypeError(f"expected LABEL=VERSION, got {item!r}")
-        labels[name] = int(number)
-    return labels
-
-
-def optional_path(text: str) -> Path | None:
-    return Path(text) if text else None
-
-
-OPTIONS: tuple[tuple[str, Any, Any, str], ...] = (
-    # flag, type, default, help
-    ("listen", str, defaults.DEFAULT_LISTEN_ADDRESS, "gRPC address host:port (port 0: any)"),
-    ("health-listen", str, "", "extra plaintext address serving only grpc.health.v1, for "
-     "probes that cannot speak TLS (empty: off)"),
-    ("metrics-address", str, defaults.DEFAULT_METRICS_ADDRESS, "Prometheus exporter address"),
-    ("metrics-port", int, defaults.DEFAULT_METRICS_PORT, "Prometheus exporter port (0: off)"),
-    ("backend", str, defaults.DEFAULT_BACKEND, "model backend: embedded or tfserving"),
-    ("model-base", Path, defaults.DEFAULT_MODEL_BASE, "embedded: model base directory"),
-    ("model-name", str, defaults.DEFAULT_MODEL_NAME, "model name"),
-    ("poll-interval-s", float, defaults.DEFAULT_POLL_INTERVAL_S, "embedded: rescan period"),
-    ("version-labels", parse_labels, "", "embedded: labels, e.g. stable=3,canary=4"),
-    ("default-version-label", str, "", "label answering calls that pin nothing, e.g. stable "
-     "(empty: the latest version)"),
-    ("tfserving-target", str, defaults.DEFAULT_TFSERVING_TARGET, "tfserving: host:port"),
-    ("tfserving-ca", optional_path, "", "tfserving: CA (PEM) of TF Serving's certificate; "
-     "enables TLS to it (empty: plaintext)"),
-    ("backend-timeout-s", float, defaults.DEFAULT_BACKEND_TIMEOUT_S, "backend call cap"),
-    ("backend-max-retries", int, defaults.DEFAULT_BACKEND_MAX_RETRIES, "retries on UNAVAILABLE"),
-    ("max-image-bytes", int, defaults.DEFAULT_MAX_IMAGE_BYTES, "encoded image limit, bytes"),
-    ("max-image-pixels", int, defaults.DEFAULT_MAX_IMAGE_PIXELS, "pixel count limit"),
-    ("min-image-side", int, defaults.DEFAULT_MIN_IMAGE_SIDE, "shortest side, pixels"),
-    ("max-aspect-ratio", float, defaults.DEFAULT_MAX_ASPECT_RATIO, "long/short side limit"),
-    ("decode-pixel-budget", int, defaults.DEFAULT_DECODE_PIXEL_BUDGET,
-     "pixels decoded at once across calls (memory bound)"),
-    ("min-confidence-floor", float, defaults.DEFAULT_MIN_CONFIDENCE_FLOOR,
-     "abstain below this top probability, whatever the version says"),
-    ("batching", str, "on", "micro-batching: on or off"),
-    ("batch-max-size", int, defaults.DEFAULT_BATCH_MAX_SIZE, "images per batch"),
-    ("batch-max-wait-ms", float, defaults.DEFAULT_BATCH_MAX_WAIT_MS, "extra wait for a batch"),
-    ("batch-workers", int, defaults.DEFAULT_BATCH_WORKERS, "batches in flight"),
-    ("batch-queue-limit", int, defaults.DEFAULT_BATCH_QUEUE_LIMIT, "images waiting, at most"),
-    ("auth-tokens-file", optional_path, "", "bearer tokens file (see service/auth.py)"),
-    ("auth-token", str, "", "one bearer token for every service (prefer the env variable)"),
-    ("tls-cert", optional_path, "", "server certificate (PEM); enables TLS"),
-    ("tls-key", optional_path, "", "server private key (PEM)"),
-    ("tls-client-ca", optional_path, "", "CA for client certificates; enables mutual TLS"),
-    ("credentials-reload-interval-s", float, defaults.DEFAULT_CREDENTIALS_RELOAD_INTERVAL_S,
-     "seconds between looks at the tokens and TLS files for a rotation"),
-    ("grace-period-s", float, defaults.DEFAULT_GRACE_PERIOD_S, "SIGTERM drain time"),
-    ("health-interval-s", float, defaults.DEFAULT_HEALTH_INTERVAL_S, "health probe period"),
-    ("grpc-workers", int, defaults.DEFAULT_GRPC_WORKERS, "gRPC handler threads"),
-    ("max-concurrent-rpcs", int, defaults.DEFAULT_MAX_CONCURRENT_RPCS, "calls at once"),
-    ("max-streams", int, defaults.DEFAULT_MAX_STREAMS, "streaming calls open at once, all "
-     "clients together, below --grpc-workers so the rest serve unary calls (0: half of them)"),
-    ("max-streams-per-client", int, defaults.DEFAULT_MAX_STREAMS_PER_CLIENT,
-     "streaming calls one token, certificate or address may hold open"),
-    ("max-health-watches", int, defaults.DEFAULT_MAX_HEALTH_WATCHES,
-     "grpc.health.v1 Watch streams open at once"),
-    ("stream-idle-timeout-s", float, defaults.DEFAULT_STREAM_IDLE_TIMEOUT_S,
-     "end a stream after this long without a message either way"),
-    ("log-format", str, "text", "text or json (JSON lines with request_id)"),
-    ("log-level", str, "INFO", "DEBUG, INFO, WARNING or ERROR"),
-)
-CHOICES = {"backend": BACKENDS, "log-format": LOG_FORMATS, "batching": ("on", "off"),
-           "log-level": ("DEBUG", "INFO", "WARNING", "ERROR")}
+    def from_namespace(cls, namespace: argparse.Namespace) -> Settings:
+        """The settings `build_parser(...).parse_args(...)` read."""
+        return config.assemble(cls, vars(namespace))
 
 
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """Flags for every setting; DERMSERVE_<FLAG> in `environ` replaces the default."""
-    parser = argparse.ArgumentParser(prog="dermserve-server",
-                                     description="Run the dermserve gRPC front service.")
-    for flag, kind, default, text in OPTIONS:
-        env = ENV_PREFIX + flag.upper().replace("-", "_")
-        # argparse converts string defaults with `type`, so env values are checked like flags.
-        value = environ.get(env, default if isinstance(default, str) else str(default))
-        parser.add_argument(f"--{flag}", type=kind, default=value, choices=CHOICES.get(flag),
-                            help=f"{text} [env {env}, default {default!s}]")
-    return parser
+    return config.build_parser(Settings, environ, PROG, DESCRIPTION)

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from service.errors import ClientGone, DermserveError, InternalError
+from core.errors import ClientGone, DermserveError, InternalError
 from service.handlers import (
     Behaviour,
     CallbackBehaviour,

@@ -34,8 +34,8 @@ from typing import Any, cast
 import grpc
 from grpc_health.v1 import health
 
+from core.errors import ResourceExhausted, StreamIdle
 from service.auth import EXEMPT_SERVICES, bearer_token, service_of
-from service.errors import ResourceExhausted, StreamIdle
 from service.handlers import (
     Behaviour,
     CallbackBehaviour,

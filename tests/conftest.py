@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import pytest
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
+from devtools import ports  # noqa: E402
 
 TINY_MODEL_NAME = "ham10000"
 TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
@@ -20,7 +20,7 @@ TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
 
 def tiny_config(seed: int = 0, min_confidence: float = 0.0) -> ModelConfig:
     """A ModelConfig for the tiny stand-in network (no skill; contract tests only)."""
-    from service.model_config import AbstentionRule
+    from core.model_config import AbstentionRule
 
     return ModelConfig(
         labels=tuple(HAM10000_DISPLAY_NAMES),
@@ -64,7 +64,4 @@ def model_base(tiny_model_template: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def free_port() -> Iterator[int]:
     """A TCP port free on loopback at the time of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    yield port
+    yield ports.free_port()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.backends.embedded import EmbeddedBackend
+from core.backends.embedded import EmbeddedBackend
 from tests.service.conftest import Running, encode, pb, running_server, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

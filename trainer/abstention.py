@@ -1,11 +1,11 @@
 """Abstention thresholds, chosen on validation only, and the sanity check on non-skin images.
 
-Rule (stored per version as `service.model_config.AbstentionRule`):
+Rule (stored per version as `core.model_config.AbstentionRule`):
 - `max_ood_score`: the `ood_quantile` (default 99th percentile) of the validation OOD scores, so
   about 1% of in-distribution images are flagged OUT_OF_DISTRIBUTION;
 - `min_confidence`: the (1 - `target_coverage`) quantile of the validation top calibrated
   probabilities, so the least confident 10% (by default) of validation images are LOW_CONFIDENCE.
-The serving side applies the rule with `service.prediction.decide_abstention`; so does this module.
+The serving side applies the rule with `core.prediction.decide_abstention`; so does this module.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.model_config import AbstentionRule
-from service.prediction import Abstention, decide_abstention
+from core.model_config import AbstentionRule
+from core.prediction import Abstention, decide_abstention
 from trainer.metrics import balanced_accuracy
 
 logger = logging.getLogger(__name__)

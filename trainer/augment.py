@@ -4,7 +4,7 @@ or process makes it.
 
 Each view: a framing (the full frame, a centred square crop, or a random crop with scale and
 aspect jitter), flips and quarter turns, a small rotation, colour jitter, occasional blur and
-resolution jitter, then `service.preprocessing.to_model_input`, the one preprocessing function.
+resolution jitter, then `core.preprocessing.to_model_input`, the one preprocessing function.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from service.model_config import InputSpec
-from service.preprocessing import to_model_input
+from core.model_config import InputSpec
+from core.preprocessing import to_model_input
 
 
 @dataclass(frozen=True)

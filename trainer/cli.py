@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.errors import DermserveError
+from core.errors import DermserveError
 from trainer.settings import TrainSettings
 
 ENV_PREFIX = "DERMSERVE_"

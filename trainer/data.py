@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from service.model_config import HAM10000_DISPLAY_NAMES
+from core.model_config import HAM10000_DISPLAY_NAMES
 from trainer.errors import DataError
 
 logger = logging.getLogger(__name__)

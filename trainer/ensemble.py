@@ -81,7 +81,7 @@ def ensemble_hooks(workdirs: Sequence[Path], flip_tta: bool) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from service.errors import DermserveError
+    from core.errors import DermserveError
     from trainer.cli import LOG_FORMAT, build_parser, settings_from
     from trainer.pipeline import run
 

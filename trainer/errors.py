@@ -1,4 +1,4 @@
-"""The trainer's errors, as subclasses of the one tree in `service.errors`.
+"""The trainer's errors, as subclasses of the one tree in `core.errors`.
 
     InvalidInput
     └── DataError                 the data set is incomplete or inconsistent
@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from service.errors import FailedPrecondition, InternalError, InvalidInput
+from core.errors import FailedPrecondition, InternalError, InvalidInput
 
 
 class DataError(InvalidInput):

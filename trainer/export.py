@@ -1,7 +1,7 @@
 """Export a network as a dermserve SavedModel version: the serving contract lives here.
 
 Signatures (documented in docs/model-contract.md):
-  serving_default(image: uint8 [N, H, W, 3] RGB, already `service.preprocessing.to_model_input`)
+  serving_default(image: uint8 [N, H, W, 3] RGB, already `core.preprocessing.to_model_input`)
       -> probabilities: float32 [N, K] calibrated (softmax of logits / temperature)
       -> ood_score:     float32 [N]    Mahalanobis distance of the pooled features to the nearest
                                        class mean, in a PCA subspace of the training features when
@@ -19,7 +19,17 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from service.model_config import ModelConfig
+from core.model_config import (
+    CONFIG_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    METADATA_SIGNATURE,
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    PROBE_INPUT,
+    SERVING_SIGNATURE,
+    ModelConfig,
+)
 from trainer.features import FeatureStatistics
 
 __all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",
@@ -116,10 +126,10 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
             self.feature_projection = tf.constant(statistics.projection)
             self.residual_variance = tf.constant(statistics.residual_variance or 1.0, tf.float32)
         spec = tf.TensorSpec([None, config.input.height, config.input.width, 3], tf.uint8,
-                             name="image")
+                             name=IMAGE_INPUT)
         self.serve = tf.function(self._serve, input_signature=[spec])
         self.metadata = tf.function(
-            self._metadata, input_signature=[tf.TensorSpec([None], tf.int32, name="probe")])
+            self._metadata, input_signature=[tf.TensorSpec([None], tf.int32, name=PROBE_INPUT)])
 
     def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
@@ -134,19 +144,19 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
             ood = tf.sqrt(tf.maximum(squared + residual, 0.0))
         else:
             ood = tf.zeros(tf.shape(image)[:1], tf.float32)
-        return {"probabilities": probabilities, "ood_score": ood}
+        return {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: ood}
 
     def _metadata(self, probe: tf.Tensor) -> dict[str, tf.Tensor]:
         count = tf.shape(probe)[0]
-        return {"labels": tf.tile(self.labels[None, :], [count, 1]),
-                "config": tf.fill([count], self.config_json)}
+        return {LABELS_OUTPUT: tf.tile(self.labels[None, :], [count, 1]),
+                CONFIG_OUTPUT: tf.fill([count], self.config_json)}
 
 
 def save_version(module: ServingModule, config: ModelConfig, version_dir: Path) -> None:
     """Write the SavedModel and its config into `version_dir` (which must not exist yet)."""
     tf.saved_model.save(module, str(version_dir), signatures={
-        "serving_default": module.serve.get_concrete_function(),
-        "metadata": module.metadata.get_concrete_function(),
+        SERVING_SIGNATURE: module.serve.get_concrete_function(),
+        METADATA_SIGNATURE: module.metadata.get_concrete_function(),
     })
     config.write(version_dir)
 

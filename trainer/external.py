@@ -2,7 +2,7 @@
 
 A model that looks fine on its own lesion-grouped split can be near chance on other clinics'
 images, which is what hospitals send. This module measures a *finished* version (a SavedModel
-directory, read as the service reads it: `service.preprocessing.to_model_input` and the
+directory, read as the service reads it: `core.preprocessing.to_model_input` and the
 `serving_default` signature) on
 - the external check: ISIC 2017's validation and test images (other clinics and cameras, three
   of the seven classes; never trained, tuned or thresholded on): per-class recall for mel, nv and

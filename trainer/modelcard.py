@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from service.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 MODEL_CARD = "MODEL_CARD.md"
 HAM10000_CITATION = (
@@ -72,7 +72,7 @@ def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
         f"- Network: {report['model'].get('backbone', 'unknown')} "
         f"({report['model'].get('description', '')}), transfer learning from ImageNet weights.",
         f"- Input: uint8 RGB `{config.input.height}x{config.input.width}` produced by "
-        "`service.preprocessing.to_model_input`: the photo is first downscaled (antialiased) to "
+        "`core.preprocessing.to_model_input`: the photo is first downscaled (antialiased) to "
         f"about {config.input.reference_pixels} pixels of detail, the 200x150 of the training "
         "images, then the whole frame is resized. Scaling to [-1, 1] is inside the graph.",
         f"- Output: calibrated probabilities over {len(config.labels)} classes: {labels}; "

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from service.model_config import InputSpec
+from core.model_config import InputSpec
 from trainer.settings import COLOUR_CONSTANCY_MODES
 
 logger = logging.getLogger(__name__)

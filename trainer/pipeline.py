@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import FailedPrecondition
-from service.model_config import HAM10000_DISPLAY_NAMES, ModelConfig
+from core.errors import FailedPrecondition
+from core.model_config import HAM10000_DISPLAY_NAMES, ModelConfig
 from trainer import abstention, datareport, evaluate, modelcard, report
 from trainer.calibration import CalibrationResult, calibrate, softmax
 from trainer.data import (

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.model_config import CONFIG_RELATIVE_PATH, ModelConfig
+from core.model_config import CONFIG_RELATIVE_PATH, ModelConfig
 from trainer.errors import PromotionRefused, PublishError
 
 logger = logging.getLogger(__name__)

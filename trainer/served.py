@@ -1,5 +1,5 @@
 """A version as the service sees it: load the SavedModel and classify PIL images through
-`service.preprocessing.to_model_input` and the `serving_default` signature."""
+`core.preprocessing.to_model_input` and the `serving_default` signature."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.model_config import ModelConfig
-from service.preprocessing import to_model_input
+from core.model_config import (
+    CONFIG_OUTPUT,
+    IMAGE_INPUT,
+    METADATA_SIGNATURE,
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    PROBE_INPUT,
+    SERVING_SIGNATURE,
+    ModelConfig,
+)
+from core.preprocessing import to_model_input
 
 SERVING_BATCH = 32  # images per signature call: bounds memory at 224 px on a small machine
 
@@ -25,8 +34,8 @@ class ServedVersion:
         self.version_dir = version_dir
         self.config = ModelConfig.read(version_dir)
         self._loaded: Any = tf.saved_model.load(str(version_dir))
-        self._serve = self._loaded.signatures["serving_default"]
-        self._metadata = self._loaded.signatures["metadata"]
+        self._serve = self._loaded.signatures[SERVING_SIGNATURE]
+        self._metadata = self._loaded.signatures[METADATA_SIGNATURE]
 
     def inputs(self, images: Sequence[Image.Image]) -> np.ndarray:
         return np.stack([to_model_input(image, self.config.input) for image in images])
@@ -37,9 +46,9 @@ class ServedVersion:
 
         probabilities, ood = [], []
         for start in range(0, len(batch), SERVING_BATCH):
-            out = self._serve(image=tf.constant(batch[start:start + SERVING_BATCH]))
-            probabilities.append(out["probabilities"].numpy())
-            ood.append(out["ood_score"].numpy())
+            out = self._serve(**{IMAGE_INPUT: tf.constant(batch[start:start + SERVING_BATCH])})
+            probabilities.append(out[PROBABILITIES_OUTPUT].numpy())
+            ood.append(out[OOD_OUTPUT].numpy())
         return np.concatenate(probabilities), np.concatenate(ood)
 
     def classify(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +58,8 @@ class ServedVersion:
         """The config the `metadata` signature returns (must equal the JSON file's)."""
         import tensorflow as tf
 
-        out = self._metadata(probe=tf.constant([0], tf.int32))
-        return ModelConfig.from_json(out["config"].numpy()[0])
+        out = self._metadata(**{PROBE_INPUT: tf.constant([0], tf.int32)})
+        return ModelConfig.from_json(out[CONFIG_OUTPUT].numpy()[0])
 
 
 def read_images(paths: Sequence[Path]) -> list[Image.Image]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.model_config import DEFAULT_REFERENCE_PIXELS, InputSpec
+from core.model_config import DEFAULT_REFERENCE_PIXELS, InputSpec
 
 COLOUR_CONSTANCY_MODES = ("none", "shades_of_gray")  # trainer.network's, without importing keras
 FINE_TUNE_MODES = ("cached", "full")  # stage 2: top blocks on cached views, or every layer

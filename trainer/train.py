@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from service.model_config import InputSpec
-from service.preprocessing import to_model_input
+from core.model_config import InputSpec
+from core.preprocessing import to_model_input
 from trainer.augment import augment, view_rng
 from trainer.class_weights import balanced_class_weights
 from trainer.data import Record, Split, label_indices
@@ -45,7 +45,7 @@ from trainer.network import (
     set_all_trainable,
     set_trainable,
 )
-from trainer.settings import FINE_TUNE_MODES, TrainSettings
+from trainer.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -565,45 +565,35 @@ def predict_network(network: Any, records: Sequence[Record], spec: InputSpec,
 # --- Command line (the full pipeline, with calibration and export, is `python -m trainer`) -----
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Train only: split (or reuse the workdir's split.json) and train into the workdir."""
-    import argparse
+RENAMED_FLAGS = {"--weights": "--weights-path", "--views": "--views-per-image",
+                 "--frozen-batchnorm": "--no-fine-tune-batchnorm"}
+"""This module's old flags and the `dermserve-train` flags that replaced them."""
 
-    from trainer.data import load_records, split_by_lesion
 
-    parser = argparse.ArgumentParser(description="Train dermserve's network (no export).")
-    parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--weights", type=Path, default=None)
-    parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=TrainSettings.seed)
-    parser.add_argument("--input-size", type=int, default=TrainSettings.input_size)
-    parser.add_argument("--views", type=int, default=TrainSettings.views_per_image)
-    parser.add_argument("--fine-tune-epochs", type=int, default=TrainSettings.fine_tune_epochs)
-    parser.add_argument("--fine-tune-learning-rate", type=float,
-                        default=TrainSettings.fine_tune_learning_rate)
-    parser.add_argument("--fine-tune", choices=FINE_TUNE_MODES, default=TrainSettings.fine_tune)
-    parser.add_argument("--frozen-batchnorm", action="store_true",
-                        help="with --fine-tune full: keep BatchNorm on its ImageNet statistics")
-    parser.add_argument("--patience", type=int, default=TrainSettings.patience)
-    parser.add_argument("--time-budget-s", type=float, default=None)
-    args = parser.parse_args(argv)
+def renamed_flags(argv: Sequence[str]) -> list[str]:
+    """`argv` with the old flag names replaced by the new ones, each with a warning."""
+    translated = []
+    for arg in argv:
+        name, sep, value = arg.partition("=")
+        new = RENAMED_FLAGS.get(name)
+        if new is None:
+            translated.append(arg)
+            continue
+        logger.warning("%s is deprecated: use %s of dermserve-train", name, new)
+        translated.append(new + sep + value if sep and name != "--frozen-batchnorm" else new)
+    return translated
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m trainer.train`: a deprecated alias of `dermserve-train --train-only` (split, or
+    reuse the workdir's split, and train into the workdir), which accepts the old flag names."""
+    import sys
+
+    from trainer.cli import main as train_main
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = TrainSettings(weights_path=args.weights, seed=args.seed,
-                             input_size=args.input_size, views_per_image=args.views,
-                             fine_tune_epochs=args.fine_tune_epochs,
-                             fine_tune_learning_rate=args.fine_tune_learning_rate,
-                             fine_tune=args.fine_tune,
-                             fine_tune_batchnorm=not args.frozen_batchnorm, patience=args.patience,
-                             time_budget_s=args.time_budget_s)
-    records = load_records(args.data_dir)
-    manifest = args.workdir / "split.json"
-    split = (Split.load(manifest, records) if manifest.exists()
-             else split_by_lesion(records, args.seed))
-    split.save(manifest)
-    logger.info("split: train %d, val %d, test %d", len(split.train), len(split.val),
-                len(split.test))
-    train_network(split, settings, args.workdir)
+    return train_main(["--train-only", *renamed_flags(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

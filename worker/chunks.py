@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
-from service.backends.base import ModelRef, VersionInfo
-from service.errors import (
+from core.backends.base import ModelRef, VersionInfo
+from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     DermserveError,
@@ -35,10 +35,10 @@ from service.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from service.prediction import Prediction
-from service.validation import ImageLimits
+from core.prediction import Prediction
+from core.validation import ImageLimits
 from worker.queues import ChunkQueues
-from worker.records import ChunkState, JobRecord, JobState
+from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.references import ImageRef, InputRoots, open_checked
 from worker.results import ImageResult, ResultStore
 from worker.settings import WorkerSettings
@@ -52,7 +52,7 @@ FINAL_LEASE = "final"
 
 
 class BatchClassifier(Protocol):
-    """What a chunk needs of service.classifier.Classifier (a test may pass a small fake)."""
+    """What a chunk needs of core.classifier.Classifier (a test may pass a small fake)."""
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
                       request_ids: Sequence[str] | None = None,
@@ -65,8 +65,8 @@ class BatchClassifier(Protocol):
 class ChunkObserver(Protocol):
     """Receives what the worker's metrics count (worker/metrics.py implements it)."""
 
-    def chunk_finished(self, outcome: str, seconds: float, results: Sequence[ImageResult]
-                       ) -> None: ...
+    def chunk_finished(self, outcome: ChunkOutcome, seconds: float,
+                       results: Sequence[ImageResult]) -> None: ...
 
     def backend_retried(self) -> None: ...
 
@@ -74,8 +74,8 @@ class ChunkObserver(Protocol):
 
 
 class NullChunkObserver:
-    def chunk_finished(self, outcome: str, seconds: float, results: Sequence[ImageResult]
-                       ) -> None:
+    def chunk_finished(self, outcome: ChunkOutcome, seconds: float,
+                       results: Sequence[ImageResult]) -> None:
         pass
 
     def backend_retried(self) -> None:
@@ -89,21 +89,21 @@ class NullChunkObserver:
 class ChunkPolicy:
     """The knobs of chunk execution (from WorkerSettings)."""
 
-    batch_size: int
+    images_per_call: int
     lease_ttl_s: float
     max_attempts: int
     backend_retries: int
     backoff_base_s: float
     backoff_cap_s: float
-    backend_timeout_s: float
+    classify_timeout_s: float
     limits: ImageLimits
     pipeline_depth: int = 2
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> ChunkPolicy:
-        return cls(settings.batch_size, settings.lease_ttl_s, settings.max_chunk_attempts,
+        return cls(settings.images_per_call, settings.lease_ttl_s, settings.max_chunk_attempts,
                    settings.backend_retries, settings.backoff_base_s, settings.backoff_cap_s,
-                   settings.backend_timeout_s, settings.image_limits, settings.pipeline_depth)
+                   settings.classify_timeout_s, settings.image_limits, settings.pipeline_depth)
 
 
 class LeaseKeeper:
@@ -166,11 +166,11 @@ class ChunkRunner:
         return f"{self.name}:{uuid.uuid4().hex}"
 
     # --- one chunk -------------------------------------------------------------------------------
-    def run(self, job_id: str, index: int, attempt: int) -> str:
-        """Run chunk `index`; returns how it ended (OK, LAST, DUPLICATE, CANCELLED, DONE, ...)."""
+    def run(self, job_id: str, index: int, attempt: int) -> ChunkOutcome:
+        """Run chunk `index`; returns how it ended."""
         token = self.token()
         claim = self.store.claim_chunk(job_id, index, token, self.policy.lease_ttl_s)
-        if claim != "OK":
+        if claim is not ChunkOutcome.OK:
             log.info("chunk %s/%d not run: %s", job_id, index, claim)
             return claim
         started = time.perf_counter()
@@ -181,28 +181,28 @@ class ChunkRunner:
         self.observer.chunk_finished(outcome, time.perf_counter() - started, results)
         log.info("chunk %s/%d attempt %d: %s (%d images)", job_id, index, attempt, outcome,
                  len(results))
-        if outcome == "LAST":
+        if outcome is ChunkOutcome.LAST:
             self.finalize(job_id)
         return outcome
 
     def _run_claimed(self, job_id: str, index: int, attempt: int,
-                     token: str) -> tuple[str, list[ImageResult]]:
+                     token: str) -> tuple[ChunkOutcome, list[ImageResult]]:
         try:
             results = self._results_of(job_id, index, attempt)
         except Exception as exc:
             self.store.record_chunk_error(job_id, index, reason_of(exc))
             raise
         if results is None:
-            return "CANCELLED", []
-        if isinstance(results, str):
+            return ChunkOutcome.CANCELLED, []
+        if isinstance(results, ChunkOutcome):
             return results, []
         self.results.write_chunk_results(job_id, index, results)
         counts = outcome_counts(results)
         return self.store.complete_chunk(job_id, index, token, *counts), results
 
     def _results_of(self, job_id: str, index: int,
-                    attempt: int) -> list[ImageResult] | str | None:
-        """The chunk's results; None when cancelled; "FAILED" when it failed the whole job."""
+                    attempt: int) -> list[ImageResult] | ChunkOutcome | None:
+        """The chunk's results; None when cancelled; FAILED when it failed the whole job."""
         record = self.store.load(job_id)
         refs = self.results.read_chunk_inputs(job_id, index)
         first = index * record.chunk_size
@@ -213,7 +213,7 @@ class ChunkRunner:
         except ModelNotFound as exc:
             if record.requested_version is not None or record.requested_label:
                 self._fail_job(record, exc)
-                return "FAILED"
+                return ChunkOutcome.FAILED
             if record.resolved_version is None:
                 raise  # not even "latest" resolved: transient, the chunk runs again later
         # The version the job started on was unloaded (newer ones were published): go on with
@@ -246,7 +246,7 @@ class ChunkRunner:
         which is what keeps a worker near the model's raw throughput."""
         ref = self._model_ref(record)
         roots = InputRoots([*self.roots.roots, self.results.inputs_dir(record.job_id)])
-        size = self.policy.batch_size
+        size = self.policy.images_per_call
         in_flight: deque[Future[list[ImageResult]]] = deque()
         results: list[ImageResult] = []
         try:
@@ -264,7 +264,7 @@ class ChunkRunner:
         finally:
             # Nothing of this chunk may outlive it; bounded, in case rq's timeout fired on a hung
             # model call, which no thread can interrupt.
-            wait(in_flight, timeout=self.policy.backend_timeout_s)
+            wait(in_flight, timeout=self.policy.classify_timeout_s)
 
     def _model_ref(self, record: JobRecord) -> ModelRef:
         """One version for the whole job: the pinned one, or the first chunk's resolution."""
@@ -272,7 +272,7 @@ class ChunkRunner:
             return ModelRef(record.model_name, version=record.resolved_version)
         wanted = ModelRef(record.model_name, label=record.requested_label or None)
         info = self._retrying(lambda: self.classifier.describe(wanted,
-                                                               self.policy.backend_timeout_s))
+                                                               self.policy.classify_timeout_s))
         return ModelRef(record.model_name, version=self.store.pin_version(record.job_id,
                                                                           info.version))
 
@@ -287,7 +287,7 @@ class ChunkRunner:
                 results[offset] = ImageResult.failed(first + offset, image_ref.reference, exc)
         if images:
             answers = self._retrying(lambda: self.classifier.classify_many(
-                list(images.values()), ref, None, self.policy.backend_timeout_s))
+                list(images.values()), ref, None, self.policy.classify_timeout_s))
             for offset, answer in zip(images, answers, strict=True):
                 results[offset] = to_result(first + offset, refs[offset].reference, answer)
         return [results[offset] for offset in range(len(refs))]
@@ -355,7 +355,7 @@ CURRENT_RUNNER: ContextVar[ChunkRunner] = ContextVar("dermserve_chunk_runner")
 
 def run_chunk(job_id: str, index: int, attempt: int) -> str:
     """rq entry point of one chunk (see the module docstring)."""
-    return CURRENT_RUNNER.get().run(job_id, index, attempt)
+    return CURRENT_RUNNER.get().run(job_id, index, attempt).value
 
 
 def run_finalize(job_id: str) -> str:

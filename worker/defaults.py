@@ -21,9 +21,10 @@ DEFAULT_REDIS_BACKOFF_CAP_S = 10.0  # seconds; longest wait, so a restarted Redi
 DEFAULT_OUTPUT_DIR = "var/batch"  # per-job directories: spooled inline images, results, exports
 DEFAULT_CHUNK_SIZE = 64  # images per chunk: ~1-2 s of model time on CPU, so a killed worker
 # loses little work and a cancel lands within one chunk
-DEFAULT_BATCH_SIZE = 8  # images per classifier call inside a chunk; the cancel flag is checked
-# between calls. The released MobileNetV2 on 2 CPU cores runs fastest per image at 8 (86 images/s
-# against 69 at 16 and 58 at 32: `make bench` prints the sweep); larger batches spill the caches.
+DEFAULT_IMAGES_PER_CALL = 8  # images per classifier call inside a chunk; the cancel flag is
+# checked between calls. The released MobileNetV2 on 2 CPU cores runs fastest per image at 8
+# (86 images/s against 69 at 16 and 58 at 32: `make bench` prints the sweep); larger batches
+# spill the caches.
 DEFAULT_PIPELINE_DEPTH = 2  # classifier calls in flight per chunk: one decodes while one predicts
 DEFAULT_MAX_IMAGES_PER_JOB = 100_000  # images; a large screening archive, and bounded Redis work
 DEFAULT_MAX_INLINE_IMAGES = 256  # images sent inside one SubmitBatchJob request
@@ -53,7 +54,8 @@ DEFAULT_CHUNK_TIMEOUT_S = 600  # seconds; rq kills a chunk stuck this long (64 i
 DEFAULT_BACKEND_RETRIES = 4  # retries of one classifier call on UNAVAILABLE / DEADLINE_EXCEEDED
 DEFAULT_BACKOFF_BASE_S = 0.5  # seconds; doubled each retry: 0.5, 1, 2, 4 = 7.5 s in all
 DEFAULT_BACKOFF_CAP_S = 8.0  # seconds; longest single wait
-DEFAULT_BACKEND_TIMEOUT_S = 120.0  # seconds for one classifier call of DEFAULT_BATCH_SIZE images
+DEFAULT_CLASSIFY_TIMEOUT_S = 120.0  # seconds for one classifier call of DEFAULT_IMAGES_PER_CALL
+# images (up to --pipeline-depth calls share the machine)
 
 # --- API -----------------------------------------------------------------------------------------
 DEFAULT_WATCH_INTERVAL_S = 0.5  # seconds between progress polls of a WatchBatchJob stream

@@ -23,18 +23,10 @@ class FirstChunkHold:
         self.store = store
         self.used = False
 
-    @property
-    def inside_key(self) -> str:
-        return f"{self.store.prefix}:test:inside"
-
-    @property
-    def release_key(self) -> str:
-        return f"{self.store.prefix}:test:release"
-
     def __call__(self, job_id: str, index: int) -> None:
         if self.used:
             return
         self.used = True
-        self.store.client.rpush(self.inside_key, f"{job_id}:{index}:{os.getpid()}")
-        while not self.store.client.blpop([self.release_key], timeout=WAIT_SLICE_S):
+        self.store.announce_held(f"{job_id}:{index}:{os.getpid()}")
+        while not self.store.wait_for_release(WAIT_SLICE_S):
             pass

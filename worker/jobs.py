@@ -1,10 +1,10 @@
 """The job service, grpc-free: submit, get, watch, cancel and page through results.
 
-The BatchJobs servicer (worker/servicer.py) and tests call it; it imports neither grpc nor
+The BatchJobs servicer (service/batch_jobs.py) and tests call it; it imports neither grpc nor
 TensorFlow. It validates everything a client sends before anything is queued: references inside
 the input roots (InvalidRequest), counts and bytes within limits (ResourceExhausted).
 
-A job belongs to the Caller that submitted it (service/identity.py): another caller gets
+A job belongs to the Caller that submitted it (core/identity.py): another caller gets
 JobNotFound, exactly as for an unknown id, so that job ids cannot be probed; an operator sees
 every job. An idempotency key (`client_job_id`) is scoped to its owner.
 """
@@ -20,18 +20,19 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import redis
 
-from service.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
-from service.identity import ANONYMOUS, Caller
+from core.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
+from core.identity import ANONYMOUS, Caller
 from worker import defaults
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority
 from worker.references import ImageRef, InputRoots, check_count, manifest_paths
 from worker.results import ImageResult, ResultStore
-from worker.settings import WorkerSettings
+from worker.settings import BatchApiSettings
 from worker.store import JobStore, connect
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class JobService:
         self.watch_interval_s = watch_interval_s
 
     @classmethod
-    def from_settings(cls, settings: WorkerSettings) -> JobService:
+    def from_settings(cls, settings: BatchApiSettings) -> JobService:
         """Everything the front service needs to serve BatchJobs: two Redis clients, no TF."""
         retries = defaults.DEFAULT_API_REDIS_RETRIES
         store = JobStore.from_settings(connect(settings, retries=retries), settings)
@@ -144,8 +145,12 @@ class JobService:
                    InputRoots(settings.input_roots), settings.model_name, settings.chunk_size,
                    limits, settings.watch_interval_s)
 
+    def export_paths(self, job_id: str) -> dict[str, Path]:
+        """A finished job's result files, by format name."""
+        return self.results.export_paths(job_id)
+
     def close(self) -> None:
-        self.store.client.close()
+        self.store.close()
         self.queues.connection.close()
 
     # --- submit ----------------------------------------------------------------------------------
@@ -171,16 +176,16 @@ class JobService:
                 self._discard(job_id)  # lost a race with an identical submission
                 return SubmitOutcome(self.store.load(earlier_id), created=False)
             if earlier_id is not None:  # the earlier job expired: the key is ours now
-                self.store.client.set(idempotency_key, job_id, ex=self.store.active_job_ttl_s)
+                self.store.remap_idempotency_key(idempotency_key, job_id)
         self.queues.enqueue_chunks(job_id, range(record.chunk_count), request.priority)
         log.info("batch job %s: %d images in %d chunks", job_id, record.total,
                  record.chunk_count)
         return SubmitOutcome(record, created=True)
 
     def _earlier_job(self, idempotency_key: str) -> JobRecord | None:
-        earlier_id = self.store.client.get(idempotency_key)
-        if earlier_id and self.store.exists(str(earlier_id)):
-            return self.store.load(str(earlier_id))
+        earlier_id = self.store.idempotency_job(idempotency_key)
+        if earlier_id and self.store.exists(earlier_id):
+            return self.store.load(earlier_id)
         return None
 
     def _collect(self, job_id: str, job_input: JobInput) -> list[ImageRef]:

@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from worker.queues import ChunkQueues
-from worker.records import JobState
+from worker.records import ChunkOutcome, JobState
 from worker.results import ImageResult
 from worker.store import JobStore
 
@@ -49,11 +49,11 @@ class WorkerMetrics:
         self.busy_gauge = Gauge("dermserve_worker_busy", "1 while a chunk runs, 0 while idle.",
                                 registry=registry)
 
-    def chunk_finished(self, outcome: str, seconds: float, results: Sequence[ImageResult]
-                       ) -> None:
-        self.chunks.labels(outcome).inc()
+    def chunk_finished(self, outcome: ChunkOutcome, seconds: float,
+                       results: Sequence[ImageResult]) -> None:
+        self.chunks.labels(outcome.value).inc()
         self.chunk_seconds.observe(seconds)
-        if outcome not in ("OK", "LAST"):
+        if not outcome.counted:
             return  # a duplicate or cancelled run counted nothing
         for result in results:
             self.images.labels(image_outcome(result)).inc()

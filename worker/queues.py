@@ -20,7 +20,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from worker.records import Priority
-from worker.settings import WorkerSettings
+from worker.settings import BatchApiSettings
 
 RUN_CHUNK = "worker.chunks.run_chunk"
 RUN_FINALIZE = "worker.chunks.run_finalize"
@@ -62,7 +62,7 @@ class ChunkQueues:
         self.failure_ttl_s = failure_ttl_s
 
     @classmethod
-    def from_settings(cls, connection: redis.Redis, settings: WorkerSettings) -> ChunkQueues:
+    def from_settings(cls, connection: redis.Redis, settings: BatchApiSettings) -> ChunkQueues:
         return cls(connection, settings.queue_name, settings.chunk_timeout_s, settings.job_ttl_s)
 
     def listen_order(self) -> list[Queue]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import redis
 
-from service.errors import JobNotFound
+from core.errors import JobNotFound
 from worker.chunks import FINAL_LEASE
 from worker.defaults import DEFAULT_MAX_CHUNK_ATTEMPTS
 from worker.queues import ChunkQueues, chunk_job_id, finalize_job_id
@@ -65,7 +65,7 @@ class Reaper:
             try:
                 record = self.store.load(job_id)
             except JobNotFound:
-                self.store.client.srem(self.store.active_key, job_id)
+                self.store.forget_active(job_id)
                 continue
             if record.state.terminal or time.time() - record.created < self.grace_s:
                 continue

@@ -9,7 +9,27 @@ import enum
 import time
 from dataclasses import dataclass
 
-from service.identity import ANONYMOUS
+from core.identity import ANONYMOUS
+
+
+class ChunkOutcome(enum.StrEnum):
+    """How one attempt at a chunk ended (the store's Lua scripts answer these words). Also the
+    `outcome` label of dermserve_batch_chunks_total."""
+
+    OK = "OK"  # ran and was counted; more chunks remain
+    LAST = "LAST"  # ran and was counted, and was the job's last: finalise the job
+    DUPLICATE = "DUPLICATE"  # ran, but another run had already counted it
+    DONE = "DONE"  # not run: already counted
+    BUSY = "BUSY"  # not run: another worker holds its lease
+    GONE = "GONE"  # not run: the job expired or never existed
+    SUCCEEDED = "SUCCEEDED"  # not run: the job already ended so
+    FAILED = "FAILED"  # the job failed (then, or before this run)
+    CANCELLED = "CANCELLED"  # the job was cancelled (then, or before this run)
+
+    @property
+    def counted(self) -> bool:
+        """Whether this run's images were counted (and so go into the image metrics)."""
+        return self in (ChunkOutcome.OK, ChunkOutcome.LAST)
 
 
 class JobState(enum.Enum):

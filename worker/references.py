@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import InvalidRequest, ResourceExhausted
+from core.errors import InvalidRequest, ResourceExhausted
 from worker.defaults import IMAGE_SUFFIXES, MAX_REFERENCE_BYTES
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

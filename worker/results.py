@@ -4,6 +4,7 @@
     <output_dir>/<job_id>/chunks/<chunk>.input.json    the chunk's image references
     <output_dir>/<job_id>/chunks/<chunk>.jsonl         the chunk's results, one line per image
     <output_dir>/<job_id>/results.jsonl, results.csv   the exports, written when the job succeeds
+                                                       (one file per `ResultExporter` in EXPORTERS)
 
 A CSV cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
 return, as a reference named `=HYPERLINK(...)` does) is written with a leading single quote
@@ -24,9 +25,10 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
-from service.errors import DermserveError, InvalidRequest
-from service.prediction import Prediction
+from core.errors import DermserveError, InvalidRequest
+from core.prediction import Prediction
 from worker.references import ImageRef, printable
 
 EXPORT_JSONL = "results.jsonl"
@@ -119,8 +121,10 @@ def write_atomically(path: Path, lines: Iterable[str]) -> None:
 class ResultStore:
     """Files of every job under one output directory."""
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path,
+                 exporters: Sequence[ResultExporter] | None = None) -> None:
         self.output_dir = output_dir
+        self.exporters = tuple(exporters) if exporters is not None else EXPORTERS
 
     def job_dir(self, job_id: str) -> Path:
         if not job_id.isalnum():  # job ids are hex; anything else must not become a path
@@ -156,29 +160,71 @@ class ResultStore:
         with path.open(encoding="utf-8") as handle:
             return [ImageResult.from_json(line) for line in handle if line.strip()]
 
-    def export_paths(self, job_id: str) -> tuple[Path, Path]:
-        job_dir = self.job_dir(job_id)
-        return job_dir / EXPORT_JSONL, job_dir / EXPORT_CSV
+    def export_paths(self, job_id: str) -> dict[str, Path]:
+        """Each export's file, by format name ("jsonl", "csv")."""
+        return {exporter.name: self.job_dir(job_id) / exporter.filename
+                for exporter in self.exporters}
 
-    def export(self, job_id: str, chunks: Iterable[int]) -> tuple[Path, Path]:
-        """Write the JSONL and CSV exports of `chunks`, in image order."""
-        jsonl_path, csv_path = self.export_paths(job_id)
+    def export(self, job_id: str, chunks: Iterable[int]) -> dict[str, Path]:
+        """Write every export of `chunks`, in image order; returns their files by format."""
         ordered = sorted(chunks)
-        write_atomically(jsonl_path, (r.to_json() + "\n" for r in self._iter(job_id, ordered)))
         labels = self._labels(job_id, ordered)
-        write_atomically(csv_path, csv_lines(self._iter(job_id, ordered), labels))
-        return jsonl_path, csv_path
+        paths = self.export_paths(job_id)
+        for exporter in self.exporters:
+            write_atomically(paths[exporter.name],
+                             exporter.lines(self._iter(job_id, ordered), labels))
+        return paths
 
     def _iter(self, job_id: str, chunks: Sequence[int]) -> Iterator[ImageResult]:
         for chunk in chunks:
             yield from self.read_chunk_results(job_id, chunk)
 
     def _labels(self, job_id: str, chunks: Sequence[int]) -> list[str]:
-        """The class list of the version that answered (the first classified image says)."""
-        for result in self._iter(job_id, chunks):
-            if result.probabilities:
-                return sorted(label for label, _, _ in result.probabilities)
-        return []
+        return labels_of(self._iter(job_id, chunks))
+
+
+class ResultExporter(Protocol):
+    """One format of a job's results: a new format (FHIR, Parquet...) is one more class here,
+    added to EXPORTERS; the job's files, GetBatchJob and the CLI follow."""
+
+    name: str  # the format's name: a key of export_paths, a `--format` of the CLI
+    filename: str  # its file in the job's directory
+
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+        """The file's text, in pieces; `labels` is the answering version's class list."""
+        ...
+
+
+class JsonlExporter:
+    """One JSON object per image, as the chunks store them."""
+
+    name = "jsonl"
+    filename = EXPORT_JSONL
+
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+        return (result.to_json() + "\n" for result in results)
+
+
+class CsvExporter:
+    """One row per image: fixed columns, then one `p_<label>` column per class, with cells a
+    spreadsheet would run as formulas quoted."""
+
+    name = "csv"
+    filename = EXPORT_CSV
+
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+        return csv_lines(results, labels)
+
+
+EXPORTERS: tuple[ResultExporter, ...] = (JsonlExporter(), CsvExporter())
+
+
+def labels_of(results: Iterable[ImageResult]) -> list[str]:
+    """The class list of the version that answered (the first classified image says)."""
+    for result in results:
+        if result.probabilities:
+            return sorted(label for label, _, _ in result.probabilities)
+    return []
 
 
 CSV_COLUMNS = ["index", "reference", "status", "top_label", "abstained", "abstention_reason",

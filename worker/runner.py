@@ -20,7 +20,6 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -28,11 +27,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
-from service.auth import channel_credentials
-from service.backends.base import Backend, ModelRef
-from service.classifier import Classifier
-from service.errors import DermserveError
-from service.validation import PixelBudget
+from core.backends.base import Backend, ModelRef
+from core.backends.factory import open_backend
+from core.classifier import Classifier
+from core.errors import DermserveError
+from core.metrics import ModelMetrics
+from core.observe import Observer
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
@@ -71,33 +71,12 @@ class BatchWorker(SimpleWorker):
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
 
-def build_backend(settings: WorkerSettings) -> Backend:
-    """The model backend; TensorFlow is imported here, once, and only in the worker."""
-    if settings.backend == "embedded":
-        from service.backends.embedded import EmbeddedBackend
-
-        embedded = EmbeddedBackend(settings.model_base, settings.model_name,
-                                   poll_interval_s=settings.poll_interval_s)
-        embedded.start()
-        return embedded
-    if settings.backend == "tfserving":
-        from service.backends.tfserving import TFServingBackend
-
-        credentials = (channel_credentials(Path(settings.tfserving_ca)) if settings.tfserving_ca
-                       else None)
-        return TFServingBackend(settings.tfserving_target, settings.model_name,
-                                credentials=credentials)
-    raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")
-
-
-def build_classifier(settings: WorkerSettings, backend: Backend) -> Classifier:
-    """The same classifier core as the front's, with the same kind of decode budget: a chunk's
-    batches decode in parallel (pipeline_depth), and each image holds its share until it is
-    the model input."""
-    return Classifier(backend, settings.model_name, settings.image_limits,
-                      settings.min_confidence_floor,
-                      decode_budget=PixelBudget(settings.decode_pixel_budget),
-                      default_version_label=settings.default_version_label)
+def build_classifier(settings: WorkerSettings, backend: Backend,
+                     observer: Observer | None = None) -> Classifier:
+    """The same classifier core as the front's (Classifier.from_settings): a chunk's batches
+    decode in parallel (pipeline_depth), and each image holds its share of the decode budget
+    until it is the model input."""
+    return Classifier.from_settings(backend, settings, observer)
 
 
 def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
@@ -118,13 +97,15 @@ def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
 class WorkerProcess:
     """Everything one worker process holds: clients, the runner, the reaper, the metrics."""
 
-    def __init__(self, settings: WorkerSettings, classifier: Classifier) -> None:
+    def __init__(self, settings: WorkerSettings, classifier: Classifier,
+                 registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.stopping = threading.Event()
         self.store = JobStore.from_settings(connect(settings), settings)
         self.rq_connection = connect(settings, decode_responses=False)
         self.queues = ChunkQueues.from_settings(self.rq_connection, settings)
-        self.registry = CollectorRegistry()
+        # The model metrics (decode, predictions...) register here too when run_worker made them.
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
         self.registry.register(BatchStateCollector(self.store, self.queues))
         self.runner = ChunkRunner(self.store, ResultStore(settings.batch_output_dir),
@@ -169,15 +150,28 @@ class WorkerProcess:
             return False
 
 
+def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
+    """The worker process with its backend open and a model version answering; its registry
+    holds the same decode, prediction and model-event metrics as the front's, and its own."""
+    registry = CollectorRegistry()
+    model_metrics = ModelMetrics(registry)
+    backend = open_backend(settings, events=model_metrics.model_event, block=True)
+    try:
+        classifier = build_classifier(settings, backend, model_metrics)
+        wait_for_model(classifier, settings.model_ready_timeout_s)
+        return WorkerProcess(settings, classifier, registry), backend
+    except BaseException:
+        backend.close()
+        raise
+
+
 def run_worker(settings: WorkerSettings) -> int:
     """The `dermserve-worker` program."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    backend = build_backend(settings)
+    process, backend = start_worker(settings)
     try:
-        classifier = build_classifier(settings, backend)
-        wait_for_model(classifier, settings.model_ready_timeout_s)
-        WorkerProcess(settings, classifier).serve()
+        process.serve()
     finally:
         backend.close()
     return 0

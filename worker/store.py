@@ -34,10 +34,10 @@ from redis.backoff import ExponentialBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
-from service.errors import FailedPrecondition, JobNotFound
+from core.errors import FailedPrecondition, JobNotFound
 from worker import defaults
-from worker.records import ChunkState, JobRecord, JobState
-from worker.settings import WorkerSettings
+from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
+from worker.settings import BatchApiSettings, RedisSettings
 
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')
@@ -116,7 +116,7 @@ return 'OK'
 """
 
 
-def connect(settings: WorkerSettings, decode_responses: bool = True,
+def connect(settings: RedisSettings, decode_responses: bool = True,
             retries: int | None = None) -> redis.Redis:
     """A client that reconnects by itself: each command is retried with exponential backoff
     while Redis is unreachable (a restart, a failover), for about a minute. rq needs its own
@@ -146,7 +146,7 @@ class PasswordFile(CredentialProvider):
         return (self.username, password) if self.username else (password,)
 
 
-def connection_security(settings: WorkerSettings) -> tuple[str, dict[str, Any]]:
+def connection_security(settings: RedisSettings) -> tuple[str, dict[str, Any]]:
     """The Redis URL and the client arguments for a password file and a CA. The user name stays
     in the URL (`rediss://dermserve@redis:6379/0`); redis-py refuses a credential provider next
     to a URL's user, so it moves into the provider."""
@@ -183,7 +183,7 @@ class JobStore:
         self._unpin = client.register_script(UNPIN)
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: WorkerSettings) -> JobStore:
+    def from_settings(cls, client: redis.Redis, settings: BatchApiSettings) -> JobStore:
         return cls(client, settings.key_prefix, settings.job_ttl_s, settings.active_job_ttl_s)
 
     # --- keys ------------------------------------------------------------------------------------
@@ -242,6 +242,38 @@ class JobStore:
         earlier = self.client.get(key)
         return str(earlier) if earlier else None
 
+    def remap_idempotency_key(self, key: str, job_id: str) -> None:
+        """Point `key` at `job_id` (its earlier job expired)."""
+        self.client.set(key, job_id, ex=self.active_job_ttl_s)
+
+    def idempotency_job(self, key: str) -> str | None:
+        """The job id `key` maps to, if any."""
+        earlier = self.client.get(key)
+        return str(earlier) if earlier else None
+
+    def forget_active(self, job_id: str) -> None:
+        """Drop `job_id` from the active set (its keys expired)."""
+        self.client.srem(self.active_key, job_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- the tests' hold on a first chunk (worker/hold.py) -----------------------------------
+    @property
+    def hold_inside_key(self) -> str:
+        return f"{self.prefix}:test:inside"
+
+    @property
+    def hold_release_key(self) -> str:
+        return f"{self.prefix}:test:release"
+
+    def announce_held(self, text: str) -> None:
+        self.client.rpush(self.hold_inside_key, text)
+
+    def wait_for_release(self, timeout_s: float) -> bool:
+        """True once a release was pushed, False after `timeout_s` without one."""
+        return bool(self.client.blpop([self.hold_release_key], timeout=timeout_s))
+
     def delete(self, job_id: str) -> None:
         self.client.delete(*self._job_keys(job_id))
         self.client.srem(self.active_key, job_id)
@@ -271,11 +303,13 @@ class JobStore:
         return {state: int(count) for state, count in raw.items()}
 
     # --- chunk steps -----------------------------------------------------------------------------
-    def claim_chunk(self, job_id: str, index: int, token: str, lease_s: float) -> str:
+    def claim_chunk(self, job_id: str, index: int, token: str, lease_s: float
+                    ) -> ChunkOutcome:
         """'OK' when this worker may run the chunk; else why not: DONE, BUSY, GONE or the job's
         terminal state (a cancelled job's chunks end here, before any image is read)."""
         keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
-        return str(self._claim(keys=keys, args=[index, token, int(lease_s * 1000), time.time()]))
+        return ChunkOutcome(str(self._claim(keys=keys,
+                                            args=[index, token, int(lease_s * 1000), time.time()])))
 
     def renew_lease(self, job_id: str, index: int | str, token: str, lease_s: float) -> bool:
         keys = [self.lease_key(job_id, index)]
@@ -293,10 +327,11 @@ class JobStore:
         return bool(self.client.exists(self.lease_key(job_id, index)))
 
     def complete_chunk(self, job_id: str, index: int, token: str, done: int, failed: int,
-                       abstained: int) -> str:
+                       abstained: int) -> ChunkOutcome:
         """Count a chunk once: 'OK', 'LAST' (it was the job's last), 'DUPLICATE', or why not."""
         keys = [self.job_key(job_id), self.chunks_key(job_id), self.lease_key(job_id, index)]
-        return str(self._complete(keys=keys, args=[index, token, done, failed, abstained]))
+        return ChunkOutcome(str(self._complete(keys=keys,
+                                               args=[index, token, done, failed, abstained])))
 
     def requeue_abandoned(self, job_id: str, index: int) -> int | None:
         """Turn a running chunk whose lease expired back to pending; returns its next attempt."""

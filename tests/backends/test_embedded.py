@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.backends.base import ModelRef, VersionState
-from service.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
-from service.errors import BackendUnavailable, ModelNotFound
+from core.backends.base import ModelRef, VersionState
+from core.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
+from core.errors import BackendUnavailable, ModelNotFound
 from tests.backends.conftest import FAST_POLL_S
 from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME

@@ -40,11 +40,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.backends.base import ModelRef
-from service.backends.embedded import EmbeddedBackend
-from service.backends.tensor_protos import make_ndarray, make_tensor
-from service.backends.version_dirs import UNKNOWN_LABEL_REASON
-from service.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
+from core.backends.base import ModelRef
+from core.backends.embedded import EmbeddedBackend
+from core.backends.tensor_protos import make_ndarray, make_tensor
+from core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from core.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
 
 SERVER_WORKERS = 8
 """Threads answering RPCs: enough for the concurrency the tests drive."""

@@ -18,7 +18,8 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from service import defaults as service_defaults
+from core import config
+from core import defaults as core_defaults
 from service import settings as service_settings
 from tests.deploy.conftest import DEPLOY, Rendered
 from trainer import cli as trainer_cli
@@ -81,13 +82,11 @@ def host_port(target: str) -> tuple[str, int]:
 
 
 def service_env_names() -> set[str]:
-    return {service_settings.ENV_PREFIX + flag.upper().replace("-", "_")
-            for flag, *_ in service_settings.OPTIONS}
+    return config.env_names(service_settings.Settings)
 
 
 def worker_env_names() -> set[str]:
-    return {worker_settings.env_name(f.name)
-            for f in dataclasses.fields(worker_settings.WorkerSettings)}
+    return config.env_names(worker_settings.WorkerSettings)
 
 
 # --- the front service ---
@@ -121,8 +120,8 @@ def test_server_probes_reach_a_plaintext_health_port(rendered: Rendered) -> None
     server serves grpc.health.v1 on without TLS (--health-listen)."""
     settings, _, main = server_settings(rendered)
     assert settings.security.tls_enabled
-    namespace, _, _ = server_namespace(rendered)  # fails while --health-listen is unknown
-    health_listen = getattr(namespace, "health_listen", None)
+    server_namespace(rendered)  # fails while --health-listen is unknown
+    health_listen = settings.health_listen_address
     assert health_listen, "TLS is on and service/settings.py has no plaintext health port"
     _, health_port = host_port(health_listen)
     assert health_port != host_port(settings.listen_address)[1]
@@ -172,7 +171,7 @@ def worker_config(rendered: Rendered) -> tuple[worker_settings.WorkerSettings, d
     spec, main = container(rendered, "Deployment", "dermserve-worker")
     assert main["command"] == ["dermserve-worker"]
     env = literal_env(main)
-    parse_or_fail(worker_settings.build_parser(worker_settings.settings_from_env(env)),
+    parse_or_fail(worker_settings.build_parser(env),
                   main["args"])
     return worker_settings.parse_settings(main["args"], env), spec, main
 
@@ -255,7 +254,7 @@ def test_tfserving_ports_and_files(rendered: Rendered) -> None:
 def test_tfserving_model_config_serves_the_model_volume(rendered: Rendered) -> None:
     spec, main = container(rendered, "Deployment", "tfserving")
     (model,) = models_config(rendered).model_config_list.config
-    assert model.name == service_defaults.DEFAULT_MODEL_NAME
+    assert model.name == core_defaults.DEFAULT_MODEL_NAME
     mount = mount_covering(spec, main, PurePosixPath(model.base_path))
     volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
     assert volume["persistentVolumeClaim"]["claimName"] == "dermserve-models"

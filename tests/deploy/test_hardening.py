@@ -112,7 +112,7 @@ def test_tfserving_grpc_uses_tls_from_a_secret(rendered: Rendered) -> None:
     assert_secret_file(rendered, front_spec, front_main, str(settings.tfserving_ca))
     workers, worker_spec, worker_main = worker_config(rendered)
     assert workers.tfserving_ca
-    assert_secret_file(rendered, worker_spec, worker_main, workers.tfserving_ca)
+    assert_secret_file(rendered, worker_spec, worker_main, str(workers.tfserving_ca))
 
 
 def test_tfserving_rest_port_admits_no_one_but_the_kubelet(rendered: Rendered) -> None:

@@ -1,5 +1,5 @@
 """Fuzzing the two places where untrusted input first meets dermserve: image validation
-(`service.validation.decode_image`, shared by Classify and the batch worker) and batch references
+(`core.validation.decode_image`, shared by Classify and the batch worker) and batch references
 (`worker.references`: reference paths, manifest text). Hypothesis feeds random bytes, mutated real
 JPEGs and PNGs, and random text; the only acceptable outcomes are a valid result or an error of
 dermserve's own tree that maps to a client status (never InternalError, never anything else).
@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.errors import DermserveError, InternalError
-from service.validation import ImageLimits, decode_image
+from core.errors import DermserveError, InternalError
+from core.validation import ImageLimits, decode_image
 from worker.references import InputRoots, manifest_paths
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
+from core.errors import BackendUnavailable, ModelNotFound
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from service.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
-from service.errors import BackendUnavailable, ModelNotFound
 from service.metrics import Metrics
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 from service.server import FrontServer, create_server
 from service.settings import Settings
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.backends.base import ModelRef
-from service.batching import MicroBatcher
-from service.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
+from core.backends.base import ModelRef
+from core.batching import MicroBatcher
+from core.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
 from tests.service.conftest import FakeBackend, good_jpeg, pb, running_server, server_settings
 
 REF = ModelRef("ham10000", version=2)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.backends.base import BatchOutput, ModelRef
-from service.classifier import Classifier
-from service.errors import BackendUnavailable, InvalidImage, ModelNotFound
-from service.prediction import Prediction
-from service.validation import ImageLimits
+from core.backends.base import BatchOutput, ModelRef
+from core.classifier import Classifier
+from core.errors import BackendUnavailable, InvalidImage, ModelNotFound
+from core.prediction import Prediction
+from core.validation import ImageLimits
 from tests.service.conftest import FakeBackend, good_jpeg
 
 
@@ -77,8 +77,8 @@ def test_confidence_floor_makes_the_classifier_abstain() -> None:
 
 
 def test_pixel_budget_bounds_decoding_in_flight() -> None:
-    from service.errors import ResourceExhausted
-    from service.validation import PixelBudget
+    from core.errors import ResourceExhausted
+    from core.validation import PixelBudget
 
     budget = PixelBudget(max_pixels=50_000)
     cautious = Classifier(FakeBackend(), "ham10000", ImageLimits(), decode_budget=budget)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from cli.main import main
 from tests.service.conftest import Running, good_jpeg
 
 

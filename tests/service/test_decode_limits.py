@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.backends.base import ModelRef
-from service.backends.embedded import EmbeddedBackend
-from service.classifier import Classifier
-from service.defaults import DEFAULT_DECODE_PIXEL_BUDGET, DEFAULT_MAX_JPEG_SCANS
-from service.errors import BackendTimeout, InvalidImage
-from service.preprocessing import detail_size, to_model_input
-from service.validation import ImageLimits, PixelBudget, decode_image, decode_rgb, open_image
+from core.backends.base import ModelRef
+from core.backends.embedded import EmbeddedBackend
+from core.classifier import Classifier
+from core.defaults import DEFAULT_DECODE_PIXEL_BUDGET, DEFAULT_MAX_JPEG_SCANS
+from core.errors import BackendTimeout, InvalidImage
+from core.preprocessing import detail_size, to_model_input
+from core.validation import ImageLimits, PixelBudget, decode_image, decode_rgb, open_image
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
 from tests.hostile_images import (
     EXIF_ORIENTATION,

@@ -230,7 +230,7 @@ def test_abstention_is_reported_and_counted(fake_backend: FakeBackend) -> None:
 
 def test_extra_services_share_health_reflection_and_error_mapping(
         fake_backend: FakeBackend) -> None:
-    from service.errors import JobNotFound
+    from core.errors import JobNotFound
     from service.metrics import Metrics
     from service.server import create_server
     from tests.service.conftest import server_settings

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import defaults
+from core import defaults as core_defaults
 from service.settings import Settings
 
 
@@ -16,7 +16,7 @@ def test_defaults_are_loopback_and_off() -> None:
     assert (settings.metrics_address, settings.metrics_port) == ("127.0.0.1", 9464)
     assert not settings.security.auth_enabled and not settings.security.tls_enabled
     assert settings.batching.enabled
-    assert settings.limits.max_bytes == defaults.DEFAULT_MAX_IMAGE_BYTES
+    assert settings.limits.max_bytes == core_defaults.DEFAULT_MAX_IMAGE_BYTES
     assert settings.max_message_bytes > settings.limits.max_bytes
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service.bench import server_flags
-from service.stack import choose_model_base
+from devtools.bench import server_flags
+from devtools.stack import choose_model_base
 
 
 def args(model_base: Path, demo_base: Path) -> argparse.Namespace:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.model_config import AbstentionRule
+from core.model_config import AbstentionRule
 from trainer.abstention import (
     check_sanity,
     choose_rule,

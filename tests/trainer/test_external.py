@@ -217,7 +217,7 @@ def test_comparison_table_has_one_row_per_version() -> None:
 
 
 def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> None:
-    from service.model_config import ModelConfig
+    from core.model_config import ModelConfig
     from trainer.ensemble import ensemble_network
     from trainer.export import ServingModule, save_version
     from trainer.network import build_network

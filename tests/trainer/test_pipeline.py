@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.model_config import ModelConfig
+from core.model_config import ModelConfig
 from tests.conftest import TINY_INPUT
 from tests.trainer.conftest import write_ham_dataset
 from trainer.calibration import softmax
@@ -176,7 +176,7 @@ def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:
 
 
 def test_publish_only_refuses_to_train(tmp_path: Path, data_dir: Path) -> None:
-    from service.errors import FailedPrecondition
+    from core.errors import FailedPrecondition
 
     settings = _settings(tmp_path, data_dir, "untrained", publish_only=True)
     with pytest.raises(FailedPrecondition, match="network.weights.h5 does not exist"):

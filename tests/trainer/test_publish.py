@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.model_config import ModelConfig
-from service.preprocessing import to_model_input
+from core.model_config import ModelConfig
+from core.preprocessing import to_model_input
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from trainer.calibration import softmax
 from trainer.errors import PromotionRefused, PublishError

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 from trainer.data import load_records, split_by_lesion
 from trainer.datareport import counts, summary, write_data_report
 from trainer.evaluate import evaluate, flat_metrics

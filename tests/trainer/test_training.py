@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 from tests.trainer.conftest import write_ham_dataset
 from trainer.augment import augment, view_rng
 from trainer.data import HAM10000_LABELS, Split, load_records, split_by_lesion

@@ -5,68 +5,23 @@ leases, and a small fake model backend for the tests that do not need TensorFlow
 from __future__ import annotations
 
 import io
-import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from PIL import Image
 
-from service.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
-from service.errors import ModelNotFound
+from core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from core.errors import ModelNotFound
+from devtools.redis import RedisServer
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from worker.jobs import JobService
 from worker.runner import WorkerProcess, build_classifier
 from worker.settings import WorkerSettings
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DEADLINE_S = 60.0  # seconds any wait in these tests may take before it fails
-
-
-def free_tcp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A redis-server process on loopback that a test can stop and start again."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory
-        self.port = port
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), "redis-server to answer")
-        client.close()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()  # SIGTERM: redis flushes the AOF and exits
-            self.process.wait(timeout=30)
-            self.process = None
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def wait_until(condition: Callable[[], object], what: str,
@@ -82,8 +37,7 @@ def wait_until(condition: Callable[[], object], what: str,
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"
     directory.mkdir()
-    server = RedisServer(directory, free_tcp_port())
-    server.start()
+    server = RedisServer(directory, fsync_always=True).start()
     yield server
     server.stop()
 
@@ -119,7 +73,7 @@ def input_root(tmp_path: Path) -> Path:
 def settings(redis_server: RedisServer, input_root: Path, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         redis_url=redis_server.url, input_roots=(input_root,),
-        batch_output_dir=tmp_path / "output", chunk_size=4, batch_size=2,
+        batch_output_dir=tmp_path / "output", chunk_size=4, images_per_call=2,
         max_images_per_job=50, max_inline_images=5, max_inline_bytes=200_000,
         lease_ttl_s=2.0, reap_interval_s=0.3, reap_grace_s=0.0, backend_retries=3,
         backoff_base_s=0.01, backoff_cap_s=0.05, watch_interval_s=0.05,

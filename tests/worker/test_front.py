@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,7 @@ from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.metrics import Metrics
 from service.server import create_server, optional_services
-from service.settings import StreamSettings
+from service.settings import Settings, StreamSettings
 from tests.service.conftest import reason_of, server_settings
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from worker.settings import WorkerSettings
@@ -26,15 +27,20 @@ def front_environment(settings: WorkerSettings) -> dict[str, str]:
             "DERMSERVE_BATCH_OUTPUT_DIR": str(settings.batch_output_dir)}
 
 
+def batch_services(settings: WorkerSettings) -> list[tuple[str, Any]]:
+    """What the front hosts when started with the worker's Redis in its environment."""
+    return optional_services(Settings.from_sources([], front_environment(settings)))
+
+
 def test_without_redis_the_front_serves_no_batch_jobs() -> None:
-    assert optional_services({}) == []
+    assert optional_services(Settings.from_sources([], {})) == []
 
 
 def test_a_job_submitted_to_the_front_is_run_by_a_worker(settings: WorkerSettings,
                                                          input_root: Path) -> None:
     write_images(input_root / "clinic", 6)
     backend = FakeBackend()
-    services = optional_services(front_environment(settings))
+    services = batch_services(settings)
     assert [name for name, _ in services] == ["dermserve.v1.BatchJobs"]
     server, port = create_server(server_settings(), backend, Metrics(), extra_services=services)
     server.start()
@@ -55,7 +61,7 @@ def test_a_job_submitted_to_the_front_is_run_by_a_worker(settings: WorkerSetting
 def batch_front(settings: WorkerSettings,
                 streams: StreamSettings) -> Iterator[pb_grpc.BatchJobsStub]:
     """The front with BatchJobs on Redis and the given stream limits; no worker runs."""
-    services = optional_services(front_environment(settings))
+    services = batch_services(settings)
     server, port = create_server(server_settings(streams=streams), FakeBackend(), Metrics(),
                                  extra_services=services)
     server.start()

@@ -16,16 +16,17 @@ import grpc
 import pytest
 import redis
 
+from core.tls import channel_credentials
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from service.auth import TokenTable, channel_credentials
+from service.auth import TokenTable
 from service.metrics import Metrics
-from service.server import create_server, optional_services
+from service.server import create_server
 from service.settings import SecuritySettings
 from tests.service.conftest import reason_of, server_settings
-from tests.service.test_auth import issue, openssl
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
-from tests.worker.test_front import front_environment
+from tests.worker.test_front import batch_services
+from tools.attack.pki import issue, openssl
 from worker.settings import WorkerSettings
 
 TOKENS = """
@@ -79,7 +80,7 @@ def front(settings: WorkerSettings, tmp_path: Path) -> Iterator[Front]:
     tokens.write_text(TOKENS)
     server, port = create_server(
         server_settings(security=SecuritySettings(auth_tokens_file=tokens)), FakeBackend(),
-        Metrics(), extra_services=optional_services(front_environment(settings)))
+        Metrics(), extra_services=batch_services(settings))
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.BatchJobsStub(channel)
@@ -141,7 +142,7 @@ def test_without_tokens_a_client_certificate_subject_owns_its_jobs(
     security = SecuritySettings(tls_cert=tmp_path / "server.crt", tls_key=tmp_path / "server.key",
                                 tls_client_ca=ca)
     server, port = create_server(server_settings(security=security), FakeBackend(), Metrics(),
-                                 extra_services=optional_services(front_environment(settings)))
+                                 extra_services=batch_services(settings))
     server.start()
     write_images(input_root / "clinic", 1)
 

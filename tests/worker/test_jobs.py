@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import BackendUnavailable, FailedPrecondition, JobNotFound
+from core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
 from tests.worker.conftest import (
     FakeBackend,
     jpeg_bytes,
@@ -60,7 +60,8 @@ def test_job_runs_to_completion_with_one_result_per_image(
     assert all(abs(sum(p for _, _, p in r.probabilities) - 1) < 1e-4 for r in results)
     assert job.abstained == sum(r.abstained for r in results)
 
-    jsonl, csv_path = jobs.results.export_paths(job_id)
+    paths = jobs.export_paths(job_id)
+    jsonl, csv_path = paths["jsonl"], paths["csv"]
     lines = jsonl.read_text().splitlines()
     assert [json.loads(line)["index"] for line in lines] == list(range(10))
     rows = list(csv.DictReader(csv_path.open()))

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.conftest import RedisServer, wait_until, write_images
+from devtools.redis import RedisServer
+from tests.worker.conftest import wait_until, write_images
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
 from worker.settings import WorkerSettings
@@ -28,7 +29,7 @@ CHUNK = 12  # 20 chunks; batches of one image, so a chunk is mostly model time
 @pytest.fixture
 def settings(settings: WorkerSettings, model_base: Path) -> WorkerSettings:
     """The shared settings, with the tiny SavedModel and room for a longer job."""
-    return settings.with_overrides(model_base=model_base, chunk_size=CHUNK, batch_size=1,
+    return settings.with_overrides(model_base=model_base, chunk_size=CHUNK, images_per_call=1,
                                    max_images_per_job=1000, burst=False)
 
 
@@ -48,7 +49,7 @@ class Workers:
                                                                                    s.input_roots)),
                 "--batch-output-dir", str(s.batch_output_dir), "--model-base", str(s.model_base),
                 "--model-name", s.model_name, "--chunk-size", str(s.chunk_size),
-                "--batch-size", str(s.batch_size), "--lease-ttl-s", str(s.lease_ttl_s),
+                "--images-per-call", str(s.images_per_call), "--lease-ttl-s", str(s.lease_ttl_s),
                 "--reap-interval-s", str(s.reap_interval_s), "--reap-grace-s", "0",
                 "--poll-interval-s", "30", "--worker-metrics-port", "0",
                 *(["--test-hold-first-chunk"] if hold_first_chunk else [])]
@@ -92,7 +93,7 @@ def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
     job = jobs.get(job_id)
     assert job.state is JobState.SUCCEEDED, job
     assert (job.done, job.failed, job.total) == (IMAGES, 0, IMAGES)
-    jsonl, _ = jobs.results.export_paths(job_id)
+    jsonl = jobs.export_paths(job_id)["jsonl"]
     indexes = [json.loads(line)["index"] for line in jsonl.read_text().splitlines()]
     assert indexes == list(range(IMAGES))
     listed, token = [], ""

@@ -16,15 +16,10 @@ import pytest
 import redis
 from rq import Queue
 
+from devtools.ports import free_port
+from devtools.redis import redis_binary
 from tests.pki import Pki, make_pki
-from tests.worker.conftest import (
-    REDIS_SERVER,
-    FakeBackend,
-    free_tcp_port,
-    jpeg_bytes,
-    run_worker_burst,
-    wait_until,
-)
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, wait_until
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.queues import SERIALIZER
 from worker.records import JobState
@@ -58,7 +53,7 @@ class SecureRedis:
                            password=self.password_file.read_text().strip())
 
     def start(self) -> None:
-        process = subprocess.Popen([REDIS_SERVER, str(self.conf)], stdout=subprocess.DEVNULL,
+        process = subprocess.Popen([redis_binary(), str(self.conf)], stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL)
         self.process = process
         client = self.admin()
@@ -81,7 +76,7 @@ def secure_redis(tmp_path: Path) -> Iterator[SecureRedis]:
     shutil.copy(DEV_SECRETS / "users.acl", acl)
     password_file = tmp_path / "password"
     shutil.copy(DEV_SECRETS / "redis-password", password_file)
-    port = free_tcp_port()
+    port = free_port()
     (tmp_path / "data").mkdir()
     conf = tmp_path / "redis.conf"
     conf.write_text(deployed_conf({
@@ -116,7 +111,7 @@ def secure_settings(server: SecureRedis, tmp_path: Path) -> WorkerSettings:
     return WorkerSettings(
         redis_url=server.url(), redis_password_file=str(server.password_file),
         redis_ca_cert=str(server.pki.ca), batch_output_dir=tmp_path / "output", chunk_size=4,
-        batch_size=2, max_inline_images=5, max_inline_bytes=200_000, lease_ttl_s=2.0,
+        images_per_call=2, max_inline_images=5, max_inline_bytes=200_000, lease_ttl_s=2.0,
         reap_interval_s=0.3, reap_grace_s=0.0, backend_retries=1, backoff_base_s=0.01,
         backoff_cap_s=0.05, watch_interval_s=0.05, model_name="tiny", worker_metrics_port=0,
         redis_retries=0, burst=True)

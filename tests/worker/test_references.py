@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import InvalidRequest, ResourceExhausted
+from core.errors import InvalidRequest, ResourceExhausted
 from tests.worker.conftest import write_images
 from worker.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
 

@@ -15,16 +15,11 @@ import pytest
 
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from devtools.redis import RedisServer
+from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
 from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
-from tests.worker.conftest import (
-    FakeBackend,
-    RedisServer,
-    jpeg_bytes,
-    run_worker_burst,
-    write_images,
-)
+from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from worker.jobs import JobService
-from worker.servicer import add_batch_jobs_service, batch_jobs_service
 from worker.settings import WorkerSettings
 
 
@@ -203,7 +198,7 @@ def target(jobs: JobService) -> Iterator[str]:
 def test_cli_submit_watch_results_and_cancel(
         target: str, settings: WorkerSettings, input_root: Path,
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from worker.cli import main
+    from cli.batch import main
 
     write_images(input_root / "folder", 6)
     assert main(["submit", str(input_root / "folder"), "--no-wait", "--job-id", "cli-1",
@@ -232,6 +227,26 @@ def test_cli_submit_watch_results_and_cancel(
     assert inline["total_images"] == "3" and inline["job_id"] != job_id
     assert main(["submit", str(input_root / "folder"), "--inline", "--target", target]) == 1
     assert json.loads(capsys.readouterr().err)["code"] == "RESOURCE_EXHAUSTED"
+
+
+def test_the_cli_csv_is_the_job_csv(target: str, settings: WorkerSettings, input_root: Path,
+                                    capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """One CSV layout: `dermserve batch results --format csv` writes the job's results.csv, error
+    rows and per-class columns included (it used to write a second layout of its own)."""
+    from cli.batch import main
+
+    write_images(input_root / "mixed", 3)
+    (input_root / "mixed" / "img_0003.jpg").write_bytes(b"=HYPERLINK(not a jpeg)")
+    assert main(["submit", str(input_root / "mixed"), "--no-wait", "--target", target]) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+    run_worker_burst(settings, FakeBackend())
+    assert main(["results", job_id, "--format", "csv", "--output", str(tmp_path / "cli.csv"),
+                 "--target", target]) == 0
+    job_csv = settings.batch_output_dir / job_id / "results.csv"
+    assert (tmp_path / "cli.csv").read_bytes() == job_csv.read_bytes()
+    rows = list(csv.DictReader((tmp_path / "cli.csv").open(newline="")))
+    assert [row["status"] for row in rows] == ["classified"] * 3 + ["error"]
+    assert rows[3]["error_reason"] == "UNSUPPORTED_FORMAT" and "p_mel" in rows[0]
 
 
 def test_redis_down_is_unavailable_and_quick(

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service.auth import channel_credentials
+from core.tls import channel_credentials
 from tools.attack.pki import Pki, make_pki
 
 MODEL_NAME = "ham10000"
@@ -72,7 +72,7 @@ class Stack:
 
 def export_model(base: Path) -> None:
     """A tiny version 1 (32x32 input, no skill): the attack needs answers, not accuracy."""
-    from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+    from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
     from trainer.export import export_tiny_version
 
     config = ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES),

@@ -12,10 +12,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.errors import InternalError
+from core.errors import InternalError
 
 CONFIG_FORMAT_VERSION = 1
 CONFIG_RELATIVE_PATH = Path("assets.extra") / "dermserve.json"
+
+# The SavedModel's signatures and their tensors: the trainer exports them (trainer/export.py), the
+# backends call them (core/backends/), so both read the names from here.
+SERVING_SIGNATURE = "serving_default"
+METADATA_SIGNATURE = "metadata"
+IMAGE_INPUT = "image"
+PROBE_INPUT = "probe"
+PROBABILITIES_OUTPUT = "probabilities"
+OOD_OUTPUT = "ood_score"
+LABELS_OUTPUT = "labels"
+CONFIG_OUTPUT = "config"
 """Where a version directory keeps its config; TF Serving ignores `assets.extra/`."""
 
 DEFAULT_REFERENCE_PIXELS = 200 * 150

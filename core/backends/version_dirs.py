@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.errors import InternalError
+from core.errors import InternalError
 
 SAVED_MODEL_FILE = "saved_model.pb"
 VERSION_LABELS_FILE = "version_labels.json"

@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from service.model_config import InputSpec
+from core.model_config import InputSpec
 
 
 def reduced_size(size: tuple[int, int], reference_pixels: int) -> tuple[int, int]:

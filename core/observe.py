@@ -1,14 +1,15 @@
 """Hooks through which the grpc-free core reports timings and outcomes.
 
-The core (classifier, micro-batcher) calls an `Observer`; service/metrics.py implements one on
-Prometheus, and the worker or a test may pass its own. The core never imports prometheus.
+The core (classifier, micro-batcher) calls an `Observer`; core/metrics.py implements one on
+Prometheus for the front and the worker, and a test may pass its own. The classifier and the
+micro-batcher never import prometheus.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from service.prediction import Prediction
+from core.prediction import Prediction
 
 
 class Observer(Protocol):

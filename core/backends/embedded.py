@@ -40,15 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.backends.base import (
+from core.backends.base import (
     BatchOutput,
     ModelRef,
     VersionInfo,
     VersionState,
     load_failure,
 )
-from service.backends.savedmodel import LoadedVersion
-from service.backends.version_dirs import (
+from core.backends.savedmodel import LoadedVersion
+from core.backends.version_dirs import (
     SAVED_MODEL_FILE,
     UNKNOWN_LABEL_REASON,
     Fingerprint,
@@ -56,8 +56,8 @@ from service.backends.version_dirs import (
     read_version_labels,
     scan_versions,
 )
-from service.errors import BackendUnavailable, InternalError, ModelNotFound
-from service.model_config import ModelConfig
+from core.errors import BackendUnavailable, InternalError, ModelNotFound
+from core.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 

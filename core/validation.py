@@ -60,8 +60,9 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service import defaults
-from service.errors import InvalidImage, ResourceExhausted
+from core import defaults
+from core.config import setting
+from core.errors import InvalidImage, ResourceExhausted
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -109,11 +110,16 @@ class DeadlineReader(io.BytesIO):
 class ImageLimits:
     """Bounds an image must respect before anything decodes it fully."""
 
-    max_bytes: int = defaults.DEFAULT_MAX_IMAGE_BYTES
-    max_pixels: int = defaults.DEFAULT_MAX_IMAGE_PIXELS
-    min_side: int = defaults.DEFAULT_MIN_IMAGE_SIDE
-    max_aspect_ratio: float = defaults.DEFAULT_MAX_ASPECT_RATIO
-    max_jpeg_scans: int = defaults.DEFAULT_MAX_JPEG_SCANS
+    max_bytes: int = setting(defaults.DEFAULT_MAX_IMAGE_BYTES, flag="max-image-bytes",
+                             unit="bytes", help="encoded image limit")
+    max_pixels: int = setting(defaults.DEFAULT_MAX_IMAGE_PIXELS, flag="max-image-pixels",
+                              unit="pixels", help="pixel count limit")
+    min_side: int = setting(defaults.DEFAULT_MIN_IMAGE_SIDE, flag="min-image-side",
+                            unit="pixels", help="shortest side")
+    max_aspect_ratio: float = setting(defaults.DEFAULT_MAX_ASPECT_RATIO, unit="long/short side",
+                                      help="aspect ratio limit")
+    max_jpeg_scans: int = setting(defaults.DEFAULT_MAX_JPEG_SCANS, unit="scans",
+                                  help="progressive JPEG scans limit (CPU bombs carry thousands)")
 
 
 def sniff_format(data: bytes) -> str:
@@ -312,7 +318,7 @@ class PixelBudget:
 def decode_image(data: bytes, limits: ImageLimits, min_size: tuple[int, int] | None = None,
                  check_deadline: DeadlineCheck | None = None) -> Image.Image:
     """Validate `data` and return it as a fully decoded, upright RGB image; a JPEG at reduced
-    scale when `min_size` allows. Unbudgeted: the classifier's path (service/classifier.py)
+    scale when `min_size` allows. Unbudgeted: the classifier's path (core/classifier.py)
     holds a PixelBudget share until the image is the model input."""
     image = open_image(data, limits, check_deadline)
     if min_size is not None:

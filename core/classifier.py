@@ -2,7 +2,7 @@
 that version's input -> predict -> post-process.
 
 grpc-free: the servicer calls it for online requests and the batch worker for batch jobs, so both
-run the same checks on the same images, within the same decode budget. Errors are service.errors
+run the same checks on the same images, within the same decode budget. Errors are core.errors
 types only.
 
 Memory: the version is resolved before decoding because its input spec says how much detail to
@@ -20,19 +20,20 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image
 
-from service.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from service.errors import (
+from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
+from core.errors import (
     BackendTimeout,
     DermserveError,
     InternalError,
     InvalidImage,
     ModelNotFound,
 )
-from service.model_config import InputSpec, ModelConfig
-from service.observe import NullObserver, Observer
-from service.prediction import Prediction, build_prediction
-from service.preprocessing import detail_size, to_model_input
-from service.validation import (
+from core.model_config import InputSpec, ModelConfig
+from core.observe import NullObserver, Observer
+from core.prediction import Prediction, build_prediction
+from core.preprocessing import detail_size, to_model_input
+from core.settings import ServingSettings
+from core.validation import (
     ImageLimits,
     PixelBudget,
     budget_share,
@@ -81,6 +82,15 @@ class Classifier:
         self.min_confidence_floor = min_confidence_floor
         self.observer: Observer = observer or NullObserver()
         self.decode_budget = decode_budget
+
+    @classmethod
+    def from_settings(cls, backend: Backend, settings: ServingSettings,
+                      observer: Observer | None = None) -> Classifier:
+        """The front's and the worker's classifier: the same checks, floor, default label and
+        kind of decode budget (each image holds its share until it is the model input)."""
+        return cls(backend, settings.model_name, settings.limits, settings.min_confidence_floor,
+                   observer=observer, decode_budget=PixelBudget(settings.decode_pixel_budget),
+                   default_version_label=settings.default_version_label)
 
     def classify(self, image: bytes, ref: ModelRef | None = None, request_id: str = "",
                  timeout: float | None = None) -> Prediction:

@@ -23,16 +23,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service import defaults
-from service.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from service.errors import (
+from core import defaults
+from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
+from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     DermserveError,
     InternalError,
     ResourceExhausted,
 )
-from service.observe import NullObserver, Observer
+from core.observe import NullObserver, Observer
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model_config import AbstentionRule, ModelConfig
+from core.model_config import AbstentionRule, ModelConfig
 
 
 class Abstention(enum.Enum):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from service.errors import InternalError
+from core.errors import InternalError
 
 _NUMERIC_DTYPES: dict[Any, int] = {
     np.dtype(np.uint8): types_pb2.DT_UINT8,

@@ -21,7 +21,7 @@ gRPC (tensorflow-serving-api's PredictionService and ModelService).
   ResourceExhausted; anything else -> InternalError.
 - Cost: every `tensorflow_serving.apis` module imports TensorFlow's package (about 5-11 s on this
   machine's CPUs), so the front pays it with either backend. Tensors are built by hand
-  (service.backends.tensor_protos), not with tf.make_tensor_proto.
+  (core.backends.tensor_protos), not with tf.make_tensor_proto.
 """
 
 from __future__ import annotations
@@ -45,27 +45,17 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from service.backends.base import (
+from core.backends.base import (
     BatchOutput,
     ModelRef,
     VersionInfo,
     VersionState,
     load_failure,
 )
-from service.backends.savedmodel import (
-    CONFIG_OUTPUT,
-    IMAGE_INPUT,
-    LABELS_OUTPUT,
-    METADATA_SIGNATURE,
-    OOD_OUTPUT,
-    PROBABILITIES_OUTPUT,
-    PROBE_INPUT,
-    SERVING_SIGNATURE,
-    check_images,
-)
-from service.backends.tensor_protos import make_ndarray, make_tensor
-from service.backends.version_dirs import UNKNOWN_LABEL_REASON
-from service.errors import (
+from core.backends.savedmodel import check_images
+from core.backends.tensor_protos import make_ndarray, make_tensor
+from core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     DermserveError,
@@ -74,7 +64,17 @@ from service.errors import (
     ModelNotFound,
     ResourceExhausted,
 )
-from service.model_config import ModelConfig
+from core.model_config import (
+    CONFIG_OUTPUT,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    METADATA_SIGNATURE,
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    PROBE_INPUT,
+    SERVING_SIGNATURE,
+    ModelConfig,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,11 @@
-"""Export the demo model: an UNTRAINED placeholder with the real contract, so that `make run`
-works before the released model lands in models/. Its answers mean nothing.
+"""The one stand-in model exporter: UNTRAINED versions with the real serving contract, so that
+`make run` works and `make bench` can time serving before the released model lands in models/.
+Their answers mean nothing.
 
-    python -m service.demo_model --out var/demo-models      (or `make demo-model`)
+    python -m devtools.stand_in --out var/demo-models      (or `make demo-model`): a tiny
+        placeholder (a random linear map of pooled colours), quick to export and to load;
+    python -m devtools.stand_in --mobilenet-sized [--weights H5]: a MobileNetV2 at the released
+        model's input size, the released model's compute without its skill, for benchmarks.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 
 DEMO_INPUT = InputSpec(height=192, width=192)  # the released model's input size
 DEMO_DESCRIPTION = ("UNTRAINED PLACEHOLDER for demos and smoke tests: a random linear map of "
@@ -39,31 +43,37 @@ def export(out: Path, model_name: str, version: int = 1) -> Path:
     return final
 
 
-def export_mobilenet_sized(out: Path, model_name: str, version: int = 1) -> Path:
-    """A randomly initialised MobileNetV2 (192x192) with the contract: the released model's
-    compute without its skill, to benchmark serving before the released model exists."""
+def export_mobilenet_sized(out: Path, model_name: str, version: int = 1,
+                           weights: Path | None = None) -> Path:
+    """A MobileNetV2 (192x192) with the contract, randomly initialised or on ImageNet `weights`
+    when that file exists: the released model's compute without its skill, to benchmark serving
+    and batch jobs before the released model exists."""
     from trainer.export import ServingModule, save_version
     from trainer.network import build_network
 
     config = demo_config()
-    network = build_network(len(config.labels), DEMO_INPUT, "mobilenet_v2", weights_path=None)
+    usable = weights if weights is not None and weights.is_file() else None
+    network = build_network(len(config.labels), DEMO_INPUT, "mobilenet_v2", weights_path=usable)
     final = out / model_name / str(version)
     staging = out / model_name / f"tmp-demo-{version}"
     shutil.rmtree(staging, ignore_errors=True)
+    model_dir = out / model_name
+    model_dir.mkdir(parents=True, exist_ok=True)
     save_version(ServingModule(network, config), config, staging)
     staging.rename(final)
     return final
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.demo_model", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.stand_in", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("var/demo-models"))
     parser.add_argument("--model-name", default="ham10000")
     parser.add_argument("--mobilenet-sized", action="store_true",
-                        help="export a random-init MobileNetV2 instead (for benchmarks)")
+                        help="export a MobileNetV2 instead (for benchmarks)")
+    parser.add_argument("--weights", type=Path, help="ImageNet weights for --mobilenet-sized")
     args = parser.parse_args(argv)
     if args.mobilenet_sized:
-        print(f"exported {export_mobilenet_sized(args.out, args.model_name)}")
+        print(f"exported {export_mobilenet_sized(args.out, args.model_name, weights=args.weights)}")
         return
     if (args.out / args.model_name / "1" / "saved_model.pb").exists():
         print(f"demo model already at {args.out / args.model_name / '1'}")

@@ -1,6 +1,11 @@
-"""The BatchJobs servicer: protos in, JobService calls, protos out. Nothing else.
+"""The BatchJobs servicer: protos in, JobService (worker/jobs.py) calls, protos out. Nothing else.
 
-Errors are raised as service.errors types and mapped to status codes by the front's one
+The front offers BatchJobs when it is given Redis (`--redis-url` / `DERMSERVE_REDIS_URL`, as
+`make run` and deploy/ do); without Redis there are no batch jobs to serve, and the front serves
+Classify alone. This side needs Redis and the output directory, never TensorFlow: the workers do
+the classifying.
+
+Errors are raised as core.errors types and mapped to status codes by the front's one
 interceptor (service.status.ErrorMappingInterceptor), as for LesionClassifier.
 """
 
@@ -17,7 +22,7 @@ from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.auth import caller_of
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.records import JobRecord, Priority
-from worker.results import ImageResult
+from worker.results import ImageError, ImageResult
 
 PRIORITY_FROM_PROTO = {
     pb.BATCH_JOB_PRIORITY_UNSPECIFIED: Priority.NORMAL,
@@ -97,6 +102,21 @@ def result_message(result: ImageResult) -> pb.BatchImageResult:
     return message
 
 
+def image_result(message: pb.BatchImageResult) -> ImageResult:
+    """The inverse of `result_message`: what a client got back, as the job stored it (the CLI
+    writes its CSV from these with the job's own exporter)."""
+    if message.HasField("error"):
+        error = message.error
+        return ImageResult(message.index, message.reference,
+                           error=ImageError(error.code, error.reason, error.message))
+    reason = lc.AbstentionReason.Name(message.abstention_reason)
+    return ImageResult(
+        message.index, message.reference, message.model.name, message.model.version,
+        tuple((p.label, p.display_name, p.probability) for p in message.probabilities),
+        reason.removeprefix("ABSTENTION_REASON_") if message.abstained else "NONE",
+        message.ood_score)
+
+
 class BatchJobsServicer(pb_grpc.BatchJobsServicer):
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -104,8 +124,8 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
     def _job(self, record: JobRecord) -> pb.BatchJob:
         if record.state.name != "SUCCEEDED":
             return job_message(record)
-        jsonl, csv_path = self.jobs.results.export_paths(record.job_id)
-        return job_message(record, str(jsonl), str(csv_path))
+        paths = self.jobs.export_paths(record.job_id)
+        return job_message(record, str(paths["jsonl"]), str(paths["csv"]))
 
     def SubmitBatchJob(self, request: pb.SubmitBatchJobRequest,
                        context: grpc.ServicerContext) -> pb.SubmitBatchJobResponse:

@@ -3,11 +3,9 @@
     dermserve classify IMAGE... [--json] [--target HOST:PORT] [--version N | --label L]
                                 [--token T] [--tls] [--tls-ca F] [--tls-cert F --tls-key F]
     dermserve models [--json]
-    dermserve batch ...          (registered by worker/cli.py when the worker is installed)
+    dermserve batch ...          (cli/batch.py)
 
-Connection flags read DERMSERVE_TARGET, DERMSERVE_TOKEN, DERMSERVE_TLS_CA, ... as defaults.
-Other packages add subcommands with `add_batch_commands(subparsers)`; each subcommand sets
-`func(args) -> exit status` and may reuse `add_connection_arguments` and `open_channel`.
+Every subcommand sets `func(args) -> exit status` and connects through cli/connection.py.
 """
 
 from __future__ import annotations
@@ -18,50 +16,17 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from cli.batch import add_batch_commands
+from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from service import defaults
-from service.auth import channel_credentials
-from service.status import REASON_METADATA_KEY
 
 Command = Callable[[argparse.Namespace], int]
-
-
-def add_connection_arguments(parser: argparse.ArgumentParser,
-                             environ: Mapping[str, str]) -> None:
-    """Where the service is and how to authenticate; env DERMSERVE_* gives the defaults."""
-    group = parser.add_argument_group("connection")
-    group.add_argument("--target", default=environ.get("DERMSERVE_TARGET",
-                                                       defaults.DEFAULT_LISTEN_ADDRESS),
-                       help="service address host:port [env DERMSERVE_TARGET]")
-    group.add_argument("--token", default=environ.get("DERMSERVE_TOKEN"),
-                       help="bearer token [env DERMSERVE_TOKEN]")
-    group.add_argument("--tls", action="store_true",
-                       default=bool(environ.get("DERMSERVE_TLS_CA")),
-                       help="use TLS (system roots unless --tls-ca)")
-    for name, text in (("ca", "CA certificate to trust"), ("cert", "client certificate (mTLS)"),
-                       ("key", "client private key (mTLS)")):
-        env = f"DERMSERVE_TLS_{name.upper()}"
-        group.add_argument(f"--tls-{name}", type=Path, default=environ.get(env) or None,
-                           help=f"{text} [env {env}]")
-    group.add_argument("--timeout", type=float, default=defaults.DEFAULT_CLIENT_TIMEOUT_S,
-                       help="seconds per call")
-
-
-def open_channel(args: argparse.Namespace) -> grpc.Channel:
-    if args.tls or args.tls_ca or args.tls_cert:
-        return grpc.secure_channel(args.target, channel_credentials(args.tls_ca, args.tls_cert,
-                                                                    args.tls_key))
-    return grpc.insecure_channel(args.target)
-
-
-def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
-    return (("authorization", f"Bearer {args.token}"),) if args.token else None
 
 
 def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
@@ -70,14 +35,6 @@ def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
     if args.label:
         return pb.ModelSelector(version_label=args.label)
     return None
-
-
-def error_entry(error: grpc.RpcError) -> dict[str, str]:
-    call = cast(grpc.Call, error)  # an error raised by a stub call is also that grpc.Call
-    # At run time metadata items are (key, value) tuples; grpc-stubs types them otherwise.
-    pairs = cast(Sequence[tuple[str, str]], call.trailing_metadata() or ())
-    reason = next((str(value) for key, value in pairs if key == REASON_METADATA_KEY), "")
-    return {"code": call.code().name, "reason": reason, "message": call.details() or ""}
 
 
 def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
@@ -164,17 +121,8 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     models.add_argument("--json", action="store_true")
     add_connection_arguments(models, environ)
     models.set_defaults(func=run_models)
-    add_optional_commands(commands)
+    add_batch_commands(commands, environ)
     return parser
-
-
-def add_optional_commands(commands: Any) -> None:
-    """`dermserve batch ...` comes from the worker package; the client works without it."""
-    try:
-        from worker.cli import add_batch_commands  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    add_batch_commands(commands)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""`python -m worker.bench`: a 2,000-image batch job end to end with one worker, against the raw
-batch throughput of the same SavedModel measured in the same run. Prints JSON.
+"""`python -m devtools.batch_bench`: a 2,000-image batch job end to end with one worker, against
+the raw batch throughput of the same SavedModel measured in the same run. Prints JSON.
 
     raw:  the images are decoded and preprocessed once, up front; then only the backend's
           predict is timed: batches of 1 to 64 images one at a time, and batches of the
@@ -24,8 +24,6 @@ import io
 import json
 import logging
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,16 +33,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from PIL import Image
 
-from service.backends.base import Backend, ModelRef
-from service.classifier import Classifier, require_config
-from service.preprocessing import to_model_input
-from service.validation import ImageLimits, decode_image
+from core.backends.base import Backend, ModelRef
+from core.backends.factory import open_backend
+from core.classifier import Classifier, require_config
+from core.preprocessing import to_model_input
+from core.validation import ImageLimits, decode_image
+from devtools.redis import RedisServer
+from devtools.stand_in import export_mobilenet_sized
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
-from worker.runner import WorkerProcess, build_backend, wait_for_model
+from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
 
 TARGET_RATIO = 0.8
@@ -52,7 +52,6 @@ DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds the
 RAW_BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; swept for the best raw figure on this machine
 RAW_IMAGES = 768  # images per raw measurement: enough to average out, short enough to repeat
 SYNTHETIC_SIZE = (600, 450)  # pixels, HAM10000's size
-STAND_IN_SIZE = 192  # pixels; the trainer's default input size
 
 log = logging.getLogger(__name__)
 
@@ -107,54 +106,6 @@ def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: 
     return figures
 
 
-class RedisProcess:
-    """A throwaway redis-server on a free loopback port."""
-
-    def __init__(self, directory: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--dir", str(directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
-
-
-def export_stand_in(model_base: Path, model_name: str, weights: Path | None) -> None:
-    """An untrained version with the released model's architecture, for timing only."""
-    from service.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
-    from trainer.export import ServingModule, save_version
-    from trainer.network import build_network
-
-    config = ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES),
-                         display_names=HAM10000_DISPLAY_NAMES,
-                         input=InputSpec(STAND_IN_SIZE, STAND_IN_SIZE),
-                         description="UNTRAINED timing stand-in; meaningless predictions")
-    network = build_network(len(config.labels), config.input,
-                            weights_path=weights if weights and weights.is_file() else None)
-    save_version(ServingModule(network, config), config, model_base / model_name / "1")
-
-
 def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int) -> dict[str, Any]:
     jobs = JobService.from_settings(settings)
     try:
@@ -176,25 +127,26 @@ def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int)
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="dermserve-bench-"))
-    server = RedisProcess(workdir)
+    server = RedisServer(workdir / "redis").start()
     try:
         samples = source_images(args.data_dir)
         write_inputs(workdir / "input" / "images", args.images, samples)
         model_base = args.model_base
         if args.stand_in:
             model_base = workdir / "models"
-            export_stand_in(model_base, args.model_name, args.weights)
+            export_mobilenet_sized(model_base, args.model_name, weights=args.weights)
         settings = WorkerSettings(
             redis_url=server.url, input_roots=(workdir / "input",),
             batch_output_dir=workdir / "output", model_base=model_base,
-            model_name=args.model_name, chunk_size=args.chunk_size, batch_size=args.batch_size,
+            model_name=args.model_name, chunk_size=args.chunk_size,
+            images_per_call=args.images_per_call,
             max_images_per_job=max(args.images, 1), worker_metrics_port=0, burst=True)
-        backend = build_backend(settings)
+        backend = open_backend(settings, block=True)
         try:
             classifier = Classifier(backend, settings.model_name, settings.image_limits)
             wait_for_model(classifier, settings.model_ready_timeout_s)
             raw_all = raw_figures(backend, args.model_name, samples, args.images,
-                                  args.batch_size)
+                                  args.images_per_call)
             job = job_throughput(settings, classifier, args.images)
         finally:
             backend.close()
@@ -207,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "source": str(args.data_dir) if args.data_dir else "synthetic 600x450 JPEG",
             "model": "untrained MobileNetV2 stand-in" if args.stand_in else str(args.model_base),
             "workers": 1,
-            "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+            "images_per_call": args.images_per_call, "chunk_size": args.chunk_size,
             "raw_images_per_s": raw, "raw_images_per_s_by_setup": raw_all,
             "job": job, "job_images_per_s": job["images_per_s"], "ratio": ratio,
             "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO}
@@ -215,7 +167,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     defaults = WorkerSettings()
-    parser = argparse.ArgumentParser(prog="python -m worker.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.batch_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--data-dir", type=Path, help="HAM10000 images folder (optional)")
@@ -224,7 +176,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--stand-in", action="store_true",
                         help="time an untrained MobileNetV2 stand-in instead of --model-base")
     parser.add_argument("--weights", type=Path, help="ImageNet weights for the stand-in")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--images-per-call", "--batch-size", type=int,
+                        default=defaults.images_per_call)
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     return parser.parse_args(list(argv))

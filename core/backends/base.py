@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from service.model_config import ModelConfig
+from core.model_config import ModelConfig
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class BatchOutput:
 
 
 class Backend(Protocol):
-    """A source of model versions and predictions. Raise only service.errors types."""
+    """A source of model versions and predictions. Raise only core.errors types."""
 
     def resolve(self, ref: ModelRef, timeout: float | None = None) -> VersionInfo:
         """The AVAILABLE version `ref` names now (its config tells how to preprocess)."""

@@ -15,19 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import DermserveError, InternalError, InvalidRequest
-from service.model_config import CONFIG_RELATIVE_PATH, ModelConfig
+from core.errors import DermserveError, InternalError, InvalidRequest
+from core.model_config import (
+    CONFIG_OUTPUT,
+    CONFIG_RELATIVE_PATH,
+    IMAGE_INPUT,
+    LABELS_OUTPUT,
+    METADATA_SIGNATURE,
+    OOD_OUTPUT,
+    PROBABILITIES_OUTPUT,
+    PROBE_INPUT,
+    SERVING_SIGNATURE,
+    ModelConfig,
+)
 
 logger = logging.getLogger(__name__)
-
-SERVING_SIGNATURE = "serving_default"
-METADATA_SIGNATURE = "metadata"
-IMAGE_INPUT = "image"
-PROBE_INPUT = "probe"
-PROBABILITIES_OUTPUT = "probabilities"
-OOD_OUTPUT = "ood_score"
-LABELS_OUTPUT = "labels"
-CONFIG_OUTPUT = "config"
 
 
 class LoadedVersion:

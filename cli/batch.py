@@ -10,44 +10,43 @@
 A directory or image file is sent as a reference (the server reads it from its input roots); a
 `.csv` file as a manifest; `--inline` sends the images themselves instead. `submit` shows a
 progress bar on stderr until the job ends, then prints the job as JSON on stdout. Exit status: 0
-when the job (or the call) succeeded, 1 otherwise. `service/cli.py` registers these commands
-through `add_batch_commands`; `python -m worker.cli` runs them on their own.
+when the job (or the call) succeeded, 1 otherwise. cli/main.py registers these commands
+through `add_batch_commands`; `python -m cli.batch` runs them on their own.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from dermserve.v1 import lesion_classifier_pb2 as lc
-from service.cli import add_connection_arguments, call_metadata, error_entry, open_channel
+from service.batch_jobs import image_result
 from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
-from worker.results import CSV_COLUMNS, csv_cell
+from worker.results import CsvExporter, labels_of
 
 PROGRESS_WIDTH = 30  # characters of the progress bar
 TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
             pb.BATCH_JOB_STATE_CANCELLED}
 
 
-def add_batch_commands(commands: Any) -> None:
+def add_batch_commands(commands: Any, environ: Mapping[str, str]) -> None:
     """Register `batch` and its subcommands on the `dermserve` subparsers."""
     batch = commands.add_parser("batch", help="batch jobs: submit, status, watch, results, "
                                               "cancel")
-    register(batch.add_subparsers(dest="batch_command", required=True), os.environ)
+    register(batch.add_subparsers(dest="batch_command", required=True), environ)
 
 
-def register(commands: Any, environ: dict[str, str] | os._Environ[str]) -> None:
+def register(commands: Any, environ: Mapping[str, str]) -> None:
     submit = commands.add_parser("submit", help="submit a folder, files or a manifest CSV")
     submit.add_argument("inputs", nargs="+", metavar="DIR_OR_MANIFEST")
     submit.add_argument("--inline", action="store_true",
@@ -217,21 +216,10 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
         for result in result_pages(stub, args):
             out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
         return
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS[:9] + ["error_reason", "probabilities"])
-    for result in result_pages(stub, args):
-        writer.writerow([csv_cell(cell) for cell in csv_row(result)])
-
-
-def csv_row(result: pb.BatchImageResult) -> list[object]:
-    failed = result.HasField("error")
-    status = "error" if failed else ("abstained" if result.abstained else "classified")
-    reason = lc.AbstentionReason.Name(result.abstention_reason)
-    return [result.index, result.reference, status, result.top_label, int(result.abstained),
-            reason.removeprefix("ABSTENTION_REASON_") if result.abstained else "",
-            result.model.name, result.model.version or "", f"{result.ood_score:.6g}",
-            result.error.reason if failed else "",
-            ";".join(f"{p.label}={p.probability:.6f}" for p in result.probabilities)]
+    # The job's own exporter, so that this file is the job's results.csv, byte for byte.
+    results = [image_result(message) for message in result_pages(stub, args)]
+    for piece in CsvExporter().lines(results, labels_of(results)):
+        out.write(piece)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,9 @@
-"""`make run`: start the local stack (the front service, plus the redis-server and the batch
-worker that worker/stack.py describes), print how to call it, and stop every process on Ctrl-C or
-SIGTERM. worker.stack builds on this module's Process, so it is imported inside the functions.
+"""`make run`: start the local stack, print how to call it, and stop every process on Ctrl-C or
+SIGTERM. The stack is a redis-server on loopback with its data under var/redis (AOF on, so a
+restart keeps the jobs), the front service hosting Classify and BatchJobs, and one batch worker.
+
+The front must see the same Redis, input roots and output directory as the worker: both get
+`batch_environment()`.
 """
 
 from __future__ import annotations
@@ -12,17 +15,25 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import grpc
 
+from core import defaults as core_defaults
+from devtools.redis import redis_command
 from service import defaults
 
 log = logging.getLogger("dermserve.stack")
 
+STACK_REDIS_PORT = 6390  # TCP port on loopback; not 6379, where a system Redis may already run
+STACK_REDIS_DIR = Path("var/redis")  # the AOF lives here, next to the other local state
+STACK_OUTPUT_DIR = Path("var/batch")
+STACK_INPUT_ROOTS = (Path("../shared/data/ham10000"), Path("var/batch-input"))
+"""Folders `dermserve batch submit` may reference in the local stack: the HAM10000 data and a
+drop folder for anything else."""
 STOP_TIMEOUT_S = 25.0  # seconds: the front's grace period (20 s) plus a margin
 READY_TIMEOUT_S = 180.0  # seconds for the front to report SERVING (TF import + model load)
 POLL_S = 0.5  # seconds between checks on the children
@@ -72,19 +83,37 @@ def choose_model_base(args: argparse.Namespace) -> Path:
     return Path(args.demo_base)
 
 
-def front_process(args: argparse.Namespace, model_base: Path) -> Process:
-    from worker.stack import batch_environment
+def batch_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """DERMSERVE_* settings the front and the worker share; the caller's own values win."""
+    roots = os.pathsep.join(str(root.resolve()) for root in STACK_INPUT_ROOTS)
+    wanted = {"DERMSERVE_REDIS_URL": f"redis://127.0.0.1:{STACK_REDIS_PORT}/0",
+              "DERMSERVE_INPUT_ROOTS": roots,
+              "DERMSERVE_BATCH_OUTPUT_DIR": str(STACK_OUTPUT_DIR.resolve())}
+    return {name: environ.get(name, value) for name, value in wanted.items()}
 
+
+def redis_process() -> Process:
+    STACK_REDIS_DIR.mkdir(parents=True, exist_ok=True)
+    Path("var/batch-input").mkdir(parents=True, exist_ok=True)
+    return Process("redis", redis_command(STACK_REDIS_PORT, STACK_REDIS_DIR.resolve()))
+
+
+def front_process(args: argparse.Namespace, model_base: Path) -> Process:
     # The front hosts BatchJobs, so it shares the worker's Redis, input roots and output dir.
     return Process("front", [sys.executable, "-m", "service", "--listen", args.listen,
                              "--model-base", str(model_base), "--model-name", args.model_name,
                              "--backend", "embedded"], env=batch_environment())
 
 
-def extra_processes(args: argparse.Namespace) -> list[Process]:
-    from worker.stack import stack_processes
+def worker_process(args: argparse.Namespace, model_base: Path) -> Process:
+    return Process("worker", [sys.executable, "-m", "worker", "--model-base", str(model_base),
+                              "--model-name", args.model_name], env=batch_environment())
 
-    return stack_processes(args)
+
+def stack_processes(args: argparse.Namespace) -> list[Process]:
+    """Redis first: the Redis clients of the front and the worker retry until it answers."""
+    model_base = choose_model_base(args)
+    return [redis_process(), front_process(args, model_base), worker_process(args, model_base)]
 
 
 def wait_until_serving(target: str, processes: Sequence[Process]) -> bool:
@@ -149,15 +178,14 @@ def run(processes: list[Process], target: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m service.stack", description=__doc__)
-    parser.add_argument("--model-base", type=Path, default=Path(defaults.DEFAULT_MODEL_BASE))
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack", description=__doc__)
+    parser.add_argument("--model-base", type=Path, default=Path(core_defaults.DEFAULT_MODEL_BASE))
     parser.add_argument("--demo-base", type=Path, default=Path("var/demo-models"))
-    parser.add_argument("--model-name", default=defaults.DEFAULT_MODEL_NAME)
+    parser.add_argument("--model-name", default=core_defaults.DEFAULT_MODEL_NAME)
     parser.add_argument("--listen", default=defaults.DEFAULT_LISTEN_ADDRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack %(message)s")
-    processes = [front_process(args, choose_model_base(args)), *extra_processes(args)]
-    sys.exit(run(processes, args.listen))
+    sys.exit(run(stack_processes(args), args.listen))
 
 
 if __name__ == "__main__":

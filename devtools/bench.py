@@ -1,5 +1,5 @@
 """Benchmark one SavedModel version: the raw floor in process, then Classify over gRPC on loopback,
-and the ratios between the two. `python -m service.bench --out FILE` (or `make bench`).
+and the ratios between the two. `python -m devtools.bench --out FILE` (or `make bench`).
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input:
    median single-image latency, and images/s for a few batch sizes (the best is the floor);
@@ -23,7 +23,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,9 +38,10 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from service.model_config import InputSpec, ModelConfig
-from service.preprocessing import to_model_input
-from service.validation import ImageLimits, decode_image
+from core.model_config import InputSpec, ModelConfig
+from core.preprocessing import to_model_input
+from core.validation import ImageLimits, decode_image
+from devtools.ports import free_port
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the issue's targets
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; 32 is the server's default max batch
@@ -106,13 +106,6 @@ def decoding(target: Target, spec: InputSpec, seconds: float) -> dict[str, float
     limits = ImageLimits()
     return summary(timed_loop(lambda: to_model_input(decode_image(target.image, limits), spec),
                               seconds))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def start_server(target: Target, port: int, extra_args: Sequence[str]) -> subprocess.Popen[bytes]:
@@ -254,7 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m service.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--model-base", type=Path, default=Path("models"))

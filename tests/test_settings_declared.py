@@ -1,0 +1,95 @@
+"""Every entry point builds its settings one way (core/config.py): one declaration gives the
+flag, the variable and the --help line; the front and the worker share the model, backend, image
+and Redis groups, so a variable means the same in both; renamed settings keep their old names as
+deprecated aliases that warn."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from core import config
+from core.settings import ServingSettings
+from service.settings import Settings
+from service.settings import build_parser as front_parser
+from worker.settings import BatchApiSettings, WorkerSettings, parse_settings
+from worker.settings import build_parser as worker_parser
+
+
+@pytest.mark.parametrize("cls, parser", [(Settings, front_parser),
+                                         (WorkerSettings, worker_parser)])
+def test_help_lists_every_setting_with_its_default_and_variable(cls: type, parser: object
+                                                                ) -> None:
+    text = " ".join(parser({}).format_help().split())  # type: ignore[operator]
+    for option in config.options(cls):
+        assert option.flag in text
+        assert f"env {option.env}" in text, option.env
+        shown = config.show_default(option.default) if option.declaration.show is None else ""
+        assert f"default {shown}" in text, option.flag
+        if option.path[-1].endswith("_s"):
+            assert f"{option.flag} " in text and "seconds" in text
+
+
+def test_the_shared_groups_read_the_same_variables_with_the_same_defaults() -> None:
+    front = {o.env: o.default for o in config.options(Settings)}
+    worker = {o.env: o.default for o in config.options(WorkerSettings)}
+    shared = config.env_names(ServingSettings) | config.env_names(BatchApiSettings)
+    assert shared <= front.keys() & worker.keys()
+    assert {name: front[name] for name in shared} == {name: worker[name] for name in shared}
+    # One meaning per variable: the worker's per-call deadline has its own name now.
+    assert front["DERMSERVE_BACKEND_TIMEOUT_S"] == worker["DERMSERVE_BACKEND_TIMEOUT_S"]
+    assert "DERMSERVE_CLASSIFY_TIMEOUT_S" in worker
+
+
+def test_flags_win_over_variables_over_defaults() -> None:
+    env = {"DERMSERVE_CHUNK_SIZE": "16", "DERMSERVE_MODEL_NAME": "from-env"}
+    settings = parse_settings(["--model-name", "from-flag"], env)
+    assert settings.chunk_size == 16
+    assert settings.model_name == "from-flag"
+
+
+@pytest.mark.parametrize("argv, env", [
+    (["--batch-size", "3"], {}),
+    (["--batch-size=3"], {}),
+    ([], {"DERMSERVE_BATCH_SIZE": "3"}),
+])
+def test_the_old_batch_size_name_still_works_and_warns(
+        argv: list[str], env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        settings = parse_settings(argv, env)
+    assert settings.images_per_call == 3
+    assert "deprecated" in caplog.text and "images-per-call" in caplog.text.lower().replace(
+        "_", "-")
+
+
+def test_the_new_name_wins_over_the_deprecated_variable() -> None:
+    env = {"DERMSERVE_BATCH_SIZE": "3", "DERMSERVE_IMAGES_PER_CALL": "5"}
+    assert parse_settings([], env).images_per_call == 5
+
+
+def test_a_bad_variable_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_settings([], {"DERMSERVE_CHUNK_SIZE": "many"})
+    assert "DERMSERVE_CHUNK_SIZE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, env, hosts", [
+    ([], {}, False),
+    ([], {"DERMSERVE_REDIS_URL": "redis://127.0.0.1:1/0"}, True),
+    (["--redis-url=redis://127.0.0.1:1/0"], {}, True),
+    (["--batch-jobs", "off"], {"DERMSERVE_REDIS_URL": "redis://127.0.0.1:1/0"}, False),
+    (["--batch-jobs", "on"], {}, True),
+])
+def test_hosting_batch_jobs_in_the_front_is_a_setting(argv: list[str], env: dict[str, str],
+                                                      hosts: bool) -> None:
+    assert Settings.from_sources(argv, env).hosts_batch_jobs is hosts
+
+
+def test_secrets_stay_out_of_help_and_repr() -> None:
+    env = {"DERMSERVE_REDIS_URL": "redis://:hunter2@redis:6379/0",
+           "DERMSERVE_AUTH_TOKEN": "t0k3n"}
+    assert "hunter2" not in front_parser(env).format_help()
+    assert "t0k3n" not in front_parser(env).format_help()
+    settings = Settings.from_sources([], env)
+    assert "hunter2" not in repr(settings) and "t0k3n" not in repr(settings)
