@@ -8,6 +8,9 @@ import os
 from pathlib import Path
 
 MB = 1024.0  # /proc gives kB
+GROWTH_LIMIT_MB = 200.0
+"""MB a process's RSS may grow by over the whole run, and its peak over one memory attack
+(issue 11's target; full-size decodes of eight 40 MP JPEGs once added 2.2 GB)."""
 
 
 def status_mb(pid: int, field: str) -> float:

@@ -29,7 +29,7 @@ from tools.attack.families import FAMILIES
 from tools.attack.record import FAILED, Record, refusal
 from tools.attack.stack import Stack, start_stack
 
-RSS_GROWTH_LIMIT_MB = 200.0
+RSS_GROWTH_LIMIT_MB = proc.GROWTH_LIMIT_MB
 P99_LIMIT_S = 1.0
 PROBE_TIMEOUT_S = 5.0  # seconds; a probe call slower than this counts as failed
 LOG_LINE_LIMIT = 16 * 1024  # characters; a request id of 1 MB once wrote a 1 MB log line
