@@ -28,8 +28,9 @@ clients open; past it a stream is refused with RESOURCE_EXHAUSTED (reason TOO_MA
 STREAM_SHARE_OF_WORKERS = 0.5  # of the gRPC threads, for streams when max_streams is 0
 
 DEFAULT_MAX_STREAMS_PER_CLIENT = 8
-"""Streams one client (bearer token, else client certificate subject, else address) may hold open
-at once, health watches counted apart; past it RESOURCE_EXHAUSTED (TOO_MANY_CLIENT_STREAMS).
+"""Streams one client (the identity a call acts as, service.auth.caller_of: its token's, else its
+client certificate subject; an anonymous call, its address) may hold open at once, health watches
+counted apart; past it RESOURCE_EXHAUSTED (TOO_MANY_CLIENT_STREAMS).
 A client wanting more throughput sends more images down one ClassifyStream (16 in flight), so 8
 is generous, and it takes four clients to fill the server's stream share instead of one."""
 

@@ -205,8 +205,7 @@ def interceptors(settings: Settings, metrics: Metrics | None) -> list[Any]:
     tokens = token_table(settings.security)
     if tokens is not None:
         chain.append(TokenAuthInterceptor(tokens))
-    chain.append(StreamLimiter(settings.streams, settings.stream_limit,
-                               tokens_checked=tokens is not None))
+    chain.append(StreamLimiter(settings.streams, settings.stream_limit))
     return chain
 
 
@@ -235,8 +234,7 @@ def health_only_server(servicer: health.HealthServicer,
     server = grpc.server(ThreadPoolExecutor(max_workers=HEALTH_ONLY_WORKERS,
                                             thread_name_prefix="health"),
                          interceptors=[ErrorMappingInterceptor(),
-                                       StreamLimiter(settings.streams, settings.stream_limit,
-                                                     tokens_checked=False)],
+                                       StreamLimiter(settings.streams, settings.stream_limit)],
                          options=[("grpc.so_reuseport", 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     return server, server.add_insecure_port(settings.health_listen_address)

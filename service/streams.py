@@ -7,8 +7,9 @@ per-client cap with RESOURCE_EXHAUSTED (reasons TOO_MANY_STREAMS, TOO_MANY_CLIEN
 - streams: total below the thread count (Settings enforces it), so unary calls keep the rest;
 - health watches: grpc.health.v1 Watch needs no token and, kept non-blocking, holds no thread,
   but each holds one of gRPC's `max_concurrent_rpcs` call slots.
-A client is its bearer token when auth checked it, else its client certificate subject (mutual
-TLS), else its address; the token is kept as a hash.
+A client is the identity the call acts as (`service.auth.caller_of`, the one definition that
+batch job ownership uses too): its token's identity once auth checked the token, else its client
+certificate's subject (mutual TLS); an anonymous call counts against its address.
 
 Blocking streams also idle out: the behaviour sees `context.is_active()` turn False once the
 stream has carried no message either way for `idle_timeout_s`, and the call then ends with
@@ -23,19 +24,19 @@ and inside the ErrorMappingInterceptor (which maps its refusals).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import grpc
 from grpc_health.v1 import health
 
 from core.errors import ResourceExhausted, StreamIdle
-from service.auth import EXEMPT_SERVICES, bearer_token, service_of
+from core.identity import ANONYMOUS
+from service.auth import caller_of, service_of
 from service.handlers import (
     Behaviour,
     CallbackBehaviour,
@@ -47,7 +48,6 @@ from service.settings import StreamSettings
 
 log = logging.getLogger(__name__)
 
-TOKEN_HASH_CHARS = 16  # hex characters of a token's SHA-256 kept as its client identity
 IDLE_CANCEL_GRACE_S = 2.0
 """Seconds past the idle timeout before the reaper cancels a stream: behaviours that poll
 is_active (every 0.5 s) end well within it, with the clearer STREAM_IDLE status."""
@@ -164,13 +164,12 @@ def touching(requests: Iterable[Any], clock: IdleClock) -> Iterator[Any]:
 class StreamLimiter(grpc.ServerInterceptor):  # type: ignore[type-arg]
     """Slots and idle timeouts for every streaming call (see the module docstring)."""
 
-    def __init__(self, settings: StreamSettings, max_streams: int, tokens_checked: bool) -> None:
+    def __init__(self, settings: StreamSettings, max_streams: int) -> None:
         self.streams = SlotPool("streams", max_streams, settings.max_per_client)
         self.watches = SlotPool("health watches", settings.max_health_watches,
                                 settings.max_per_client)
         self.idle_timeout_s = settings.idle_timeout_s
         self.reaper = IdleReaper(settings.idle_timeout_s)
-        self.tokens_checked = tokens_checked
 
     def intercept_service(self, continuation: Continuation,
                           handler_call_details: grpc.HandlerCallDetails,
@@ -180,21 +179,14 @@ class StreamLimiter(grpc.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         service = service_of(handler_call_details.method)
         pool = self.watches if service == health.SERVICE_NAME else self.streams
-        token = (bearer_token(handler_call_details.invocation_metadata)
-                 if self.tokens_checked and service not in EXEMPT_SERVICES else None)
         reads = handler.request_streaming
+        return rewrap(handler, lambda behaviour: self._blocking(behaviour, pool, reads),
+                      lambda behaviour: self._blocking(behaviour, pool, reads),
+                      lambda behaviour: self._callback(behaviour, pool))
 
-        def client(context: grpc.ServicerContext) -> str:
-            return client_identity(token, context)
-
-        return rewrap(handler, lambda behaviour: self._blocking(behaviour, pool, client, reads),
-                      lambda behaviour: self._blocking(behaviour, pool, client, reads),
-                      lambda behaviour: self._callback(behaviour, pool, client))
-
-    def _blocking(self, behaviour: Behaviour, pool: SlotPool,
-                  client: Callable[[grpc.ServicerContext], str], reads: bool) -> Behaviour:
+    def _blocking(self, behaviour: Behaviour, pool: SlotPool, reads: bool) -> Behaviour:
         def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
-            who = client(context)
+            who = client_identity(context)
             pool.acquire(who)
             clock = IdleClock(self.idle_timeout_s)
             request = touching(request, clock) if reads else request
@@ -226,10 +218,9 @@ class StreamLimiter(grpc.ServerInterceptor):  # type: ignore[type-arg]
         finally:
             release()
 
-    def _callback(self, behaviour: CallbackBehaviour, pool: SlotPool,
-                  client: Callable[[grpc.ServicerContext], str]) -> CallbackBehaviour:
+    def _callback(self, behaviour: CallbackBehaviour, pool: SlotPool) -> CallbackBehaviour:
         def wrapped(request: Any, context: grpc.ServicerContext, send: SendResponse) -> None:
-            who = client(context)
+            who = client_identity(context)
             pool.acquire(who)
             release = once(lambda: pool.release(who))
             if not context.add_callback(release):  # the call has ended already
@@ -252,16 +243,13 @@ def once(action: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def client_identity(token: str | None, context: grpc.ServicerContext) -> str:
-    """Whom a call counts against: a checked token, else a certificate subject, else an address
-    (without the port, which changes with every connection)."""
-    if token:
-        return "token:" + hashlib.sha256(token.encode()).hexdigest()[:TOKEN_HASH_CHARS]
-    auth: Mapping[str, Any] = context.auth_context()  # the stubs say bytes; it is a list
-    for key in ("x509_subject", "x509_common_name"):
-        values = auth.get(key)
-        if values:
-            return "cert:" + bytes(values[0]).decode(errors="replace")
+def client_identity(context: grpc.ServicerContext) -> str:
+    """Whom a call counts against: the identity it acts as (a token's once auth checked it, else
+    a client certificate's subject), else, for an anonymous call, its address without the port,
+    which changes with every connection. Called inside the auth interceptor's scope."""
+    caller = caller_of(context)
+    if caller != ANONYMOUS:
+        return caller.identity
     return "peer:" + peer_host(context.peer())
 
 

@@ -1,9 +1,10 @@
 """The attack suite's quick mode (tools/attack/) against a real TLS + token stack: a front
 process, a worker process and a redis-server on loopback. `make attack` runs the full corpus.
 
-Families whose remaining INTERNALs are fixed on other branches of issue 11 are marked xfail
-(not strict) with the defect that owns them: they report XPASS once those fixes are merged, and
-the mark comes off then. Crashes and memory growth are asserted for every family, now."""
+Every family must end without an INTERNAL and without a failed promise; crashes, memory growth,
+forged or oversized log lines and ERROR entries fail the run. The timing promises (unary p99,
+CPU bombs refused fast) are reported here, not asserted: on a shared machine they measure the
+machine too, and `make attack` judges them."""
 
 from __future__ import annotations
 
@@ -15,17 +16,23 @@ import pytest
 from tools.attack.families import FAMILIES
 from tools.attack.runner import RSS_GROWTH_LIMIT_MB, run_suite
 
-PENDING = {
-    "references": "issue 11 defect 12 (worker branch): a 5,000-character path and a symlink "
-                  "loop are answered INTERNAL",
-}
-"""Family -> why it may still see an INTERNAL on this branch."""
-
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     workdir: Path = tmp_path_factory.mktemp("attack")
-    return run_suite(workdir / "stack", quick=True)
+    result = run_suite(workdir / "stack", quick=True)
+    print("timing:", result["classify_probe"], result["timing_failures"])
+    return result
+
+
+def outcomes(summary: dict[str, Any], family: str) -> dict[str, int]:
+    found: dict[str, int] = summary["families"][family]["outcomes"]
+    return found
+
+
+def reasons(summary: dict[str, Any], family: str) -> dict[str, int]:
+    found: dict[str, int] = summary["families"][family]["reasons"]
+    return found
 
 
 def test_no_process_crashed(summary: dict[str, Any]) -> None:
@@ -42,20 +49,58 @@ def test_every_family_ran(summary: dict[str, Any]) -> None:
     assert all(f["attempts"] > 0 for f in summary["families"].values())
 
 
-@pytest.mark.parametrize("family", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=PENDING[name], strict=False))
-    if name in PENDING else name for name in sorted(FAMILIES)])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_no_internal_errors(summary: dict[str, Any], family: str) -> None:
     assert summary["families"][family]["internal"] == []
 
 
+def test_the_server_counted_no_internal_error(summary: dict[str, Any]) -> None:
+    assert summary["server_outcomes"].get("INTERNAL", 0) == 0
+    assert summary["server_outcomes"].get("UNKNOWN", 0) == 0
+
+
+def test_every_promise_held(summary: dict[str, Any]) -> None:
+    # Everything but timing: refusals past each cap, nothing read outside the roots, no other
+    # client's job found, hostile ids refused inside the stream, bombs refused TOO_MANY_SCANS.
+    assert summary["failures"] == []
+
+
 def test_every_auth_bypass_is_refused(summary: dict[str, Any]) -> None:
-    outcomes = summary["families"]["auth"]["outcomes"]
-    assert "OK" not in outcomes
-    assert set(outcomes) <= {"UNAUTHENTICATED", "UNAVAILABLE", "UNIMPLEMENTED"}
+    found = outcomes(summary, "auth")
+    assert "OK" not in found
+    assert found.get("PERMISSION_DENIED") == 1  # the token granted BatchJobs only
+
+
+def test_the_health_flood_is_refused_past_the_caps(summary: dict[str, Any]) -> None:
+    found = reasons(summary, "health_flood")
+    assert found.get("RESOURCE_EXHAUSTED/TOO_MANY_STREAMS", 0) > 0
+    assert found.get("RESOURCE_EXHAUSTED/TOO_MANY_CLIENT_STREAMS", 0) > 0
+    held = summary["families"]["health_flood"]["measures"]["watches_held_per_client"]
+    assert sum(held.values()) == 32 and max(held.values()) == 8
+
+
+def test_idle_streams_are_refused_past_the_caps(summary: dict[str, Any]) -> None:
+    found = reasons(summary, "idle_streams")
+    assert found.get("RESOURCE_EXHAUSTED/TOO_MANY_STREAMS", 0) > 0
+    assert found.get("RESOURCE_EXHAUSTED/TOO_MANY_CLIENT_STREAMS", 0) > 0
+
+
+def test_cpu_bombs_are_refused_before_decoding(summary: dict[str, Any]) -> None:
+    assert reasons(summary, "scan_bomb") == {"INVALID_ARGUMENT/TOO_MANY_SCANS": 4}
+
+
+def test_nothing_outside_the_roots_is_read_after_a_symlink_swap(summary: dict[str, Any]) -> None:
+    found = reasons(summary, "symlink_race")
+    assert found == {"IMAGE:INVALID_ARGUMENT/SYMLINK_REFUSED": 5}
+    assert "IMAGE:OK" not in outcomes(summary, "symlink_race")
+
+
+def test_another_clients_job_is_not_found(summary: dict[str, Any]) -> None:
+    found = outcomes(summary, "cross_client")
+    assert found.get("NOT_FOUND") == 5  # get, results, watch, cancel, a guessed id
 
 
 def test_authorised_calls_succeed_during_the_abuse(summary: dict[str, Any]) -> None:
     probe = summary["classify_probe"]
-    assert probe["calls"] > 0 and probe["p99_s"] is not None
-    assert summary["families"]["health_flood"]["outcomes"].get("OK") == 1
+    assert probe["calls"] > 0 and probe["failures"] == {}
+    assert outcomes(summary, "health_flood").get("OK", 0) >= 32 + 8 + 2  # watches, Classify, Check

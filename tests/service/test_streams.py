@@ -17,10 +17,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from core.tls import channel_credentials
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service.classify_stream import STREAM_WINDOW
 from service.logs import TEXT_FORMAT, RequestIdFilter
 from service.settings import SecuritySettings, Settings, StreamSettings
+from tests.pki import make_pki
 from tests.service.conftest import (
     WAIT_S,
     FakeBackend,
@@ -33,6 +35,7 @@ from tests.service.conftest import (
     server_settings,
     wait_until,
 )
+from tools.attack.pki import client_certificate
 
 TOKENS = [f"tok-{i}" for i in range(10)]
 CALL_TIMEOUT_S = 30.0  # seconds; far longer than any wait below, so a hang fails the test
@@ -74,11 +77,12 @@ class Feed:
 class OpenStream:
     """A ClassifyStream that sent one image and read its answer: open, counted, then idle."""
 
-    def __init__(self, running: Running, token: str) -> None:
+    def __init__(self, running: Running, token: str | None,
+                 stub: pb_grpc.LesionClassifierStub | None = None) -> None:
         self.feed = Feed()
         self.feed.send(item("first"))
-        self.call = running.stub.ClassifyStream(iter(self.feed), metadata=bearer(token),
-                                                timeout=CALL_TIMEOUT_S)
+        self.call = (stub or running.stub).ClassifyStream(
+            iter(self.feed), metadata=bearer(token) if token else (), timeout=CALL_TIMEOUT_S)
 
     def first(self) -> pb.ClassifyStreamResponse:
         answer: pb.ClassifyStreamResponse = next(self.call)
@@ -173,6 +177,40 @@ def test_idle_streams_cannot_take_the_threads_of_unary_calls(tmp_path: Path) -> 
             assert answer.top_label == "bcc"
         for stream in opened:
             stream.close()
+
+
+def test_the_per_client_cap_counts_the_identity_a_call_acts_as(tmp_path: Path) -> None:
+    # One definition of a client for stream caps and job ownership (service.auth.caller_of):
+    # two tokens with one name are one client (each token used to be a client of its own).
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-a1 name=alice\ntok-a2 name=alice\ntok-b name=bob\n")
+    settings = server_settings(security=SecuritySettings(auth_tokens_file=tokens),
+                               streams=StreamSettings(max_per_client=1))
+    with running_server(FakeBackend(), settings) as running:
+        opened = [OpenStream(running, token) for token in ("tok-a1", "tok-a2", "tok-b")]
+        outcomes = [refusal(stream.first) for stream in opened]
+        for stream in opened:
+            stream.close()
+    assert outcomes == [None, (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CLIENT_STREAMS"),
+                        None]
+
+
+def test_without_tokens_each_client_certificate_is_one_client(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    other = client_certificate(pki, "clinic-b")
+    security = SecuritySettings(tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                tls_client_ca=pki.ca)
+    settings = server_settings(security=security, streams=StreamSettings(max_per_client=1))
+    with running_server(FakeBackend(), settings) as running:
+        stubs = [pb_grpc.LesionClassifierStub(grpc.secure_channel(
+            f"localhost:{running.port}", channel_credentials(pki.ca, cert, key)))
+            for cert, key in [(pki.client_cert, pki.client_key)] * 2 + [other]]
+        opened = [OpenStream(running, None, stub) for stub in stubs]
+        outcomes = [refusal(stream.first) for stream in opened]  # one address, two subjects
+        for stream in opened:
+            stream.close()
+    assert outcomes == [None, (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CLIENT_STREAMS"),
+                        None]
 
 
 def test_an_idle_stream_ends_with_stream_idle_and_gives_its_slot_back(tmp_path: Path) -> None:

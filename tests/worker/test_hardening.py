@@ -23,10 +23,11 @@ from service.auth import TokenTable
 from service.metrics import Metrics
 from service.server import create_server
 from service.settings import SecuritySettings
+from tests.pki import make_pki
 from tests.service.conftest import reason_of, server_settings
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from tests.worker.test_front import batch_services
-from tools.attack.pki import issue, openssl
+from tools.attack.pki import client_certificate
 from worker.settings import WorkerSettings
 
 TOKENS = """
@@ -133,21 +134,17 @@ def test_another_token_holder_can_neither_reuse_nor_see_nor_cancel_a_job(
 
 def test_without_tokens_a_client_certificate_subject_owns_its_jobs(
         settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
-    ca, ca_key = tmp_path / "ca.crt", tmp_path / "ca.key"
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=ca")
-    issue(tmp_path, "server", ca, ca_key, "subjectAltName=DNS:localhost\n")
-    for clinic in ("clinic-a", "clinic-b"):
-        issue(tmp_path, clinic, ca, ca_key, "extendedKeyUsage=clientAuth\n")
-    security = SecuritySettings(tls_cert=tmp_path / "server.crt", tls_key=tmp_path / "server.key",
-                                tls_client_ca=ca)
+    pki = make_pki(tmp_path / "pki")
+    clinics = {name: client_certificate(pki, name) for name in ("clinic-a", "clinic-b")}
+    security = SecuritySettings(tls_cert=pki.server_cert, tls_key=pki.server_key,
+                                tls_client_ca=pki.ca)
     server, port = create_server(server_settings(security=security), FakeBackend(), Metrics(),
                                  extra_services=batch_services(settings))
     server.start()
     write_images(input_root / "clinic", 1)
 
     def stub(name: str) -> pb_grpc.BatchJobsStub:
-        credentials = channel_credentials(ca, tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+        credentials = channel_credentials(pki.ca, *clinics[name])
         return pb_grpc.BatchJobsStub(grpc.secure_channel(f"localhost:{port}", credentials))
 
     try:

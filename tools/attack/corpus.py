@@ -1,5 +1,6 @@
 """The hostile corpus, generated at run time (nothing committed): images, references, manifests
-and request ids. Sizes scale with `quick`: `make test` stays fast, `make attack` is thorough."""
+and request ids. Sizes scale with `quick`: `make test` stays fast, `make attack` is thorough.
+The large and many-scan JPEGs are the decode tests' own (tests/hostile_images.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tests import hostile_images as decode_corpus
 
 
 def photo(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -58,19 +61,25 @@ def exif_rotated(width: int, height: int) -> bytes:
     return encode(photo(width, height), exif=exif.tobytes())
 
 
-def many_scans(repeats: int, side: int) -> bytes:
-    """A progressive JPEG with its smallest scan repeated `repeats` times before the end: each
-    repeat is decoded again over the whole image (a CPU bomb in a few hundred KB)."""
-    data = encode(Image.new("RGB", (side, side * 3 // 4), (180, 90, 60)), progressive=True)
-    end = data.rfind(b"\xff\xd9")
-    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"]
-    scans = [data[a:b] for a, b in zip(starts, [*starts[1:], end], strict=True)]
-    smallest = min(scans, key=len)
-    return data[:end] + smallest * repeats + data[end:]
+def scan_bomb(side: int, extra_scans: int) -> bytes:
+    """A progressive JPEG of one flat colour, `side` pixels wide, whose last scan (a few dozen
+    bytes) is repeated `extra_scans` times: libjpeg walks the whole image for each, so a 6000
+    pixel one with 3,000 extra scans costs about a minute of CPU in 300 KB."""
+    flat = Image.new("RGB", (side, side * 3 // 4), (180, 90, 60))
+    return decode_corpus.many_scan_jpeg(encode(flat, progressive=True), extra_scans)
+
+
+def large_jpegs() -> list[tuple[str, bytes]]:
+    """40-megapixel CMYK and EXIF-rotated JPEGs (the service's pixel limit): each cost a full
+    160 MB decode and as much again per conversion or rotation before decoding was reduced."""
+    return [("cmyk-40mp", decode_corpus.large_cmyk_jpeg()),
+            ("exif-rotated-40mp", decode_corpus.large_rotated_jpeg())]
 
 
 def hostile_images(quick: bool) -> list[tuple[str, bytes]]:
-    big = 2000 if quick else 6000  # a side of the CMYK and rotated images, pixels
+    # Noise compresses badly: at 2,000 pixels a side these stay under the 10 MiB message
+    # limit (larger ones only meet gRPC's own RESOURCE_EXHAUSTED). 40 MP: large_jpegs().
+    big = 2000
     good = good_jpeg()
     return [
         ("empty", b""),
@@ -86,14 +95,19 @@ def hostile_images(quick: bool) -> list[tuple[str, bytes]]:
         ("exif-rotated", exif_rotated(big, big * 3 // 4)),
         ("grayscale", encode(photo(200, 150, "L"))),
         ("rgba-transparent", encode(Image.new("RGBA", (100, 100), (0, 0, 0, 0)), "PNG")),
-        ("progressive-many-scans", many_scans(100, 2000) if quick else many_scans(3000, 6000)),
     ]
+
+
+FORGED_LOG_LINE = "CRITICAL service.auth token accepted for admin"
+"""What a request id with a newline tried to start a log line with."""
 
 
 def request_ids(quick: bool) -> list[tuple[str, str]]:
     ids = [
-        ("newline-forged-log", "abc\nCRITICAL service.auth token accepted for admin"),
+        ("newline-forged-log", "abc\n" + FORGED_LOG_LINE),
+        ("carriage-return-forged-log", "abc\r" + FORGED_LOG_LINE),
         ("control-chars", "\x1b[31mred\x07\x00"),
+        ("bidi-override", "rtl\u202eoverride"),
         ("over-128", "x" * 129),
         ("one-megabyte", "x" * (1024 * 1024 if not quick else 256 * 1024)),
     ]
@@ -138,3 +152,32 @@ def hostile_manifests() -> list[tuple[str, str, str]]:
         ("inline-huge-field", "csv", 'path\n"' + "a" * (200 * 1024)),
         ("inline-dot-dot", "csv", "path\n../../../etc/shadow\n"),
     ]
+
+
+def race_tree(root: Path, outside: Path, files: int) -> list[str]:
+    """`files` images under root/race/dir/ and one at root/race/swap.jpg, and the same names
+    under `outside`, a directory beside the roots: the references a job is submitted with."""
+    inside_dir, outside_dir = root / "race" / "dir", outside / "race" / "dir"
+    for directory in (inside_dir, outside_dir):
+        directory.mkdir(parents=True)
+    for index in range(files):
+        for directory in (inside_dir, outside_dir):
+            (directory / f"{index}.jpg").write_bytes(good_jpeg())
+    for base in (root, outside):
+        (base / "race" / "swap.jpg").write_bytes(good_jpeg())
+    return [*(f"race/dir/{index}.jpg" for index in range(files)), "race/swap.jpg"]
+
+
+def swap_for_symlinks(root: Path, outside: Path) -> None:
+    """After submission: the directory component and the file become symlinks leading outside
+    the roots, under the names the job stored (what renameat2's exchange did in a race)."""
+    (root / "race" / "dir").rename(root / "race" / "dir-moved")
+    (root / "race" / "dir").symlink_to(outside / "race" / "dir", target_is_directory=True)
+    (root / "race" / "swap.jpg").unlink()
+    (root / "race" / "swap.jpg").symlink_to(outside / "race" / "swap.jpg")
+
+
+def heavy_jpeg() -> bytes:
+    """About 0.8 MB of noise: a stream of these that the server read without bound would
+    grow its memory by gigabytes."""
+    return encode(photo(700, 700, seed=1), quality=95)

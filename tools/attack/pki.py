@@ -45,3 +45,11 @@ def make_pki(directory: Path) -> Pki:
           "extendedKeyUsage=clientAuth\n")
     return Pki(*(directory / name for name in ("ca.crt", "server.crt", "server.key",
                                                "client.crt", "client.key")))
+
+
+def client_certificate(pki: Pki, name: str) -> tuple[Path, Path]:
+    """Another client certificate (subject CN=`name`) from the same CA, another mutual-TLS
+    identity: (certificate, key)."""
+    directory = pki.ca.parent
+    issue(directory, name, pki.ca, directory / "ca.key", "extendedKeyUsage=clientAuth\n")
+    return directory / f"{name}.crt", directory / f"{name}.key"

@@ -1,34 +1,43 @@
 """The stack under attack, on loopback ephemeral ports: a redis-server, the front service (TLS,
-mutual TLS and bearer tokens, a plaintext health-only port, BatchJobs on), and one batch worker,
-all real processes on a tiny throwaway model. Everything lives under one work directory."""
+mutual TLS and bearer tokens, a plaintext health-only port, BatchJobs on, its Prometheus exporter
+on loopback), and one batch worker, all real processes on a tiny throwaway model, with the
+service's default limits. Everything lives under one work directory: the input root the worker
+may read (`input/`) and, beside it, files it must never read (`outside/`)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from core.tls import channel_credentials
-from tools.attack.pki import Pki, make_pki
+from devtools.ports import free_port
+from devtools.redis import redis_command
+from tools.attack.pki import Pki, client_certificate, make_pki
 
 MODEL_NAME = "ham10000"
-TOKEN = "attack-suite-token"  # a throwaway grant, written to a file under the work directory
+TOKENS = {f"attack-{client}": f"attack-suite-token-{client}" for client in "abcde"}
+"""Throwaway grants (identity name -> token), written to a file under the work directory: five
+ordinary clients, each a job owner and a per-client stream cap of its own."""
+TOKEN = TOKENS["attack-a"]  # the client most families act as
+OPERATOR_TOKEN = "attack-suite-token-operator"  # role=operator: sees every client's jobs
+JOBS_ONLY_TOKEN = "attack-suite-token-jobs-only"  # granted dermserve.v1.BatchJobs only
 READY_TIMEOUT_S = 180.0  # seconds for TensorFlow to import and a version to answer, 2 slow cores
 STOP_TIMEOUT_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+PAUSE_TIMEOUT_S = 10.0  # seconds for every thread of a paused process to stop
+SCRAPE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -38,21 +47,60 @@ class Stack:
     port: int
     health_port: int
     redis_port: int
+    metrics_port: int
     input_root: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def outside(self) -> Path:
+        """Files beside the input root that no job may read."""
+        return self.workdir / "outside"
 
     @property
     def target(self) -> str:
         return f"localhost:{self.port}"
 
-    def channel(self, client_cert: bool = True) -> grpc.Channel:
-        credentials = channel_credentials(self.pki.ca, self.pki.client_cert if client_cert
-                                          else None, self.pki.client_key if client_cert else None)
+    def channel(self, client_cert: bool = True, certificate: tuple[Path, Path] | None = None,
+                options: tuple[tuple[str, int], ...] = ()) -> grpc.Channel:
+        """A new connection (its own subchannel) with the suite's client certificate, another
+        one (`certificate`: cert, key), or none."""
+        cert, key = certificate or ((self.pki.client_cert, self.pki.client_key) if client_cert
+                                    else (None, None))
+        credentials = channel_credentials(self.pki.ca, cert, key)
         return grpc.secure_channel(self.target, credentials,
-                                   options=[("grpc.use_local_subchannel_pool", 1)])
+                                   options=[("grpc.use_local_subchannel_pool", 1), *options])
+
+    def client_certificates(self, count: int) -> list[tuple[Path, Path]]:
+        """`count` client certificates with subjects of their own: distinct mutual-TLS clients."""
+        return [client_certificate(self.pki, f"attack-client-{i}") for i in range(count)]
 
     def pid(self, name: str) -> int:
         return self.processes[name].pid
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """The front's Prometheus samples: (name, sorted labels) -> value."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as answer:
+            text = answer.read().decode()
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text) for sample in family.samples}
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of `name` whose labels include `labels`."""
+        return sum(value for (sample, sample_labels), value in self.metrics().items()
+                   if sample == name and labels.items() <= dict(sample_labels).items())
+
+    @contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """`name` stopped (SIGSTOP, every thread seen stopped) for the block: what a slow or
+        descheduled worker looks like, made deterministic."""
+        pid = self.pid(name)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_stopped(pid)
+            yield
+        finally:
+            os.kill(pid, signal.SIGCONT)
 
     def crashed(self) -> list[str]:
         return [f"{name} exited with {p.returncode}" for name, p in self.processes.items()
@@ -88,12 +136,13 @@ def start_stack(workdir: Path) -> Stack:
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     pki = make_pki(workdir / "pki")
-    (workdir / "tokens").write_text(f"{TOKEN}\n")
+    (workdir / "tokens").write_text(tokens_file())
     input_root = workdir / "input"
     input_root.mkdir()
+    (workdir / "outside").mkdir()
     models = workdir / "models"
     export_model(models)
-    stack = Stack(workdir, pki, free_port(), free_port(), free_port(), input_root)
+    stack = Stack(workdir, pki, free_port(), free_port(), free_port(), free_port(), input_root)
     try:
         launch(stack, models)
         wait_ready(stack)
@@ -101,6 +150,25 @@ def start_stack(workdir: Path) -> Stack:
         stack.stop()
         raise
     return stack
+
+
+def tokens_file() -> str:
+    lines = [f"{token} name={name}" for name, token in TOKENS.items()]
+    lines.append(f"{OPERATOR_TOKEN} name=attack-operator role=operator")
+    lines.append(f"{JOBS_ONLY_TOKEN} dermserve.v1.BatchJobs name=attack-jobs-only")
+    return "\n".join(lines) + "\n"
+
+
+def wait_stopped(pid: int) -> None:
+    """Until every thread of `pid` is in the stopped state ('T' in /proc), or raise."""
+    deadline = time.monotonic() + PAUSE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for task in Path(f"/proc/{pid}/task").iterdir()]
+        if all(state in "Tt" for state in states):
+            return
+        time.sleep(0.01)  # polls a condition the kernel sets; no timing is assumed
+    raise RuntimeError(f"process {pid} did not stop in {PAUSE_TIMEOUT_S} s")
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -113,15 +181,13 @@ def launch(stack: Stack, models: Path) -> None:
     w = stack.workdir
     redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
     (w / "redis").mkdir()
-    start(stack, "redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
-                           "--port", str(stack.redis_port), "--bind", "127.0.0.1",
-                           "--dir", str(w / "redis"), "--save", "", "--appendonly", "no"])
+    start(stack, "redis", redis_command(stack.redis_port, w / "redis"))
     batch = {"DERMSERVE_REDIS_URL": redis_url, "DERMSERVE_INPUT_ROOTS": str(stack.input_root),
              "DERMSERVE_BATCH_OUTPUT_DIR": str(w / "results")}
     start(stack, "front", [sys.executable, "-m", "service",
                            "--listen", f"127.0.0.1:{stack.port}",
                            "--health-listen", f"127.0.0.1:{stack.health_port}",
-                           "--metrics-port", "0", "--backend", "embedded",
+                           "--metrics-port", str(stack.metrics_port), "--backend", "embedded",
                            "--model-base", str(models), "--model-name", MODEL_NAME,
                            "--tls-cert", str(stack.pki.server_cert),
                            "--tls-key", str(stack.pki.server_key),
