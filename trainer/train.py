@@ -361,7 +361,8 @@ def _cosine(base: float, epochs: int) -> Callable[[int, float], float]:
 def fit_stage(network: Any, model: Any, stage: str, batches: Callable[[int], Any],
               val: tuple[Callable[[], np.ndarray], np.ndarray], epochs: int,
               learning_rate: float, settings: TrainSettings, checkpoints: Path,
-              deadline: float | None = None, log_steps: int = 0) -> StageState:
+              deadline: float | None = None, log_steps: int = 0,
+              patience: int | None = None) -> StageState:
     """Train `model` (a view of `network`'s layers) on `batches(start_epoch)` with early stopping
     on `val` (a function giving validation logits, and the labels); resumable."""
     import keras
@@ -387,7 +388,8 @@ def fit_stage(network: Any, model: Any, stage: str, batches: Callable[[int], Any
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     callbacks = [keras.callbacks.LearningRateScheduler(_cosine(learning_rate, epochs)),
                  _monitor(network, predict_val, val_labels, state, checkpoints, stage,
-                          settings.patience, deadline, log_steps)]
+                          settings.patience if patience is None else patience, deadline,
+                          log_steps)]
     if state.epochs_done < epochs:
         model.fit(batches(state.epochs_done), epochs=epochs, initial_epoch=state.epochs_done,
                   callbacks=callbacks, verbose=0)
@@ -490,7 +492,8 @@ def _stage_two(network: Any, settings: TrainSettings, split: Split, views: np.nd
     logger.info("%s trains %d layers from %s", stage, len(trainable), trainable[0])
     return fit_stage(network, model, stage, batches, (predict_val, val[1]),
                      settings.fine_tune_epochs, settings.fine_tune_learning_rate, settings,
-                     workdir / "checkpoints", deadline, LOG_EVERY_STEPS)
+                     workdir / "checkpoints", deadline, LOG_EVERY_STEPS,
+                     settings.fine_tune_patience)
 
 
 def new_network(settings: TrainSettings, num_classes: int) -> Any:

@@ -245,3 +245,12 @@ def test_a_run_reuses_the_cache_of_a_run_on_the_same_split_plus_extra_images(
     shuffled = dataclasses.replace(split, train=split.train[::-1])
     with pytest.raises(ValueError, match="do not begin with this split's"):
         cache_activations(lower, shuffled, reuse, tmp_path / "other")
+
+
+def test_stage_two_has_its_own_patience(split: Split, tmp_path: Path) -> None:
+    # patience 0 stops the head after its first epoch; stage 2 runs its whole schedule
+    train_network(split, tiny_settings(patience=0, fine_tune_epochs=3, fine_tune_patience=3),
+                  tmp_path)
+    summary = json.loads((tmp_path / "training.json").read_text())
+    assert len(summary["stages"]["head"]["history"]) == 1
+    assert [e["epoch"] for e in summary["stages"]["top"]["history"]] == [0, 1, 2]
