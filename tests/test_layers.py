@@ -21,7 +21,7 @@ LAYERS = {
     "service": 3,    # the gRPC front: both servicers, interceptors, health, metrics
     "cli": 4,        # the `dermserve` client
     "devtools": 5,   # stack, redis launcher, stand-in model, benchmarks
-    "tools": 5,      # the attack suite (checkout only)
+    "tools": 6,      # the attack suite (checkout only): uses devtools
 }
 PACKAGES = [name for name in LAYERS if name != "dermserve"]
 CORE_FORBIDDEN = {"rq", "redis", "grpc_health", "grpc_reflection"}
