@@ -34,6 +34,7 @@ log = logging.getLogger("dermserve.settings")
 ENV_PREFIX = "DERMSERVE_"
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off", "")
+NONE_WORDS = ("", "none")  # an optional setting given as empty or "none" is unset
 UNITS_BY_SUFFIX = (("_ms", "milliseconds"), ("_s", "seconds"), ("_bytes", "bytes"),
                    ("_pixels", "pixels"))
 """The unit a field's name gives away, when its declaration names none."""
@@ -85,7 +86,7 @@ def parse_bool(text: str) -> bool:
 
 
 def optional_path(text: str) -> Path | None:
-    return Path(text) if text else None
+    return Path(text) if text.strip().lower() not in NONE_WORDS else None
 
 
 def path_list(text: str) -> tuple[Path, ...]:
@@ -124,7 +125,7 @@ def converter(annotation: Any) -> Callable[[str], Any]:
         if kind is Path:
             return optional_path
         inner = converter(kind)
-        return lambda text: inner(text) if text else None
+        return lambda text: inner(text) if text.strip().lower() not in NONE_WORDS else None
     if annotation is bool:
         return parse_bool
     if typing.get_origin(annotation) is tuple and kinds[:1] == (Path,):
@@ -229,7 +230,8 @@ def help_text(option: Option, default: Any) -> str:
     unit = f"{option.unit}; " if option.unit else ""
     aliases = (f"; deprecated: {', '.join(option.declaration.aliases)}"
                if option.declaration.aliases else "")
-    return f"{option.declaration.help} [{unit}default {shown}; env {option.env}{aliases}]"
+    text = f"{option.declaration.help} [{unit}default {shown}; env {option.env}{aliases}]"
+    return text.replace("%", "%%")  # argparse %-formats help strings ("95% intervals")
 
 
 def add_option(parser: argparse.ArgumentParser, option: Option, environ: Mapping[str, str]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     try:
-        settings = settings_from(args, os.environ)
+        settings = settings_from(args)
     except ValueError as exc:
         parser.error(str(exc))
     settings = dataclasses.replace(settings, weights_path=None)

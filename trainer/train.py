@@ -569,7 +569,7 @@ def predict_network(network: Any, records: Sequence[Record], spec: InputSpec,
 
 
 RENAMED_FLAGS = {"--weights": "--weights-path", "--views": "--views-per-image",
-                 "--frozen-batchnorm": "--no-fine-tune-batchnorm"}
+                 "--frozen-batchnorm": "--fine-tune-batchnorm=false"}
 """This module's old flags and the `dermserve-train` flags that replaced them."""
 
 
@@ -583,7 +583,7 @@ def renamed_flags(argv: Sequence[str]) -> list[str]:
             translated.append(arg)
             continue
         logger.warning("%s is deprecated: use %s of dermserve-train", name, new)
-        translated.append(new + sep + value if sep and name != "--frozen-batchnorm" else new)
+        translated.append(new + sep + value if sep and "=" not in new else new)
     return translated
 
 

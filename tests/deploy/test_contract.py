@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import re
 from collections.abc import Iterator
@@ -278,8 +277,8 @@ def test_tfserving_batches_like_the_front(rendered: Rendered) -> None:
 def test_trainer_publishes_into_the_model_volume(rendered: Rendered) -> None:
     spec, main = container(rendered, "CronJob", "dermserve-train")
     assert main["command"] == ["dermserve-train"]
-    namespace = parse_or_fail(trainer_cli.build_parser(), main["args"])
-    settings = trainer_cli.settings_from(namespace, literal_env(main))
+    namespace = parse_or_fail(trainer_cli.build_parser(literal_env(main)), main["args"])
+    settings = trainer_cli.settings_from(namespace)
     (model,) = models_config(rendered).model_config_list.config
     model_base = PurePosixPath(settings.model_base)
     assert model_base / settings.model_name == PurePosixPath(model.base_path)
@@ -293,8 +292,7 @@ def test_trainer_publishes_into_the_model_volume(rendered: Rendered) -> None:
 
 def test_trainer_env_is_read_by_the_code(rendered: Rendered) -> None:
     _, main = container(rendered, "CronJob", "dermserve-train")
-    known = {trainer_cli.ENV_PREFIX + f.name.upper()
-             for f in dataclasses.fields(trainer_settings.TrainSettings)}
+    known = config.env_names(trainer_settings.TrainSettings)
     ours = {k for k in literal_env(main) if k.startswith(ENV_PREFIX)}
     assert not ours - known, f"no code reads {sorted(ours - known)}"
 

@@ -150,13 +150,19 @@ def test_sanity_failure_blocks_the_publish_unless_allowed(
 
 
 def test_cli_builds_settings_from_flags_over_environment(tmp_path: Path) -> None:
-    args = build_parser().parse_args(["--data-dir", str(tmp_path), "--force", "--seed", "7",
-                                      "--sanity-dir", "none"])
-    settings = settings_from(args, {"DERMSERVE_SEED": "3", "DERMSERVE_TTA": "true",
-                                    "DERMSERVE_MODEL_BASE": "elsewhere"})
+    parser = build_parser({"DERMSERVE_SEED": "3", "DERMSERVE_TTA": "true",
+                           "DERMSERVE_MODEL_BASE": "elsewhere"})
+    args = parser.parse_args(["--data-dir", str(tmp_path), "--force", "--seed", "7",
+                              "--sanity-dir", "none"])
+    settings = settings_from(args)
     assert settings.data_dir == tmp_path and settings.force and settings.seed == 7
     assert settings.tta and settings.model_base == Path("elsewhere")
     assert settings.sanity_dir is None and settings.time_budget_s is None
+    # one declaration: --help names each setting's unit, default and variable
+    text = build_parser({}).format_help()
+    assert "[pixels; default 192; env DERMSERVE_INPUT_SIZE]" in " ".join(text.split())
+    with pytest.raises(SystemExit):  # a value outside its choices is a usage error
+        build_parser({}).parse_args(["--fine-tune", "ful"])
 
 
 def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:

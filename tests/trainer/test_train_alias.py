@@ -18,9 +18,9 @@ def test_old_flags_become_the_new_ones_with_a_warning(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING):
         new = renamed_flags(old)
     assert new == ["--data-dir", "data", "--weights-path", "w.h5", "--views-per-image=4",
-                   "--no-fine-tune-batchnorm", "--seed", "3"]
+                   "--fine-tune-batchnorm=false", "--seed", "3"]
     assert "--weights is deprecated" in caplog.text
-    settings = settings_from(build_parser().parse_args(["--train-only", *new]), {})
+    settings = settings_from(build_parser({}).parse_args(["--train-only", *new]))
     assert settings.train_only
     assert settings.weights_path == Path("w.h5")
     assert settings.views_per_image == 4
