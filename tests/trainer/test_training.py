@@ -217,7 +217,7 @@ def test_an_unknown_fine_tune_mode_is_refused_before_any_training(
     with pytest.raises(SystemExit) as exited:
         main(["--data-dir", str(tmp_path), "--fine-tune", "ful", "--workdir", str(tmp_path)])
     assert exited.value.code == 2
-    assert "fine_tune must be one of" in capsys.readouterr().err
+    assert "--fine-tune: invalid choice 'ful'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was split, cached or trained
 
 
