@@ -66,7 +66,7 @@ def load_members(workdirs: Sequence[Path], settings: TrainSettings,
     return members
 
 
-def ensemble_hooks(workdirs: Sequence[Path], flip_tta: bool) -> Any:
+def ensemble_hooks(workdirs: Sequence[Path], flip_tta: bool, backbone: str = "mobilenet_v2") -> Any:
     """Pipeline hooks whose `train` returns the ensemble of the finished members."""
     from trainer.pipeline import NetworkHooks
     from trainer.train import configure_threads, predict_network
@@ -76,7 +76,14 @@ def ensemble_hooks(workdirs: Sequence[Path], flip_tta: bool) -> Any:
         members = load_members(workdirs, settings, len(split.labels))
         return ensemble_network(members, flip_tta)
 
-    return NetworkHooks(train, predict_network)
+    return NetworkHooks(train, predict_network, ensemble_name(workdirs, flip_tta, backbone))
+
+
+def ensemble_name(workdirs: Sequence[Path], flip_tta: bool, backbone: str) -> str:
+    """What the config, report and model card call the ensemble."""
+    members = ", ".join(path.name for path in workdirs)
+    return (f"ensemble of {len(workdirs)} {backbone} networks ({members}; mean "
+            f"log-probabilities{', flip TTA' if flip_tta else ''})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     settings = dataclasses.replace(settings, weights_path=None)
     try:
-        version_dir = run(settings, ensemble_hooks(args.member, args.flip_tta))
+        version_dir = run(settings, ensemble_hooks(args.member, args.flip_tta, settings.backbone))
     except DermserveError as exc:
         logger.error("%s", exc)
         return 2

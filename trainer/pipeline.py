@@ -59,6 +59,12 @@ class NetworkHooks:
 
     train: TrainFn
     predict: PredictFn
+    # What the network is, for the config, the report and the model card (an ensemble says so);
+    # empty: "<backbone> (seed N)".
+    name: str = ""
+
+    def network_name(self, settings: TrainSettings) -> str:
+        return self.name or f"{settings.backbone} (seed {settings.seed})"
 
 
 def default_hooks() -> NetworkHooks:
@@ -207,7 +213,8 @@ def decide(split: Split, outputs: dict[str, Outputs], settings: TrainSettings) -
                      None if test.tta_logits is None else measure(test.tta_logits), selective)
 
 
-def build_config(split: Split, decisions: Decisions, settings: TrainSettings) -> ModelConfig:
+def build_config(split: Split, decisions: Decisions, settings: TrainSettings,
+                 network_name: str) -> ModelConfig:
     metrics = evaluate.flat_metrics(decisions.test)
     metrics.update({"melanoma_threshold": decisions.melanoma_threshold,
                     "test_images": decisions.test["images"],
@@ -221,7 +228,7 @@ def build_config(split: Split, decisions: Decisions, settings: TrainSettings) ->
         display_names={label: HAM10000_DISPLAY_NAMES.get(label, label) for label in split.labels},
         input=settings.input_spec(), temperature=decisions.calibration.temperature,
         abstention=decisions.rule, metrics=report.plain(metrics),
-        description=f"{settings.backbone} on HAM10000 (seed {settings.seed}); calibrated; "
+        description=f"{network_name} on HAM10000; calibrated; "
                     "CC BY-NC 4.0, not a diagnostic device")
 
 
@@ -281,16 +288,17 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
                                    tta=settings.tta and name == "test")
                for name, part in parts.items()}
     decisions = decide(split, outputs, settings)
-    config = build_config(split, decisions, settings)
+    config = build_config(split, decisions, settings, hooks.network_name(settings))
     model_dir = settings.model_base / settings.model_name
     check_promotion(model_dir, decisions.test["metrics"]["balanced_accuracy"]["value"],
                     settings.force)
-    return _publish(split, outputs, decisions, config, network, settings, model_dir)
+    return _publish(split, outputs, decisions, config, network, settings, model_dir,
+                    hooks.network_name(settings))
 
 
 def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
              config: ModelConfig, network: Any, settings: TrainSettings,
-             model_dir: Path) -> Path:
+             model_dir: Path, network_name: str) -> Path:
     from trainer.export import ServingModule, save_version
 
     test = outputs["test"]
@@ -300,7 +308,7 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
     sample = SamplePredictions([split.test[i].image_id for i in chosen],
                                probabilities_test[chosen].tolist(), ood_test[chosen].tolist())
     sample_paths = [split.test[i].path for i in chosen]
-    report_data = assemble_report(split, decisions, settings)
+    report_data = assemble_report(split, decisions, settings, network_name)
     plot_inputs = report.PlotInputs(
         split.labels, test.y, probabilities_test, outputs["val"].y, softmax(outputs["val"].logits),
         softmax(outputs["val"].logits, config.temperature),
@@ -374,14 +382,15 @@ def _training_summary(workdir: Path) -> dict[str, Any]:
     return summary
 
 
-def assemble_report(split: Split, decisions: Decisions, settings: TrainSettings) -> dict[str, Any]:
+def assemble_report(split: Split, decisions: Decisions, settings: TrainSettings,
+                    network_name: str = "") -> dict[str, Any]:
     """The report dictionary (the JSON's content); sanity results and size are added later."""
     test = decisions.test
     return {
-        "model": {"name": settings.model_name, "backbone": settings.backbone,
+        "model": {"name": settings.model_name,
+                  "backbone": network_name or f"{settings.backbone} (seed {settings.seed})",
                   "description": f"input {settings.input_size}x{settings.input_size}, "
-                                 f"colour constancy {settings.colour_constancy}, "
-                                 f"seed {settings.seed}",
+                                 f"colour constancy {settings.colour_constancy}",
                   "input": settings.input_spec().__dict__},
         "data": {**datareport.summary(split), "source": str(settings.data_dir),
                  "renditions": None if settings.renditions_dir is None

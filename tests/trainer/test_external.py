@@ -241,6 +241,10 @@ def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> No
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
+    from trainer.ensemble import ensemble_name
+
+    assert ensemble_name([Path("var/s1"), Path("var/s2")], True, "mobilenet_v2") == (
+        "ensemble of 2 mobilenet_v2 networks (s1, s2; mean log-probabilities, flip TTA)")
     flipped = ensemble_network(members, flip_tta=True)
     mirror = np.asarray(flipped(scaled[:, :, ::-1].copy(), training=False)[0])
     np.testing.assert_allclose(np.asarray(flipped(scaled, training=False)[0]), mirror,

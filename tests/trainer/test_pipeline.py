@@ -101,6 +101,7 @@ def test_pipeline_publishes_then_the_gate_refuses_a_worse_version(
                  "report/data_report.md", "report/data_dx.png"):
         assert (extra / name).is_file(), name
     config = ModelConfig.read(version)
+    assert config.description.startswith("tiny (seed 1) on HAM10000")
     assert config.metrics["balanced_accuracy"] > 0.5
     assert config.abstention.max_ood_score is not None and config.temperature > 0
     report = json.loads((extra / "report" / "report.json").read_text())
