@@ -314,3 +314,21 @@ def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Pa
     assert results[specs[2]]["temperature"] != results[specs[1]]["temperature"]
     assert results[specs[3]]["temperature"] != results[specs[1]]["temperature"]
     assert out.with_suffix(".md").read_text().count("\n") == 2 + len(specs)
+
+
+def test_prior_correction_and_the_geometric_mean_of_two_models() -> None:
+    from trainer.sklesion import UNKNOWN_METADATA, figures, geometric_mean, prior_corrected
+
+    priors = np.array([0.5, 0.25, 0.25])
+    probabilities = np.array([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]])
+    corrected = prior_corrected(probabilities, priors)
+    np.testing.assert_allclose(corrected.sum(axis=1), 1)
+    # a class seen half the time needs twice the evidence: the first image changes its argmax
+    assert corrected[0].argmax() == 1 and corrected[1].argmax() == 0
+    mean = geometric_mean(np.array([[0.9, 0.1]]), np.array([[0.1, 0.9]]))
+    np.testing.assert_allclose(mean, [[0.5, 0.5]])
+    # the metadata vector of an image without metadata: unknown sex and site, a missing age
+    assert UNKNOWN_METADATA.shape == (10,) and UNKNOWN_METADATA[-1] == 1
+    y = np.array([MEL, NV])
+    result = figures(y, _probabilities([{"mel": 0.9}, {"nv": 0.9}]))
+    assert result["balanced_accuracy"] == 1.0 and result["melanoma_auc"] == 1.0
