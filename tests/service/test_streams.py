@@ -7,7 +7,7 @@ import io
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -102,6 +102,17 @@ def refusal(action: object) -> tuple[grpc.StatusCode, str | None] | None:
     return None
 
 
+def open_in_turn(streams: Iterable[OpenStream]) -> tuple[
+        list[OpenStream], list[tuple[grpc.StatusCode, str | None] | None]]:
+    """Open the streams one after the other, each read up to its first answer or refusal before
+    the next starts: which of two streams opened at once a cap refuses is a race."""
+    opened, outcomes = [], []
+    for stream in streams:  # a generator: each stream starts only when the previous one answered
+        outcomes.append(refusal(stream.first))
+        opened.append(stream)
+    return opened, outcomes
+
+
 def open_watches(health: health_pb2_grpc.HealthStub, count: int) -> tuple[list[object], list[
         tuple[grpc.StatusCode, str | None] | None]]:
     """Open `count` health watches one after the other, each read up to its first status or
@@ -187,8 +198,8 @@ def test_the_per_client_cap_counts_the_identity_a_call_acts_as(tmp_path: Path) -
     settings = server_settings(security=SecuritySettings(auth_tokens_file=tokens),
                                streams=StreamSettings(max_per_client=1))
     with running_server(FakeBackend(), settings) as running:
-        opened = [OpenStream(running, token) for token in ("tok-a1", "tok-a2", "tok-b")]
-        outcomes = [refusal(stream.first) for stream in opened]
+        opened, outcomes = open_in_turn(OpenStream(running, token)
+                                        for token in ("tok-a1", "tok-a2", "tok-b"))
         for stream in opened:
             stream.close()
     assert outcomes == [None, (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CLIENT_STREAMS"),
@@ -205,8 +216,8 @@ def test_without_tokens_each_client_certificate_is_one_client(tmp_path: Path) ->
         stubs = [pb_grpc.LesionClassifierStub(grpc.secure_channel(
             f"localhost:{running.port}", channel_credentials(pki.ca, cert, key)))
             for cert, key in [(pki.client_cert, pki.client_key)] * 2 + [other]]
-        opened = [OpenStream(running, None, stub) for stub in stubs]
-        outcomes = [refusal(stream.first) for stream in opened]  # one address, two subjects
+        # one address, two subjects
+        opened, outcomes = open_in_turn(OpenStream(running, None, stub) for stub in stubs)
         for stream in opened:
             stream.close()
     assert outcomes == [None, (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CLIENT_STREAMS"),
