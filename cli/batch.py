@@ -63,7 +63,7 @@ def register(commands: Any, environ: Mapping[str, str]) -> None:
                              ("cancel", run_cancel, "cancel a job"),
                              ("results", run_results, "print a job's results")):
         command = commands.add_parser(name, help=text)
-        command.add_argument("job_id")
+        command.add_argument("job_id", help="the server's job id, or the --job-id given at submit")
         command.set_defaults(func=func)
         if name == "results":
             command.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")

@@ -38,6 +38,7 @@ from worker.store import JobStore, connect
 log = logging.getLogger(__name__)
 
 CLIENT_JOB_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{defaults.MAX_CLIENT_JOB_ID_LENGTH}}}")
+SERVER_JOB_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex, as submit makes them
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,24 @@ class JobService:
         shutil.rmtree(self.results.job_dir(job_id), ignore_errors=True)
 
     # --- reading ---------------------------------------------------------------------------------
+    def resolve(self, job_ref: str, caller: Caller = ANONYMOUS) -> str:
+        """The server's job id for `job_ref`: the server's own id, or the `client_job_id` the
+        caller chose at submit time (users type the name they gave, not a 32-digit hex id)."""
+        if SERVER_JOB_ID.fullmatch(job_ref) and self.store.exists(job_ref):
+            return job_ref
+        if CLIENT_JOB_ID.fullmatch(job_ref):
+            key = self.store.idempotency_key(caller.identity, job_ref)
+            job_id = self.store.idempotency_job(key)
+            if job_id is not None:
+                return job_id
+            if not SERVER_JOB_ID.fullmatch(job_ref):
+                raise JobNotFound(f"no batch job {job_ref!r} (unknown, or expired after its "
+                                  "TTL)")
+        return job_ref  # a server id (get() answers NOT_FOUND if unknown) or BAD_JOB_ID
+
     @translated
     def get(self, job_id: str, caller: Caller = ANONYMOUS) -> JobRecord:
+        job_id = self.resolve(job_id, caller)
         self.results.job_dir(job_id)  # rejects malformed ids before they reach Redis
         record = self.store.load(job_id)
         if not caller.may_see(record.owner):
@@ -281,7 +298,7 @@ class JobService:
 
     @translated
     def cancel(self, job_id: str, caller: Caller = ANONYMOUS) -> JobRecord:
-        self.get(job_id, caller)
+        job_id = self.get(job_id, caller).job_id
         record = self.store.cancel(job_id)
         log.info("batch job %s cancelled", job_id)
         return record

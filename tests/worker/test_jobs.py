@@ -101,6 +101,30 @@ def test_resubmission_with_the_same_client_job_id_returns_the_first_job(
     assert other.created and other.job.job_id != first.job.job_id
 
 
+def test_the_client_job_id_a_user_chose_names_the_job_too(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    from core.errors import InvalidRequest
+    from core.identity import Caller
+
+    write_images(input_root / "a", 3)
+    alice, bob = Caller("token:alice"), Caller("token:bob")
+    job_id = jobs.submit(SubmitRequest(JobInput(paths=["a"]), client_job_id="ham-2026-11-23"),
+                         alice).job.job_id
+    assert jobs.get("ham-2026-11-23", alice).job_id == job_id
+    run_worker_burst(settings, FakeBackend())
+    page = jobs.list_results("ham-2026-11-23", 10, "", alice)
+    assert page.job.job_id == job_id and len(page.results) == 3
+    assert [record.job_id for record in jobs.watch("ham-2026-11-23", caller=alice)] == [job_id]
+    with pytest.raises(FailedPrecondition):  # it names the job: cancelling a finished one
+        jobs.cancel("ham-2026-11-23", alice)
+    # another owner's name for it is not a name for them, nor is a name nobody chose
+    for ref, caller in (("ham-2026-11-23", bob), ("never-submitted", alice)):
+        with pytest.raises(JobNotFound):
+            jobs.get(ref, caller)
+    with pytest.raises(InvalidRequest, match="malformed job id"):
+        jobs.get("../etc", alice)
+
+
 def test_inline_images_are_classified(jobs: JobService, settings: WorkerSettings) -> None:
     images = [InlineImage(f"photo-{i}", jpeg_bytes(i)) for i in range(3)]
     images.append(InlineImage("", b"\x89PNG\r\n\x1a\n broken"))

@@ -150,6 +150,9 @@ def test_submit_watch_and_page_through_results(
     assert (final.total_images, final.done_images, final.failed_images) == (9, 9, 1)
     assert final.model.version == 1 and final.HasField("finish_time")
     assert Path(final.results_jsonl_path).is_file() and Path(final.results_csv_path).is_file()
+    # the name the client chose works wherever the server's id does
+    named = stub.GetBatchJob(pb.GetBatchJobRequest(job_id="screening-7"), timeout=10).job
+    assert named.job_id == job_id and named.client_job_id == "screening-7"
 
     seen, token = [], ""
     while True:
