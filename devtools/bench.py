@@ -41,6 +41,7 @@ from PIL import Image
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import to_model_input
 from core.validation import ImageLimits, decode_image
+from devtools.health import wait_until_serving
 from devtools.ports import free_port
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the targets
@@ -117,20 +118,10 @@ def start_server(target: Target, port: int, extra_args: Sequence[str]) -> subpro
 
 
 def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes]) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(channel)
-    until = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < until:
-        if server.poll() is not None:
-            raise RuntimeError(f"the server exited with status {server.returncode}")
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.25)
+    if wait_until_serving(channel, SERVER_START_TIMEOUT_S, lambda: server.poll() is not None):
+        return
+    if server.poll() is not None:
+        raise RuntimeError(f"the server exited with status {server.returncode}")
     raise RuntimeError("the server did not become SERVING in time")
 
 

@@ -23,6 +23,7 @@ from types import FrameType
 import grpc
 
 from core import defaults as core_defaults
+from devtools.health import wait_until_serving
 from devtools.redis import redis_command
 from service import defaults
 
@@ -116,21 +117,10 @@ def stack_processes(args: argparse.Namespace) -> list[Process]:
     return [redis_process(), front_process(args, model_base), worker_process(args, model_base)]
 
 
-def wait_until_serving(target: str, processes: Sequence[Process]) -> bool:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    until = time.monotonic() + READY_TIMEOUT_S
+def front_serving(target: str, processes: Sequence[Process]) -> bool:
     with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < until and not any_exited(processes):
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            except grpc.RpcError:
-                pass
-            time.sleep(POLL_S)
-    return False
+        return wait_until_serving(channel, READY_TIMEOUT_S, lambda: any_exited(processes),
+                                  poll_s=POLL_S)
 
 
 def any_exited(processes: Sequence[Process]) -> bool:
@@ -163,7 +153,7 @@ def run(processes: list[Process], target: str) -> int:
     signal.signal(signal.SIGTERM, handle)
     for process in processes:
         process.start()
-    if wait_until_serving(target, processes):
+    if front_serving(target, processes):
         print_usage(target)
     while not stopping and not any_exited(processes):
         time.sleep(POLL_S)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.tls import channel_credentials
+from devtools.health import wait_until_serving
 from devtools.ports import free_port
 from devtools.redis import redis_command
 from tools.attack.pki import Pki, client_certificate, make_pki
@@ -206,18 +206,12 @@ def start(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None =
 
 def wait_ready(stack: Stack) -> None:
     """Until the health-only port says SERVING (a version answered a probe image)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
     with grpc.insecure_channel(f"127.0.0.1:{stack.health_port}") as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if stack.crashed():
-                raise RuntimeError(f"the stack died while starting: {stack.crashed()}; "
-                                   f"logs in {stack.workdir}")
-            try:
-                status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.25)  # a poll of a starting process, not a synchronisation
+        serving = wait_until_serving(channel, READY_TIMEOUT_S, lambda: bool(stack.crashed()),
+                                     check_timeout_s=2.0)
+    if serving:
+        return
+    if stack.crashed():
+        raise RuntimeError(f"the stack died while starting: {stack.crashed()}; "
+                           f"logs in {stack.workdir}")
     raise RuntimeError(f"the front did not become SERVING in {READY_TIMEOUT_S} s")
