@@ -35,7 +35,7 @@ from trainer.data import (
     load_records,
     load_rendition,
 )
-from trainer.evaluate import MELANOMA
+from trainer.evaluate import melanoma_threshold
 from trainer.external import external_metrics, own_metrics, write_results
 from trainer.pipeline import primary_rendition
 from trainer.settings import TrainSettings
@@ -100,9 +100,7 @@ def evaluate_candidate(network: Any, split: Split, external: Sequence[Record],
     val_y = label_indices(split.val, labels)
     val_logits = predict_network(network, split.val, spec)[0]
     temperature = calibrate(val_logits, val_y).temperature
-    melanoma = labels.index(MELANOMA)
-    threshold = m.threshold_for_sensitivity(softmax(val_logits, temperature)[:, melanoma],
-                                            val_y == melanoma, sensitivity)
+    threshold = melanoma_threshold(softmax(val_logits, temperature), val_y, labels, sensitivity)
     test = primary_rendition(split.test)
     test_probabilities = softmax(predict_network(network, test, spec)[0], temperature)
     external_probabilities = softmax(predict_network(network, external, spec)[0], temperature)

@@ -45,6 +45,16 @@ def _metric_functions(num_classes: int, positive: int | None,
     return functions
 
 
+def melanoma_threshold(probabilities: np.ndarray, y: np.ndarray, labels: Sequence[str],
+                       sensitivity: float) -> float | None:
+    """The operating point: the highest P(mel) threshold reaching `sensitivity` on these
+    (validation) images; None without a melanoma class."""
+    if MELANOMA not in labels:
+        return None
+    melanoma = list(labels).index(MELANOMA)
+    return m.threshold_for_sensitivity(probabilities[:, melanoma], y == melanoma, sensitivity)
+
+
 def per_class_table(y: np.ndarray, probabilities: np.ndarray,
                     labels: Sequence[str]) -> dict[str, dict[str, float]]:
     scores = m.per_class(m.confusion_matrix(y, probabilities.argmax(1), len(labels)))

@@ -42,6 +42,7 @@ from trainer.data import (
     load_records,
 )
 from trainer.evaluate import MELANOMA
+from trainer.served import ServedVersion
 
 logger = logging.getLogger(__name__)
 
@@ -155,10 +156,10 @@ def own_test_records(version_dir: Path, sources: Sources) -> tuple[list[Record],
 class Measurer:
     """Classifies images through one version's SavedModel, as the service does."""
 
-    def __init__(self, version_dir: Path) -> None:
-        from trainer.served import ServedVersion
-
-        self.served = ServedVersion(version_dir)
+    def __init__(self, version_dir: Path, served: ServedVersion | None = None) -> None:
+        """`served`: the version's `trainer.served.ServedVersion` when the caller has loaded it
+        already (loading a SavedModel costs seconds, an ensemble's more)."""
+        self.served = served if served is not None else ServedVersion(version_dir)
         self.labels = self.served.config.labels
         threshold = self.served.config.metrics.get("melanoma_threshold")
         self.melanoma_threshold = None if threshold is None else float(threshold)
@@ -198,9 +199,11 @@ def measure_external(measurer: Measurer, external_dir: Path,
 
 
 def measure_version(version_dir: Path, sources: Sources, bootstrap: int = DEFAULT_BOOTSTRAP,
-                    with_cost: bool = True) -> dict[str, Any]:
-    """Every figure of this module for one version (see the module docstring)."""
-    measurer = Measurer(version_dir)
+                    with_cost: bool = True, served: ServedVersion | None = None
+                    ) -> dict[str, Any]:
+    """Every figure of this module for one version (see the module docstring); `served` as for
+    Measurer."""
+    measurer = Measurer(version_dir, served)
     labels, threshold = measurer.labels, measurer.melanoma_threshold
     result: dict[str, Any] = {"version_dir": str(version_dir), "labels": list(labels),
                               "melanoma_threshold": threshold}

@@ -37,8 +37,8 @@ from trainer.data import (
 from trainer.errors import DataError, SanityCheckFailed
 from trainer.external import Sources, check_external_gate, measure_version
 from trainer.features import FeatureStatistics
-from trainer.metrics import threshold_for_sensitivity
 from trainer.publish import SamplePredictions, check_promotion, publish, verify_reproduces
+from trainer.served import ServedVersion
 from trainer.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -195,9 +195,8 @@ def decide(split: Split, outputs: dict[str, Outputs], settings: TrainSettings) -
     ood_val = statistics.ood_scores(val.features)
     rule = abstention.choose_rule(probabilities_val, ood_val, settings.ood_quantile,
                                   settings.target_coverage)
-    melanoma = labels.index(evaluate.MELANOMA) if evaluate.MELANOMA in labels else None
-    threshold = None if melanoma is None else threshold_for_sensitivity(
-        probabilities_val[:, melanoma], val.y == melanoma, settings.melanoma_sensitivity)
+    threshold = evaluate.melanoma_threshold(probabilities_val, val.y, labels,
+                                            settings.melanoma_sensitivity)
     groups = [r.lesion_id for r in split.test]
 
     def measure(logits: np.ndarray) -> dict[str, Any]:
@@ -323,11 +322,13 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         shutil.copytree(settings.workdir / REPORT_DIR, version_dir / "assets.extra" / REPORT_DIR)
 
     def check_sanity_and_report(version_dir: Path) -> None:
-        failures = run_sanity(version_dir, decisions, settings)
+        served = ServedVersion(version_dir)  # loaded once for the sanity images and the checks
+        failures = run_sanity(served, decisions, settings)
         report_data["sanity"] = decisions.sanity
         if settings.external_dir is not None:
             report_data["external_check"] = measure_version(
-                version_dir, external_sources(settings), settings.bootstrap_samples)
+                version_dir, external_sources(settings), settings.bootstrap_samples,
+                served=served)
         report_data["model"]["size_bytes"] = _directory_bytes(version_dir)
         inputs = report.PlotInputs(**{**plot_inputs.__dict__, "ood_sanity": np.array(
             [r["ood_score"] for r in decisions.sanity])})
@@ -358,11 +359,9 @@ def external_sources(settings: TrainSettings) -> Sources:
     return Sources(settings.data_dir, settings.external_dir, settings.renditions_dir)
 
 
-def run_sanity(version_dir: Path, decisions: Decisions, settings: TrainSettings) -> list[str]:
-    """Classify the sanity and noise images through the candidate; return those answered."""
-    from trainer.served import ServedVersion
-
-    served = ServedVersion(version_dir)
+def run_sanity(served: ServedVersion, decisions: Decisions, settings: TrainSettings) -> list[str]:
+    """Classify the sanity and noise images through the candidate (a loaded
+    `trainer.served.ServedVersion`); return those answered."""
     images = (abstention.sanity_images(settings.sanity_dir)
               + abstention.noise_images(settings.seed, settings.noise_images))
     results = abstention.check_sanity(served.classify, images, served.config.labels,
