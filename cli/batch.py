@@ -4,7 +4,7 @@
                            [--priority low|normal|high] [--no-wait]
     dermserve batch status JOB_ID
     dermserve batch watch JOB_ID
-    dermserve batch results JOB_ID [--format jsonl|csv] [--output FILE]
+    dermserve batch results JOB_ID [--format jsonl|csv|ndjson] [--output FILE]
     dermserve batch cancel JOB_ID
 
 A directory or image file is sent as a reference (the server reads it from its input roots); a
@@ -32,7 +32,11 @@ from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.batch_jobs import image_result
 from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
-from worker.results import CsvExporter, labels_of
+from worker.results import EXPORTERS, ResultExporter, labels_of
+
+EXPORTERS_BY_NAME: dict[str, ResultExporter] = {
+    exporter.name: exporter for exporter in EXPORTERS if exporter.name != "jsonl"}
+"""The job's exporters the client runs on the listed results (jsonl prints the messages)."""
 
 PROGRESS_WIDTH = 30  # characters of the progress bar
 TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
@@ -66,7 +70,9 @@ def register(commands: Any, environ: Mapping[str, str]) -> None:
         command.add_argument("job_id", help="the server's job id, or the --job-id given at submit")
         command.set_defaults(func=func)
         if name == "results":
-            command.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+            command.add_argument("--format", choices=("jsonl", *EXPORTERS_BY_NAME),
+                                 default="jsonl",
+                                 help="ndjson: FHIR resources, one per line (Bulk Data)")
             command.add_argument("--output", type=Path, help="write here instead of stdout")
         add_connection_arguments(command, environ)
     add_connection_arguments(submit, environ)
@@ -216,9 +222,10 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
         for result in result_pages(stub, args):
             out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
         return
-    # The job's own exporter, so that this file is the job's results.csv, byte for byte.
+    # The job's own exporter, so that this file is the job's results.csv, byte for byte (the
+    # NDJSON export's resources have fresh ids and times).
     results = [image_result(message) for message in result_pages(stub, args)]
-    for piece in CsvExporter().lines(results, labels_of(results)):
+    for piece in EXPORTERS_BY_NAME[args.format].lines(results, labels_of(results)):
         out.write(piece)
 
 

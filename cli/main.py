@@ -1,6 +1,7 @@
 """`dermserve`: the command-line client, for operators and smoke tests.
 
-    dermserve classify IMAGE... [--json] [--target HOST:PORT] [--version N | --label L]
+    dermserve classify IMAGE... [--format table|json|fhir] [--json] [--target HOST:PORT]
+                                [--version N | --label L]
                                 [--token T] [--tls] [--tls-ca F] [--tls-cert F --tls-key F]
     dermserve models [--json]
     dermserve batch ...          (cli/batch.py)
@@ -27,6 +28,9 @@ from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 
 Command = Callable[[argparse.Namespace], int]
+RESULT_FORMATS = {"table": pb.RESULT_FORMAT_UNSPECIFIED, "json": pb.RESULT_FORMAT_UNSPECIFIED,
+                  "fhir": pb.RESULT_FORMAT_FHIR}
+"""`--format` choices and what each asks the server for."""
 
 
 def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
@@ -46,7 +50,8 @@ def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
         entry["error"] = {"code": "LOCAL", "reason": "UNREADABLE_FILE", "message": str(exc)}
         return entry
     try:
-        response = stub.Classify(pb.ClassifyRequest(image=data, model=selector(args)),
+        response = stub.Classify(pb.ClassifyRequest(image=data, model=selector(args),
+                                                    format=RESULT_FORMATS[args.format]),
                                  timeout=args.timeout, metadata=call_metadata(args))
         entry["result"] = MessageToDict(response, preserving_proto_field_name=True,
                                         always_print_fields_with_no_presence=True)
@@ -72,11 +77,25 @@ def print_entry(entry: dict[str, Any], out: TextIO) -> None:
               file=out)
 
 
+def print_fhir(entries: Sequence[dict[str, Any]], out: TextIO, errors: TextIO) -> None:
+    """One FHIR Bundle per classified image, one per line (a single image: one JSON document);
+    errors go to `errors`, as in the table."""
+    for entry in entries:
+        if "error" in entry:
+            print_entry(entry, errors)
+        else:
+            print(entry["result"]["fhir_bundle_json"], file=out)
+
+
 def run_classify(args: argparse.Namespace) -> int:
+    if args.json:
+        args.format = "json"
     with open_channel(args) as channel:
         stub = pb_grpc.LesionClassifierStub(channel)
         entries = [classify_one(stub, Path(image), args) for image in args.images]
-    if args.json:
+    if args.format == "fhir":
+        print_fhir(entries, sys.stdout, sys.stderr)
+    elif args.format == "json":
         json.dump(entries, sys.stdout, indent=2)
         print()
     else:
@@ -109,9 +128,11 @@ def run_models(args: argparse.Namespace) -> int:
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dermserve", description="dermserve client")
     commands = parser.add_subparsers(dest="command", required=True)
-    classify = commands.add_parser("classify", help="classify JPEG or PNG images")
+    classify = commands.add_parser("classify", help="classify JPEG, PNG or DICOM images")
     classify.add_argument("images", nargs="+", metavar="IMAGE")
-    classify.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    classify.add_argument("--format", choices=tuple(RESULT_FORMATS), default="table",
+                          help="a table, the responses as JSON, or a FHIR Bundle per image")
+    classify.add_argument("--json", action="store_true", help="the same as --format json")
     which = classify.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="pin a model version")
     which.add_argument("--label", help="use a labelled version, e.g. stable")

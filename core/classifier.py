@@ -12,6 +12,7 @@ the model input, a few kB; the large decoded pixels never outlive their share.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
+from core.dicom import DICOM_INFO_KEY
 from core.errors import (
     BackendTimeout,
     DermserveError,
@@ -30,7 +32,7 @@ from core.errors import (
 )
 from core.model_config import InputSpec, ModelConfig
 from core.observe import NullObserver, Observer
-from core.prediction import Prediction, build_prediction
+from core.prediction import DicomReference, Prediction, build_prediction
 from core.preprocessing import detail_size, to_model_input
 from core.settings import ServingSettings
 from core.validation import (
@@ -116,9 +118,10 @@ class Classifier:
                 opened[index] = self.open(data, deadline)  # the backend's state
             except InvalidImage as exc:
                 results[index] = exc
+        sources = {index: image.info.get(DICOM_INFO_KEY) for index, image in opened.items()}
         if opened:
             results.update(self._predict(opened, images, ids, ref, deadline))
-        return [results[index] for index in range(len(images))]
+        return [with_source(results[index], sources.get(index)) for index in range(len(images))]
 
     def describe(self, ref: ModelRef | None = None, timeout: float | None = None) -> VersionInfo:
         """The version `ref` (default: the latest) resolves to now."""
@@ -214,6 +217,14 @@ class Classifier:
         for prediction in predictions:
             self.observer.predicted(prediction)
         return predictions
+
+
+def with_source(result: Prediction | DermserveError,
+                source: DicomReference | None) -> Prediction | DermserveError:
+    """A prediction of a DICOM image carries the image's UIDs (core/dicom.py)."""
+    if source is None or not isinstance(result, Prediction):
+        return result
+    return dataclasses.replace(result, dicom=source)
 
 
 def require_config(version: VersionInfo) -> ModelConfig:

@@ -27,6 +27,17 @@ class LabelProbability:
 
 
 @dataclass(frozen=True)
+class DicomReference:
+    """Where a DICOM image came from (core/dicom.py): its UIDs, never its patient."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str = ""
+    modality: str = ""
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One image's result: every class, sorted by probability, and the version that made it."""
 
@@ -36,6 +47,7 @@ class Prediction:
     probabilities: tuple[LabelProbability, ...]
     abstention: Abstention
     ood_score: float
+    dicom: DicomReference | None = None  # set when the image was a DICOM object
 
     @property
     def top_label(self) -> str:

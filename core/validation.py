@@ -7,9 +7,10 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 |------------------------------------------|-----------|-----------------------|
 | no bytes                                 | reject    | EMPTY_IMAGE           |
 | more than `max_bytes`                    | reject    | IMAGE_TOO_LARGE       |
-| not JPEG or PNG by magic bytes (GIF,     | reject    | UNSUPPORTED_FORMAT    |
+| not JPEG, PNG or DICOM by content (GIF,  | reject    | UNSUPPORTED_FORMAT    |
 | WebP, BMP, TIFF, random bytes), whatever |           |                       |
 | the caller claims                        |           |                       |
+| DICOM (`DICM` at byte 128)               | its own   | core/dicom.py's table |
 | header unreadable                        | reject    | CORRUPT_IMAGE         |
 | width*height over `max_pixels` (from the | reject    | TOO_MANY_PIXELS       |
 | header, before decoding: bombs)          |           |                       |
@@ -128,7 +129,7 @@ def sniff_format(data: bytes) -> str:
         return "JPEG"
     if data.startswith(PNG_MAGIC):
         return "PNG"
-    raise InvalidImage("only JPEG and PNG images are accepted", "UNSUPPORTED_FORMAT")
+    raise InvalidImage("only JPEG, PNG and DICOM images are accepted", "UNSUPPORTED_FORMAT")
 
 
 def check_size(data: bytes, limits: ImageLimits) -> None:
@@ -251,8 +252,19 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def open_image(data: bytes, limits: ImageLimits,
                check_deadline: DeadlineCheck | None = None) -> Image.Image:
-    """Every check that needs no pixels; returns the image with its pixel data still encoded."""
+    """Every check that needs no pixels; returns the image with its pixel data still encoded
+    (a DICOM object's JPEG frame likewise; see core/dicom.py)."""
     check_size(data, limits)
+    from core import dicom  # here, not at the top: core.dicom builds on this module's checks
+    if dicom.is_dicom(data):
+        return dicom.open_dicom(data, limits,
+                                lambda frame: open_encoded(frame, limits, check_deadline))
+    return open_encoded(data, limits, check_deadline)
+
+
+def open_encoded(data: bytes, limits: ImageLimits,
+                 check_deadline: DeadlineCheck | None = None) -> Image.Image:
+    """open_image for a JPEG or PNG."""
     image_format = sniff_format(data)
     image = open_header(data, image_format, check_deadline)
     check_dimensions(*image.size, limits)

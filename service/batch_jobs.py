@@ -20,6 +20,7 @@ from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.auth import caller_of
+from service.servicer import from_dicom_reference, to_dicom_reference
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from worker.records import JobRecord, Priority
 from worker.results import ImageError, ImageResult
@@ -62,7 +63,8 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     return stamp
 
 
-def job_message(record: JobRecord, jsonl_path: str = "", csv_path: str = "") -> pb.BatchJob:
+def job_message(record: JobRecord, jsonl_path: str = "", csv_path: str = "",
+                ndjson_path: str = "") -> pb.BatchJob:
     eta = record.eta_seconds()
     message = pb.BatchJob(
         job_id=record.job_id, client_job_id=record.client_job_id,
@@ -70,7 +72,8 @@ def job_message(record: JobRecord, jsonl_path: str = "", csv_path: str = "") -> 
         total_images=record.total, done_images=record.done, failed_images=record.failed,
         abstained_images=record.abstained, priority=PRIORITY_TO_PROTO[record.priority],
         eta_seconds=-1.0 if eta is None else eta, error=record.error,
-        results_jsonl_path=jsonl_path, results_csv_path=csv_path)
+        results_jsonl_path=jsonl_path, results_csv_path=csv_path,
+        results_ndjson_path=ndjson_path)
     if record.resolved_version is not None:
         message.model.CopyFrom(lc.ModelVersionRef(name=record.model_name,
                                                   version=record.resolved_version))
@@ -99,6 +102,8 @@ def result_message(result: ImageResult) -> pb.BatchImageResult:
     message.ood_score = result.ood_score
     message.model.CopyFrom(lc.ModelVersionRef(name=result.model_name,
                                               version=result.model_version))
+    if result.dicom is not None:
+        message.dicom.CopyFrom(to_dicom_reference(result.dicom))
     return message
 
 
@@ -114,7 +119,8 @@ def image_result(message: pb.BatchImageResult) -> ImageResult:
         message.index, message.reference, message.model.name, message.model.version,
         tuple((p.label, p.display_name, p.probability) for p in message.probabilities),
         reason.removeprefix("ABSTENTION_REASON_") if message.abstained else "NONE",
-        message.ood_score)
+        message.ood_score,
+        dicom=from_dicom_reference(message.dicom) if message.HasField("dicom") else None)
 
 
 class BatchJobsServicer(pb_grpc.BatchJobsServicer):
@@ -125,7 +131,8 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
         if record.state.name != "SUCCEEDED":
             return job_message(record)
         paths = self.jobs.export_paths(record.job_id)
-        return job_message(record, str(paths["jsonl"]), str(paths["csv"]))
+        return job_message(record, str(paths["jsonl"]), str(paths["csv"]),
+                           str(paths["ndjson"]))
 
     def SubmitBatchJob(self, request: pb.SubmitBatchJobRequest,
                        context: grpc.ServicerContext) -> pb.SubmitBatchJobResponse:

@@ -6,6 +6,7 @@ ClassifyStream each image's error becomes that image's `error` and the stream go
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -14,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from core import fhir
 from core.backends.base import ModelRef, VersionInfo, VersionState
 from core.classifier import Classifier
 from core.errors import DermserveError, InvalidRequest
-from core.prediction import Abstention, Prediction
+from core.prediction import Abstention, DicomReference, Prediction
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service import defaults
@@ -65,7 +67,10 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
             request.image, self._ref(request.model), request_id, self._timeout(context))
         log.debug("classified: version %d, abstention %s", prediction.model_version,
                   prediction.abstention.value)
-        return to_response(prediction)
+        response = to_response(prediction)
+        if request.format == pb.RESULT_FORMAT_FHIR:
+            response.fhir_bundle_json = fhir.bundle_json(prediction)
+        return response
 
     def ClassifyStream(self, request_iterator: Iterator[pb.ClassifyStreamRequest],
                        context: grpc.ServicerContext) -> Iterator[pb.ClassifyStreamResponse]:
@@ -155,7 +160,17 @@ def to_response(prediction: Prediction) -> pb.ClassifyResponse:
         request_id=prediction.request_id,
         abstained=prediction.abstained,
         abstention_reason=ABSTENTION_REASONS[prediction.abstention],
-        ood_score=prediction.ood_score)
+        ood_score=prediction.ood_score,
+        dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom))
+
+
+def to_dicom_reference(dicom: DicomReference) -> pb.DicomReference:
+    return pb.DicomReference(**dataclasses.asdict(dicom))
+
+
+def from_dicom_reference(message: pb.DicomReference) -> DicomReference:
+    return DicomReference(message.study_instance_uid, message.series_instance_uid,
+                          message.sop_instance_uid, message.sop_class_uid, message.modality)
 
 
 def to_model_version(info: VersionInfo) -> pb.ModelVersion:

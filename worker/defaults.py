@@ -35,7 +35,8 @@ DEFAULT_JOB_TTL_S = 7 * 24 * 3600  # seconds a finished job stays readable: a we
 DEFAULT_ACTIVE_JOB_TTL_S = 30 * 24 * 3600  # seconds; a safety net so nothing lives forever
 MAX_CLIENT_JOB_ID_LENGTH = 128  # characters; documented in the proto
 MAX_INLINE_NAME_LENGTH = 512  # characters; documented in the proto
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")  # what a directory reference contributes
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")  # what a directory reference contributes
+# (which files a directory lists; each file's format is still judged by its content)
 MAX_REFERENCE_BYTES = 4096  # bytes of one path reference: Linux's PATH_MAX, so a longer one
 # could never be opened and is refused before it reaches the file system
 

@@ -3,8 +3,9 @@
     <output_dir>/<job_id>/inputs/<index>.img          inline images, spooled at submission
     <output_dir>/<job_id>/chunks/<chunk>.input.json    the chunk's image references
     <output_dir>/<job_id>/chunks/<chunk>.jsonl         the chunk's results, one line per image
-    <output_dir>/<job_id>/results.jsonl, results.csv   the exports, written when the job succeeds
-                                                       (one file per `ResultExporter` in EXPORTERS)
+    <output_dir>/<job_id>/results.jsonl, results.csv,  the exports, written when the job succeeds
+                          results.ndjson               (one file per `ResultExporter` in EXPORTERS;
+                                                       results.ndjson is FHIR, core/fhir.py)
 
 A CSV cell that a spreadsheet would run as a formula (it starts with = + - @, a tab or a carriage
 return, as a reference named `=HYPERLINK(...)` does) is written with a leading single quote
@@ -24,15 +25,18 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from core import fhir
 from core.errors import DermserveError, InvalidRequest
-from core.prediction import Prediction
+from core.prediction import Abstention, DicomReference, LabelProbability, Prediction
 from worker.references import ImageRef, printable
 
 EXPORT_JSONL = "results.jsonl"
 EXPORT_CSV = "results.csv"
+EXPORT_NDJSON = "results.ndjson"
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 NUMBER = re.compile(r"[+-]?\d+(\.\d*)?([eE][+-]?\d+)?")
 
@@ -62,6 +66,7 @@ class ImageResult:
     abstention: str = "NONE"
     ood_score: float = 0.0
     error: ImageError | None = None
+    dicom: DicomReference | None = None  # the DICOM object's UIDs, when the image was one
 
     @property
     def abstained(self) -> bool:
@@ -78,7 +83,15 @@ class ImageResult:
         # printable: a job queued before references were made printable may still carry raw
         # file name bytes, which no CSV, JSON or protobuf string can hold.
         return cls(index, printable(reference), prediction.model_name, prediction.model_version,
-                   probabilities, prediction.abstention.value, prediction.ood_score)
+                   probabilities, prediction.abstention.value, prediction.ood_score,
+                   dicom=prediction.dicom)
+
+    def prediction(self) -> Prediction:
+        """A classified image's result as the classifier gave it (for the FHIR export)."""
+        return Prediction(
+            "", self.model_name, self.model_version,
+            tuple(LabelProbability(*item) for item in self.probabilities),
+            Abstention(self.abstention), self.ood_score, self.dicom)
 
     @classmethod
     def failed(cls, index: int, reference: str, error: DermserveError) -> ImageResult:
@@ -99,7 +112,8 @@ class ImageResult:
                    probabilities=tuple((str(a), str(b), float(c))
                                        for a, b, c in raw.get("probabilities", [])),
                    abstention=raw.get("abstention", "NONE"),
-                   ood_score=float(raw.get("ood_score", 0.0)), error=error)
+                   ood_score=float(raw.get("ood_score", 0.0)), error=error,
+                   dicom=DicomReference(**raw["dicom"]) if raw.get("dicom") else None)
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -161,7 +175,7 @@ class ResultStore:
             return [ImageResult.from_json(line) for line in handle if line.strip()]
 
     def export_paths(self, job_id: str) -> dict[str, Path]:
-        """Each export's file, by format name ("jsonl", "csv")."""
+        """Each export's file, by format name ("jsonl", "csv", "ndjson")."""
         return {exporter.name: self.job_dir(job_id) / exporter.filename
                 for exporter in self.exporters}
 
@@ -216,7 +230,32 @@ class CsvExporter:
         return csv_lines(results, labels)
 
 
-EXPORTERS: tuple[ResultExporter, ...] = (JsonlExporter(), CsvExporter())
+class FhirNdjsonExporter:
+    """FHIR R4 (R4B) resources, one per line (the Bulk Data NDJSON convention): each classified
+    image's DiagnosticReport and Observations, each model version's Device and each DICOM
+    study's ImagingStudy once. Images that failed have no resources (their errors are in the
+    JSONL and CSV exports)."""
+
+    name = "ndjson"
+    filename = EXPORT_NDJSON
+
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+        issued = datetime.now(UTC)
+        written: set[str] = set()  # ids of the shared resources (Device, ImagingStudy)
+        for result in results:
+            if result.error is not None:
+                continue
+            for resource in fhir.analysis_resources(result.prediction(), issued,
+                                                    in_bundle=False):
+                key = f"{resource.get_resource_type()}/{resource.id}"
+                if key in written:
+                    continue
+                if resource.get_resource_type() in fhir.SHARED_RESOURCES:
+                    written.add(key)
+                yield fhir.resource_json(resource) + "\n"
+
+
+EXPORTERS: tuple[ResultExporter, ...] = (JsonlExporter(), CsvExporter(), FhirNdjsonExporter())
 
 
 def labels_of(results: Iterable[ImageResult]) -> list[str]:
@@ -230,13 +269,16 @@ def labels_of(results: Iterable[ImageResult]) -> list[str]:
 CSV_COLUMNS = ["index", "reference", "status", "top_label", "abstained", "abstention_reason",
                "model_name", "model_version", "ood_score", "error_code", "error_reason",
                "error_message"]
+DICOM_COLUMNS = ["study_instance_uid", "series_instance_uid", "sop_instance_uid"]
+"""Last, after the p_<label> columns, so that the columns before them keep their places."""
 
 
 def csv_lines(results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
-    """CSV rows: fixed columns, then one `p_<label>` column per class of the model version."""
+    """CSV rows: fixed columns, one `p_<label>` column per class of the model version, then the
+    DICOM UIDs (empty for a JPEG or PNG)."""
     buffer = _LineBuffer()
     writer = csv.writer(buffer)
-    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels)]
+    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels), *DICOM_COLUMNS]
     writer.writerow([csv_cell(name) for name in header])
     yield buffer.take()
     for result in results:
@@ -262,7 +304,14 @@ def csv_row(result: ImageResult, labels: Sequence[str]) -> list[object]:
             error.code if error else "", error.reason if error else "",
             error.message if error else "",
             *(f"{probabilities[label]:.6f}" if label in probabilities else ""
-              for label in labels)]
+              for label in labels),
+            *dicom_cells(result.dicom)]
+
+
+def dicom_cells(dicom: DicomReference | None) -> list[str]:
+    if dicom is None:
+        return [""] * len(DICOM_COLUMNS)
+    return [dicom.study_instance_uid, dicom.series_instance_uid, dicom.sop_instance_uid]
 
 
 class _LineBuffer:
