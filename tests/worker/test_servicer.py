@@ -265,3 +265,31 @@ def test_redis_down_is_unavailable_and_quick(
     assert time.monotonic() - started < 10
     redis_server.start()
     assert stub.GetBatchJob(pb.GetBatchJobRequest(job_id=job_id), timeout=20).job.job_id == job_id
+
+
+def test_cli_results_of_dicom_files_as_fhir_ndjson(
+        target: str, settings: WorkerSettings, input_root: Path,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`dermserve batch results --format ndjson`: the job's results as FHIR resources, each line
+    validated by its R4B model; the JSONL listing carries each image's DICOM UIDs."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from cli.batch import main
+    from tests.dicom_files import ham_dicom
+
+    (input_root / "dicom").mkdir()
+    for index, variant in enumerate(("uncompressed-rgb", "jpeg-ybr422")):
+        (input_root / "dicom" / f"{index}.dcm").write_bytes(ham_dicom(variant))
+    assert main(["submit", str(input_root / "dicom"), "--no-wait", "--target", target]) == 0
+    job_id = json.loads(capsys.readouterr().out)["job_id"]
+    run_worker_burst(settings, FakeBackend())
+    assert main(["results", job_id, "--target", target]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert all(item["dicom"]["sop_instance_uid"] for item in listed) and len(listed) == 2
+    output = tmp_path / "results.ndjson"
+    assert main(["results", job_id, "--format", "ndjson", "--output", str(output),
+                 "--target", target]) == 0
+    lines = output.read_text(encoding="utf-8").splitlines()
+    kinds = [get_fhir_model_class(json.loads(line)["resourceType"]).model_validate_json(line)
+             .get_resource_type() for line in lines]
+    assert kinds.count("DiagnosticReport") == 2 and kinds.count("ImagingStudy") == 2
