@@ -20,16 +20,15 @@ from pydicom.uid import CTImageStorage
 from cli.main import main
 from core.errors import InvalidImage
 from core.validation import ImageLimits, decode_image
+from devtools.dicom_sample import VARIANTS, to_bytes
 from tests.dicom_files import (
     PLANTED,
-    VARIANTS,
     bundled,
     bundled_as_photograph,
     dermoscopic_dicom,
     dicom_dataset,
     ham_dicom,
     ham_image,
-    to_bytes,
 )
 from tests.service.conftest import Running, pb, reason_of
 
