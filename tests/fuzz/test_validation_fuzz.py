@@ -1,8 +1,9 @@
 """Fuzzing the two places where untrusted input first meets dermserve: image validation
 (`core.validation.decode_image`, shared by Classify and the batch worker) and batch references
 (`worker.references`: reference paths, manifest text). Hypothesis feeds random bytes, mutated real
-JPEGs and PNGs, and random text; the only acceptable outcomes are a valid result or an error of
-dermserve's own tree that maps to a client status (never InternalError, never anything else).
+JPEGs, PNGs and DICOM files, and random text; the only acceptable outcomes are a valid result or
+an error of dermserve's own tree that maps to a client status (never InternalError, never
+anything else).
 
 `make test` runs a short, derandomized run (FUZZ_EXAMPLES, default 200 per target: the same
 examples every time); `make fuzz` a long random one (FUZZ_EXAMPLES=20000 FUZZ_RANDOM=1).
@@ -22,6 +23,7 @@ from PIL import Image
 
 from core.errors import DermserveError, InternalError
 from core.validation import ImageLimits, decode_image
+from devtools.dicom_sample import VARIANTS, photograph_dataset, to_bytes
 from worker.references import InputRoots, manifest_paths
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
@@ -70,6 +72,17 @@ random_images = st.one_of(
     st.binary(max_size=512).map(lambda b: b"\x89PNG\r\n\x1a\n" + b))
 
 
+DICOM_SEEDS = tuple(
+    to_bytes(photograph_dataset(Image.fromarray(
+        np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)), variant))
+    for variant in sorted(VARIANTS))
+mutated_dicom = st.builds(
+    _mutate, st.sampled_from(DICOM_SEEDS),
+    st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), max_size=8),
+    st.integers(0, 1 << 16))
+random_dicom = st.binary(max_size=1024).map(lambda b: bytes(128) + b"DICM" + b)
+
+
 def assert_validated(data: bytes) -> None:
     try:
         image = decode_image(data, LIMITS)
@@ -93,6 +106,16 @@ def test_mutated_images_are_valid_or_refused(data: bytes) -> None:
 @given(random_images)
 def test_random_bytes_are_refused_cleanly(data: bytes) -> None:
     assert_validated(data)
+
+
+@FUZZ
+@given(st.one_of(mutated_dicom, random_dicom))
+def test_mutated_dicom_files_are_valid_or_refused(data: bytes) -> None:
+    assert_validated(data)
+
+
+def test_the_dicom_seeds_decode() -> None:
+    assert all(decode_image(seed, LIMITS).size == (64, 48) for seed in DICOM_SEEDS)
 
 
 def test_the_seeds_themselves_pass_or_fail_as_documented() -> None:
