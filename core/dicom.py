@@ -58,7 +58,7 @@ from pydicom.uid import (
     VLPhotographicImageStorage,
 )
 
-from core.errors import InvalidImage
+from core.errors import DermserveError, InvalidImage
 from core.prediction import DicomReference
 from core.validation import ImageLimits, check_dimensions
 
@@ -99,7 +99,7 @@ def open_dicom(data: bytes, limits: ImageLimits, open_encoded: OpenEncoded) -> I
         reference = check_header(dataset, limits)
         image = (open_jpeg_frame(dataset, open_encoded) if transfer_syntax(dataset) ==
                  JPEGBaseline8Bit else native_image(dataset))
-    except InvalidImage:
+    except DermserveError:  # our refusals, and the deadline passing while the frame opens
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on broken elements
         raise InvalidImage("the DICOM file is corrupt", "CORRUPT_IMAGE") from exc
