@@ -18,8 +18,8 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage
 
 from cli.main import main
-from core.errors import InvalidImage
-from core.validation import ImageLimits, decode_image
+from core.errors import BackendTimeout, InvalidImage
+from core.validation import ImageLimits, decode_image, open_image
 from devtools.dicom_sample import VARIANTS, to_bytes
 from tests.dicom_files import (
     PLANTED,
@@ -143,6 +143,14 @@ def test_recognised_by_content_only() -> None:
     data = ham_dicom()
     assert refusal(data[128:]) == "UNSUPPORTED_FORMAT"  # no preamble: DICM not at byte 128
     assert refusal(bytes(128) + b"DICM" + b"\x00" * 64) == "CORRUPT_IMAGE"
+
+
+def test_a_passed_deadline_is_not_a_corrupt_file() -> None:
+    def expired() -> None:
+        raise BackendTimeout("the deadline passed")
+
+    with pytest.raises(BackendTimeout):
+        open_image(ham_dicom("jpeg-ybr422"), ImageLimits(), expired)
 
 
 def test_the_dermoscopy_sop_class_and_modality_are_accepted() -> None:
