@@ -23,8 +23,9 @@ the modality, the transfer syntax, the frame count, the colour, the bit depth, t
 Columns against the same pixel, side and aspect limits as a JPEG or PNG, then the pixel data's
 presence and length, then the UIDs. A JPEG Baseline frame then goes through the JPEG path of
 validation.py (scan count, reduced-scale decode, decode budget, deadline), and its size must be
-the header's; uncompressed pixels (whose bytes are the pixels, already bounded by the byte
-limit) are converted by pydicom, which turns YBR into RGB.
+the header's. Uncompressed pixels are converted by pydicom (which turns YBR into RGB) when the
+file is opened, before the classifier takes its decode-budget share: their bytes are already
+the pixels, in memory as the request, and the byte limit bounds them (10 MiB, 3.5 megapixels).
 
 Colour: a JPEG frame's samples are YCbCr unless the DICOM header says RGB (PS3.5 section 8.2.1:
 no colour transform was applied). libjpeg assumes YCbCr for a three-component frame without an

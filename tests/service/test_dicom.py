@@ -121,6 +121,12 @@ def test_missing_pixel_data_and_uids_are_refused() -> None:
     assert refusal(to_bytes(ds)) == "INVALID_UID"
 
 
+def test_other_bit_depths_are_refused() -> None:
+    ds = dicom_dataset(ham_image())
+    ds.BitsStored, ds.HighBit = 7, 6
+    assert refusal(to_bytes(ds)) == "UNSUPPORTED_BIT_DEPTH"
+
+
 def test_a_photograph_labelled_ct_is_refused() -> None:
     assert refusal(ham_dicom(modality="CT")) == "UNSUPPORTED_MODALITY"
     assert refusal(ham_dicom(sop_class=CTImageStorage)) == "UNSUPPORTED_SOP_CLASS"
