@@ -19,6 +19,7 @@ from core import fhir
 from core.backends.base import ModelRef, VersionInfo, VersionState
 from core.classifier import Classifier
 from core.errors import DermserveError, InvalidRequest
+from core.explanation import Explanation
 from core.prediction import Abstention, DicomReference, Prediction
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
@@ -78,6 +79,15 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
                                 self.stream_pool, self.drain, self.observer)
         return session.run(request_iterator, context)
 
+    def Explain(self, request: pb.ExplainRequest,
+                context: grpc.ServicerContext) -> pb.ExplainResponse:
+        request_id = request_id_of(request)
+        request_id_var.set(request_id)  # scoped per call by the ErrorMappingInterceptor
+        explanation = self.classifier.explain(request.image, request.label,
+                                              self._ref(request.model), request_id,
+                                              self._timeout(context))
+        return to_explain_response(explanation)
+
     def GetModel(self, request: pb.GetModelRequest,
                  context: grpc.ServicerContext) -> pb.GetModelResponse:
         info = self.classifier.describe(self._ref(request.model), self._timeout(context))
@@ -126,7 +136,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def request_id_of(request: pb.ClassifyRequest) -> str:
+def request_id_of(request: pb.ClassifyRequest | pb.ExplainRequest) -> str:
     """The caller's id, checked (it goes into logs), or a fresh one."""
     request_id = request.request_id
     if not request_id:
@@ -171,6 +181,16 @@ def to_dicom_reference(dicom: DicomReference) -> pb.DicomReference:
 def from_dicom_reference(message: pb.DicomReference) -> DicomReference:
     return DicomReference(message.study_instance_uid, message.series_instance_uid,
                           message.sop_instance_uid, message.sop_class_uid, message.modality)
+
+
+def to_explain_response(explanation: Explanation) -> pb.ExplainResponse:
+    heatmap = explanation.heatmap
+    return pb.ExplainResponse(
+        classification=to_response(explanation.prediction),
+        explained_label=explanation.explained_label,
+        heatmap=pb.Heatmap(height=heatmap.shape[0], width=heatmap.shape[1],
+                           values=heatmap.astype(float).ravel().tolist()),
+        overlay_png=explanation.overlay_png)
 
 
 def to_model_version(info: VersionInfo) -> pb.ModelVersion:
