@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench demo-model train external-check tools redis-server clean
+.PHONY: help install proto lint test attack fuzz run bench bench-web screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,10 +27,15 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON_VERSION)
 	touch $@
 
-install: $(VENV)/.installed redis-server  ## create the virtualenv and install Python packages and redis-server
+install: $(VENV)/.installed redis-server chromium  ## create the virtualenv and install Python packages, redis-server and chromium
 
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Debian's Chromium, which the web page's tests (tests/web) drive headless through Playwright's
+# executable_path: Playwright never downloads a browser here (no `playwright install`).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # Stubs are generated, never committed, and regenerated whenever a .proto changes, so they cannot go stale.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
