@@ -92,6 +92,14 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC and 
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
 
+# The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
+WEB_IMAGES ?= $(DATA_DIR)/images
+screenshots: install proto  ## screenshots of the web page into docs/ (released model, two HAM10000 images and a rejection)
+	$(PY) -m devtools.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
+
+bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
+	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
+
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train
 SANITY_DIR ?= ../shared/weights/sanity

@@ -4,22 +4,23 @@ Playwright (`make install` installs it; no browser is ever downloaded)."""
 
 from __future__ import annotations
 
-import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from core.backends.base import Backend
-from tests.service.conftest import FakeBackend, Running, running_server
+from devtools.web_page import launch_chromium
+from service.metrics import Metrics
+from service.server import ServiceAdder, create_server
+from tests.service.conftest import FakeBackend, server_settings
 from web.front import FrontClient
 from web.server import WebServer, create_web_server
 from web.settings import WebSettings
 
-CHROMIUM = "chromium"  # Debian's package and binary name
 WAIT_MS = 30_000  # milliseconds any page wait may take, at most (a cold model's first answer)
 
 
@@ -27,7 +28,7 @@ WAIT_MS = 30_000  # milliseconds any page wait may take, at most (a cold model's
 class Web:
     server: WebServer
     url: str
-    front: Running
+    front_port: int
 
 
 def web_settings(front_port: int, **changes: object) -> WebSettings:
@@ -36,21 +37,25 @@ def web_settings(front_port: int, **changes: object) -> WebSettings:
 
 
 @contextmanager
-def running_web(backend: Backend, **changes: object) -> Iterator[Web]:
-    """The real front over `backend` and the real web server before it; stopped on exit."""
-    with running_server(backend) as front:
-        settings = web_settings(front.port, **changes)
-        client = FrontClient(settings)
-        server, port = create_web_server(settings, client)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield Web(server, f"http://127.0.0.1:{port}", front)
-        finally:
-            server.shutdown()
-            server.server_close()
-            client.close()
-            thread.join()
+def running_web(backend: Backend, extra_services: Sequence[tuple[str, ServiceAdder]] = (),
+                **changes: object) -> Iterator[Web]:
+    """The real front over `backend` (hosting `extra_services` too) and the real web server
+    before it; both stopped on exit."""
+    front, front_port = create_server(server_settings(), backend, Metrics(), extra_services)
+    front.start()
+    settings = web_settings(front_port, **changes)
+    client = FrontClient(settings)
+    server, port = create_web_server(settings, client)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Web(server, f"http://127.0.0.1:{port}", front_port)
+    finally:
+        server.shutdown()
+        server.server_close()
+        client.close()
+        thread.join()
+        front.stop(0.5)
 
 
 @pytest.fixture
@@ -61,16 +66,14 @@ def fake_web() -> Iterator[Web]:
 
 @pytest.fixture(scope="session")
 def playwright() -> Iterator[Playwright]:
+    expect.set_options(timeout=WAIT_MS)  # expect's own default (5 s) is short on busy CPUs
     with sync_playwright() as driver:
         yield driver
 
 
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    executable = shutil.which(CHROMIUM)
-    if executable is None:
-        pytest.fail("Debian's chromium is not installed: run `make install`")
-    launched = playwright.chromium.launch(executable_path=executable, headless=True)
+    launched = launch_chromium(playwright)  # fails with the reason when it is not installed
     yield launched
     launched.close()
 

@@ -48,6 +48,7 @@ def test_a_ham10000_image_shows_seven_bars_its_verdict_and_its_model(page: Page,
     # The FakeBackend's versions record no melanoma threshold, and say so.
     expect(result.locator(".operating-point")).to_contain_text("no melanoma operating point")
     expect(page.get_by_role("note")).to_contain_text("not a diagnostic device")
+    expect(page.get_by_role("status")).to_have_text("Done: 1 image(s).")
     link.click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Model card: ham10000 version 2")
     expect(page.locator("#description")).to_have_text("fake version 2")
@@ -59,6 +60,7 @@ def test_several_images_get_one_card_each(page: Page, fake_web: Web) -> None:
                             "buffer": first.read_bytes()},
            {"name": "b.jpg", "mimeType": "image/jpeg", "buffer": good_jpeg()})
     expect(page.locator(".result meter")).to_have_count(14)
+    expect(page.locator(".result h2")).to_have_text([first.name, "b.jpg"])  # in upload order
 
 
 def test_a_front_without_explanations_still_classifies_and_says_so(page: Page,

@@ -14,7 +14,7 @@ function card(name) {
     .cloneNode(true);
   node.querySelector(".file-name").textContent = name;
   node.querySelector(".state").textContent = "Classifying…";
-  document.getElementById("results").prepend(node);
+  document.getElementById("results").append(node);
   return node;
 }
 
@@ -140,7 +140,7 @@ async function analyze(file) {
 async function analyzeAll(files) {
   const status = document.getElementById("status");
   status.textContent = "Classifying " + files.length + " image(s)…";
-  await Promise.all(Array.from(files).map(analyze));
+  await Promise.all(files.map(analyze));
   status.textContent = "Done: " + files.length + " image(s).";
 }
 
@@ -161,8 +161,9 @@ function setUp() {
   const input = document.getElementById("files");
   const zone = document.getElementById("dropzone");
   input.addEventListener("change", () => {
-    analyzeAll(input.files);
+    const files = Array.from(input.files);  // the list empties when the input is reset
     input.value = "";
+    analyzeAll(files);
   });
   zone.addEventListener("dragover", (event) => {
     event.preventDefault();
@@ -172,7 +173,7 @@ function setUp() {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("over");
-    analyzeAll(event.dataTransfer.files);
+    analyzeAll(Array.from(event.dataTransfer.files));
   });
   loadConfig();
 }

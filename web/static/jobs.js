@@ -25,14 +25,14 @@ function cell(text) {
   return td;
 }
 
-function progressCell(job) {
+function progressCell(id, job) {
   const td = document.createElement("td");
   const bar = document.createElement("progress");
   const total = Number(job.total_images || 0);
   const done = Number(job.done_images || 0);
   bar.max = Math.max(total, 1);
   bar.value = done;
-  bar.setAttribute("aria-label", "Progress of job " + job.job_id);
+  bar.setAttribute("aria-label", "Progress of job " + id);
   td.append(bar, " " + done + " / " + total);
   return td;
 }
@@ -71,7 +71,7 @@ function row(id, job, error) {
   const model = job.model && job.model.version !== "0" ?
     job.model.name + " v" + job.model.version : "not yet";
   tr.append(cell(id), cell(job.state.replace("BATCH_JOB_STATE_", "").toLowerCase()),
-    progressCell(job), cell(String(job.failed_images)), cell(String(job.abstained_images)),
+    progressCell(id, job), cell(String(job.failed_images)), cell(String(job.abstained_images)),
     cell(model), linkCell(id), removeCell(id));
   return tr;
 }
