@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core import defaults
-from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
+from core.backends.base import Backend, BatchOutput, ExplainOutput, ModelRef, VersionInfo
 from core.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -91,6 +91,11 @@ class MicroBatcher:
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
         return self.backend.list_versions(name, timeout)
+
+    def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
+                timeout: float | None = None) -> ExplainOutput:
+        # Not batched: explanations are rare and each runs a backward pass of its own.
+        return self.backend.explain(ref, images, class_indices, timeout)
 
     def predict(self, ref: ModelRef, images: np.ndarray,
                 timeout: float | None = None) -> BatchOutput:

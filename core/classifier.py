@@ -28,6 +28,7 @@ from core.errors import (
     InvalidImage,
     ModelNotFound,
 )
+from core.explanation import Explanation, class_index, overlay_png
 from core.model_config import InputSpec, ModelConfig
 from core.observe import NullObserver, Observer
 from core.prediction import Prediction, build_prediction
@@ -119,6 +120,28 @@ class Classifier:
         if opened:
             results.update(self._predict(opened, images, ids, ref, deadline))
         return [results[index] for index in range(len(images))]
+
+    def explain(self, image: bytes, label: str = "", ref: ModelRef | None = None,
+                request_id: str = "", timeout: float | None = None) -> Explanation:
+        """Classify one image and explain `label` (empty: the top class) with the version's
+        Grad-CAM map, drawn over the image as the model saw it. The same checks and budget as
+        classify; UNKNOWN_LABEL for a label the version lacks, EXPLANATION_UNSUPPORTED for a
+        version without the `explain` signature."""
+        deadline = Deadline(timeout)
+        opened = self.open(image, deadline)
+        version = self.backend.resolve(self.wanted(ref), deadline.remaining())
+        config = require_config(version)
+        wanted_class = class_index(config, label)
+        model_input = self.decode(opened, config.input, deadline)
+        pinned = ModelRef(version.name, version=version.version)
+        started = time.perf_counter()
+        output = self.backend.explain(pinned, model_input[None], np.array([wanted_class], np.int32),
+                                      deadline.remaining())
+        self.observer.model_called(time.perf_counter() - started)
+        prediction = self._build(output, config, [request_id])[0]
+        explained = config.labels[int(output.class_indices[0])]
+        heatmap = output.heatmaps[0]
+        return Explanation(prediction, explained, heatmap, overlay_png(model_input, heatmap))
 
     def describe(self, ref: ModelRef | None = None, timeout: float | None = None) -> VersionInfo:
         """The version `ref` (default: the latest) resolves to now."""

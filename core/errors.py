@@ -10,6 +10,7 @@
     ├── AlreadyExists                   -> ALREADY_EXISTS
     ├── ResourceExhausted               -> RESOURCE_EXHAUSTED
     ├── FailedPrecondition              -> FAILED_PRECONDITION
+    │   └── ExplanationUnsupported         the version has no `explain` signature
     ├── Unauthenticated                 -> UNAUTHENTICATED
     ├── PermissionDenied                -> PERMISSION_DENIED
     ├── BackendUnavailable              -> UNAVAILABLE (retryable)
@@ -98,6 +99,12 @@ class FailedPrecondition(DermserveError):
 
     status = "FAILED_PRECONDITION"
     default_reason = "FAILED_PRECONDITION"
+
+
+class ExplanationUnsupported(FailedPrecondition):
+    """The model version was exported without the `explain` signature (Grad-CAM)."""
+
+    default_reason = "EXPLANATION_UNSUPPORTED"
 
 
 class Unauthenticated(DermserveError):

@@ -27,6 +27,15 @@ PROBABILITIES_OUTPUT = "probabilities"
 OOD_OUTPUT = "ood_score"
 LABELS_OUTPUT = "labels"
 CONFIG_OUTPUT = "config"
+EXPLAIN_SIGNATURE = "explain"
+"""Grad-CAM of one class per image (docs/model-contract.md); versions exported before issue 14
+lack it, and the service answers them FAILED_PRECONDITION / EXPLANATION_UNSUPPORTED."""
+CLASS_INDEX_INPUT = "class_index"
+"""int32 [N]: the class to explain per image, -1 for the top class."""
+HEATMAP_OUTPUT = "heatmap"
+"""float32 [N, h, w] in [0, 1] at the last convolutional feature map's resolution."""
+CLASS_INDEX_OUTPUT = "class_index"
+"""int32 [N]: the class each heatmap explains (the top class where -1 was asked)."""
 """Where a version directory keeps its config; TF Serving ignores `assets.extra/`."""
 
 DEFAULT_REFERENCE_PIXELS = 200 * 150

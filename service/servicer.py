@@ -17,6 +17,7 @@ import grpc
 from core.backends.base import ModelRef, VersionInfo, VersionState
 from core.classifier import Classifier
 from core.errors import DermserveError, InvalidRequest
+from core.explanation import Explanation
 from core.prediction import Abstention, Prediction
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
@@ -73,6 +74,15 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
                                 self.stream_pool, self.drain, self.observer)
         return session.run(request_iterator, context)
 
+    def Explain(self, request: pb.ExplainRequest,
+                context: grpc.ServicerContext) -> pb.ExplainResponse:
+        request_id = request_id_of(request)
+        request_id_var.set(request_id)  # scoped per call by the ErrorMappingInterceptor
+        explanation = self.classifier.explain(request.image, request.label,
+                                              self._ref(request.model), request_id,
+                                              self._timeout(context))
+        return to_explain_response(explanation)
+
     def GetModel(self, request: pb.GetModelRequest,
                  context: grpc.ServicerContext) -> pb.GetModelResponse:
         info = self.classifier.describe(self._ref(request.model), self._timeout(context))
@@ -121,7 +131,7 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def request_id_of(request: pb.ClassifyRequest) -> str:
+def request_id_of(request: pb.ClassifyRequest | pb.ExplainRequest) -> str:
     """The caller's id, checked (it goes into logs), or a fresh one."""
     request_id = request.request_id
     if not request_id:
@@ -156,6 +166,16 @@ def to_response(prediction: Prediction) -> pb.ClassifyResponse:
         abstained=prediction.abstained,
         abstention_reason=ABSTENTION_REASONS[prediction.abstention],
         ood_score=prediction.ood_score)
+
+
+def to_explain_response(explanation: Explanation) -> pb.ExplainResponse:
+    heatmap = explanation.heatmap
+    return pb.ExplainResponse(
+        classification=to_response(explanation.prediction),
+        explained_label=explanation.explained_label,
+        heatmap=pb.Heatmap(height=heatmap.shape[0], width=heatmap.shape[1],
+                           values=heatmap.astype(float).ravel().tolist()),
+        overlay_png=explanation.overlay_png)
 
 
 def to_model_version(info: VersionInfo) -> pb.ModelVersion:

@@ -8,6 +8,11 @@ Signatures (documented in docs/model-contract.md):
                                        the statistics carry a projection (0 without statistics)
   metadata(probe: int32 [N])
       -> labels: string [N, K], config: string [N] (the ModelConfig JSON)
+  explain(image: as serving_default, class_index: int32 [N], -1 for the top class)
+      -> heatmap: float32 [N, h, w] Grad-CAM of that class on the last convolutional feature
+                  map, in [0, 1]; probabilities and ood_score as serving_default;
+                  class_index: int32 [N], the class explained
+      Exported whenever the network has a last feature map (`explainable_network`).
 Every output is batched along axis 0 so that TF Serving's server-side batching can split them.
 """
 
@@ -20,7 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from core.model_config import (
+    CLASS_INDEX_INPUT,
+    CLASS_INDEX_OUTPUT,
     CONFIG_OUTPUT,
+    EXPLAIN_SIGNATURE,
+    HEATMAP_OUTPUT,
     IMAGE_INPUT,
     LABELS_OUTPUT,
     METADATA_SIGNATURE,
@@ -32,8 +41,8 @@ from core.model_config import (
 )
 from trainer.features import FeatureStatistics
 
-__all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "export_tiny_version",
-           "mahalanobis_min", "mahalanobis_min_squared",
+__all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "explainable_network",
+           "export_tiny_version", "grad_cam", "mahalanobis_min", "mahalanobis_min_squared",
            "project_features", "round_weights", "save_version"]
 
 
@@ -58,6 +67,33 @@ def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tens
     projected = tf.matmul(centred, projection)
     residual = tf.reduce_sum(tf.square(centred), -1) - tf.reduce_sum(tf.square(projected), -1)
     return projected, tf.maximum(residual, 0.0) / residual_variance
+
+
+def explainable_network(network: Any) -> Any | None:
+    """`network` with its last convolutional feature map(s) as outputs after logits and features
+    (one network: one map; an ensemble: one per member), sharing its variables; None when it
+    has none (then the version is exported without the `explain` signature)."""
+    from trainer.ensemble import ensemble_with_feature_maps
+    from trainer.network import with_feature_map
+
+    return with_feature_map(network) or ensemble_with_feature_maps(network)
+
+
+def grad_cam(feature_maps: list[tf.Tensor], gradients: list[tf.Tensor]) -> tf.Tensor:
+    """Grad-CAM (Selvaraju et al., 2017) of each map: the gradients averaged over positions are
+    channel weights, the weighted sum of channels is ReLU'd. Several maps (an ensemble's members)
+    are resized to the first one's size and averaged before the per-image normalisation to
+    [0, 1], so a member whose evidence is weaker counts for less. A map with no positive
+    evidence is all zeros."""
+    size = tf.shape(feature_maps[0])[1:3]
+    cams = []
+    for feature_map, gradient in zip(feature_maps, gradients, strict=True):
+        weights = tf.reduce_mean(gradient, axis=[1, 2], keepdims=True)           # [N, 1, 1, C]
+        cam = tf.nn.relu(tf.reduce_sum(weights * feature_map, axis=-1))[..., None]  # [N, h, w, 1]
+        cams.append(tf.image.resize(cam, size)[..., 0])
+    cam = tf.reduce_mean(tf.stack(cams, axis=0), axis=0)                          # [N, h, w]
+    peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
+    return tf.math.divide_no_nan(cam, peak)
 
 
 WEIGHT_DTYPES = ("float32", "float16")
@@ -104,14 +140,19 @@ class _HalfWeights(tf.Module):  # type: ignore[misc]  # tf is untyped
 class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
     """Wraps a network `float images in [-1, 1] -> (logits, pooled features)` with the contract.
     `weights_dtype="float16"` stores the variables at half size (round the network first with
-    `round_weights` so that training-side predictions match the export)."""
+    `round_weights` so that training-side predictions match the export). `explain=False` leaves
+    the `explain` signature out (as versions exported before it existed)."""
 
     def __init__(self, network: Any, config: ModelConfig,
                  statistics: FeatureStatistics | None = None,
-                 weights_dtype: str = "float32") -> None:
+                 weights_dtype: str = "float32", explain: bool = True) -> None:
         super().__init__()
         if weights_dtype not in WEIGHT_DTYPES:
             raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, not {weights_dtype!r}")
+        # One graph serves both signatures, so the version stores each variable once.
+        explainable = explainable_network(network) if explain else None
+        self.explainable = explainable is not None
+        network = explainable if explainable is not None else network
         self.network = _HalfWeights(network) if weights_dtype == "float16" else network
         self.temperature = tf.Variable(config.temperature, dtype=tf.float32, trainable=False)
         self.labels = tf.constant(list(config.labels))
@@ -130,21 +171,51 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         self.serve = tf.function(self._serve, input_signature=[spec])
         self.metadata = tf.function(
             self._metadata, input_signature=[tf.TensorSpec([None], tf.int32, name=PROBE_INPUT)])
+        if self.explainable:  # saving traces every tf.function the module holds
+            self.explain = tf.function(self._explain, input_signature=[
+                spec, tf.TensorSpec([None], tf.int32, name=CLASS_INDEX_INPUT)])
+
+    def signatures(self) -> dict[str, Any]:
+        """The concrete functions to save, by signature name."""
+        signatures = {SERVING_SIGNATURE: self.serve.get_concrete_function(),
+                      METADATA_SIGNATURE: self.metadata.get_concrete_function()}
+        if self.explainable:
+            signatures[EXPLAIN_SIGNATURE] = self.explain.get_concrete_function()
+        return signatures
 
     def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
         scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
-        logits, features = self.network(scaled, training=False)
+        logits, features = self.network(scaled, training=False)[:2]
         probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
-        residual = tf.zeros(tf.shape(image)[:1], tf.float32)
+        return {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: self._ood_score(features)}
+
+    def _ood_score(self, features: tf.Tensor) -> tf.Tensor:
+        residual = tf.zeros(tf.shape(features)[:1], tf.float32)
         if self.has_projection:
             features, residual = project_features(features, self.feature_centre,
                                                   self.feature_projection, self.residual_variance)
-        if self.has_statistics:
-            squared = mahalanobis_min_squared(features, self.class_means, self.precision)
-            ood = tf.sqrt(tf.maximum(squared + residual, 0.0))
-        else:
-            ood = tf.zeros(tf.shape(image)[:1], tf.float32)
-        return {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: ood}
+        if not self.has_statistics:
+            return residual  # zeros
+        squared = mahalanobis_min_squared(features, self.class_means, self.precision)
+        return tf.sqrt(tf.maximum(squared + residual, 0.0))
+
+    def _explain(self, image: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Grad-CAM of the class score: the network's logit (for an ensemble, the members' mean
+        log-probability, which is what its logits output holds); the temperature only scales
+        it, which normalisation removes."""
+        scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
+        with tf.GradientTape() as tape:
+            # Watching the input records every op after it, so the maps (intermediate tensors)
+            # have gradients whatever the variables' trainable flags or storage dtype.
+            tape.watch(scaled)
+            logits, features, *feature_maps = self.network(scaled, training=False)
+            top = tf.argmax(logits, axis=-1, output_type=tf.int32)
+            chosen = tf.where(class_index < 0, top, class_index)
+            score = tf.gather(logits, chosen, axis=1, batch_dims=1)
+        gradients = tape.gradient(score, feature_maps)
+        return {HEATMAP_OUTPUT: grad_cam(feature_maps, gradients),
+                PROBABILITIES_OUTPUT: tf.nn.softmax(logits / self.temperature, axis=-1),
+                OOD_OUTPUT: self._ood_score(features), CLASS_INDEX_OUTPUT: chosen}
 
     def _metadata(self, probe: tf.Tensor) -> dict[str, tf.Tensor]:
         count = tf.shape(probe)[0]
@@ -154,28 +225,35 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
 
 def save_version(module: ServingModule, config: ModelConfig, version_dir: Path) -> None:
     """Write the SavedModel and its config into `version_dir` (which must not exist yet)."""
-    tf.saved_model.save(module, str(version_dir), signatures={
-        SERVING_SIGNATURE: module.serve.get_concrete_function(),
-        METADATA_SIGNATURE: module.metadata.get_concrete_function(),
-    })
+    tf.saved_model.save(module, str(version_dir), signatures=module.signatures())
     config.write(version_dir)
 
 
 def build_tiny_network(config: ModelConfig, seed: int = 0) -> Any:
-    """A deterministic stand-in network (pooled colours -> linear logits) for tests and demos.
-    It has the real contract but no skill: never ship it as a diagnosis model."""
+    """A deterministic stand-in network (pooled colours -> a 4x4 convolutional feature map ->
+    linear logits) for tests and demos; the map gives it an `explain` signature. It has the real
+    contract but no skill: never ship it as a diagnosis model."""
     import keras
 
+    from trainer.network import FEATURES_LAYER
+
     inputs = keras.Input((config.input.height, config.input.width, 3))
-    pooled = keras.layers.Flatten()(keras.layers.Resizing(4, 4, interpolation="area")(inputs))
+    # Average pooling, not area resizing: ResizeArea has no gradient, which Grad-CAM needs.
+    pool = (max(1, config.input.height // 8), max(1, config.input.width // 8))
+    colours = keras.layers.AveragePooling2D(pool)(inputs)
     initializer = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
+    feature_map = keras.layers.Conv2D(3, 3, strides=2, padding="same", activation="relu",
+                                      kernel_initializer=initializer, bias_initializer="ones",
+                                      name="tiny_conv")(colours)
+    pooled = keras.layers.Flatten(name=FEATURES_LAYER)(feature_map)
     logits = keras.layers.Dense(len(config.labels), kernel_initializer=initializer)(pooled)
     return keras.Model(inputs, [logits, pooled])
 
 
 def export_tiny_version(version_dir: Path, config: ModelConfig, seed: int = 0,
-                        with_statistics: bool = True) -> None:
-    """Export a tiny version (see build_tiny_network) at `version_dir`."""
+                        with_statistics: bool = True, explain: bool = True) -> None:
+    """Export a tiny version (see build_tiny_network) at `version_dir`; without `explain`, as
+    versions exported before the `explain` signature existed."""
     network = build_tiny_network(config, seed)
     statistics = None
     if with_statistics:
@@ -184,4 +262,4 @@ def export_tiny_version(version_dir: Path, config: ModelConfig, seed: int = 0,
         _, features = network(sample.astype(np.float32), training=False)
         labels = rng.integers(0, len(config.labels), 64)
         statistics = FeatureStatistics.fit(np.asarray(features), labels, len(config.labels))
-    save_version(ServingModule(network, config, statistics), config, version_dir)
+    save_version(ServingModule(network, config, statistics, explain=explain), config, version_dir)

@@ -128,6 +128,19 @@ def build_network(num_classes: int, spec: InputSpec, backbone: str = DEFAULT_BAC
     return keras.Model(inputs, [logits, features], name=name or f"dermserve_{backbone}")
 
 
+def with_feature_map(network: Any) -> Any | None:
+    """`network` (this module's contract) with one more output, the last convolutional feature
+    map (the tensor its `features` layer pools): `[logits, features, feature map (N, h, w, C)]`,
+    sharing its layers and variables, for Grad-CAM. None when no layer is named `features`."""
+    import keras
+
+    try:
+        pooling = network.get_layer(FEATURES_LAYER)
+    except ValueError:
+        return None
+    return keras.Model(network.inputs, [*network.outputs[:2], pooling.input], name=network.name)
+
+
 def cut_tensor(network: Any, first_trainable: str) -> Any:
     """The tensor entering layer `first_trainable`: where the frozen part of the graph ends."""
     layer = network.get_layer(first_trainable)

@@ -42,9 +42,11 @@ import numpy as np
 
 from core.backends.base import (
     BatchOutput,
+    ExplainOutput,
     ModelRef,
     VersionInfo,
     VersionState,
+    explain_output,
     load_failure,
 )
 from core.backends.savedmodel import LoadedVersion
@@ -217,6 +219,12 @@ class EmbeddedBackend:
         with self._acquire(ref) as (info, loaded):
             probabilities, ood_scores = loaded.predict(images)
         return BatchOutput(info, probabilities, ood_scores)
+
+    def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
+                timeout: float | None = None) -> ExplainOutput:
+        with self._acquire(ref) as (info, loaded):
+            out = loaded.explain(images, class_indices)
+        return explain_output(info, out)
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
         self._check_name(name)

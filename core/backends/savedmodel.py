@@ -15,10 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import DermserveError, InternalError, InvalidRequest
+from core.errors import DermserveError, ExplanationUnsupported, InternalError, InvalidRequest
 from core.model_config import (
+    CLASS_INDEX_INPUT,
+    CLASS_INDEX_OUTPUT,
     CONFIG_OUTPUT,
     CONFIG_RELATIVE_PATH,
+    EXPLAIN_SIGNATURE,
+    HEATMAP_OUTPUT,
     IMAGE_INPUT,
     LABELS_OUTPUT,
     METADATA_SIGNATURE,
@@ -39,6 +43,7 @@ class LoadedVersion:
     def __init__(self, saved_model: Any, config: ModelConfig) -> None:
         self._saved_model = saved_model  # keeps the variables the signatures capture alive
         self._serve = saved_model.signatures[SERVING_SIGNATURE]
+        self._explain = saved_model.signatures.get(EXPLAIN_SIGNATURE)
         self.config = config
 
     @classmethod
@@ -71,14 +76,39 @@ class LoadedVersion:
         return (np.asarray(out[PROBABILITIES_OUTPUT], np.float32),
                 np.asarray(out[OOD_OUTPUT], np.float32))
 
+    def explain(self, images: np.ndarray, class_indices: np.ndarray) -> dict[str, np.ndarray]:
+        """The `explain` signature's outputs (heatmap, probabilities, ood_score, class_index) for
+        uint8 images [N, H, W, 3] and int32 class indices [N] (-1: the top class)."""
+        check_images(images, self.config)
+        if self._explain is None:
+            raise ExplanationUnsupported(
+                f"this model version has no {EXPLAIN_SIGNATURE!r} signature (it was exported "
+                "before explanations existed); ask a version that has one")
+        import tensorflow as tf
+
+        try:
+            out = self._explain(**{IMAGE_INPUT: tf.constant(images),
+                                   CLASS_INDEX_INPUT: tf.constant(class_indices, tf.int32)})
+        except Exception as exc:  # a runtime failure is an internal error
+            raise InternalError(f"explain call failed: {type(exc).__name__}: {exc}") from exc
+        return {name: np.asarray(out[name]) for name in
+                (HEATMAP_OUTPUT, PROBABILITIES_OUTPUT, OOD_OUTPUT, CLASS_INDEX_OUTPUT)}
+
     def warm_up(self) -> None:
-        """Run one tiny predict so that the first real request does not pay graph set-up."""
+        """Run one tiny predict (and explain, where the version can) so that the first real
+        request does not pay graph set-up."""
         spec = self.config.input
-        probabilities, _ = self.predict(np.zeros((1, spec.height, spec.width, 3), np.uint8))
+        blank = np.zeros((1, spec.height, spec.width, 3), np.uint8)
+        probabilities, _ = self.predict(blank)
         if probabilities.shape != (1, len(self.config.labels)):
             raise InternalError(
                 f"serving_default returned probabilities of shape {probabilities.shape}, "
                 f"expected (1, {len(self.config.labels)})", "BAD_MODEL_SIGNATURE")
+        if self._explain is not None:
+            heatmap = self.explain(blank, np.full([1], -1, np.int32))[HEATMAP_OUTPUT]
+            if heatmap.ndim != 3 or heatmap.shape[0] != 1:
+                raise InternalError(f"explain returned a heatmap of shape {heatmap.shape}, "
+                                    "expected (1, h, w)", "BAD_MODEL_SIGNATURE")
 
 
 def read_config(saved_model: Any) -> ModelConfig:

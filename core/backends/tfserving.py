@@ -6,7 +6,8 @@ gRPC (tensorflow-serving-api's PredictionService and ModelService).
   `model_spec.version` says which version answered.
 - What a version is. Its ModelConfig (labels, input size, thresholds) comes from one Predict on
   the `metadata` signature, checked once against GetModelMetadata's `serving_default` signature,
-  and cached for good (a version directory never changes). Which version "latest" or a label
+  and cached for good (a version directory never changes), with whether it has the `explain`
+  signature (Grad-CAM; Predict with `signature_name="explain"`). Which version "latest" or a label
   means is cached for `metadata_cache_ttl_s`. list_versions asks GetModelStatus, and finds the
   labels by trying the `known_labels` (TF Serving has no call that lists them).
 - Failures. Every call has a deadline (`timeout`, else `timeout_s`), so nothing hangs. UNAVAILABLE
@@ -47,9 +48,11 @@ from tensorflow_serving.apis import (
 
 from core.backends.base import (
     BatchOutput,
+    ExplainOutput,
     ModelRef,
     VersionInfo,
     VersionState,
+    explain_output,
     load_failure,
 )
 from core.backends.savedmodel import check_images
@@ -59,13 +62,18 @@ from core.errors import (
     BackendTimeout,
     BackendUnavailable,
     DermserveError,
+    ExplanationUnsupported,
     InternalError,
     InvalidRequest,
     ModelNotFound,
     ResourceExhausted,
 )
 from core.model_config import (
+    CLASS_INDEX_INPUT,
+    CLASS_INDEX_OUTPUT,
     CONFIG_OUTPUT,
+    EXPLAIN_SIGNATURE,
+    HEATMAP_OUTPUT,
     IMAGE_INPUT,
     LABELS_OUTPUT,
     METADATA_SIGNATURE,
@@ -211,6 +219,7 @@ class TFServingBackend:
         self._stubs: _Stubs | None = None
         self._closed = False
         self._configs: dict[int, ModelConfig] = {}
+        self._explainable: dict[int, bool] = {}  # has an `explain` signature, by version
         self._resolved: dict[tuple[int | None, str | None], tuple[int, float]] = {}
 
     # --- the Backend interface ---------------------------------------------------------------
@@ -240,6 +249,29 @@ class TFServingBackend:
             config = self._config(version, deadline)
         probabilities, ood_scores = self._outputs(response, len(images), len(config.labels))
         return BatchOutput(self._available(version, config), probabilities, ood_scores)
+
+    def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
+                timeout: float | None = None) -> ExplainOutput:
+        deadline = self._deadline(timeout)
+        resolved = self.resolve(ref, self._remaining(deadline))
+        config = self._config(resolved.version, deadline)
+        check_images(images, config)
+        if not self._explainable.get(resolved.version, False):
+            raise ExplanationUnsupported(f"version {resolved.version} has no "
+                                         f"{EXPLAIN_SIGNATURE!r} signature")
+        # Pinned: the class indices are positions in this version's labels.
+        pinned = ModelRef(self.model_name, version=resolved.version)
+        outputs = [HEATMAP_OUTPUT, PROBABILITIES_OUTPUT, OOD_OUTPUT, CLASS_INDEX_OUTPUT]
+        request = predict_pb2.PredictRequest(
+            model_spec=self._model_spec(pinned, EXPLAIN_SIGNATURE),
+            inputs={IMAGE_INPUT: make_tensor(images),
+                    CLASS_INDEX_INPUT: make_tensor(np.asarray(class_indices, np.int32))},
+            output_filter=outputs)
+        response = self._call("Predict(explain)", lambda s: s.prediction.Predict, request,
+                              deadline, invalid_argument=InvalidRequest)
+        answered = {name: make_ndarray(response.outputs[name]) for name in outputs
+                    if name in response.outputs}
+        return explain_output(self._available(resolved.version, config), answered)
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
         self._check_name(name)
@@ -342,6 +374,7 @@ class TFServingBackend:
             raise InternalError(f"version {version}: {SERVING_SIGNATURE} does not take image "
                                 f"{expected} to probabilities and ood_score (image dims "
                                 f"{dims})", "BAD_MODEL_SIGNATURE")
+        self._explainable[version] = EXPLAIN_SIGNATURE in signatures.signature_def
 
     def _labels_by_version(self, deadline: float) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {}

@@ -3,7 +3,8 @@
 It speaks tensorflow_serving.apis' PredictionService (Predict, GetModelMetadata) and ModelService
 (GetModelStatus) on 127.0.0.1, answered by an EmbeddedBackend over a model base, and behaves as
 TF Serving does where dermserve relies on it: `model_spec.version` / `version_label` /
-`signature_name` / `output_filter` are honoured, the answer names the version in
+`signature_name` (serving_default, metadata, and explain where the version has it) /
+`output_filter` are honoured, the answer names the version in
 `model_spec.version`, an unknown version (or no version loaded) is NOT_FOUND, an unknown label is
 INVALID_ARGUMENT "Unrecognized servable version label", and GetModelMetadata returns the
 SignatureDefs read from the version's saved_model.pb.
@@ -135,6 +136,8 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 version, outputs = self._serve(request, ref)
             elif signature == "metadata":
                 version, outputs = self._metadata(request, ref)
+            elif signature in self.server.signature_defs(self.server.backend.resolve(ref).version):
+                version, outputs = self._explain(request, ref)
             else:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                               f"Serving signature name: \"{signature}\" not found in signature def")
@@ -159,6 +162,15 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         out = self.server.backend.predict(ref, make_ndarray(request.inputs["image"]))
         return out.version.version, {"probabilities": out.probabilities,
                                      "ood_score": out.ood_scores}
+
+    def _explain(self, request: Any, ref: ModelRef) -> tuple[int, dict[str, np.ndarray]]:
+        if {"image", "class_index"} - set(request.inputs):
+            raise InvalidInput("input tensor alias not found in signature: image, class_index")
+        out = self.server.backend.explain(ref, make_ndarray(request.inputs["image"]),
+                                          make_ndarray(request.inputs["class_index"]))
+        return out.version.version, {"heatmap": out.heatmaps, "probabilities": out.probabilities,
+                                     "ood_score": out.ood_scores,
+                                     "class_index": out.class_indices}
 
     def _metadata(self, request: Any, ref: ModelRef) -> tuple[int, dict[str, np.ndarray]]:
         info = self.server.backend.resolve(ref)
