@@ -13,9 +13,12 @@ import urllib.request
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
+from core.backends.base import ExplainOutput, ModelRef
+from core.errors import BackendTimeout
 from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web
 
@@ -63,12 +66,22 @@ def test_several_images_get_one_card_each(page: Page, fake_web: Web) -> None:
     expect(page.locator(".result h2")).to_have_text([first.name, "b.jpg"])  # in upload order
 
 
-def test_a_front_without_explanations_still_classifies_and_says_so(page: Page,
-                                                                   fake_web: Web) -> None:
-    upload(page, fake_web, ham10000_image())
-    expect(page.locator(".explain-note")).to_contain_text("No heatmap")
-    expect(page.get_by_role("checkbox", name="Show heatmap overlay")).to_be_disabled()
-    expect(page.locator(".result meter")).to_have_count(7)
+class SlowExplanations(FakeBackend):
+    """Classifies at once; every explanation misses its deadline."""
+
+    def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
+                timeout: float | None = None) -> ExplainOutput:
+        raise BackendTimeout("the explanation took too long")
+
+
+def test_a_failed_explanation_still_classifies_and_says_so(page: Page) -> None:
+    with running_web(SlowExplanations()) as web:
+        upload(page, web, ham10000_image())
+        expect(page.locator(".explain-note")).to_have_text(
+            "No heatmap: the explanation failed (DEADLINE_EXCEEDED); the classification is "
+            "complete.")
+        expect(page.get_by_role("checkbox", name="Show heatmap overlay")).to_be_disabled()
+        expect(page.locator(".result meter")).to_have_count(7)
 
 
 def test_a_text_file_renamed_jpg_shows_the_apis_rejection_reason(page: Page,
