@@ -2,6 +2,8 @@
 
     dermserve classify IMAGE... [--json] [--target HOST:PORT] [--version N | --label L]
                                 [--token T] [--tls] [--tls-ca F] [--tls-cert F --tls-key F]
+    dermserve explain IMAGE [--label CLASS] [--output overlay.png] [--json]
+                            [--version N | --version-label L]
     dermserve models [--json]
     dermserve batch ...          (cli/batch.py)
 
@@ -30,10 +32,14 @@ Command = Callable[[argparse.Namespace], int]
 
 
 def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
-    if args.version is not None:
-        return pb.ModelSelector(version=args.version)
-    if args.label:
-        return pb.ModelSelector(version_label=args.label)
+    return model_selector(args.version, args.label)
+
+
+def model_selector(version: int | None, version_label: str | None) -> pb.ModelSelector | None:
+    if version is not None:
+        return pb.ModelSelector(version=version)
+    if version_label:
+        return pb.ModelSelector(version_label=version_label)
     return None
 
 
@@ -85,6 +91,40 @@ def run_classify(args: argparse.Namespace) -> int:
     return 1 if any("error" in entry for entry in entries) else 0
 
 
+def run_explain(args: argparse.Namespace) -> int:
+    """Explain one image: the probabilities as `classify` prints them, the class explained and
+    the heatmap's size; the overlay PNG goes to --output."""
+    path = Path(args.image)
+    try:
+        request = pb.ExplainRequest(image=path.read_bytes(), label=args.label or "",
+                                    model=model_selector(args.version, args.version_label))
+    except OSError as exc:
+        print(f"{path}: LOCAL UNREADABLE_FILE: {exc}", file=sys.stderr)
+        return 1
+    with open_channel(args) as channel:
+        try:
+            response = pb_grpc.LesionClassifierStub(channel).Explain(
+                request, timeout=args.timeout, metadata=call_metadata(args))
+        except grpc.RpcError as exc:
+            print_entry({"image": str(path), "error": error_entry(exc)}, sys.stderr)
+            return 1
+    if args.output is not None:
+        args.output.write_bytes(response.overlay_png)
+    if args.json:
+        shown = MessageToDict(response, preserving_proto_field_name=True,
+                              always_print_fields_with_no_presence=True)
+        shown.pop("overlay_png", None)  # the PNG is in --output, not base64 on the terminal
+        print(json.dumps(shown, indent=2))
+        return 0
+    result = MessageToDict(response.classification, preserving_proto_field_name=True,
+                           always_print_fields_with_no_presence=True)
+    print_entry({"image": str(path), "result": result}, sys.stdout)
+    where = f", overlay written to {args.output}" if args.output is not None else ""
+    print(f"explained {response.explained_label}: heatmap {response.heatmap.height}x"
+          f"{response.heatmap.width}{where}")
+    return 0
+
+
 def run_models(args: argparse.Namespace) -> int:
     with open_channel(args) as channel:
         stub = pb_grpc.LesionClassifierStub(channel)
@@ -117,12 +157,29 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     which.add_argument("--label", help="use a labelled version, e.g. stable")
     add_connection_arguments(classify, environ)
     classify.set_defaults(func=run_classify)
+    add_explain_command(commands, environ)
     models = commands.add_parser("models", help="list the model versions")
     models.add_argument("--json", action="store_true")
     add_connection_arguments(models, environ)
     models.set_defaults(func=run_models)
     add_batch_commands(commands, environ)
     return parser
+
+
+def add_explain_command(commands: Any, environ: Mapping[str, str]) -> None:
+    explain = commands.add_parser("explain", help="classify one image and show where the "
+                                  "model looked (Grad-CAM heatmap over the image)")
+    explain.add_argument("image", metavar="IMAGE")
+    explain.add_argument("--label", help="the class to explain, e.g. mel (default: the top "
+                         "class)")
+    explain.add_argument("--output", type=Path, help="write the heatmap overlay PNG here")
+    explain.add_argument("--json", action="store_true",
+                         help="print the response (without the PNG) as JSON")
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="pin a model version")
+    which.add_argument("--version-label", help="use a labelled version, e.g. stable")
+    add_connection_arguments(explain, environ)
+    explain.set_defaults(func=run_explain)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -178,3 +178,32 @@ def test_explain_needs_a_token_like_classify(backend: MicroBatcher, tmp_path: Pa
             assert caught.value.code() == code
         granted = explain(running, image, metadata=(("authorization", "Bearer explain-tok"),))
         assert granted.explained_label == "mel"
+
+
+def test_the_cli_writes_the_overlay_and_prints_the_probabilities(
+        server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    image, overlay = tmp_path / "lesion.png", tmp_path / "overlay.png"
+    image.write_bytes(patched_png((RED, "top-left"), (GREEN, "bottom-right")))
+    status = main(["explain", str(image), "--label", "nv", "--output", str(overlay),
+                   "--target", f"127.0.0.1:{server.port}"])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "Melanoma" in out and "Melanocytic nevus" in out
+    assert len([line for line in out.splitlines() if line.startswith("  ")]) == 7
+    assert "explained nv: heatmap 8x8" in out
+    with Image.open(overlay) as written:
+        assert (written.format, written.size) == ("PNG", (TINY_INPUT.width, TINY_INPUT.height))
+
+
+def test_the_cli_reports_an_unknown_label(server: Running, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    image = tmp_path / "lesion.png"
+    image.write_bytes(patched_png((RED, "top-left")))
+    status = main(["explain", str(image), "--label", "melanoma", "--json",
+                   "--target", f"127.0.0.1:{server.port}"])
+    assert status == 1
+    assert "INVALID_ARGUMENT UNKNOWN_LABEL" in capsys.readouterr().err
