@@ -94,8 +94,11 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC and 
 
 # The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
 WEB_IMAGES ?= $(DATA_DIR)/images
-screenshots: install proto  ## screenshots of the web page into docs/ (released model, two HAM10000 images and a rejection)
+# The released version 2 predates the `explain` signature, so the heatmap is shown on the
+# untrained placeholder, whose screenshots are named placeholder-*.png.
+screenshots: install proto demo-model  ## screenshots of the web page into docs/: the released model, and the placeholder's heatmap
 	$(PY) -m devtools.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
+	$(PY) -m devtools.web_page screenshots --model-base $(DEMO_BASE) --images $(WEB_IMAGES) --out docs/ --prefix placeholder
 
 bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
 	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json

@@ -1,11 +1,12 @@
 """The web page driven in Debian's headless Chromium (Playwright with `executable_path`; nothing
 downloads a browser): screenshots for the docs, and the page's load time.
 
-    python -m devtools.web_page screenshots --out docs/   (make screenshots)
+    python -m devtools.web_page screenshots --out docs/ [--prefix web]   (make screenshots)
     python -m devtools.web_page bench --out bench-results/web-<UTC>.json   (make bench-web)
 
-Each starts its own front (embedded backend, the released model unless --model-base says
-otherwise) and web server on free loopback ports, and stops both at the end.
+Each starts its own redis-server, front (embedded backend, the released model unless --model-base
+says otherwise; hosting BatchJobs), worker and web server on free loopback ports, and stops them
+at the end. The screenshots' batch job is the first 20 images of --images.
 
 Page load: `--loads` fresh browser contexts (no cache) open the page; the Navigation Timing API
 gives, per load, the time to the first byte, to DOMContentLoaded and to the load event. Upload to
@@ -24,10 +25,12 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,11 @@ from playwright.sync_api import (
 )
 
 from core import defaults as core_defaults
+from dermserve.v1 import batch_jobs_pb2 as batch_pb
+from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from devtools.health import wait_until_serving
 from devtools.ports import free_ports
+from devtools.redis import RedisServer
 
 CHROMIUM = "chromium"  # Debian's package and binary name
 START_TIMEOUT_S = 180.0  # seconds: TensorFlow's import and the model's load on busy CPUs
@@ -52,6 +58,10 @@ PAGE_TIMEOUT_MS = 60_000  # milliseconds a page wait may take, at most (a cold m
 VIEWPORT = ViewportSize(width=1280, height=900)  # pixels of the screenshots
 DEFAULT_LOADS = 30  # page loads measured (a cold context each)
 DEFAULT_UPLOADS = 10  # uploads timed
+JOB_IMAGES = 20  # images of the batch job the jobs view shows; the first two are uploaded
+SCREENSHOT_JOB = "ham10000-first-20"
+TERMINAL_STATES = (batch_pb.BATCH_JOB_STATE_SUCCEEDED, batch_pb.BATCH_JOB_STATE_FAILED,
+                   batch_pb.BATCH_JOB_STATE_CANCELLED)
 REJECTED_EXAMPLE = FilePayload(name="notes.jpg", mimeType="image/jpeg",
                                buffer=b"Patient notes, not an image.\n" * 20)
 
@@ -76,29 +86,62 @@ def wait_for_page(url: str, web: subprocess.Popen[bytes]) -> None:
     raise RuntimeError("the web server did not start")
 
 
+@dataclass(frozen=True)
+class Served:
+    """The page's URL and the front's address (to submit a batch job)."""
+
+    url: str
+    front: str
+
+
+def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", *command], env=env)
+
+
 @contextmanager
-def served_page(model_base: Path, model_name: str) -> Iterator[str]:
-    """A front and a web server on free loopback ports; yields the page's URL."""
+def served_page(model_base: Path, model_name: str, images: Path) -> Iterator[Served]:
+    """A redis-server, a front hosting BatchJobs, one worker and a web server, on free loopback
+    ports, with `images` as the batch input root; yields the page's URL and the front."""
     front_port, web_port = free_ports(2)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    front = subprocess.Popen([sys.executable, "-m", "service", "--listen",
-                              f"127.0.0.1:{front_port}", "--metrics-port", "0", "--backend",
-                              "embedded", "--model-base", str(model_base), "--model-name",
-                              model_name, "--log-level", "WARNING"], env=env)
-    web = subprocess.Popen([sys.executable, "-m", "web", "--web-listen",
-                            f"127.0.0.1:{web_port}", "--target", f"127.0.0.1:{front_port}"],
-                           env=env, stderr=subprocess.DEVNULL)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{front_port}") as channel:
-            if not wait_until_serving(channel, START_TIMEOUT_S, lambda: front.poll() is not None):
-                raise RuntimeError("the front did not become SERVING")
-        url = f"http://127.0.0.1:{web_port}"
-        wait_for_page(url, web)
-        yield url
-    finally:
-        for process in (web, front):
-            process.terminate()
-            process.wait()
+    with tempfile.TemporaryDirectory(prefix="dermserve-web-") as scratch:
+        redis = RedisServer(Path(scratch) / "redis").start()
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DERMSERVE_REDIS_URL": redis.url,
+               "DERMSERVE_INPUT_ROOTS": str(images.resolve()),
+               "DERMSERVE_BATCH_OUTPUT_DIR": str(Path(scratch) / "results")}
+        model = ["--model-base", str(model_base), "--model-name", model_name]
+        processes = [
+            start(["service", "--listen", f"127.0.0.1:{front_port}", "--metrics-port", "0",
+                   "--backend", "embedded", "--log-level", "WARNING", *model], env),
+            start(["worker", "--worker-metrics-port", "0", *model], env),
+            start(["web", "--web-listen", f"127.0.0.1:{web_port}", "--target",
+                   f"127.0.0.1:{front_port}"], env)]
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{front_port}") as channel:
+                if not wait_until_serving(channel, START_TIMEOUT_S,
+                                          lambda: processes[0].poll() is not None):
+                    raise RuntimeError("the front did not become SERVING")
+            url = f"http://127.0.0.1:{web_port}"
+            wait_for_page(url, processes[2])
+            yield Served(url, f"127.0.0.1:{front_port}")
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+                process.wait()
+            redis.stop()
+
+
+def finished_job(front: str, images: Sequence[Path], job_id: str) -> None:
+    """Submit `images` as a batch job named `job_id` and follow it to its end."""
+    with grpc.insecure_channel(front) as channel:
+        stub = batch_grpc.BatchJobsStub(channel)
+        stub.SubmitBatchJob(batch_pb.SubmitBatchJobRequest(
+            files=batch_pb.FileReferences(paths=[image.name for image in images]),
+            client_job_id=job_id), timeout=30)
+        for update in stub.WatchBatchJob(batch_pb.WatchBatchJobRequest(job_id=job_id),
+                                         timeout=START_TIMEOUT_S):
+            if update.job.state in TERMINAL_STATES:
+                return
+    raise RuntimeError(f"batch job {job_id} did not finish")
 
 
 def upload(page: Page, url: str, files: Sequence[FilePayload]) -> None:
@@ -111,26 +154,29 @@ def payload(path: Path) -> FilePayload:
     return FilePayload(name=path.name, mimeType="image/jpeg", buffer=path.read_bytes())
 
 
-def screenshots(browser: Browser, url: str, images: Sequence[Path], out: Path) -> list[Path]:
+def screenshots(browser: Browser, served: Served, images: Sequence[Path], out: Path,
+                prefix: str) -> list[Path]:
     """The classify view with results and one rejection, a result card alone, the model card
-    and the batch jobs view."""
+    and the batch jobs view, as out/PREFIX-{classify,result,model,jobs}.png."""
+    names = {view: out / f"{prefix}-{view}.png" for view in ("classify", "result", "model", "jobs")}
+    url = served.url
+    finished_job(served.front, images, SCREENSHOT_JOB)
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(PAGE_TIMEOUT_MS)
-    upload(page, url, [REJECTED_EXAMPLE, *(payload(image) for image in images)])
+    upload(page, url, [REJECTED_EXAMPLE, *(payload(image) for image in images[:2])])
     out.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=out / "web-classify.png", full_page=True)
-    page.locator(".result").nth(1).screenshot(path=out / "web-result.png")
-    page.locator(".model-link").first.click()
+    page.screenshot(path=names["classify"], full_page=True)
+    page.locator(".result").nth(1).screenshot(path=names["result"])
+    page.locator(".result:not(.rejected) .model-link").first.click()
     page.locator("#metrics tbody tr").first.wait_for()
-    page.screenshot(path=out / "web-model.png", full_page=True)
+    page.screenshot(path=names["model"], full_page=True)
     page.goto(url + "/jobs")
-    page.get_by_label("Job id").fill("ham-2026-11-23")
+    page.get_by_label("Job id").fill(SCREENSHOT_JOB)
     page.get_by_role("button", name="Follow job").click()
     page.locator("#jobs tbody tr").first.wait_for()
-    page.screenshot(path=out / "web-jobs.png")
+    page.screenshot(path=names["jobs"])
     page.close()
-    return [out / name for name in ("web-classify.png", "web-result.png", "web-model.png",
-                                    "web-jobs.png")]
+    return list(names.values())
 
 
 def navigation_timing(browser: Browser, url: str) -> dict[str, float]:
@@ -177,20 +223,21 @@ def bench(browser: Browser, url: str, image: Path, loads: int, uploads: int) -> 
 
 
 def run(args: argparse.Namespace) -> None:
-    images = sorted(args.images.glob("*.jpg"))[:2]
+    images = sorted(args.images.glob("*.jpg"))[:JOB_IMAGES]
     if not images:
         raise SystemExit(f"no JPEG images in {args.images}")
-    with served_page(args.model_base, args.model_name) as url, sync_playwright() as driver:
+    with served_page(args.model_base, args.model_name, args.images) as served, \
+            sync_playwright() as driver:
         browser = launch_chromium(driver)
         try:
             if args.command == "screenshots":
-                for path in screenshots(browser, url, images, args.out):
+                for path in screenshots(browser, served, images, args.out, args.prefix):
                     print(path)
                 return
             report = {"created_utc": datetime.now(UTC).isoformat(), "host": platform.node(),
                       "cpus": os.cpu_count(), "browser": f"chromium {browser.version}",
                       "model_base": str(args.model_base), "image": images[0].name,
-                      **bench(browser, url, images[0], args.loads, args.uploads)}
+                      **bench(browser, served.url, images[0], args.loads, args.uploads)}
         finally:
             browser.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -208,6 +255,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model-name", default=core_defaults.DEFAULT_MODEL_NAME)
     parser.add_argument("--images", type=Path, default=Path("../shared/data/ham10000/images"),
                         help="a directory of JPEGs: the first two are uploaded")
+    parser.add_argument("--prefix", default="web", help="screenshots: the files' name prefix")
     parser.add_argument("--loads", type=int, default=DEFAULT_LOADS)
     parser.add_argument("--uploads", type=int, default=DEFAULT_UPLOADS)
     return parser.parse_args(argv)
