@@ -84,9 +84,10 @@ run: install proto  ## start the stack on the released model (else the placehold
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
 
-bench: install proto  ## benchmark the raw model against Classify over gRPC and a 2,000-image batch job; JSON into bench-results/
+bench: install proto  ## benchmark the raw model against Classify over gRPC, Explain against Classify, and a 2,000-image batch job; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \

@@ -121,3 +121,49 @@ def test_a_ham10000_sized_photo_is_answered_not_rejected(served: Running) -> Non
     response = classify(served, buffer.getvalue())
     assert len(response.probabilities) == 7
     assert sum(p.probability for p in response.probabilities) == pytest.approx(1.0, abs=1e-4)
+
+
+OCCLUSION_IMAGES = 6  # HAM10000 images of the publish-time sample: enough for a majority
+OCCLUSION_CELLS = 2  # heatmap cells per side of the occluded square (1/3 of a 6x6 map's side)
+
+
+def occluded(image: Image.Image, row: int, col: int, cells: tuple[int, int]) -> bytes:
+    """`image` with the square of OCCLUSION_CELLS heatmap cells around cell (row, col) painted
+    its mean colour. Preprocessing resizes the whole frame, so a cell is a fixed fraction of it."""
+    pixels = np.asarray(image.convert("RGB")).copy()
+    height, width = pixels.shape[:2]
+    top = min(max(row - OCCLUSION_CELLS // 2, 0), cells[0] - OCCLUSION_CELLS)
+    left = min(max(col - OCCLUSION_CELLS // 2, 0), cells[1] - OCCLUSION_CELLS)
+    rows = slice(top * height // cells[0], (top + OCCLUSION_CELLS) * height // cells[0])
+    cols = slice(left * width // cells[1], (left + OCCLUSION_CELLS) * width // cells[1])
+    pixels[rows, cols] = pixels.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    return encode(Image.fromarray(pixels), "PNG")
+
+
+def probability_of(response: pb.ClassifyResponse, label: str) -> float:
+    return next(p.probability for p in response.probabilities if p.label == label)
+
+
+@pytest.mark.skipif(not HAM10000_IMAGES.is_dir(), reason="../shared HAM10000 images are not here")
+def test_occluding_the_hottest_region_costs_the_class_more_than_the_coldest(
+        served: Running) -> None:
+    record = json.loads((released_version() / "assets.extra" / "sample_predictions.json")
+                        .read_text())
+    hot_drops, cold_drops = [], []
+    for image_id in record["image_ids"][:OCCLUSION_IMAGES]:
+        data = (HAM10000_IMAGES / f"{image_id}.jpg").read_bytes()
+        explained = served.stub.Explain(pb.ExplainRequest(image=data), timeout=60)
+        label = explained.explained_label
+        heatmap = np.asarray(explained.heatmap.values).reshape(explained.heatmap.height,
+                                                               explained.heatmap.width)
+        base = probability_of(explained.classification, label)
+        with Image.open(io.BytesIO(data)) as image:
+            hot = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+            cold = np.unravel_index(int(np.argmin(heatmap)), heatmap.shape)
+            hot_image = occluded(image, int(hot[0]), int(hot[1]), heatmap.shape)
+            cold_image = occluded(image, int(cold[0]), int(cold[1]), heatmap.shape)
+        hot_drops.append(base - probability_of(classify(served, hot_image), label))
+        cold_drops.append(base - probability_of(classify(served, cold_image), label))
+    wins = sum(h > c for h, c in zip(hot_drops, cold_drops, strict=True))
+    assert wins > OCCLUSION_IMAGES // 2, (hot_drops, cold_drops)
+    assert np.mean(hot_drops) > np.mean(cold_drops), (hot_drops, cold_drops)

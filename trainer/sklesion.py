@@ -10,7 +10,7 @@ Its probabilities follow HAM10000's class priors; `prior-corrected` divides them
 so **its own-test figures are optimistic**: judge it on the external check.
 
     python -m trainer.sklesion --model var/sklesion/sklesion/model.keras \\
-        --version-dir models/ham10000/2 --data-dir ../shared/data/ham10000 \\
+        --version-dir models/ham10000/3 --data-dir ../shared/data/ham10000 \\
         --external-dir ../shared/data/isic2017 --out var/exp/sklesion.json
 """
 
