@@ -95,11 +95,9 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC, Exp
 
 # The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
 WEB_IMAGES ?= $(DATA_DIR)/images
-# The released version 2 predates the `explain` signature, so the heatmap is shown on the
-# untrained placeholder, whose screenshots are named placeholder-*.png.
-screenshots: install proto demo-model  ## screenshots of the web page into docs/: the released model, and the placeholder's heatmap
+screenshots: install proto  ## screenshots of the web page into docs/ (released model, HAM10000 images, a rejection, a batch job)
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: screenshots of the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
-	$(PY) -m devtools.web_page screenshots --model-base $(DEMO_BASE) --images $(WEB_IMAGES) --out docs/ --prefix placeholder
 
 bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
 	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
