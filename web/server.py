@@ -186,8 +186,15 @@ class Handler(BaseHTTPRequestHandler):
                                                 f'-results.jsonl"')
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        for line in chained(first, lines):
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        try:
+            for line in chained(first, lines):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+        except FrontError as exc:
+            # The status is sent: cut the download short (no final chunk), so the browser
+            # reports it as failed rather than complete.
+            log.warning("results of a job cut short: %s", exc)
+            self.close_connection = True
+            return
         self.wfile.write(b"0\r\n\r\n")
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
