@@ -139,6 +139,9 @@ class Handler(BaseHTTPRequestHandler):
         except FrontError as exc:
             self.send_error_json(exc)
 
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        self.do_GET()  # `send` writes no body for HEAD
+
     def route_get(self, path: str, query: dict[str, list[str]]) -> None:
         if path in self.server.pages:
             self.send(200, self.server.pages[path], CONTENT_TYPES[".html"])

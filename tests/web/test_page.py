@@ -149,6 +149,10 @@ def test_pages_send_a_strict_csp_and_carry_no_inline_script_or_style(fake_web: W
     assert "frame-ancestors 'none'" in policy
     assert markup.scripts and all(script.get("src") for script in markup.scripts)
     assert markup.inline == []
+    head = urllib.request.Request(fake_web.url + path, method="HEAD")
+    with urllib.request.urlopen(head, timeout=10) as response:
+        assert response.headers["Content-Security-Policy"] == policy
+        assert response.read() == b""
 
 
 def test_the_page_runs_without_a_csp_violation(page: Page, fake_web: Web) -> None:
