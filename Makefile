@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench demo-model train external-check tools redis-server clean
+.PHONY: help install proto lint test attack fuzz run bench bench-web screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -27,10 +27,15 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --python $(PYTHON_VERSION)
 	touch $@
 
-install: $(VENV)/.installed redis-server  ## create the virtualenv and install Python packages and redis-server
+install: $(VENV)/.installed redis-server chromium  ## create the virtualenv and install Python packages, redis-server and chromium
 
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
+# Debian's Chromium, which the web page's tests (tests/web) drive headless through Playwright's
+# executable_path: Playwright never downloads a browser here (no `playwright install`).
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # Stubs are generated, never committed, and regenerated whenever a .proto changes, so they cannot go stale.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
@@ -44,7 +49,7 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check core service worker trainer cli devtools tests tools
+	$(VENV)/bin/ruff check core service worker trainer cli web devtools tests tools
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
@@ -87,6 +92,15 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC, Exp
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
+
+# The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
+WEB_IMAGES ?= $(DATA_DIR)/images
+screenshots: install proto  ## screenshots of the web page into docs/ (released model, HAM10000 images, a rejection, a batch job)
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: screenshots of the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
+	$(PY) -m devtools.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
+
+bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
+	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train

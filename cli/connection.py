@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Protocol, cast
 
 import grpc
 
@@ -41,14 +41,31 @@ def add_connection_arguments(parser: argparse.ArgumentParser,
                        help="seconds per call")
 
 
-def open_channel(args: argparse.Namespace) -> grpc.Channel:
+class ConnectionOptions(Protocol):
+    """What opening a channel needs: the CLI's parsed flags, or the web page's settings."""
+
+    @property
+    def target(self) -> str: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def tls_ca(self) -> Path | None: ...
+    @property
+    def tls_cert(self) -> Path | None: ...
+    @property
+    def tls_key(self) -> Path | None: ...
+
+
+def open_channel(args: ConnectionOptions) -> grpc.Channel:
     if args.tls or args.tls_ca or args.tls_cert:
         return grpc.secure_channel(args.target, channel_credentials(args.tls_ca, args.tls_cert,
                                                                     args.tls_key))
     return grpc.insecure_channel(args.target)
 
 
-def call_metadata(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+def call_metadata(args: ConnectionOptions) -> tuple[tuple[str, str], ...] | None:
     return (("authorization", f"Bearer {args.token}"),) if args.token else None
 
 

@@ -1,6 +1,7 @@
 """`make run`: start the local stack, print how to call it, and stop every process on Ctrl-C or
 SIGTERM. The stack is a redis-server on loopback with its data under var/redis (AOF on, so a
-restart keeps the jobs), the front service hosting Classify and BatchJobs, and one batch worker.
+restart keeps the jobs), the front service hosting Classify and BatchJobs, one batch worker, and
+the clinicians' web page (dermserve-web) on 127.0.0.1:8080, a client of the front.
 
 The front must see the same Redis, input roots and output directory as the worker: both get
 `batch_environment()`.
@@ -26,6 +27,7 @@ from core import defaults as core_defaults
 from devtools.health import wait_until_serving
 from devtools.redis import redis_command
 from service import defaults
+from web import defaults as web_defaults
 
 log = logging.getLogger("dermserve.stack")
 
@@ -111,10 +113,17 @@ def worker_process(args: argparse.Namespace, model_base: Path) -> Process:
                               "--model-name", args.model_name], env=batch_environment())
 
 
+def web_process(args: argparse.Namespace) -> Process:
+    # The page is a client of the front; it answers (not ready) until the front is SERVING.
+    return Process("web", [sys.executable, "-m", "web", "--web-listen", args.web_listen,
+                           "--target", args.listen])
+
+
 def stack_processes(args: argparse.Namespace) -> list[Process]:
     """Redis first: the Redis clients of the front and the worker retry until it answers."""
     model_base = choose_model_base(args)
-    return [redis_process(), front_process(args, model_base), worker_process(args, model_base)]
+    return [redis_process(), front_process(args, model_base), worker_process(args, model_base),
+            web_process(args)]
 
 
 def front_serving(target: str, processes: Sequence[Process]) -> bool:
@@ -127,7 +136,7 @@ def any_exited(processes: Sequence[Process]) -> bool:
     return any(p.popen is not None and p.popen.poll() is not None for p in processes)
 
 
-def print_usage(target: str) -> None:
+def print_usage(target: str, web_listen: str) -> None:
     print(f"""
 dermserve is serving on {target}. Try:
 
@@ -138,11 +147,12 @@ dermserve is serving on {target}. Try:
   grpcurl -plaintext -d "{{\\"image\\": \\"$(base64 -w0 lesion.jpg)\\"}}" \\
       {target} dermserve.v1.LesionClassifier/Classify
 
+The web page: http://{web_listen}/
 Metrics: http://127.0.0.1:{defaults.DEFAULT_METRICS_PORT}/metrics   Stop: Ctrl-C
 """, flush=True)
 
 
-def run(processes: list[Process], target: str) -> int:
+def run(processes: list[Process], target: str, web_listen: str) -> int:
     stopping = False
 
     def handle(signum: int, frame: FrameType | None) -> None:
@@ -154,7 +164,7 @@ def run(processes: list[Process], target: str) -> int:
     for process in processes:
         process.start()
     if front_serving(target, processes):
-        print_usage(target)
+        print_usage(target, web_listen)
     while not stopping and not any_exited(processes):
         time.sleep(POLL_S)
     status = 0 if stopping else 1
@@ -173,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--demo-base", type=Path, default=Path("var/demo-models"))
     parser.add_argument("--model-name", default=core_defaults.DEFAULT_MODEL_NAME)
     parser.add_argument("--listen", default=defaults.DEFAULT_LISTEN_ADDRESS)
+    parser.add_argument("--web-listen", default=web_defaults.DEFAULT_WEB_LISTEN_ADDRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s stack %(message)s")
-    sys.exit(run(stack_processes(args), args.listen))
+    sys.exit(run(stack_processes(args), args.listen, args.web_listen))
 
 
 if __name__ == "__main__":

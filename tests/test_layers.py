@@ -20,8 +20,9 @@ LAYERS = {
     "worker": 2,     # the batch system (jobs, Redis store, chunks, rq worker)
     "service": 3,    # the gRPC front: both servicers, interceptors, health, metrics
     "cli": 4,        # the `dermserve` client
-    "devtools": 5,   # stack, redis launcher, stand-in model, benchmarks
-    "tools": 6,      # the attack suite (checkout only): uses devtools
+    "web": 5,        # the clinicians' page, a client of the front through cli/connection.py
+    "devtools": 6,   # stack, redis launcher, stand-in model, benchmarks, page screenshots
+    "tools": 7,      # the attack suite (checkout only): uses devtools
 }
 PACKAGES = [name for name in LAYERS if name != "dermserve"]
 CORE_FORBIDDEN = {"rq", "redis", "grpc_health", "grpc_reflection"}

@@ -13,12 +13,18 @@ from core import config
 from core.settings import ServingSettings
 from service.settings import Settings
 from service.settings import build_parser as front_parser
+from web.settings import WebSettings
 from worker.settings import BatchApiSettings, WorkerSettings, parse_settings
 from worker.settings import build_parser as worker_parser
 
 
+def web_parser(environ: dict[str, str]) -> object:
+    return config.build_parser(WebSettings, environ, "dermserve-web", "")
+
+
 @pytest.mark.parametrize("cls, parser", [(Settings, front_parser),
-                                         (WorkerSettings, worker_parser)])
+                                         (WorkerSettings, worker_parser),
+                                         (WebSettings, web_parser)])
 def test_help_lists_every_setting_with_its_default_and_variable(cls: type, parser: object
                                                                 ) -> None:
     text = " ".join(parser({}).format_help().split())  # type: ignore[operator]
@@ -93,3 +99,13 @@ def test_secrets_stay_out_of_help_and_repr() -> None:
     assert "t0k3n" not in front_parser(env).format_help()
     settings = Settings.from_sources([], env)
     assert "hunter2" not in repr(settings) and "t0k3n" not in repr(settings)
+
+
+def test_the_web_page_reads_the_clis_connection_and_the_fronts_image_limit() -> None:
+    web = {o.env: o.default for o in config.options(WebSettings)}
+    front = {o.env: o.default for o in config.options(Settings)}
+    assert web["DERMSERVE_MAX_IMAGE_BYTES"] == front["DERMSERVE_MAX_IMAGE_BYTES"]
+    assert {"DERMSERVE_TARGET", "DERMSERVE_TOKEN", "DERMSERVE_TLS_CA", "DERMSERVE_TLS_CERT",
+            "DERMSERVE_TLS_KEY"} <= web.keys()
+    # Its own address has its own variable: one environment can configure the front and the page.
+    assert "DERMSERVE_LISTEN" not in web and "DERMSERVE_WEB_LISTEN" in web

@@ -309,6 +309,6 @@ def test_every_dermserve_container_runs_a_declared_console_script(rendered: Rend
 
     scripts = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["scripts"]
     commands = {main["command"][0] for main in iter_dermserve_containers(rendered)}
-    assert commands == {"dermserve-server", "dermserve-worker", "dermserve-train"}
+    assert commands == {"dermserve-server", "dermserve-worker", "dermserve-train", "dermserve-web"}
     assert commands <= set(scripts)
 

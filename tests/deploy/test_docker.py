@@ -11,7 +11,8 @@ from tests.deploy.conftest import DEPLOY, Rendered
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 ROOT = DEPLOY.parent
-TARGETS = {"server": "dermserve-server", "worker": "dermserve-worker", "trainer": "dermserve-train"}
+TARGETS = {"server": "dermserve-server", "worker": "dermserve-worker", "trainer": "dermserve-train",
+           "web": "dermserve-web"}
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -165,7 +165,7 @@ def selects(selector: dict[str, Any], component: str) -> bool:
         return False
     for expression in selector.get("matchExpressions", []):
         assert expression["key"] == "app.kubernetes.io/component", expression
-        assert expression["operator"] == "In", expression
-        if component not in expression["values"]:
+        assert expression["operator"] in ("In", "NotIn"), expression
+        if (component in expression["values"]) != (expression["operator"] == "In"):
             return False
     return True

@@ -22,7 +22,7 @@ CRD_KINDS = {
 }
 """Kinds with no bundled schema (Prometheus Operator CRDs): test_crd_structure checks them."""
 
-WORKLOAD_COMPONENTS = {"server", "worker", "tfserving", "redis", "trainer"}
+WORKLOAD_COMPONENTS = {"server", "worker", "tfserving", "redis", "trainer", "web"}
 
 
 def is_crd(doc: dict[str, Any]) -> bool:
@@ -146,9 +146,10 @@ def test_namespace_is_set_and_restricted(rendered: Rendered) -> None:
             assert doc["metadata"].get("namespace") == name, doc["metadata"]["name"]
 
 
-def test_only_the_front_is_reachable_from_outside(rendered: Rendered) -> None:
+def test_only_the_front_and_the_page_are_reachable_from_outside(rendered: Rendered) -> None:
     """Every pod is denied by default; TF Serving and Redis admit only dermserve's own pods; only
-    the front's gRPC port admits peers selected by namespace or CIDR."""
+    the front's gRPC port and the web page's HTTP port admit peers selected by namespace or
+    CIDR."""
     policies = rendered.of_kind("NetworkPolicy")
     deny = [p for p in policies if p["spec"]["podSelector"] == {}]
     assert deny and "ingress" not in deny[0]["spec"], "no default-deny policy"
@@ -166,7 +167,7 @@ def test_only_the_front_is_reachable_from_outside(rendered: Rendered) -> None:
                     assert ports <= metrics_ports(rendered), policy["metadata"]["name"]
                     continue
                 outside_ports.setdefault(component, set()).update(ports)
-    assert outside_ports == {"server": {50051}}
+    assert outside_ports == {"server": {50051}, "web": {8080}}
 
 
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}

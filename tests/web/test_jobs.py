@@ -1,0 +1,69 @@
+"""The batch jobs view against the real front hosting BatchJobs on a real redis-server, with an
+in-process worker: a followed job shows its progress and state, and its results download as
+JSON Lines, one line per image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+from playwright.sync_api import Page, expect
+
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from tests.web.conftest import running_web
+from tests.worker.conftest import (  # noqa: F401 (fixtures)
+    FakeBackend,
+    input_root,
+    redis_server,
+    run_worker_burst,
+    settings,
+    write_images,
+)
+from tests.worker.test_front import batch_services
+from worker.settings import WorkerSettings
+
+IMAGES = 6
+
+
+def test_a_finished_job_shows_its_progress_and_downloads_its_results(
+        page: Page, settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    write_images(input_root / "clinic", IMAGES)
+    backend = FakeBackend()
+    with running_web(backend, batch_services(settings)) as web:
+        with grpc.insecure_channel(f"127.0.0.1:{web.front_port}") as channel:
+            stub = pb_grpc.BatchJobsStub(channel)
+            stub.SubmitBatchJob(pb.SubmitBatchJobRequest(
+                files=pb.FileReferences(paths=["clinic"]), client_job_id="clinic-1"), timeout=10)
+        run_worker_burst(settings, backend)
+        page.goto(web.url + "/jobs")
+        page.get_by_label("Job id").fill("clinic-1")
+        page.get_by_role("button", name="Follow job").click()
+        row = page.locator("#jobs tbody tr")
+        expect(row).to_contain_text("succeeded")
+        expect(row).to_contain_text(f"{IMAGES} / {IMAGES}")
+        expect(page.get_by_role("progressbar", name="Progress of job clinic-1")
+               ).to_have_js_property("value", IMAGES)
+        with page.expect_download() as download:
+            page.get_by_role("link", name="Download results of clinic-1 (JSON Lines)").click()
+        path = tmp_path / "results.jsonl"
+        download.value.save_as(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["index"] for line in lines] == [str(i) for i in range(IMAGES)]
+    assert all(len(line["probabilities"]) == 7 for line in lines)
+    assert download.value.suggested_filename == "clinic-1-results.jsonl"
+
+
+def test_the_followed_jobs_survive_a_reload_in_this_browser_only(
+        page: Page, settings: WorkerSettings) -> None:  # noqa: F811
+    with running_web(FakeBackend(), batch_services(settings)) as web:
+        page.goto(web.url + "/jobs")
+        page.get_by_label("Job id").fill("not-submitted")
+        page.get_by_role("button", name="Follow job").click()
+        row = page.locator("#jobs tbody tr")
+        expect(row).to_contain_text("JOB_NOT_FOUND")
+        page.reload()
+        expect(row).to_contain_text("not-submitted")
+        page.get_by_role("button", name="Remove not-submitted").click()
+        expect(row).to_have_count(0)

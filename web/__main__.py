@@ -1,0 +1,15 @@
+"""`python -m web` / `dermserve-web`: serve the clinicians' page."""
+
+import os
+import sys
+
+from web.server import serve
+from web.settings import WebSettings
+
+
+def main() -> None:
+    serve(WebSettings.from_sources(sys.argv[1:], os.environ))
+
+
+if __name__ == "__main__":
+    main()
