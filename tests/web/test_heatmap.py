@@ -79,7 +79,7 @@ def test_the_keyboard_reaches_every_control_in_order_and_each_has_a_name(
     page.locator("body").focus()
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
-                page.get_by_label(re.compile("Drop JPEG or PNG images")),
+                page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("checkbox", name="Show heatmap overlay"),
                 page.get_by_role("link", name=re.compile("model card"))]
     for control in expected:

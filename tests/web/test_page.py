@@ -15,10 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from core.backends.base import ExplainOutput, ModelRef
 from core.errors import BackendTimeout
+from devtools.dicom_sample import photograph_dataset, to_bytes
 from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web
 
@@ -66,6 +68,17 @@ def test_several_images_get_one_card_each(page: Page, fake_web: Web) -> None:
     expect(page.locator(".result h2")).to_have_text([first.name, "b.jpg"])  # in upload order
 
 
+def test_a_dicom_file_is_classified_with_its_study(page: Page, fake_web: Web) -> None:
+    """The page sends DICOM bytes as they are: the front reads them, and the card names the
+    study and instance the result belongs to."""
+    dataset = photograph_dataset(Image.open(ham10000_image()), "jpeg-ybr422")
+    upload(page, fake_web, {"name": "lesion.dcm", "mimeType": "application/dicom",
+                            "buffer": to_bytes(dataset)})
+    expect(page.locator(".result meter")).to_have_count(7)
+    expect(page.locator(".result .request")).to_contain_text(
+        f"DICOM study {dataset.StudyInstanceUID}, instance {dataset.SOPInstanceUID}")
+
+
 class SlowExplanations(FakeBackend):
     """Classifies at once; every explanation misses its deadline."""
 
@@ -89,7 +102,7 @@ def test_a_text_file_renamed_jpg_shows_the_apis_rejection_reason(page: Page,
     upload(page, fake_web, {"name": "notes.jpg", "mimeType": "image/jpeg",
                             "buffer": TEXT_AS_JPEG})
     state = page.locator(".result.rejected .state")
-    expect(state).to_contain_text("only JPEG and PNG images are accepted")
+    expect(state).to_contain_text("only JPEG, PNG and DICOM images are accepted")
     expect(state).to_contain_text("UNSUPPORTED_FORMAT")
     expect(page.locator(".result meter")).to_have_count(0)
 
@@ -192,7 +205,7 @@ def test_the_keyboard_reaches_the_views_the_upload_and_the_model_card_in_order(
     page.locator("body").focus()
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
-                page.get_by_label(re.compile("Drop JPEG or PNG images")),
+                page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("link", name=re.compile("model card"))]
     for control in expected:
         page.keyboard.press("Tab")

@@ -109,7 +109,12 @@ function showResult(node, answer, file) {
   link.href = "/model?version=" + encodeURIComponent(result.model.version);
   link.textContent = "Model " + result.model.name + " version " + result.model.version +
     ": model card";
-  node.querySelector(".request").textContent = "Request id " + result.request_id;
+  let reference = "Request id " + result.request_id;
+  if (result.dicom) {  // the DICOM study the result belongs to (no patient data comes back)
+    reference += "; DICOM study " + result.dicom.study_instance_uid + ", instance " +
+      result.dicom.sop_instance_uid;
+  }
+  node.querySelector(".request").textContent = reference;
   node.querySelector(".body").hidden = false;
 }
 
