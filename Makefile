@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench demo-model train external-check tools redis-server clean
+.PHONY: help install proto lint test attack fuzz run bench soak demo-model train external-check tools redis-server clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -86,6 +86,15 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC and 
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
+
+# A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak.py).
+SOAK_S ?= 600
+SOAK_OUT ?= $(BENCH_DIR)
+SOAK_JOB_IMAGES ?= 3000
+soak: install proto  ## SOAK_S (600) seconds of mixed load and faults on a loopback stack; JSON + PNG into SOAK_OUT (bench-results/)
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: soaking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
+	$(PY) -m devtools.soak --duration-s $(SOAK_S) --out-dir $(SOAK_OUT) --model-base $(SERVE_BASE) \
+		--images-dir $(DATA_DIR)/images --job-images $(SOAK_JOB_IMAGES)
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train
