@@ -90,7 +90,8 @@ bench: install proto  ## benchmark the raw model against Classify over gRPC and 
 # A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak.py).
 SOAK_S ?= 600
 SOAK_OUT ?= $(BENCH_DIR)
-SOAK_JOB_IMAGES ?= 3000
+# HAM10000 images in the soak's batch job (devtools/soak.py says why).
+SOAK_JOB_IMAGES ?= 5000
 soak: install proto  ## SOAK_S (600) seconds of mixed load and faults on a loopback stack; JSON + PNG into SOAK_OUT (bench-results/)
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: soaking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.soak --duration-s $(SOAK_S) --out-dir $(SOAK_OUT) --model-base $(SERVE_BASE) \

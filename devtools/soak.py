@@ -7,10 +7,10 @@ copy of the model base in a temporary directory. The load: unary Classify at --c
 images submitted at the start. The faults, in order, at fixed fractions of --duration-s (each
 waits for the stack to recover from the previous one):
 
-    15%  publish a new model version (a copy of the latest, renamed into place)
+    15%  publish a new model version (a copy of the served one, renamed into place)
     30%  SIGKILL the worker (the supervisor restarts it; its chunks are re-queued)
     45%  restart Redis (SIGTERM; the supervisor restarts it; the AOF keeps the job)
-    60%  remove the oldest model version
+    60%  remove the old model version (loaded: it unloads under traffic)
     75%  restart the front (SIGTERM: it drains and exits; the supervisor restarts it)
 
 The report (devtools/soak_report.py) gives calls by method and status code, the unary error
@@ -39,7 +39,7 @@ from core import defaults as core_defaults
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from devtools import soak_job
 from devtools.launched import LaunchedStack, StackLayout
-from devtools.soak_chaos import Chaos, ChaosEvent
+from devtools.soak_chaos import Chaos, ChaosEvent, versions_on_disk
 from devtools.soak_load import CallLog, Load, RssSampler, open_channel
 from devtools.soak_report import build_report, plot
 
@@ -52,18 +52,24 @@ SCHEDULE = (("publish_version", 0.15), ("kill_worker", 0.30), ("restart_redis", 
 WARMUP_FRACTION = 0.10  # of the run: RSS "start" is the first sample after it, before any fault
 DEFAULT_CONCURRENCY = 16  # unary Classify calls in flight
 DEFAULT_STREAMS = 1  # ClassifyStreams open at once, one after the other on each
-DEFAULT_JOB_IMAGES = 3000
-"""HAM10000 images in the batch job. On two shared CPU cores the worker gets about a third of
-the machine next to 16 unary calls (the released model does ~45 images/s alone), minus its
-restart, so 3,000 finish inside a 10-minute soak; all 10,015 would not."""
+DEFAULT_JOB_IMAGES = 5000
+"""HAM10000 images in the batch job: enough that it is still running at the worker's SIGKILL (30%)
+and Redis' restart (45%), few enough to finish inside a 10-minute soak. Next to 16 unary calls
+on this project's two shared cores the worker did 1,000 images in 88 s (11 images/s; the released
+model alone does ~45), so 5,000 take ~8 minutes with the worker's restart; all 10,015 would not
+fit."""
 UNARY_IMAGES = 64  # distinct images the unary and stream load cycle through
 READY_TIMEOUT_S = 300.0  # seconds for the stack to say SERVING (two TF imports, model loads)
 
 
 def copy_models(source: Path, model_name: str, workdir: Path) -> Path:
-    """The soak publishes and removes versions: on a copy, never on the released models."""
+    """The released models' latest version, copied: the soak publishes a version and removes one,
+    never in the released models. One version only, so the release it plays is like for like
+    (the copy of that version is published next to it, then the old one retired), and the RSS
+    at the end compares the same model loaded, not a smaller one swapped for a larger."""
+    latest = versions_on_disk(source / model_name)[-1]
     base = workdir / "models"
-    shutil.copytree(source / model_name, base / model_name)
+    shutil.copytree(source / model_name / str(latest), base / model_name / str(latest))
     return base
 
 
@@ -104,8 +110,9 @@ def under_load(args: argparse.Namespace, stack: LaunchedStack, model_base: Path,
     jobs = batch_grpc.BatchJobsStub(jobs_channel)
     job_id = soak_job.submit(jobs, references)
     events = [ChaosEvent(name, fraction, fraction * args.duration_s) for name, fraction in SCHEDULE]
-    run_faults(Chaos(stack, model_base / args.model_name, calls, load.unary_channel), events,
-               calls)
+    chaos = Chaos(stack, model_base / args.model_name, calls, load.unary_channel,
+                  lambda: soak_job.progress(jobs, job_id))
+    run_faults(chaos, events, calls)
     time.sleep(max(0.0, args.duration_s - calls.now()))
     duration = calls.now()
     sampler.stop()

@@ -86,13 +86,14 @@ class Chaos:
     """The faults of one soak against `stack`, whose models live in `model_dir`."""
 
     def __init__(self, stack: LaunchedStack, model_dir: Path, log: CallLog,
-                 client_channel: grpc.Channel) -> None:
+                 client_channel: grpc.Channel, job_progress: Callable[[], float]) -> None:
         self.stack = stack
         self.model_dir = model_dir
         self.log = log
         # The unary load's own channel: the front is back when *its* clients are served again.
         self.client_channel = client_channel
         self.models = pb_grpc.LesionClassifierStub(client_channel)
+        self.job_progress = job_progress  # the batch job's finished images (inf once it ended)
         self.actions: dict[str, Callable[[ChaosEvent], bool]] = {
             "publish_version": self.publish, "kill_worker": self.kill_worker,
             "restart_redis": self.restart_redis, "remove_old_version": self.remove_old,
@@ -136,8 +137,14 @@ class Chaos:
         return replaced
 
     def kill_worker(self, event: ChaosEvent) -> bool:
+        """Healed once the new worker is at work: the job moves on (or has already ended)."""
+        before = self.job_progress()
         pid = self._signal_child("worker", signal.SIGKILL, event)
-        return self._replaced("worker", pid, event)
+        return self._replaced("worker", pid, event) and until(lambda: self._moved_on(before))
+
+    def _moved_on(self, before: float) -> bool:
+        now = self.job_progress()
+        return now == float("inf") or now > before
 
     def restart_redis(self, event: ChaosEvent) -> bool:
         pid = self._signal_child("redis", signal.SIGTERM, event)

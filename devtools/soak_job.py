@@ -45,6 +45,15 @@ def wait_for_end(stub: pb_grpc.BatchJobsStub, job_id: str, timeout_s: float) -> 
     return None
 
 
+def progress(stub: pb_grpc.BatchJobsStub, job_id: str) -> float:
+    """Images the job has finished; infinity once it has ended; -1 when the API does not answer."""
+    try:
+        job = stub.GetBatchJob(pb.GetBatchJobRequest(job_id=job_id), timeout=CALL_TIMEOUT_S).job
+    except grpc.RpcError:
+        return -1.0
+    return float("inf") if job.state in TERMINAL else float(job.done_images + job.failed_images)
+
+
 def listed_references(stub: pb_grpc.BatchJobsStub, job_id: str) -> tuple[list[str], list[int]]:
     references: list[str] = []
     indices: list[int] = []

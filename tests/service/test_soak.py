@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from devtools.soak import SCHEDULE, parse_args, soak, write_outputs
 from tests.worker.conftest import write_images
 
 IMAGES = 40
+TIMEOUT_S = 900  # seconds: three TensorFlow starts and a front restart; 3 min on busy cores
 
 
+@pytest.mark.timeout(TIMEOUT_S)
 def test_a_short_soak_keeps_its_invariants(tmp_path: Path, model_base: Path) -> None:
     write_images(tmp_path / "input" / "images", IMAGES)
     args = parse_args(["--duration-s", "20", "--model-base", str(model_base),

@@ -100,6 +100,7 @@ def job_state(stub: batch_grpc.BatchJobsStub, job_id: str) -> int:
     return int(stub.GetBatchJob(batch_pb.GetBatchJobRequest(job_id=job_id), timeout=30).job.state)
 
 
+@pytest.mark.timeout(3 * START_TIMEOUT_S)
 def test_a_killed_worker_is_restarted_and_nothing_else_stops(stack: LaunchedStack,
                                                               tmp_path: Path) -> None:
     assert stack.wait_until_serving(START_TIMEOUT_S), "the front never said SERVING"
