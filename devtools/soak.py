@@ -54,10 +54,10 @@ DEFAULT_CONCURRENCY = 16  # unary Classify calls in flight
 DEFAULT_STREAMS = 1  # ClassifyStreams open at once, one after the other on each
 DEFAULT_JOB_IMAGES = 5000
 """HAM10000 images in the batch job: enough that it is still running at the worker's SIGKILL (30%)
-and Redis' restart (45%), few enough to finish inside a 10-minute soak. Next to 16 unary calls
-on this project's two shared cores the worker did 1,000 images in 88 s (11 images/s; the released
-model alone does ~45), so 5,000 take ~8 minutes with the worker's restart; all 10,015 would not
-fit."""
+and Redis' restart (45%). Next to 16 unary calls on this project's two shared cores the worker
+did 1,000 images in 88 s (bench-results/soak-20261202T021748Z.json; the released model alone does
+~45 images/s), and 5,000 finished at 563 s and 616 s of two 600 s soaks (soak-20261202T023145Z,
+soak-20261202T024605Z): about what a 10-minute soak finishes there; all 10,015 would not."""
 UNARY_IMAGES = 64  # distinct images the unary and stream load cycle through
 READY_TIMEOUT_S = 300.0  # seconds for the stack to say SERVING (two TF imports, model loads)
 
