@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench bench-web screenshots demo-model train external-check tools redis-server chromium clean
+.PHONY: help install proto lint test attack fuzz run bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -101,6 +101,16 @@ screenshots: install proto  ## screenshots of the web page into docs/ (released 
 
 bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
 	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
+
+# A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak.py).
+SOAK_S ?= 600
+SOAK_OUT ?= $(BENCH_DIR)
+# HAM10000 images in the soak's batch job (devtools/soak.py says why).
+SOAK_JOB_IMAGES ?= 5000
+soak: install proto  ## SOAK_S (600) seconds of mixed load and faults on a loopback stack; JSON + PNG into SOAK_OUT (bench-results/)
+	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: soaking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
+	$(PY) -m devtools.soak --duration-s $(SOAK_S) --out-dir $(SOAK_OUT) --model-base $(SERVE_BASE) \
+		--images-dir $(DATA_DIR)/images --job-images $(SOAK_JOB_IMAGES)
 
 # --- the trainer: train (resumable), evaluate, and publish the next version behind the gate ---
 TRAIN_WORKDIR ?= var/train

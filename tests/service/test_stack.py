@@ -39,11 +39,11 @@ def test_bench_caps_batches_at_the_best_raw_size_unless_told() -> None:
 
 
 def test_the_stack_starts_the_web_page_as_a_client_of_its_front() -> None:
-    from devtools.stack import web_process
+    from devtools.stack import web_child
     from web.settings import WebSettings
 
-    process = web_process(argparse.Namespace(listen="127.0.0.1:50051",
-                                             web_listen="127.0.0.1:8080"))
+    process = web_child(argparse.Namespace(listen="127.0.0.1:50051",
+                                           web_listen="127.0.0.1:8080"))
     assert process.command[1:3] == ["-m", "web"]
     settings = WebSettings.from_sources(process.command[3:], {})
     assert (settings.listen_address, settings.target) == ("127.0.0.1:8080", "127.0.0.1:50051")
