@@ -9,6 +9,9 @@ keeps serving the others. TensorFlow is imported lazily, so importing this modul
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import logging
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,20 @@ from core.model_config import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+def reclaim_memory() -> None:
+    """Free dropped SavedModels now and hand the freed heap back to the OS. Their graphs and
+    functions reference each other, so only a full collection frees them; glibc then keeps the
+    freed pages in its arenas unless told to trim (measured on version 3: +297 MB per swap
+    without the collection, -19 MB more with the trim)."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name is None:
+        return
+    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None)  # glibc only (not musl, macOS)
+    if trim is not None:
+        trim(0)
 
 
 class LoadedVersion:
