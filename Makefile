@@ -105,8 +105,8 @@ bench-web: install proto  ## the web page's load time (Navigation Timing, cold c
 # A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak.py).
 SOAK_S ?= 600
 SOAK_OUT ?= $(BENCH_DIR)
-# HAM10000 images in the soak's batch job (devtools/soak.py says why).
-SOAK_JOB_IMAGES ?= 5000
+# HAM10000 images in the soak's batch job, 0 for all of them (devtools/soak.py says why).
+SOAK_JOB_IMAGES ?= 0
 soak: install proto  ## SOAK_S (600) seconds of mixed load and faults on a loopback stack; JSON + PNG into SOAK_OUT (bench-results/)
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: soaking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.soak --duration-s $(SOAK_S) --out-dir $(SOAK_OUT) --model-base $(SERVE_BASE) \

@@ -8,9 +8,9 @@ images submitted at the start. The faults, in order, at fixed fractions of --dur
 waits for the stack to recover from the previous one):
 
     15%  publish a new model version (a copy of the served one, renamed into place)
-    30%  SIGKILL the worker (the supervisor restarts it; its chunks are re-queued)
-    45%  restart Redis (SIGTERM; the supervisor restarts it; the AOF keeps the job)
-    60%  remove the old model version (loaded: it unloads under traffic)
+    30%  remove the old model version (loaded: it unloads under traffic)
+    45%  SIGKILL the worker (the supervisor restarts it; its chunks are re-queued)
+    60%  restart Redis (SIGTERM; the supervisor restarts it; the AOF keeps the job)
     75%  restart the front (SIGTERM: it drains and exits; the supervisor restarts it)
 
 The report (devtools/soak_report.py) gives calls by method and status code, the unary error
@@ -46,18 +46,19 @@ from devtools.soak_report import build_report, plot
 log = logging.getLogger("dermserve.soak")
 
 DEFAULT_DURATION_S = 600.0  # seconds of load: `make soak`'s SOAK_S
-SCHEDULE = (("publish_version", 0.15), ("kill_worker", 0.30), ("restart_redis", 0.45),
-            ("remove_old_version", 0.60), ("restart_front", 0.75))
-"""Each fault and the fraction of the run at which it is due."""
+SCHEDULE = (("publish_version", 0.15), ("remove_old_version", 0.30), ("kill_worker", 0.45),
+            ("restart_redis", 0.60), ("restart_front", 0.75))
+"""Each fault and the fraction of the run at which it is due: a release (publish, then remove
+the old version) first, so that every process's RSS window spans a whole swap."""
 WARMUP_FRACTION = 0.10  # of the run: RSS "start" is the first sample after it, before any fault
 DEFAULT_CONCURRENCY = 16  # unary Classify calls in flight
 DEFAULT_STREAMS = 1  # ClassifyStreams open at once, one after the other on each
-DEFAULT_JOB_IMAGES = 5000
-"""HAM10000 images in the batch job: enough that it is still running at the worker's SIGKILL (30%)
-and Redis' restart (45%). Next to 16 unary calls on this project's two shared cores the worker
-did 1,000 images in 88 s (bench-results/soak-20261202T021748Z.json; the released model alone does
-~45 images/s), and 5,000 finished at 563 s and 616 s of two 600 s soaks (soak-20261202T023145Z,
-soak-20261202T024605Z): about what a 10-minute soak finishes there; all 10,015 would not."""
+DEFAULT_JOB_IMAGES = 0
+"""HAM10000 images in the batch job; 0 takes them all (10,015), as the issue asks, so that the job
+is still running at the worker's SIGKILL (45%) and Redis' restart (60%). On two cores shared with
+other work the worker did 1,000 images in 88 s next to 16 unary calls
+(bench-results/soak-20261202T021748Z.json): there the job outlasts a 10-minute soak, and the
+report says when it finished (`finished_within_soak`)."""
 UNARY_IMAGES = 64  # distinct images the unary and stream load cycle through
 READY_TIMEOUT_S = 300.0  # seconds for the stack to say SERVING (two TF imports, model loads)
 
@@ -84,7 +85,8 @@ def run_faults(chaos: Chaos, events: Sequence[ChaosEvent], log_: CallLog) -> Non
 def soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     model_base = copy_models(args.model_base, args.model_name, workdir)
     images = sorted(args.images_dir.glob("*.jpg"))
-    references = [f"{args.images_dir.name}/{path.name}" for path in images[:args.job_images]]
+    job_images = images[:args.job_images or None]
+    references = [f"{args.images_dir.name}/{path.name}" for path in job_images]
     layout = StackLayout.on_free_ports(workdir / "stack", model_base, [args.images_dir.parent])
     with (workdir / "stack.log").open("wb") as stack_log:
         stack = LaunchedStack(layout, stack_log)
@@ -141,7 +143,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         default=Path("../shared/data/ham10000/images"),
                         help="JPEGs for the load and the batch job (their folder's parent is "
                              "the stack's input root)")
-    parser.add_argument("--job-images", type=int, default=DEFAULT_JOB_IMAGES)
+    parser.add_argument("--job-images", type=int, default=DEFAULT_JOB_IMAGES,
+                        help="images in the batch job (0: every image in --images-dir)")
     parser.add_argument("--job-timeout-s", type=float, default=DEFAULT_DURATION_S,
                         help="how long to wait for the batch job after the load ends")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY)
