@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from devtools.bench import server_flags
 from devtools.stack import choose_model_base
 
 
@@ -32,7 +31,3 @@ def test_the_placeholder_is_served_loudly_otherwise(tmp_path: Path,
     assert chosen == tmp_path / "demo"
     assert "UNTRAINED PLACEHOLDER" in caplog.text
 
-
-def test_bench_caps_batches_at_the_best_raw_size_unless_told() -> None:
-    assert server_flags([], 8) == ["--batch-max-size=8"]
-    assert server_flags(["--batch-max-size=16"], 8) == ["--batch-max-size=16"]
