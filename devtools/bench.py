@@ -180,10 +180,11 @@ def decoding_matrix(images: dict[str, bytes], spec: InputSpec,
 
 
 # --- 3. Classify over gRPC, 4. the naive peer ----------------------------------------------------
-def drive(new_client: Callable[[], Callable[[], object]], concurrency: int,
-          seconds: float) -> dict[str, Any]:
+def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seconds: float,
+          server: ServerProbe | None = None) -> dict[str, Any]:
     """`concurrency` clients calling back to back for `seconds` after a warm-up at the same
-    concurrency; each client thread makes its own caller with `new_client()`."""
+    concurrency; each client thread makes its own caller with `new_client()`. With `server`,
+    what the server spent in the measured window (not the warm-up) too."""
     def client(until: float) -> list[float]:
         call = new_client()
         latencies = []
@@ -195,14 +196,17 @@ def drive(new_client: Callable[[], Callable[[], object]], concurrency: int,
 
     with ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(lambda _: client(time.perf_counter() + 0.5), range(concurrency)))
+        server_before = server.counters() if server is not None else {}
         started, cpu_before = time.perf_counter(), time.process_time()
         until = started + seconds
         runs = list(pool.map(lambda _: client(until), range(concurrency)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+        server_after = server.counters() if server is not None else {}
     latencies = [latency for run in runs for latency in run]
     return {**summary(latencies), "concurrency": concurrency,
             "calls_per_s": len(latencies) / elapsed,
-            "client_cpu_ms_per_call": cpu_ms_per(cpu, len(latencies))}
+            "client_cpu_ms_per_call": cpu_ms_per(cpu, len(latencies)),
+            **server_costs(server_before, server_after, len(latencies))}
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -227,20 +231,37 @@ def batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
     return float(found["dermserve_batch_size_sum"]), float(found["dermserve_batch_size_count"])
 
 
-def with_server_costs(pid: int, step: Callable[[], dict[str, Any]],
-                      metrics_port: int | None = None) -> dict[str, Any]:
-    """`step`'s figures plus what the server spent on them: CPU per call (unlike calls/s it
-    barely moves when other work shares the machine) and, from its metrics, the mean batch."""
-    cpu_before, batches_before = process_cpu_s(pid), batch_totals(metrics_port)
-    result = step()
-    cpu_after, batches_after = process_cpu_s(pid), batch_totals(metrics_port)
-    if cpu_before is not None and cpu_after is not None:
-        result["server_cpu_ms_per_call"] = cpu_ms_per(cpu_after - cpu_before, result["calls"])
-    if batches_before is not None and batches_after is not None:
-        images, calls = (after - before for after, before in zip(batches_after, batches_before,
-                                                                  strict=True))
-        result["mean_batch_images"] = images / max(calls, 1.0)
-    return result
+@dataclass(frozen=True)
+class ServerProbe:
+    """Counters of a server process: its CPU (/proc) and, with a metrics port, its batches."""
+
+    pid: int
+    metrics_port: int | None = None
+
+    def counters(self) -> dict[str, float]:
+        found = {}
+        cpu = process_cpu_s(self.pid)
+        if cpu is not None:
+            found["cpu_s"] = cpu
+        batches = batch_totals(self.metrics_port)
+        if batches is not None:
+            found["batch_images"], found["batch_calls"] = batches
+        return found
+
+
+def server_costs(before: dict[str, float], after: dict[str, float],
+                 calls: int) -> dict[str, float]:
+    """What the server spent per call between two `counters()`: CPU (unlike calls/s it barely
+    moves when other work shares the machine) and the mean micro-batch."""
+    def delta(key: str) -> float:
+        return after[key] - before[key]
+
+    costs = {}
+    if "cpu_s" in before and "cpu_s" in after:
+        costs["server_cpu_ms_per_call"] = cpu_ms_per(delta("cpu_s"), calls)
+    if "batch_calls" in before and "batch_calls" in after:
+        costs["mean_batch_images"] = delta("batch_images") / max(delta("batch_calls"), 1.0)
+    return costs
 
 
 def grpc_client(channel: grpc.Channel, image: bytes, version: int) -> Callable[[], object]:
@@ -281,9 +302,8 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
 
             def step(image: bytes, concurrency: int, step_seconds: float) -> dict[str, Any]:
                 clients = partial(grpc_client, channel, image, target.version)
-                return with_server_costs(server.pid,
-                                         partial(drive, clients, concurrency, step_seconds),
-                                         metrics_port)
+                return drive(clients, concurrency, step_seconds,
+                             ServerProbe(server.pid, metrics_port))
 
             main = {str(c): step(target.image, c, seconds) for c in CONCURRENCY_LEVELS}
             per_input = {name: {str(c): step(image, c, seconds / 2)
@@ -333,8 +353,8 @@ def naive_peer(target: Target, phone_photo: bytes, seconds: float) -> dict[str, 
         wait_peer(port, target.image, peer)
 
         def step(image: bytes, concurrency: int) -> dict[str, Any]:
-            return with_server_costs(peer.pid, partial(drive, partial(peer_client, port, image),
-                                                     concurrency, seconds))
+            return drive(partial(peer_client, port, image), concurrency, seconds,
+                         ServerProbe(peer.pid))
 
         results = {str(c): step(target.image, c) for c in CONCURRENCY_LEVELS}
         return {**results, "matrix": {PHONE_PHOTO: {str(MATRIX_CONCURRENCY): step(
