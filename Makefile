@@ -72,6 +72,8 @@ DEMO_MODEL := $(DEMO_BASE)/ham10000/1/saved_model.pb
 BENCH_DIR ?= bench-results
 # A real HAM10000 image when the data is there; else the bench makes a photo-like 600x450 JPEG.
 BENCH_IMAGE ?= $(firstword $(wildcard $(DATA_DIR)/images/*.jpg))
+# Extra flags for the benchmarked server, e.g. BENCH_SERVER_ARGS=--server-arg=--batch-max-wait-ms=50
+BENCH_SERVER_ARGS ?=
 # The released model when $(MODEL_BASE) has a version, else the untrained placeholder (loudly).
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
@@ -84,9 +86,9 @@ run: install proto  ## start the stack on the released model (else the placehold
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
 
-bench: install proto  ## benchmark the raw model against Classify over gRPC, Explain against Classify, and a 2,000-image batch job; JSON into bench-results/
+bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify and a 2,000-image batch job; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
-	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	$(PY) -m devtools.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.

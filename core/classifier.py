@@ -34,7 +34,7 @@ from core.explanation import Explanation, class_index, overlay_png
 from core.model_config import InputSpec, ModelConfig
 from core.observe import NullObserver, Observer
 from core.prediction import DicomReference, Prediction, build_prediction
-from core.preprocessing import detail_size, to_model_input
+from core.preprocessing import draft_for_input, to_model_input
 from core.settings import ServingSettings
 from core.validation import (
     ImageLimits,
@@ -42,7 +42,6 @@ from core.validation import (
     budget_share,
     decode_rgb,
     open_image,
-    reduce_scale,
 )
 
 log = logging.getLogger(__name__)
@@ -176,7 +175,7 @@ class Classifier:
         """An opened image as `spec`'s model input, decoded at the least scale that keeps the
         detail preprocessing uses, within the decode budget (takes ownership of `image`)."""
         started = time.perf_counter()
-        reduce_scale(image, detail_size(image.size, spec))
+        draft_for_input(image, spec)
         try:
             with self._budget_share(budget_share(image), deadline):
                 array = to_model_input(decode_rgb(image, deadline.check), spec)

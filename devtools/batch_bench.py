@@ -14,7 +14,8 @@ Images are HAM10000 JPEGs from --data-dir (repeated to reach --images), or synth
 JPEGs when none are given. The model is the latest version under --model-base; before a model is
 released, `--stand-in` exports an untrained MobileNetV2 at 192x192 with the real serving contract
 (the released model's graph and cost, no skill) into the temporary directory instead. Target:
-job / raw >= 0.8.
+job / raw >= 0.85. Both also report CPU ms per image (this process's CPU: the worker runs in
+it), which other work on the machine moves much less than images/s.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from worker.records import JobState
 from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
 
-TARGET_RATIO = 0.8
+TARGET_RATIO = 0.85  # issue 13: the job's images/s over the raw best batch throughput
 DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds them either way
 RAW_BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; swept for the best raw figure on this machine
 RAW_IMAGES = 768  # images per raw measurement: enough to average out, short enough to repeat
@@ -81,8 +82,9 @@ def write_inputs(root: Path, count: int, samples: list[bytes]) -> None:
 
 
 def raw_throughput(backend: Backend, model_name: str, samples: list[bytes], count: int,
-                   batch_size: int, streams: int = 1) -> float:
-    """Images per second of predict alone on preprocessed images, `streams` calls at a time."""
+                   batch_size: int, streams: int = 1) -> tuple[float, float]:
+    """Images per second of predict alone on preprocessed images, `streams` calls at a time,
+    and the CPU ms per image it took."""
     version = backend.resolve(ModelRef(model_name))
     config = require_config(version)
     arrays = [to_model_input(decode_image(data, ImageLimits()), config.input) for data in samples]
@@ -90,15 +92,18 @@ def raw_throughput(backend: Backend, model_name: str, samples: list[bytes], coun
     pinned = ModelRef(model_name, version=version.version)
     backend.predict(pinned, batch)  # warm-up: the first call traces and allocates
     calls = max(streams, min(count, RAW_IMAGES) // batch_size)
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(max_workers=streams) as pool:
         list(pool.map(lambda _: backend.predict(pinned, batch), range(calls)))
-    return calls * batch_size / (time.perf_counter() - started)
+    images = calls * batch_size
+    return (images / (time.perf_counter() - started),
+            (time.process_time() - cpu_before) * 1000 / images)
 
 
 def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: int,
-                batch_size: int) -> dict[str, float]:
-    """The model alone, at every batch size; the job is compared with the best of them."""
+                batch_size: int) -> dict[str, tuple[float, float]]:
+    """The model alone, at every batch size: (images/s, CPU ms per image); the job is compared
+    with the best of them."""
     figures = {f"batch_{size}": raw_throughput(backend, model_name, samples, count, size)
                for size in RAW_BATCH_SIZES}
     figures[f"batch_{batch_size}_x2_concurrent"] = raw_throughput(
@@ -109,11 +114,11 @@ def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: 
 def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int) -> dict[str, Any]:
     jobs = JobService.from_settings(settings)
     try:
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), time.process_time()
         job_id = jobs.submit(SubmitRequest(JobInput(paths=["images"]))).job.job_id
         submitted = time.perf_counter()
         WorkerProcess(settings, classifier).serve()  # burst: returns when the queue is empty
-        finished = time.perf_counter()
+        finished, cpu = time.perf_counter(), time.process_time() - cpu_before
         job = jobs.get(job_id)
     finally:
         jobs.close()
@@ -121,6 +126,7 @@ def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int)
         raise SystemExit(f"the job ended {job.state.value} with {job.done}/{count} images")
     return {"job_id": job_id, "images_per_s": count / (finished - started),
             "submit_s": submitted - started, "total_s": finished - started,
+            "cpu_ms_per_image": cpu * 1000 / count,
             "failed": job.failed, "abstained": job.abstained,
             "model_version": job.resolved_version}
 
@@ -153,14 +159,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    raw = max(raw_all.values())
+    best = max(raw_all, key=lambda setup: raw_all[setup][0])
+    raw = raw_all[best][0]
     ratio = job["images_per_s"] / raw
     return {"benchmark": "batch_job_vs_raw_model", "images": args.images,
             "source": str(args.data_dir) if args.data_dir else "synthetic 600x450 JPEG",
             "model": "untrained MobileNetV2 stand-in" if args.stand_in else str(args.model_base),
             "workers": 1,
             "images_per_call": args.images_per_call, "chunk_size": args.chunk_size,
-            "raw_images_per_s": raw, "raw_images_per_s_by_setup": raw_all,
+            "raw_images_per_s": raw, "raw_best_setup": best,
+            "raw_images_per_s_by_setup": {setup: figure[0] for setup, figure in raw_all.items()},
+            "raw_cpu_ms_per_image_by_setup": {setup: figure[1]
+                                              for setup, figure in raw_all.items()},
             "job": job, "job_images_per_s": job["images_per_s"], "ratio": ratio,
             "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO}
 
@@ -189,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = run(args)
     text = json.dumps(report, indent=2)
     print(text)
+    print(f"batch job: {report['job_images_per_s']:.1f} images/s = {report['ratio']:.3f} x the "
+          f"raw best ({report['raw_images_per_s']:.1f}, {report['raw_best_setup']}); target >= "
+          f"{TARGET_RATIO}: {'met' if report['meets_target'] else 'NOT met'}; CPU ms/image: job "
+          f"{report['job']['cpu_ms_per_image']:.1f}, raw best "
+          f"{report['raw_cpu_ms_per_image_by_setup'][report['raw_best_setup']]:.1f}")
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text + "\n", encoding="utf-8")

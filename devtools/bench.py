@@ -1,24 +1,34 @@
-"""Benchmark one SavedModel version: the raw floor in process, then Classify over gRPC on loopback,
-and the ratios between the two. `python -m devtools.bench --out FILE` (or `make bench`).
+"""Benchmark one SavedModel version: the raw floor in process, decoding across real image sizes,
+Classify over gRPC on loopback, a naive peer, and the ratios between them, all in one run.
+`python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.batch_bench).
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input:
-   median single-image latency, and images/s for a few batch sizes (the best is the floor);
-2. decoding: validation + decoding + preprocessing of the benchmark JPEG (the service's own work
-   before the model), median;
-3. Classify: the real server (embedded backend + micro-batching, batches capped at the best raw
-   batch size unless `--server-arg=--batch-max-size=N` says otherwise) in a child process, on
-   127.0.0.1, driven by 1, 8 and 32 concurrent clients: p50/p95/p99 latency and calls/s;
-4. ratios against the targets: p50 at concurrency 1 <= 1.15 x (raw single + decoding), and
-   throughput at concurrency 32 >= 0.85 x the raw best batch throughput.
-Each step runs for `--step-seconds` (default 10) after a short warm-up, so a run takes about
-three minutes. Shorter steps are noisy: at concurrency 32 a call takes ~0.4 s, and 3 s steps gave
-throughputs 15% apart from one run to the next. Server and clients share the machine's cores,
-as they would on one pod.
+   median single-image latency, and images/s (and CPU ms per image) for a few batch sizes; the
+   best batch throughput is the floor;
+2. decoding, for a matrix of inputs generated from the benchmark image (a 200x150 HAM10000
+   image, a 600x450 and a 1024x768 dermatoscope frame, a 4032x3024 phone photo, a 600x450 PNG):
+   bytes, and the median cost of validation + decoding + preprocessing at full scale (what
+   dermserve did before) and at reduced scale (`Image.draft`, what it does: core/preprocessing.py
+   `decode_for_model`);
+3. Classify: the real server with its default settings (embedded backend + micro-batching;
+   `--server-arg=--batch-max-size=N` and the like change them) in a child process, on 127.0.0.1:
+   the benchmark image at concurrency 1, 8 and 32 (p50/p95/p99, calls/s, and the CPU
+   the server and the clients spent per call), then each matrix input at 1 (p50) and 8 (calls/s);
+4. the naive peer (devtools/naive_peer.py, a reference, not product code: an HTTP handler that
+   calls the Keras model's `predict` per request, no batching) at concurrency 1, 8 and 32 with
+   the benchmark image, and at 8 with the phone photo;
+5. ratios against the targets (issue 13): p50 at concurrency 1 <= 1.10 x (raw single + decoding);
+   throughput at 32 >= 0.90 x the raw best batch throughput; dermserve's throughput at 8 and 32
+   >= 5 x the peer's, with a lower p50.
+Each main step runs for `--step-seconds` (default 10) after a short warm-up; the matrix steps for
+half of it. A run takes about five minutes. Server, clients and peer share the machine's cores,
+as they would on one pod, so compare ratios within one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import json
 import os
@@ -27,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,18 +50,32 @@ import numpy as np
 from PIL import Image
 
 from core.model_config import InputSpec, ModelConfig
-from core.preprocessing import to_model_input
+from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
 from devtools.health import wait_until_serving
+from devtools.naive_peer import PATH as PEER_PATH
 from devtools.ports import free_port
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the issue's targets
+MATRIX_CONCURRENCY = 8  # clients for each matrix input's throughput
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; 32 is the server's default max batch
 DEFAULT_STEP_SECONDS = 10.0  # seconds per measurement: ~25 rounds of 32 calls at c=32
 WARM_UP_CALLS = 5  # calls before each measurement, so graph set-up is not measured
 SERVER_START_TIMEOUT_S = 120.0  # seconds; TensorFlow's import alone takes 5-10 s here
-P50_TARGET = 1.15  # p50 at concurrency 1 over raw single-image latency plus decoding, at most
-THROUGHPUT_TARGET = 0.85  # throughput at concurrency 32 over raw best batch throughput, at least
+PEER_START_TIMEOUT_S = 300.0  # seconds; Keras traces `predict` on the first call, slowly
+CALL_TIMEOUT_S = 120.0  # seconds per call; a phone photo at c=8 on a loaded machine takes ~2 s
+P50_TARGET = 1.10  # p50 at concurrency 1 over raw single-image latency plus decoding, at most
+THROUGHPUT_TARGET = 0.90  # throughput at concurrency 32 over raw best batch throughput, at least
+PEER_TARGET = 5.0  # dermserve's throughput over the naive peer's at 8 and 32, at least
+
+MATRIX_SIZES = {"jpeg_200x150": (200, 150), "jpeg_600x450": (600, 450),
+                "jpeg_1024x768": (1024, 768), "jpeg_4032x3024": (4032, 3024)}
+"""Pixels: HAM10000's published size, a dermatoscope frame (600x450, 100-300 KB in clinics),
+a larger frame, and a 12-megapixel phone photo of a dermatoscope (3-6 MB)."""
+MATRIX_PNG = ("png_600x450", (600, 450))  # a frame exported losslessly
+PHONE_PHOTO = "jpeg_4032x3024"  # the input the peer also gets, where decoding dominates
+SENSOR_NOISE = 6.0  # grey levels (sigma): grain that makes upscaled frames compress like photos
+JPEG_QUALITY = 95  # cameras and dermatoscopes write 90-95; 95 gives 100 KB frames, 4 MB photos
 
 
 @dataclass(frozen=True)
@@ -84,34 +109,174 @@ def summary(latencies: Sequence[float]) -> dict[str, float]:
             "mean_ms": float(ms.mean())}
 
 
+# --- 1. the raw floor ----------------------------------------------------------------------------
 def raw_floor(target: Target, config: ModelConfig, seconds: float) -> dict[str, Any]:
     """The model alone: the signature called in process on preprocessed input."""
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(target.version_dir)).signatures["serving_default"]
-    one = to_model_input(decode_image(target.image, ImageLimits()), config.input)
+    one = decode_for_model(target.image, ImageLimits(), config.input)
     single = timed_loop(lambda: serve(image=tf.constant(one[None])), seconds)
-    batches = {}
+    batches, cpu = {}, {}
     for size in BATCH_SIZES:
         batch = tf.constant(np.repeat(one[None], size, axis=0))
+        cpu_before = time.process_time()
         runs = timed_loop(partial(serve, image=batch), seconds / 2)
         batches[str(size)] = size / statistics.median(runs)
+        cpu[str(size)] = cpu_ms_per(time.process_time() - cpu_before,
+                                    size * (len(runs) + WARM_UP_CALLS))
     best = max(batches, key=lambda size: batches[size])
     return {"single_image": summary(single),
-            "batch_images_per_s": batches,
+            "batch_images_per_s": batches, "batch_cpu_ms_per_image": cpu,
             "best_batch_size": int(best), "best_images_per_s": batches[best]}
 
 
-def decoding(target: Target, spec: InputSpec, seconds: float) -> dict[str, float]:
-    """The service's work before the model: validate, decode, preprocess."""
+def cpu_ms_per(cpu_seconds: float, count: int) -> float:
+    return cpu_seconds * 1000.0 / max(count, 1)
+
+
+# --- 2. decoding across image sizes --------------------------------------------------------------
+def matrix_images(source: bytes) -> dict[str, bytes]:
+    """The inputs hospitals send, made deterministically from `source` (a HAM10000 image):
+    upscaled to each size with sensor grain so they compress like photos; the PNG is the
+    600x450 frame's pixels."""
+    image = Image.open(io.BytesIO(source)).convert("RGB")
+    rng = np.random.default_rng(0)
+    images, pixels_by_size = {}, {}
+    for name, size in MATRIX_SIZES.items():
+        scaled = np.asarray(image.resize(size, Image.Resampling.BICUBIC), np.float32)
+        grain = rng.standard_normal(scaled.shape, dtype=np.float32) * SENSOR_NOISE
+        pixels_by_size[size] = np.clip(scaled + grain, 0, 255).astype(np.uint8)
+        images[name] = encoded(pixels_by_size[size], "JPEG", quality=JPEG_QUALITY)
+    name, size = MATRIX_PNG
+    images[name] = encoded(pixels_by_size[size], "PNG")
+    return images
+
+
+def encoded(pixels: np.ndarray, image_format: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def decode_full(data: bytes, spec: InputSpec) -> np.ndarray:
+    """Before issue 11: every image decoded at full size, then preprocessed."""
+    return to_model_input(decode_image(data, ImageLimits()), spec)
+
+
+def decoding(image: bytes, spec: InputSpec, seconds: float) -> dict[str, Any]:
+    """The service's work before the model on one input: full-scale decode vs reduced-scale."""
     limits = ImageLimits()
-    return summary(timed_loop(lambda: to_model_input(decode_image(target.image, limits), spec),
-                              seconds))
+    full = summary(timed_loop(partial(decode_full, image, spec), seconds))
+    draft = summary(timed_loop(partial(decode_for_model, image, limits, spec), seconds))
+    width, height = Image.open(io.BytesIO(image)).size
+    return {"bytes": len(image), "size": [width, height], "full_decode": full,
+            "draft_decode": draft, "draft_speedup": full["p50_ms"] / draft["p50_ms"]}
 
 
-def start_server(target: Target, port: int, extra_args: Sequence[str]) -> subprocess.Popen[bytes]:
+def decoding_matrix(images: dict[str, bytes], spec: InputSpec,
+                    seconds: float) -> dict[str, Any]:
+    return {name: decoding(data, spec, seconds) for name, data in images.items()}
+
+
+# --- 3. Classify over gRPC, 4. the naive peer ----------------------------------------------------
+def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seconds: float,
+          server: ServerProbe | None = None) -> dict[str, Any]:
+    """`concurrency` clients calling back to back for `seconds` after a warm-up at the same
+    concurrency; each client thread makes its own caller with `new_client()`. With `server`,
+    what the server spent in the measured window (not the warm-up) too."""
+    def client(until: float) -> list[float]:
+        call = new_client()
+        latencies = []
+        while time.perf_counter() < until:
+            started = time.perf_counter()
+            call()
+            latencies.append(time.perf_counter() - started)
+        return latencies
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda _: client(time.perf_counter() + 0.5), range(concurrency)))
+        server_before = server.counters() if server is not None else {}
+        started, cpu_before = time.perf_counter(), time.process_time()
+        until = started + seconds
+        runs = list(pool.map(lambda _: client(until), range(concurrency)))
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
+        server_after = server.counters() if server is not None else {}
+    latencies = [latency for run in runs for latency in run]
+    return {**summary(latencies), "concurrency": concurrency,
+            "calls_per_s": len(latencies) / elapsed,
+            "client_cpu_ms_per_call": cpu_ms_per(cpu, len(latencies)),
+            **server_costs(server_before, server_after, len(latencies))}
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (Linux /proc); None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
+    """(images, backend calls) the micro-batcher has sent so far, from the server's /metrics."""
+    if metrics_port is None:
+        return None
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
+        text = page.read().decode()
+    found = dict(line.split(" ", 1) for line in text.splitlines()
+                 if line.startswith(("dermserve_batch_size_sum ", "dermserve_batch_size_count ")))
+    if len(found) != 2:
+        return None
+    return float(found["dermserve_batch_size_sum"]), float(found["dermserve_batch_size_count"])
+
+
+@dataclass(frozen=True)
+class ServerProbe:
+    """Counters of a server process: its CPU (/proc) and, with a metrics port, its batches."""
+
+    pid: int
+    metrics_port: int | None = None
+
+    def counters(self) -> dict[str, float]:
+        found = {}
+        cpu = process_cpu_s(self.pid)
+        if cpu is not None:
+            found["cpu_s"] = cpu
+        batches = batch_totals(self.metrics_port)
+        if batches is not None:
+            found["batch_images"], found["batch_calls"] = batches
+        return found
+
+
+def server_costs(before: dict[str, float], after: dict[str, float],
+                 calls: int) -> dict[str, float]:
+    """What the server spent per call between two `counters()`: CPU (unlike calls/s it barely
+    moves when other work shares the machine) and the mean micro-batch."""
+    def delta(key: str) -> float:
+        return after[key] - before[key]
+
+    costs = {}
+    if "cpu_s" in before and "cpu_s" in after:
+        costs["server_cpu_ms_per_call"] = cpu_ms_per(delta("cpu_s"), calls)
+    if "batch_calls" in before and "batch_calls" in after:
+        costs["mean_batch_images"] = delta("batch_images") / max(delta("batch_calls"), 1.0)
+    return costs
+
+
+def grpc_client(channel: grpc.Channel, image: bytes, version: int) -> Callable[[], object]:
+    from dermserve.v1 import lesion_classifier_pb2 as pb
+    from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.LesionClassifierStub(channel)
+    request = pb.ClassifyRequest(image=image, model=pb.ModelSelector(version=version))
+    return partial(stub.Classify, request, timeout=CALL_TIMEOUT_S)
+
+
+def start_server(target: Target, port: int, metrics_port: int,
+                 extra_args: Sequence[str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{port}",
-               "--metrics-port", "0", "--backend", "embedded",
+               "--metrics-port", str(metrics_port), "--backend", "embedded",
                "--model-base", str(target.model_base), "--model-name", target.model_name,
                "--log-level", "WARNING", *extra_args]
     return subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -125,59 +290,124 @@ def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes]) -> None
     raise RuntimeError("the server did not become SERVING in time")
 
 
-def load_step(channel: grpc.Channel, target: Target, concurrency: int,
-              seconds: float) -> dict[str, Any]:
-    """`concurrency` clients calling Classify back to back for `seconds`."""
-    from dermserve.v1 import lesion_classifier_pb2 as pb
-    from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-
-    stub = pb_grpc.LesionClassifierStub(channel)
-    request = pb.ClassifyRequest(image=target.image,
-                                 model=pb.ModelSelector(version=target.version))
-
-    def client(until: float) -> list[float]:
-        latencies = []
-        while time.perf_counter() < until:
-            started = time.perf_counter()
-            stub.Classify(request, timeout=60)
-            latencies.append(time.perf_counter() - started)
-        return latencies
-
-    with ThreadPoolExecutor(concurrency) as pool:  # warm-up, at this concurrency
-        list(pool.map(lambda _: client(time.perf_counter() + 0.5), range(concurrency)))
-        started = time.perf_counter()
-        until = started + seconds
-        runs = list(pool.map(lambda _: client(until), range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies = [latency for run in runs for latency in run]
-    return {**summary(latencies), "concurrency": concurrency,
-            "calls_per_s": len(latencies) / elapsed}
-
-
-def over_grpc(target: Target, seconds: float, server_args: Sequence[str]) -> dict[str, Any]:
-    port = free_port()
-    server = start_server(target, port, server_args)
+def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
+              server_args: Sequence[str]) -> dict[str, Any]:
+    """The benchmark image at each concurrency level, then each matrix input at 1 and 8."""
+    port, metrics_port = free_port(), free_port()
+    server = start_server(target, port, metrics_port, server_args)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                ("grpc.max_send_message_length", -1)]) as channel:
             wait_serving(channel, server)
-            return {str(c): load_step(channel, target, c, seconds) for c in CONCURRENCY_LEVELS}
+
+            def step(image: bytes, concurrency: int, step_seconds: float) -> dict[str, Any]:
+                clients = partial(grpc_client, channel, image, target.version)
+                return drive(clients, concurrency, step_seconds,
+                             ServerProbe(server.pid, metrics_port))
+
+            main = {str(c): step(target.image, c, seconds) for c in CONCURRENCY_LEVELS}
+            per_input = {name: {str(c): step(image, c, seconds / 2)
+                                for c in (1, MATRIX_CONCURRENCY)}
+                         for name, image in matrix.items()}
+            return {**main, "matrix": per_input}
     finally:
         server.terminate()
         server.wait(30)
 
 
-def ratios(raw: dict[str, Any], decode: dict[str, float],
-           grpc_results: dict[str, Any]) -> dict[str, Any]:
-    floor_single = raw["single_image"]["p50_ms"] + decode["p50_ms"]
-    p50_ratio = grpc_results["1"]["p50_ms"] / floor_single
-    throughput_ratio = grpc_results["32"]["calls_per_s"] / raw["best_images_per_s"]
-    return {"p50_c1_over_raw_single_plus_decode": p50_ratio,
-            "p50_target_max": P50_TARGET, "p50_target_met": p50_ratio <= P50_TARGET,
-            "throughput_c32_over_raw_best_batch": throughput_ratio,
-            "throughput_target_min": THROUGHPUT_TARGET,
-            "throughput_target_met": throughput_ratio >= THROUGHPUT_TARGET}
+def peer_client(port: int, image: bytes) -> Callable[[], object]:
+    """One keep-alive HTTP connection to the peer, as a client library's session would hold."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
+
+    def call() -> bytes:
+        connection.request("POST", PEER_PATH, body=image,
+                           headers={"Content-Type": "application/octet-stream"})
+        response = connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"the peer answered {response.status}")
+        return body
+
+    return call
 
 
+def wait_peer(port: int, image: bytes, peer: subprocess.Popen[bytes]) -> None:
+    """Poll until the peer answers one classification (its first call also traces `predict`)."""
+    until = time.monotonic() + PEER_START_TIMEOUT_S
+    while time.monotonic() < until and peer.poll() is None:
+        try:
+            peer_client(port, image)()
+            return
+        except OSError:
+            time.sleep(0.5)  # a starting process: nothing to wait on but its port
+    raise RuntimeError("the naive peer did not answer in time")
+
+
+def naive_peer(target: Target, phone_photo: bytes, seconds: float) -> dict[str, Any]:
+    port = free_port()
+    command = [sys.executable, "-m", "devtools.naive_peer",
+               "--model-dir", str(target.version_dir), "--port", str(port)]
+    peer = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_peer(port, target.image, peer)
+
+        def step(image: bytes, concurrency: int) -> dict[str, Any]:
+            return drive(partial(peer_client, port, image), concurrency, seconds,
+                         ServerProbe(peer.pid))
+
+        results = {str(c): step(target.image, c) for c in CONCURRENCY_LEVELS}
+        return {**results, "matrix": {PHONE_PHOTO: {str(MATRIX_CONCURRENCY): step(
+            phone_photo, MATRIX_CONCURRENCY)}}}
+    finally:
+        peer.terminate()
+        peer.wait(30)
+
+
+def naive_peer_or_error(target: Target, phone_photo: bytes,
+                        seconds: float) -> dict[str, Any]:
+    """The peer's figures, or why there are none: a failed peer must not cost the whole run."""
+    try:
+        return naive_peer(target, phone_photo, seconds)
+    except (OSError, RuntimeError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+# --- 5. ratios -----------------------------------------------------------------------------------
+def ratios(raw: dict[str, Any], decode: dict[str, Any], served: dict[str, Any],
+           peer: dict[str, Any] | None) -> dict[str, Any]:
+    floor_single = raw["single_image"]["p50_ms"] + decode["draft_decode"]["p50_ms"]
+    p50_ratio = served["1"]["p50_ms"] / floor_single
+    throughput_ratio = served["32"]["calls_per_s"] / raw["best_images_per_s"]
+    result: dict[str, Any] = {
+        "p50_c1_over_raw_single_plus_decode": p50_ratio,
+        "p50_target_max": P50_TARGET, "p50_target_met": p50_ratio <= P50_TARGET,
+        "throughput_c32_over_raw_best_batch": throughput_ratio,
+        "throughput_target_min": THROUGHPUT_TARGET,
+        "throughput_target_met": throughput_ratio >= THROUGHPUT_TARGET}
+    if peer is not None and "error" not in peer:
+        result.update(peer_ratios(served, peer))
+    return result
+
+
+def peer_ratios(served: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
+    def speed(results: dict[str, Any], concurrency: int) -> float:
+        return float(results[str(concurrency)]["calls_per_s"])
+
+    over = {f"throughput_c{c}_over_peer": speed(served, c) / speed(peer, c)
+            for c in CONCURRENCY_LEVELS[1:]}
+    over[f"throughput_c{MATRIX_CONCURRENCY}_{PHONE_PHOTO}_over_peer"] = (
+        speed(served["matrix"][PHONE_PHOTO], MATRIX_CONCURRENCY)
+        / speed(peer["matrix"][PHONE_PHOTO], MATRIX_CONCURRENCY))
+    p50_lower = served["1"]["p50_ms"] < peer["1"]["p50_ms"]
+    return {**over, "p50_c1_over_peer": served["1"]["p50_ms"] / peer["1"]["p50_ms"],
+            "peer_target_min": PEER_TARGET,
+            "peer_target_met": p50_lower and all(
+                over[f"throughput_c{c}_over_peer"] >= PEER_TARGET
+                for c in CONCURRENCY_LEVELS[1:])}
+
+
+# --- the run -------------------------------------------------------------------------------------
 def bench_image(path: Path | None) -> bytes:
     """The image to send: a file, or a photo-like 600x450 JPEG (HAM10000's original size):
     smooth colour blobs with mild sensor noise, so it compresses like a photo (~40 KB)."""
@@ -191,9 +421,7 @@ def bench_image(path: Path | None) -> bytes:
         blob = np.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * radius ** 2))
         pixels -= blob[..., None] * rng.uniform(20, 90, 3)
     pixels += rng.normal(0, 3, pixels.shape)
-    buffer = io.BytesIO()
-    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
+    return encoded(np.clip(pixels, 0, 255).astype(np.uint8), "JPEG", quality=90)
 
 
 def find_target(model_base: Path, model_name: str, version: int | None,
@@ -207,23 +435,18 @@ def find_target(model_base: Path, model_name: str, version: int | None,
     return Target(model_dir / str(chosen), model_base, model_name, chosen, bench_image(image))
 
 
-def server_flags(extra: Sequence[str], best_batch_size: int) -> list[str]:
-    """The server's flags: micro-batches capped at the model's best measured batch size (what an
-    operator would set), unless the caller chose a size."""
-    flags = list(extra)
-    if not any(flag.startswith("--batch-max-size") for flag in flags):
-        flags.append(f"--batch-max-size={best_batch_size}")
-    return flags
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
+    matrix = matrix_images(target.image)
     raw = raw_floor(target, config, args.step_seconds)
-    decode = decoding(target, config.input, args.step_seconds)
-    server_args = server_flags(args.server_arg, raw["best_batch_size"])
-    served = over_grpc(target, args.step_seconds, server_args)
+    decode = decoding(target.image, config.input, args.step_seconds)
+    decode_matrix = decoding_matrix(matrix, config.input, args.step_seconds / 5)
+    server_args = list(args.server_arg)
+    served = over_grpc(target, matrix, args.step_seconds, server_args)
+    peer = None if args.no_peer else naive_peer_or_error(target, matrix[PHONE_PHOTO],
+                                                          args.step_seconds)
     return {"model": {"base": str(target.model_base), "name": target.model_name,
                       "version": target.version, "description": config.description,
                       "input": [config.input.height, config.input.width]},
@@ -233,8 +456,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         # Other work on the machine skews every figure; judge them with this.
                         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
             "step_seconds": args.step_seconds, "server_args": server_args,
-            "raw": raw, "decode": decode, "grpc": served,
-            "ratios": ratios(raw, decode, served)}
+            "raw": raw, "decode": decode, "decode_matrix": decode_matrix, "grpc": served,
+            "naive_peer": peer, "ratios": ratios(raw, decode, served, peer)}
+
+
+def report_lines(result: dict[str, Any]) -> list[str]:
+    """The figures the README quotes, as a short table."""
+    raw, served, peer = result["raw"], result["grpc"], result["naive_peer"]
+    lines = [f"raw: single {raw['single_image']['p50_ms']:.1f} ms, best batch "
+             f"{raw['best_images_per_s']:.1f} img/s (batch {raw['best_batch_size']})",
+             f"Classify: p50 c=1 {served['1']['p50_ms']:.1f} ms; calls/s c=8 "
+             f"{served['8']['calls_per_s']:.1f}, c=32 {served['32']['calls_per_s']:.1f}",
+             *cost_lines(raw, served["32"]),
+             "input            bytes  full ms  draft ms  p50 c=1 ms  calls/s c=8"]
+    for name, decoded in result["decode_matrix"].items():
+        steps = served["matrix"][name]
+        lines.append(f"{name:15s} {decoded['bytes']:7d} {decoded['full_decode']['p50_ms']:8.1f}"
+                     f" {decoded['draft_decode']['p50_ms']:9.1f} {steps['1']['p50_ms']:11.1f}"
+                     f" {steps[str(MATRIX_CONCURRENCY)]['calls_per_s']:12.1f}")
+    if peer is not None and "error" in peer:
+        lines.append(f"naive peer: failed ({peer['error']})")
+    elif peer is not None:
+        lines.append(f"naive peer: p50 c=1 {peer['1']['p50_ms']:.1f} ms; calls/s c=8 "
+                     f"{peer['8']['calls_per_s']:.1f}, c=32 {peer['32']['calls_per_s']:.1f}")
+    lines.extend(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
+                 for key, value in result["ratios"].items())
+    return lines
+
+
+def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:
+    """Where the time goes at concurrency 32, in CPU per image: robust to other work."""
+    if "server_cpu_ms_per_call" not in step:
+        return []
+    return [f"CPU at c=32: server {step['server_cpu_ms_per_call']:.1f} ms/call (mean batch "
+            f"{step.get('mean_batch_images', float('nan')):.1f}), clients "
+            f"{step['client_cpu_ms_per_call']:.2f} ms/call; raw best batch "
+            f"{raw['batch_cpu_ms_per_image'][str(raw['best_batch_size'])]:.1f} ms/image"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -246,6 +503,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--version", type=int, help="default: the highest version")
     parser.add_argument("--image", type=Path, help="image to send (default: a 600x450 JPEG)")
     parser.add_argument("--step-seconds", type=float, default=DEFAULT_STEP_SECONDS)
+    parser.add_argument("--no-peer", action="store_true", help="skip the naive peer")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra flag for the server, e.g. --server-arg=--batch-max-wait-ms=1")
     return parser.parse_args(argv)
@@ -256,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     result = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result["ratios"], indent=2))
+    print("\n".join(report_lines(result)))
     print(f"written to {args.out}")
 
 

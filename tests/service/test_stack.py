@@ -1,4 +1,4 @@
-"""`make run`'s choice of model base, and the benchmark's server flags."""
+"""`make run`'s choice of model base, and the web page it starts beside the front."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from devtools.bench import server_flags
 from devtools.stack import choose_model_base
 
 
@@ -31,11 +30,6 @@ def test_the_placeholder_is_served_loudly_otherwise(tmp_path: Path,
         chosen = choose_model_base(args(released, tmp_path / "demo"))
     assert chosen == tmp_path / "demo"
     assert "UNTRAINED PLACEHOLDER" in caplog.text
-
-
-def test_bench_caps_batches_at_the_best_raw_size_unless_told() -> None:
-    assert server_flags([], 8) == ["--batch-max-size=8"]
-    assert server_flags(["--batch-max-size=16"], 8) == ["--batch-max-size=16"]
 
 
 def test_the_stack_starts_the_web_page_as_a_client_of_its_front() -> None:

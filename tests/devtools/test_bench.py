@@ -1,0 +1,108 @@
+"""The benchmark's own pieces (issue 13): the matrix of inputs hospitals send is what it says,
+made the same way every run; the naive peer answers over HTTP as the benchmark drives it; the
+ratios and the printed summary cover every target. Timings are the benchmark's business, not
+these tests'."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from devtools import bench
+from devtools.naive_peer import PeerServer, handler_for
+
+INPUT_SIZE = (32, 24)  # width, height of the fake model's input
+
+
+class FakeKerasModel:
+    """Keras' `predict` contract: a batch in, one row of probabilities per image out."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, ...]] = []
+
+    def predict(self, batch: np.ndarray, verbose: int = 0) -> np.ndarray:
+        self.seen.append(batch.shape)
+        return np.full((len(batch), 7), 1 / 7, np.float32)
+
+
+@pytest.fixture
+def peer() -> Iterator[tuple[int, FakeKerasModel]]:
+    model = FakeKerasModel()
+    server = PeerServer(("127.0.0.1", 0), handler_for(model, INPUT_SIZE))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], model
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def jpeg(size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (180, 120, 100)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_the_matrix_holds_the_inputs_hospitals_send() -> None:
+    images = bench.matrix_images(jpeg((200, 150)))
+    expected = {**bench.MATRIX_SIZES, bench.MATRIX_PNG[0]: bench.MATRIX_PNG[1]}
+    assert set(images) == set(expected)
+    for name, data in images.items():
+        image = Image.open(io.BytesIO(data))
+        assert image.size == expected[name]
+        assert image.format == ("PNG" if name.startswith("png") else "JPEG")
+    assert 60_000 < len(images["jpeg_600x450"]) < 300_000  # a dermatoscope frame
+    assert 3_000_000 < len(images[bench.PHONE_PHOTO]) < 6_000_000  # a 12-megapixel photo
+
+
+def test_the_matrix_is_the_same_every_run() -> None:
+    source = jpeg((200, 150))
+    first, second = bench.matrix_images(source), bench.matrix_images(source)
+    assert first == second
+
+
+def test_the_peer_classifies_each_request_with_one_predict(
+        peer: tuple[int, FakeKerasModel]) -> None:
+    port, model = peer
+    call = bench.peer_client(port, jpeg((640, 480)))
+    answers = [json.loads(call()) for _ in range(3)]  # one keep-alive connection
+    assert all(len(answer["probabilities"]) == 7 for answer in answers)
+    assert model.seen == [(1, INPUT_SIZE[1], INPUT_SIZE[0], 3)] * 3  # unbatched, resized
+
+
+def test_the_driver_counts_every_call(peer: tuple[int, FakeKerasModel]) -> None:
+    port, model = peer
+    step = bench.drive(lambda: bench.peer_client(port, jpeg((64, 48))), 2, 0.2)
+    assert step["concurrency"] == 2
+    assert step["calls"] >= 2  # at least one per client after the warm-up
+    assert len(model.seen) >= step["calls"]
+    assert {"p50_ms", "p95_ms", "calls_per_s", "client_cpu_ms_per_call"} <= set(step)
+
+
+def step(p50_ms: float, calls_per_s: float) -> dict[str, float]:
+    return {"p50_ms": p50_ms, "calls_per_s": calls_per_s}
+
+
+def test_the_ratios_cover_every_target() -> None:
+    raw = {"single_image": step(30.0, 0.0), "best_images_per_s": 50.0}
+    decode = {"draft_decode": step(2.0, 0.0)}
+    served = {"1": step(34.0, 29.0), "8": step(200.0, 40.0), "32": step(700.0, 46.0),
+              "matrix": {bench.PHONE_PHOTO: {"8": step(300.0, 20.0)}}}
+    peer = {"1": step(60.0, 16.0), "8": step(400.0, 20.0), "32": step(1600.0, 20.0),
+            "matrix": {bench.PHONE_PHOTO: {"8": step(2000.0, 4.0)}}}
+    ratios = bench.ratios(raw, decode, served, peer)
+    assert ratios["p50_c1_over_raw_single_plus_decode"] == pytest.approx(34.0 / 32.0)
+    assert ratios["p50_target_met"] is True
+    assert ratios["throughput_c32_over_raw_best_batch"] == pytest.approx(46.0 / 50.0)
+    assert ratios["throughput_target_met"] is True
+    assert ratios["throughput_c8_over_peer"] == pytest.approx(2.0)
+    assert ratios["throughput_c32_over_peer"] == pytest.approx(2.3)
+    assert ratios[f"throughput_c8_{bench.PHONE_PHOTO}_over_peer"] == pytest.approx(5.0)
+    assert ratios["peer_target_met"] is False  # 2x and 2.3x are under 5x
