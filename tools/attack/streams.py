@@ -39,6 +39,7 @@ HELD_TIMEOUT_S = 110.0
 machine, short of the 120 s idle timeout so that no stream ends STREAM_IDLE mid-family."""
 MAX_STREAMS = DEFAULT_GRPC_WORKERS // 2  # the default --max-streams: half the threads
 PENDING = "dermserve_stream_images_pending"
+FILL_MARGIN_S = 20.0  # seconds of a held stream's deadline left for checks once it is full
 SLOW_READER = (("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096))
 """A client that grants a 4 KiB receive window and never widens it: its unread answers stop the
 server's sending."""
@@ -86,7 +87,11 @@ def unread_answers(stack: Stack, record: Record, quick: bool) -> None:
     with stack.channel(options=SLOW_READER) as channel:
         call = pb_grpc.LesionClassifierStub(channel).ClassifyStream(
             iter(requests), metadata=AUTH, timeout=HELD_TIMEOUT_S)
-        filled = wait_for(lambda: stack.metric(PENDING) >= STREAM_WINDOW)
+        # Each pending image was classified first: on a loaded machine 16 heavy images can take
+        # longer than WAIT_S (a clean CI run saw 14 after 30 s), so wait up to the stream's own
+        # deadline, less a margin for the checks below.
+        filled = wait_for(lambda: stack.metric(PENDING) >= STREAM_WINDOW,
+                          timeout_s=HELD_TIMEOUT_S - FILL_MARGIN_S)
         pending = stack.metric(PENDING)
         record.measure(family, "images_sent", sends)
         record.measure(family, "images_taken_by_grpc", requests.taken)
