@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import grpc
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Download, Locator, Page, expect
 
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
@@ -46,17 +46,24 @@ def test_a_finished_job_shows_its_progress_and_downloads_its_results(
         row = page.locator("#jobs tbody tr")
         expect(row).to_contain_text("succeeded")
         expect(row).to_contain_text(f"{IMAGES} / {IMAGES}")
-        followed = page.locator("#jobs")  # the list above shows the same job too
-        expect(followed.get_by_role("progressbar", name="Progress of job clinic-1")
-               ).to_have_js_property("value", IMAGES)
-        with page.expect_download() as download:
-            followed.get_by_role("link", name="Download results of clinic-1 (JSON Lines)").click()
-        path = tmp_path / "results.jsonl"
-        download.value.save_as(path)
+        # the list above shows the same job too
+        download = finished_and_downloaded(page, page.locator("#jobs"), "clinic-1",
+                                           tmp_path / "results.jsonl")
+    path = tmp_path / "results.jsonl"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["index"] for line in lines] == [str(i) for i in range(IMAGES)]
     assert all(len(line["probabilities"]) == 7 for line in lines)
-    assert download.value.suggested_filename == "clinic-1-results.jsonl"
+    assert download.suggested_filename == "clinic-1-results.jsonl"
+
+
+def finished_and_downloaded(page: Page, table: Locator, name: str, path: Path) -> Download:
+    """Check that `table` shows job `name` done, download its results to `path`."""
+    expect(table.get_by_role("progressbar", name=f"Progress of job {name}")
+           ).to_have_js_property("value", IMAGES)
+    with page.expect_download() as download:
+        table.get_by_role("link", name=f"Download results of {name} (JSON Lines)").click()
+    download.value.save_as(path)
+    return download.value
 
 
 def test_the_followed_jobs_survive_a_reload_in_this_browser_only(
@@ -95,15 +102,10 @@ def test_a_submitted_job_is_listed_without_typing_its_id(
         assert [control for control in accessible_controls(page) if not control[1].strip()] == []
         expect(page.locator("#jobs tbody tr")).to_have_count(0)  # nothing was typed or followed
         run_worker_burst(settings, backend)
-        listed = page.locator("#my-jobs")  # it refreshes by itself while a job runs
-        expect(rows.nth(1)).to_contain_text("succeeded")
-        expect(listed.get_by_role("progressbar", name="Progress of job ward-older")
-               ).to_have_js_property("value", IMAGES)
-        with page.expect_download() as download:
-            listed.get_by_role("link", name="Download results of ward-older (JSON Lines)").click()
-        path = tmp_path / "listed.jsonl"
-        download.value.save_as(path)
-    assert len(path.read_text().splitlines()) == IMAGES
+        expect(rows.nth(1)).to_contain_text("succeeded")  # it refreshes while a job runs
+        finished_and_downloaded(page, page.locator("#my-jobs"), "ward-older",
+                                tmp_path / "listed.jsonl")
+    assert len((tmp_path / "listed.jsonl").read_text().splitlines()) == IMAGES
 
 
 def test_older_jobs_are_a_click_away(page: Page, settings: WorkerSettings,  # noqa: F811
