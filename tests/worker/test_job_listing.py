@@ -19,6 +19,7 @@ from tests.service.conftest import reason_of
 from tests.worker.conftest import FakeBackend, run_worker_burst, wait_until, write_images
 from tests.worker.test_hardening import Client, Front, files, front  # noqa: F401 (fixture)
 from tests.worker.test_servicer import stub, target  # noqa: F401 (fixtures)
+from worker import defaults
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.settings import WorkerSettings
 
@@ -119,6 +120,21 @@ def test_an_expired_job_drops_out_of_the_list_and_its_index(
         assert [job.job_id for job in jobs.list_jobs(caller).jobs] == [kept]
         assert store.client.zscore(key, expiring) is None  # dropped as the listing read it
         assert store.client.zscore(key, kept) is not None
+
+
+def test_one_call_reads_a_bounded_part_of_the_index(jobs: JobService, input_root: Path) -> None:
+    """A long run of expired entries before the caller's next job: a short (here empty) page
+    with a token, not a walk over the whole index in one call."""
+    write_images(input_root / "one", 1)
+    [real] = submit_jobs(jobs, 1)
+    budget = defaults.JOBS_READ_BATCH * defaults.MAX_JOBS_READS
+    expired = {f"{i:032x}": 2e9 + i for i in range(budget)}  # newer than `real`, keys gone
+    jobs.store.client.zadd(jobs.store.owner_jobs_key(ANONYMOUS.identity), expired)
+    first = jobs.list_jobs(ANONYMOUS, page_size=5)
+    assert first.jobs == [] and first.next_page_token
+    second = jobs.list_jobs(ANONYMOUS, page_size=5, page_token=first.next_page_token)
+    assert [job.job_id for job in second.jobs] == [real] and not second.next_page_token
+    assert jobs.store.client.zcard(jobs.store.owner_jobs_key(ANONYMOUS.identity)) == 1
 
 
 def test_the_indexes_expire_after_the_longest_a_job_lives(
