@@ -6,10 +6,12 @@
     dermserve batch watch JOB_ID
     dermserve batch results JOB_ID [--format jsonl|csv|ndjson] [--output FILE]
     dermserve batch cancel JOB_ID
+    dermserve batch list [--state QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED] [--limit N]
 
 A directory or image file is sent as a reference (the server reads it from its input roots); a
 `.csv` file as a manifest; `--inline` sends the images themselves instead. `submit` shows a
-progress bar on stderr until the job ends, then prints the job as JSON on stdout. Exit status: 0
+progress bar on stderr until the job ends, then prints the job as JSON on stdout. `list` prints
+your own jobs (an operator token: everyone's), newest first, one JSON object a line. Exit status: 0
 when the job (or the call) succeeded, 1 otherwise. cli/main.py registers these commands
 through `add_batch_commands`; `python -m cli.batch` runs them on their own.
 """
@@ -31,7 +33,12 @@ from cli.connection import add_connection_arguments, call_metadata, error_entry,
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.batch_jobs import image_result
-from worker.defaults import IMAGE_SUFFIXES, MAX_PAGE_SIZE
+from worker.defaults import (
+    DEFAULT_JOBS_PAGE_SIZE,
+    IMAGE_SUFFIXES,
+    MAX_JOBS_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+)
 from worker.results import EXPORTERS, ResultExporter, labels_of
 
 EXPORTERS_BY_NAME: dict[str, ResultExporter] = {
@@ -39,6 +46,8 @@ EXPORTERS_BY_NAME: dict[str, ResultExporter] = {
 """The job's exporters the client runs on the listed results (jsonl prints the messages)."""
 
 PROGRESS_WIDTH = 30  # characters of the progress bar
+STATES = [name.removeprefix("BATCH_JOB_STATE_") for name in pb.BatchJobState.keys()
+          if name != "BATCH_JOB_STATE_UNSPECIFIED"]
 TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
             pb.BATCH_JOB_STATE_CANCELLED}
 
@@ -46,7 +55,7 @@ TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
 def add_batch_commands(commands: Any, environ: Mapping[str, str]) -> None:
     """Register `batch` and its subcommands on the `dermserve` subparsers."""
     batch = commands.add_parser("batch", help="batch jobs: submit, status, watch, results, "
-                                              "cancel")
+                                              "cancel, list")
     register(batch.add_subparsers(dest="batch_command", required=True), environ)
 
 
@@ -76,6 +85,19 @@ def register(commands: Any, environ: Mapping[str, str]) -> None:
             command.add_argument("--output", type=Path, help="write here instead of stdout")
         add_connection_arguments(command, environ)
     add_connection_arguments(submit, environ)
+    listing = commands.add_parser("list", help="list your jobs, newest first")
+    listing.add_argument("--state", type=str.upper, choices=STATES,
+                         help="only the jobs in this state now")
+    listing.add_argument("--limit", type=non_negative, default=DEFAULT_JOBS_PAGE_SIZE,
+                         help="print at most this many jobs (0: all)")
+    listing.set_defaults(func=run_list)
+    add_connection_arguments(listing, environ)
+
+
+def non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return int(text)
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -214,6 +236,29 @@ def result_pages(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace
         yield from page.results
         token = page.next_page_token
         if not token or not page.results:
+            return
+
+
+def run_list(args: argparse.Namespace) -> int:
+    def action(stub: pb_grpc.BatchJobsStub) -> int:
+        for job in listed_jobs(stub, args):
+            print(json.dumps(MessageToDict(job, preserving_proto_field_name=True)))
+        return 0
+    return with_stub(args, action)
+
+
+def listed_jobs(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace) -> Iterator[pb.BatchJob]:
+    """Up to `--limit` jobs (all with 0), page after page."""
+    state = pb.BatchJobState.Value(f"BATCH_JOB_STATE_{args.state or 'UNSPECIFIED'}")
+    left, token = args.limit or None, ""
+    while left is None or left > 0:
+        page = stub.ListBatchJobs(pb.ListBatchJobsRequest(
+            page_size=min(left or MAX_JOBS_PAGE_SIZE, MAX_JOBS_PAGE_SIZE), page_token=token,
+            state=state), timeout=args.timeout, metadata=call_metadata(args))
+        yield from page.jobs[:left]
+        left = None if left is None else left - len(page.jobs)
+        token = page.next_page_token
+        if not token:
             return
 
 

@@ -22,7 +22,7 @@ from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.auth import caller_of
 from service.servicer import from_dicom_reference, to_dicom_reference
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from worker.records import JobRecord, Priority
+from worker.records import JobRecord, JobState, Priority
 from worker.results import ImageError, ImageResult
 
 PRIORITY_FROM_PROTO = {
@@ -33,6 +33,10 @@ PRIORITY_FROM_PROTO = {
 }
 PRIORITY_TO_PROTO = {priority: pb.BatchJobPriority.Value(f"BATCH_JOB_PRIORITY_{priority.name}")
                      for priority in Priority}
+
+STATE_FROM_PROTO = {pb.BatchJobState.Value(f"BATCH_JOB_STATE_{state.name}"): state
+                    for state in JobState}
+"""A ListBatchJobs state filter; BATCH_JOB_STATE_UNSPECIFIED (absent here) lists every state."""
 
 
 def submit_request(request: pb.SubmitBatchJobRequest) -> SubmitRequest:
@@ -161,6 +165,13 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
         return pb.ListBatchJobResultsResponse(
             results=[result_message(result) for result in page.results],
             next_page_token=page.next_page_token, job=self._job(page.job))
+
+    def ListBatchJobs(self, request: pb.ListBatchJobsRequest,
+                      context: grpc.ServicerContext) -> pb.ListBatchJobsResponse:
+        page = self.jobs.list_jobs(caller_of(context), request.page_size, request.page_token,
+                                   STATE_FROM_PROTO.get(request.state))
+        return pb.ListBatchJobsResponse(jobs=[self._job(record) for record in page.jobs],
+                                        next_page_token=page.next_page_token)
 
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["BatchJobs"].full_name

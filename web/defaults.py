@@ -11,6 +11,7 @@ DEFAULT_CALL_TIMEOUT_S = 30.0
 MAX_JSON_BODY_BYTES = 4 * 1024
 """Bytes a JSON request body may have: the page sends only job ids and version numbers."""
 
+JOBS_PAGE_SIZE = 20  # jobs the jobs view lists at once; "Show older jobs" asks for the next 20
 RESULTS_PAGE_SIZE = 1000  # results per ListBatchJobResults call: the front's maximum page
 
 MODEL_CACHE_SIZE = 16

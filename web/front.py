@@ -166,6 +166,13 @@ class FrontClient:
         answer = self._call(self.jobs.GetBatchJob, batch_pb.GetBatchJobRequest(job_id=job_id))
         return to_dict(answer.job)
 
+    def job_list(self, page_token: str) -> dict[str, Any]:
+        """One page of the page identity's jobs, newest first (ListBatchJobs)."""
+        answer = self._call(self.jobs.ListBatchJobs, batch_pb.ListBatchJobsRequest(
+            page_size=defaults.JOBS_PAGE_SIZE, page_token=page_token))
+        return {"jobs": [to_dict(job) for job in answer.jobs],
+                "next_page_token": answer.next_page_token}
+
     def results(self, job_id: str) -> Iterator[bytes]:
         """A job's results as JSON Lines, page after page; the first page is read before the
         first line is given, so an unknown job fails before any response is sent."""

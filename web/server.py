@@ -8,6 +8,7 @@ Routes:
     POST /api/analyze                one image's bytes in, its result as JSON (413 over the limit)
     GET  /api/config                 the upload limit and the notice, for the page
     GET  /api/model?version=N        a version's model card summary
+    GET  /api/jobs?page_token=T      a page of the page identity's batch jobs, newest first
     GET  /api/jobs/<id>              a batch job's progress
     GET  /api/jobs/<id>/results      its results, as a JSON Lines download
     GET  /healthz  /readyz           liveness; readiness (the front answers SERVING)
@@ -157,6 +158,8 @@ class Handler(BaseHTTPRequestHandler):
                                  "notice": NOTICE})
         elif path == "/api/model":
             self.send_json(200, self.server.client.model(version_of(query)))
+        elif path == "/api/jobs":
+            self.send_json(200, self.server.client.job_list((query.get("page_token") or [""])[0]))
         elif path.startswith("/api/jobs/"):
             self.route_job(path.removeprefix("/api/jobs/"))
         else:

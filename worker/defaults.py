@@ -62,6 +62,11 @@ DEFAULT_CLASSIFY_TIMEOUT_S = 120.0  # seconds for one classifier call of DEFAULT
 DEFAULT_WATCH_INTERVAL_S = 0.5  # seconds between progress polls of a WatchBatchJob stream
 DEFAULT_PAGE_SIZE = 100  # results per ListBatchJobResults page when the client sets none
 MAX_PAGE_SIZE = 1000  # results; bounds one response at ~1 MB
+DEFAULT_JOBS_PAGE_SIZE = 50  # jobs per ListBatchJobs page when the client sets none: a screen
+MAX_JOBS_PAGE_SIZE = 500  # jobs; ~250 KB of BatchJob messages, and as many hashes read at once
+JOBS_READ_BATCH = 100  # index entries read per round trip while listing jobs (at least a page)
+MAX_JOBS_READS = 10  # round trips of one ListBatchJobs call: a state filter that matches few
+# jobs gets a short page and a token after ~1,000 jobs read, rather than a walk over all of them
 
 # --- worker process ------------------------------------------------------------------------------
 DEFAULT_WORKER_METRICS_PORT = 9465  # TCP port; next to the front's 9464

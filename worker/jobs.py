@@ -1,4 +1,4 @@
-"""The job service, grpc-free: submit, get, watch, cancel and page through results.
+"""The job service, grpc-free: submit, get, watch, cancel, list and page through results.
 
 The BatchJobs servicer (service/batch_jobs.py) and tests call it; it imports neither grpc nor
 TensorFlow. It validates everything a client sends before anything is queued: references inside
@@ -6,13 +6,16 @@ the input roots (InvalidRequest), counts and bytes within limits (ResourceExhaus
 
 A job belongs to the Caller that submitted it (core/identity.py): another caller gets
 JobNotFound, exactly as for an unknown id, so that job ids cannot be probed; an operator sees
-every job. An idempotency key (`client_job_id`) is scoped to its owner.
+every job, and lists them all. An idempotency key (`client_job_id`) is scoped to its owner.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import logging
+import math
 import re
 import shutil
 import time
@@ -33,7 +36,7 @@ from worker.records import ChunkState, JobRecord, JobState, Priority
 from worker.references import ImageRef, InputRoots, check_count, manifest_paths
 from worker.results import ImageResult, ResultStore
 from worker.settings import BatchApiSettings
-from worker.store import JobStore, connect
+from worker.store import IndexCursor, JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,12 @@ class ResultsPage:
     results: list[ImageResult]
     next_page_token: str
     job: JobRecord
+
+
+@dataclass(frozen=True)
+class JobsPage:
+    jobs: list[JobRecord]
+    next_page_token: str
 
 
 @dataclass(frozen=True)
@@ -304,12 +313,34 @@ class JobService:
         return record
 
     @translated
+    def list_jobs(self, caller: Caller = ANONYMOUS, page_size: int = 0, page_token: str = "",
+                  state: JobState | None = None) -> JobsPage:
+        """The caller's jobs (an operator's: everyone's), newest first, optionally in `state`
+        only. Reads at most MAX_JOBS_READS batches of the index, so a page may come back short
+        with a token when a filter matches few jobs."""
+        size = page_size_of(page_size, defaults.DEFAULT_JOBS_PAGE_SIZE,
+                            defaults.MAX_JOBS_PAGE_SIZE)
+        cursor = parse_jobs_token(page_token)
+        owner = None if caller.operator else caller.identity
+        batch = max(size, defaults.JOBS_READ_BATCH)
+        jobs: list[JobRecord] = []
+        for _ in range(defaults.MAX_JOBS_READS):
+            entries = self.store.indexed_jobs(owner, cursor, batch)
+            for cursor, record in entries:
+                if record is not None and caller.may_see(record.owner) and (
+                        state is None or record.state is state):
+                    jobs.append(record)
+                    if len(jobs) == size:
+                        return JobsPage(jobs, jobs_token(cursor))
+            if len(entries) < batch:
+                return JobsPage(jobs, "")
+        return JobsPage(jobs, jobs_token(cursor) if cursor is not None else "")
+
+    @translated
     def list_results(self, job_id: str, page_size: int = 0, page_token: str = "",
                      caller: Caller = ANONYMOUS) -> ResultsPage:
         record = self.get(job_id, caller)
-        size = min(page_size or defaults.DEFAULT_PAGE_SIZE, defaults.MAX_PAGE_SIZE)
-        if size < 0:
-            raise InvalidRequest("page_size must not be negative", "BAD_PAGE_SIZE")
+        size = page_size_of(page_size, defaults.DEFAULT_PAGE_SIZE, defaults.MAX_PAGE_SIZE)
         position = parse_page_token(page_token, record.total)
         results, position = self._page(record, position, size)
         token = "" if position >= record.total else str(position)
@@ -360,3 +391,29 @@ def parse_page_token(token: str, total: int) -> int:
     if not token.isdigit() or int(token) > total:
         raise InvalidRequest("malformed page_token", "BAD_PAGE_TOKEN")
     return int(token)
+
+
+def page_size_of(page_size: int, default: int, maximum: int) -> int:
+    if page_size < 0:
+        raise InvalidRequest("page_size must not be negative", "BAD_PAGE_SIZE")
+    return min(page_size or default, maximum)
+
+
+def jobs_token(cursor: IndexCursor) -> str:
+    """Opaque to clients: where the listing stopped, as (creation time, job id)."""
+    score, job_id = cursor
+    return base64.urlsafe_b64encode(f"{score!r}/{job_id}".encode()).decode("ascii")
+
+
+def parse_jobs_token(token: str) -> IndexCursor | None:
+    if not token:
+        return None
+    try:
+        score_text, _, job_id = base64.urlsafe_b64decode(token.encode("ascii")).decode(
+            "ascii").partition("/")
+        score = float(score_text)
+    except (ValueError, binascii.Error, UnicodeError):
+        score, job_id = math.nan, ""
+    if not math.isfinite(score) or not SERVER_JOB_ID.fullmatch(job_id):
+        raise InvalidRequest("malformed page_token", "BAD_PAGE_TOKEN")
+    return score, job_id

@@ -12,10 +12,17 @@ and results live in files (worker/results.py). Keys, under the prefix `P` (derms
     P:idem:<owner>:<client_job_id>
                              string: the job id an idempotency key maps to, per owner (a hash of
                              the owner's identity): another identity's same key is another job
+    P:owner:<owner>:jobs     sorted set: an owner's job ids (the owner hashed, as above), scored
+                             by creation time, for ListBatchJobs
+    P:jobs                   sorted set: every job id by creation time (what an operator lists)
     P:active                 set: ids of jobs not yet in a terminal state
     P:stats                  hash: jobs finished per state (for the metrics)
 
 Every key of a job gets a TTL (`active_job_ttl_s` while it runs, `job_ttl_s` once it finishes).
+The two job indexes outlive single jobs, so they are kept bounded three ways: each `create` trims
+entries older than the longest a job can live (`index_ttl_s`) and renews the index's TTL to that
+(an owner who stops submitting leaves nothing behind), and listing drops the ids whose job hash
+has expired. Jobs created before the indexes existed are in none and are not listed.
 Chunk completion is counted at most once (the chunk hash is the guard, checked and set in one
 script), so a chunk that runs twice after a worker was killed adds its counts once.
 """
@@ -35,6 +42,7 @@ from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
 from core.errors import FailedPrecondition, JobNotFound
+from core.identity import ANONYMOUS
 from worker import defaults
 from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.settings import BatchApiSettings, RedisSettings
@@ -164,6 +172,10 @@ def connection_security(settings: RedisSettings) -> tuple[str, dict[str, Any]]:
     return url, extra
 
 
+IndexCursor = tuple[float, str]
+"""A place in a job index: (creation time, job id), the order ListBatchJobs lists in."""
+
+
 class JobStore:
     """Job state in Redis. Raises JobNotFound for unknown ids; everything else is atomic."""
 
@@ -203,9 +215,24 @@ class JobStore:
         return f"{self.job_key(job_id)}:lease:{index}"
 
     def idempotency_key(self, owner: str, client_job_id: str) -> str:
-        """Hashed, because an owner is any text (a certificate subject) and a key is not."""
-        scope = hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:32]
-        return f"{self.prefix}:idem:{scope}:{client_job_id}"
+        return f"{self.prefix}:idem:{owner_scope(owner)}:{client_job_id}"
+
+    def owner_jobs_key(self, owner: str) -> str:
+        return f"{self.prefix}:owner:{owner_scope(owner)}:jobs"
+
+    @property
+    def all_jobs_key(self) -> str:
+        return f"{self.prefix}:jobs"
+
+    def index_key(self, owner: str | None) -> str:
+        """The index listing `owner`'s jobs, or every job for None (an operator)."""
+        return self.all_jobs_key if owner is None else self.owner_jobs_key(owner)
+
+    @property
+    def index_ttl_s(self) -> int:
+        """The longest a job's keys can live: the active TTL runs from creation, and a job that
+        finishes just before it ends starts `job_ttl_s` afresh."""
+        return self.active_job_ttl_s + self.job_ttl_s
 
     @property
     def active_key(self) -> str:
@@ -232,7 +259,17 @@ class JobStore:
             for key in self._job_keys(job_id):
                 pipe.expire(key, self.active_job_ttl_s)
             pipe.sadd(self.active_key, job_id)
+            owner = str(fields.get("owner", ANONYMOUS.identity))
+            self._index(pipe, job_id, float(fields["created"]), owner)
             pipe.execute()
+
+    def _index(self, pipe: Any, job_id: str, created: float, owner: str) -> None:
+        """Add the job to its owner's index and to the operators', and trim both (see the
+        module docstring: an index must not grow with jobs long expired)."""
+        for key in (self.owner_jobs_key(owner), self.all_jobs_key):
+            pipe.zadd(key, {job_id: created})
+            pipe.zremrangebyscore(key, "-inf", f"({created - self.index_ttl_s}")
+            pipe.expire(key, self.index_ttl_s)
 
     def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
         """Map the idempotency `key` to `job_id` unless it is mapped already; returns the
@@ -275,14 +312,57 @@ class JobStore:
         return bool(self.client.blpop([self.hold_release_key], timeout=timeout_s))
 
     def delete(self, job_id: str) -> None:
-        self.client.delete(*self._job_keys(job_id))
-        self.client.srem(self.active_key, job_id)
+        owner = self.client.hget(self.job_key(job_id), "owner")
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(*self._job_keys(job_id))
+            pipe.srem(self.active_key, job_id)
+            pipe.zrem(self.all_jobs_key, job_id)
+            if owner is not None:
+                pipe.zrem(self.owner_jobs_key(str(owner)), job_id)
+            pipe.execute()
 
     def load(self, job_id: str) -> JobRecord:
         raw: dict[str, str] = self.client.hgetall(self.job_key(job_id))  # type: ignore[assignment]
         if not raw:
             raise JobNotFound(f"no batch job {job_id!r} (unknown, or expired after its TTL)")
         return JobRecord.from_hash(raw)
+
+    def indexed_jobs(self, owner: str | None, after: IndexCursor | None, count: int
+                     ) -> list[tuple[IndexCursor, JobRecord | None]]:
+        """Up to `count` entries of the index of `owner` (None: every job), newest first, after
+        `after`, each with its job's record; None for a job whose keys expired (its id is
+        dropped from the index here)."""
+        key = self.index_key(owner)
+        entries = self._index_entries(key, after, count)
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id, _ in entries:
+                pipe.hgetall(self.job_key(job_id))
+            hashes: list[dict[str, str]] = pipe.execute()
+        expired = [job_id for (job_id, _), raw in zip(entries, hashes, strict=True) if not raw]
+        if expired:
+            self.client.zrem(key, *expired)
+        return [((score, job_id), JobRecord.from_hash(raw) if raw else None)
+                for (job_id, score), raw in zip(entries, hashes, strict=True)]
+
+    def _index_entries(self, key: str, after: IndexCursor | None, count: int
+                       ) -> list[tuple[str, float]]:
+        """(id, creation time) pairs after `after`. Ids of one score come in reverse order of
+        their text, as ZREVRANGEBYSCORE gives them, so a cursor on a tie resumes exactly."""
+        if after is None:
+            return self._scored(self.client.zrevrangebyscore(key, "+inf", "-inf", start=0,
+                                                             num=count, withscores=True))
+        score, last_id = after
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.zrevrangebyscore(key, score, score, withscores=True)
+            pipe.zrevrangebyscore(key, f"({score!r}", "-inf", start=0, num=count,
+                                  withscores=True)
+            ties, older = pipe.execute()
+        same = [entry for entry in self._scored(ties) if entry[0] < last_id]
+        return (same + self._scored(older))[:count]
+
+    @staticmethod
+    def _scored(raw: Any) -> list[tuple[str, float]]:
+        return [(str(job_id), float(score)) for job_id, score in raw]
 
     def exists(self, job_id: str) -> bool:
         return bool(self.client.exists(self.job_key(job_id)))
@@ -385,3 +465,9 @@ class JobStore:
             raise FailedPrecondition(f"job {job_id} already finished ({outcome})",
                                      "JOB_ALREADY_FINISHED")
         return self.load(job_id)
+
+
+def owner_scope(owner: str) -> str:
+    """An owner's part of a key: hashed, because an owner is any text (a certificate subject)
+    and a key is not."""
+    return hashlib.sha256(owner.encode("utf-8", "surrogateescape")).hexdigest()[:32]

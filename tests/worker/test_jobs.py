@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
+from core.identity import ANONYMOUS
 from tests.worker.conftest import (
     FakeBackend,
     jpeg_bytes,
@@ -201,9 +202,12 @@ def test_finished_job_keys_all_expire(
                          ).job.job_id
     run_worker_burst(settings, FakeBackend())
     client = jobs.store.client
+    indexes = {jobs.store.all_jobs_key, jobs.store.owner_jobs_key(ANONYMOUS.identity)}
     ours = [key for key in client.scan_iter(f"{settings.key_prefix}:*")
-            if key not in (jobs.store.active_key, jobs.store.stats_key)]
+            if key not in {jobs.store.active_key, jobs.store.stats_key, *indexes}]
     assert ours and all(0 < client.ttl(key) <= settings.job_ttl_s for key in ours)
+    # the listing indexes hold every job of their owner: they live as long as the newest can
+    assert all(0 < client.ttl(key) <= jobs.store.index_ttl_s for key in indexes)
     assert job_id not in jobs.store.active_jobs()
     sizes = [client.memory_usage(key) or 0 for key in ours]
     assert max(sizes) < 4096  # counts and states only: results stay in files

@@ -1,5 +1,6 @@
-// The batch jobs view: follows the jobs whose ids this browser remembers (localStorage), shows
-// their progress, and links each to its results as a JSON Lines download.
+// The batch jobs view: lists the page identity's jobs (ListBatchJobs, through /api/jobs), and
+// follows the jobs whose ids this browser remembers (localStorage); shows their progress and
+// links each to its results as a JSON Lines download.
 "use strict";
 
 const STORE_KEY = "dermserve.jobs";
@@ -37,11 +38,11 @@ function progressCell(id, job) {
   return td;
 }
 
-function linkCell(id) {
+function linkCell(id, name) {
   const td = document.createElement("td");
   const link = document.createElement("a");
   link.href = "/api/jobs/" + encodeURIComponent(id) + "/results";
-  link.textContent = "Download results of " + id + " (JSON Lines)";
+  link.textContent = "Download results of " + name + " (JSON Lines)";
   link.setAttribute("download", "");
   td.append(link);
   return td;
@@ -60,20 +61,67 @@ function removeCell(id) {
   return td;
 }
 
-function row(id, job, error) {
+// A job's cells, named `name` (what the user typed, or the job's own name in the list) and
+// linked by `id`, then `last` (the remove button, or when the job was submitted).
+function jobRow(name, id, job, last) {
   const tr = document.createElement("tr");
-  if (error) {
-    tr.append(cell(id), cell("Cannot show the job: " + error.message + " (reason " +
-      (error.reason || error.code) + ")"),
-      cell(""), cell(""), cell(""), cell(""), cell(""), removeCell(id));
-    return tr;
-  }
   const model = job.model && job.model.version !== "0" ?
     job.model.name + " v" + job.model.version : "not yet";
-  tr.append(cell(id), cell(job.state.replace("BATCH_JOB_STATE_", "").toLowerCase()),
-    progressCell(id, job), cell(String(job.failed_images)), cell(String(job.abstained_images)),
-    cell(model), linkCell(id), removeCell(id));
+  tr.append(cell(name), cell(job.state.replace("BATCH_JOB_STATE_", "").toLowerCase()),
+    progressCell(name, job), cell(String(job.failed_images)), cell(String(job.abstained_images)),
+    cell(model), linkCell(id, name), last);
   return tr;
+}
+
+function row(id, job, error) {
+  if (!error) return jobRow(id, id, job, removeCell(id));
+  const tr = document.createElement("tr");
+  tr.append(cell(id), cell("Cannot show the job: " + error.message + " (reason " +
+    (error.reason || error.code) + ")"),
+  cell(""), cell(""), cell(""), cell(""), cell(""), removeCell(id));
+  return tr;
+}
+
+function submitted(job) {
+  return cell(job.create_time ? new Date(job.create_time).toLocaleString() : "");
+}
+
+// The listed jobs: `pages` pages of them are shown; each refresh reads them again from the first.
+let pages = 1;
+let listTimer = null;
+
+async function fetchPage(token) {
+  const response = await fetch("/api/jobs?page_token=" + encodeURIComponent(token));
+  const answer = await response.json();
+  if (!response.ok) throw answer.error;
+  return answer;
+}
+
+async function refreshList() {
+  const status = document.getElementById("my-jobs-status");
+  const older = document.getElementById("older-jobs");
+  let jobs = [];
+  let token = "";
+  try {
+    for (let i = 0; i < pages; i++) {
+      const page = await fetchPage(token);
+      jobs = jobs.concat(page.jobs);
+      token = page.next_page_token;
+      if (!token) break;
+    }
+  } catch (error) {
+    status.textContent = "Cannot list the jobs: " + error.message + " (reason " +
+      (error.reason || error.code) + ")";
+    return;
+  }
+  document.querySelector("#my-jobs tbody").replaceChildren(...jobs.map((job) =>
+    jobRow(job.client_job_id || job.job_id, job.job_id, job, submitted(job))));
+  older.hidden = !token;
+  status.textContent = jobs.length + " job(s) listed" + (token ? "; older ones follow." : ".");
+  clearTimeout(listTimer);
+  if (jobs.some((job) => !TERMINAL.includes(job.state))) {
+    listTimer = setTimeout(refreshList, REFRESH_MS);
+  }
 }
 
 async function fetchJob(id) {
@@ -96,6 +144,11 @@ async function refresh() {
 }
 
 function setUp() {
+  document.getElementById("older-jobs").addEventListener("click", () => {
+    pages += 1;
+    refreshList();
+  });
+  refreshList();
   const form = document.getElementById("add-job");
   form.addEventListener("submit", (event) => {
     event.preventDefault();
