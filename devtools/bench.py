@@ -494,14 +494,25 @@ def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:
             f"{raw['batch_cpu_ms_per_image'][str(raw['best_batch_size'])]:.1f} ms/image"]
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_target_arguments(parser: argparse.ArgumentParser, image_help: str) -> None:
+    """The flags every benchmark of a served version shares: where its JSON goes, which
+    version it serves, and the image it sends."""
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--model-base", type=Path, default=Path("models"))
     parser.add_argument("--model-name", default="ham10000")
     parser.add_argument("--version", type=int, help="default: the highest version")
-    parser.add_argument("--image", type=Path, help="image to send (default: a 600x450 JPEG)")
+    parser.add_argument("--image", type=Path, help=image_help)
+
+
+def write_report(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_target_arguments(parser, image_help="image to send (default: a 600x450 JPEG)")
     parser.add_argument("--step-seconds", type=float, default=DEFAULT_STEP_SECONDS)
     parser.add_argument("--no-peer", action="store_true", help="skip the naive peer")
     parser.add_argument("--server-arg", action="append", default=[],
@@ -512,8 +523,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, result)
     print("\n".join(report_lines(result)))
     print(f"written to {args.out}")
 

@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from devtools.bench import add_target_arguments, write_report
 from devtools.health import wait_until_serving
 from devtools.ports import free_port
 
@@ -125,12 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devtools.explain_bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--image", type=Path,
-                        help="the image both calls send (default: a synthetic 600x450 JPEG)")
-    parser.add_argument("--model-base", type=Path, default=Path("models"))
-    parser.add_argument("--model-name", default="ham10000")
-    parser.add_argument("--version", type=int, help="default: the highest version")
+    add_target_arguments(parser,
+                         image_help="the image both calls send (default: a synthetic 600x450 JPEG)")
     parser.add_argument("--calls", type=int, default=DEFAULT_CALLS,
                         help="Classify/Explain pairs measured")
     return parser.parse_args(argv)
@@ -139,8 +136,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_report(args.out, result)
     print(json.dumps({key: result[key] for key in
                       ("explain_over_classify_p50", "explain_over_classify_median_of_pairs")}))
     print(f"written to {args.out}")
