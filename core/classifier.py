@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -47,6 +48,7 @@ from core.validation import (
 log = logging.getLogger(__name__)
 
 Results = dict[int, Prediction | DermserveError]
+T = TypeVar("T")
 """Each image's prediction or error, by its position in the call."""
 
 
@@ -131,8 +133,15 @@ class Classifier:
         version without the `explain` signature."""
         deadline = Deadline(timeout)
         opened = self.open(image, deadline)
+        wanted = self.wanted(ref)
+        return self._again_if_unloaded(wanted, lambda again: self._explain_once(
+            self.open(image, deadline) if again else opened, label, wanted, request_id,
+            deadline))
+
+    def _explain_once(self, opened: Image.Image, label: str, wanted: ModelRef, request_id: str,
+                      deadline: Deadline) -> Explanation:
         source = opened.info.get(DICOM_INFO_KEY)
-        version = self.backend.resolve(self.wanted(ref), deadline.remaining())
+        version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
         wanted_class = class_index(config, label)
         model_input = self.decode(opened, config.input, deadline)
@@ -196,17 +205,22 @@ class Classifier:
     def _predict(self, opened: dict[int, Image.Image], images: Sequence[bytes], ids: list[str],
                  ref: ModelRef | None, deadline: Deadline) -> Results:
         wanted = self.wanted(ref)
+        return self._again_if_unloaded(wanted, lambda again: self._predict_once(
+            {index: self.open(images[index], deadline) for index in opened} if again else opened,
+            ids, wanted, deadline))
+
+    def _again_if_unloaded(self, wanted: ModelRef, attempt: Callable[[bool], T]) -> T:
+        """`attempt(False)`, then `attempt(True)` once if the version it resolved was unloaded
+        before it answered (a hot reload): the next resolve names its successor, whose input
+        may differ, so the attempt opens and decodes its images again. Once only, so a broken
+        backend cannot loop us; a pinned version is not replaced."""
         try:
-            return self._predict_once(opened, ids, wanted, deadline)
+            return attempt(False)
         except ModelNotFound:
             if wanted.version is not None:
                 raise
-            # Hot reload: the version we resolved was unloaded before it answered; the next
-            # resolve names its successor, whose input may differ, so the images are decoded
-            # again. Once only, so a broken backend cannot loop us.
             log.info("resolved version of %s went away; resolving again", wanted.describe())
-            reopened = {index: self.open(images[index], deadline) for index in opened}
-            return self._predict_once(reopened, ids, wanted, deadline)
+            return attempt(True)
 
     def _predict_once(self, opened: dict[int, Image.Image], ids: list[str], wanted: ModelRef,
                       deadline: Deadline) -> Results:

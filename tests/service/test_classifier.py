@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.backends.base import BatchOutput, ModelRef
+from core.backends.base import BatchOutput, ExplainOutput, ModelRef
 from core.classifier import Classifier
 from core.errors import BackendUnavailable, InvalidImage, ModelNotFound
 from core.prediction import Prediction
@@ -23,12 +23,23 @@ class VanishingBackend(FakeBackend):
 
     def predict(self, ref: ModelRef, images: np.ndarray,
                 timeout: float | None = None) -> BatchOutput:
+        self._maybe_vanish(ref)
+        return super().predict(ref, images, timeout)
+
+    def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
+                timeout: float | None = None) -> ExplainOutput:
+        self._maybe_vanish(ref)
+        answer = super().predict(ref, images, timeout)  # a flat map: only the retry matters here
+        return ExplainOutput(answer.version, answer.probabilities, answer.ood_scores,
+                             np.ones((len(images), 2, 2), np.float32),
+                             answer.probabilities.argmax(axis=1).astype(np.int32))
+
+    def _maybe_vanish(self, ref: ModelRef) -> None:
         if self.vanish > 0 and ref.version == max(self.versions):
             self.vanish -= 1
             self.versions[max(self.versions) + 1] = self.versions[max(self.versions)]
             del self.versions[ref.version]
             raise ModelNotFound(f"version {ref.version} was unloaded")
-        return super().predict(ref, images, timeout)
 
 
 def classifier(backend: FakeBackend) -> Classifier:
@@ -46,6 +57,15 @@ def test_only_one_retry_and_never_for_a_pinned_version() -> None:
         classifier(VanishingBackend(vanish=2)).classify(good_jpeg())
     with pytest.raises(ModelNotFound):
         classifier(VanishingBackend(vanish=1)).classify(good_jpeg(), ModelRef("ham10000", 2))
+
+
+def test_explain_resolves_an_unloaded_version_again_like_classify() -> None:
+    explanation = classifier(VanishingBackend(vanish=1)).explain(good_jpeg(), request_id="r")
+    assert explanation.prediction.model_version == 3
+    with pytest.raises(ModelNotFound):
+        classifier(VanishingBackend(vanish=2)).explain(good_jpeg())
+    with pytest.raises(ModelNotFound):
+        classifier(VanishingBackend(vanish=1)).explain(good_jpeg(), ref=ModelRef("ham10000", 2))
 
 
 def test_classify_many_returns_validation_errors_in_place() -> None:
