@@ -17,7 +17,7 @@ from core.backends.embedded import EmbeddedBackend
 from core.batching import MicroBatcher
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from tests.web.conftest import Web, running_web
-from tests.web.test_page import accessible_controls, ham10000_image, upload
+from tests.web.test_page import accessible_controls, expect_tab_order, ham10000_image, upload
 
 LOAD_TIMEOUT_S = 120.0  # seconds for the embedded backend to load the tiny versions
 
@@ -76,15 +76,12 @@ def test_the_toggle_switches_between_the_overlay_and_the_image(page: Page,
 def test_the_keyboard_reaches_every_control_in_order_and_each_has_a_name(
         page: Page, explaining_web: Web) -> None:
     upload(page, explaining_web, ham10000_image())
-    page.locator("body").focus()
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
                 page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("checkbox", name="Show heatmap overlay"),
                 page.get_by_role("link", name=re.compile("model card"))]
-    for control in expected:
-        page.keyboard.press("Tab")
-        expect(control).to_be_focused()
+    expect_tab_order(page, expected)
     controls = accessible_controls(page)
     assert ("checkbox", "Show heatmap overlay") in controls
     assert [control for control in controls if not control[1].strip()] == []

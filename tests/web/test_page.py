@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Locator, Page, expect
 
 from core.backends.base import ExplainOutput, ModelRef
 from core.errors import BackendTimeout
@@ -34,6 +34,14 @@ def ham10000_image() -> Path:
     if not images:
         pytest.skip("../shared HAM10000 images are not here")
     return images[0]
+
+
+def expect_tab_order(page: Page, controls: list[Locator]) -> None:
+    """From the page's body, each Tab moves the focus to the next of `controls`."""
+    page.locator("body").focus()
+    for control in controls:
+        page.keyboard.press("Tab")
+        expect(control).to_be_focused()
 
 
 def upload(page: Page, web: Web, *files: object) -> None:
@@ -202,14 +210,11 @@ def test_every_control_has_an_accessible_name(page: Page, fake_web: Web, path: s
 def test_the_keyboard_reaches_the_views_the_upload_and_the_model_card_in_order(
         page: Page, fake_web: Web) -> None:
     upload(page, fake_web, ham10000_image())
-    page.locator("body").focus()
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
                 page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("link", name=re.compile("model card"))]
-    for control in expected:
-        page.keyboard.press("Tab")
-        expect(control).to_be_focused()
+    expect_tab_order(page, expected)
     page.keyboard.press("Enter")
     expect(page).to_have_url(re.compile(r"/model\?version=2$"))
 
