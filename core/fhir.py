@@ -20,12 +20,14 @@ Codes: SNOMED CT where a concept fits and we are sure of it (melanoma, basal cel
 body site "skin"), DICOM (DCM) for the modality, UCUM for units, and the project's own code
 systems (URIs below, documented) for everything without a standard code.
 
-Transport-free and gRPC-free: the servicer (ClassifyRequest.format) and the batch exporter
-(results.ndjson) both call `analysis_resources`.
+Transport-free and gRPC-free: the servicer (ClassifyRequest.format) calls `bundle_json`, whose
+resources are validated on every call; the batch exporter (results.ndjson) writes the same
+resources from `analysis_json` without validating each one again (see there why).
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -95,10 +97,20 @@ def reference(resource_type: str, resource_id: str, in_bundle: bool) -> Json:
     return {"reference": f"{resource_type}/{resource_id}"}
 
 
-def build(resource_type: str, body: Json) -> Resource:
-    """A resource validated by its fhir.resources model (raises on anything invalid)."""
-    model = get_fhir_model_class(resource_type)
-    return cast(Resource, model.model_validate({"resourceType": resource_type, **body}))
+def body(resource_type: str, elements: Json) -> Json:
+    """A resource as a plain JSON object, resourceType first."""
+    return {"resourceType": resource_type, **elements}
+
+
+def validated(resource: Json) -> Resource:
+    """`resource` validated by its fhir.resources model (raises on anything invalid)."""
+    model = get_fhir_model_class(resource["resourceType"])
+    return cast(Resource, model.model_validate(resource))
+
+
+def instant(when: datetime) -> str:
+    """A FHIR instant in UTC to the second, written as fhir.resources writes it (with Z)."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def device_id(prediction: Prediction) -> str:
@@ -110,8 +122,8 @@ def study_id(dicom: DicomReference) -> str:
     return str(uuid.uuid5(ID_NAMESPACE, f"study/{dicom.study_instance_uid}"))
 
 
-def device(prediction: Prediction) -> Resource:
-    return build("Device", {
+def device(prediction: Prediction) -> Json:
+    return body("Device", {
         "id": device_id(prediction),
         "status": "active",
         "manufacturer": "dermserve",
@@ -122,9 +134,9 @@ def device(prediction: Prediction) -> Resource:
     })
 
 
-def imaging_study(dicom: DicomReference) -> Resource:
+def imaging_study(dicom: DicomReference) -> Json:
     modality = coding(DICOM_DCM, dicom.modality, MODALITY_DISPLAYS.get(dicom.modality, ""))
-    return build("ImagingStudy", {
+    return body("ImagingStudy", {
         "id": study_id(dicom),
         "identifier": [{"system": DICOM_UID_SYSTEM,
                         "value": f"urn:oid:{dicom.study_instance_uid}"}],
@@ -159,12 +171,12 @@ class ObservationFactory:
             self.common["derivedFrom"] = [
                 reference("ImagingStudy", study_id(prediction.dicom), in_bundle)]
 
-    def make(self, code: str, display: str, text: str, value: Json) -> Resource:
-        return build("Observation", {"id": str(uuid.uuid4()), **self.common,
+    def make(self, code: str, display: str, text: str, value: Json) -> Json:
+        return body("Observation", {"id": str(uuid.uuid4()), **self.common,
                                      "code": concept(DERMSERVE_CODES, code, display, text),
                                      **value})
 
-    def probability(self, item: LabelProbability) -> Resource:
+    def probability(self, item: LabelProbability) -> Json:
         return self.make(
             "class-probability", "Model probability of a diagnostic class",
             f"Probability of {item.display_name}",
@@ -175,11 +187,11 @@ class ObservationFactory:
                             "valueCodeableConcept": class_concept(item.label,
                                                                   item.display_name)}]})
 
-    def top_class(self, item: LabelProbability) -> Resource:
+    def top_class(self, item: LabelProbability) -> Json:
         return self.make("top-class", "Most probable diagnostic class", "Top class",
                          {"valueCodeableConcept": class_concept(item.label, item.display_name)})
 
-    def abstention(self, prediction: Prediction) -> Resource:
+    def abstention(self, prediction: Prediction) -> Json:
         reason = prediction.abstention.value
         return self.make("abstention", "Abstention and its reason",
                          "Abstained: the result needs human review" if prediction.abstained
@@ -187,14 +199,14 @@ class ObservationFactory:
                          {"valueCodeableConcept": concept(DERMSERVE_ABSTENTION, reason,
                                                           reason.replace("_", " ").lower())})
 
-    def ood_score(self, prediction: Prediction) -> Resource:
+    def ood_score(self, prediction: Prediction) -> Json:
         return self.make("ood-score", "Out-of-distribution score",
                          "Out-of-distribution score (higher: less like the training images)",
                          {"valueQuantity": {"value": round(prediction.ood_score, 6),
                                             "system": UCUM, "code": "1"}})
 
 
-def observations(prediction: Prediction, issued: str, in_bundle: bool) -> list[Resource]:
+def observations(prediction: Prediction, issued: str, in_bundle: bool) -> list[Json]:
     factory = ObservationFactory(prediction, issued, in_bundle)
     return [*(factory.probability(item) for item in prediction.probabilities),
             factory.top_class(prediction.probabilities[0]),
@@ -210,10 +222,10 @@ def conclusion(prediction: Prediction) -> str:
     return f"{text} {NOT_A_DIAGNOSTIC_DEVICE}"
 
 
-def diagnostic_report(prediction: Prediction, results: Sequence[Resource], issued: str,
-                      in_bundle: bool) -> Resource:
+def diagnostic_report(prediction: Prediction, results: Sequence[Json], issued: str,
+                      in_bundle: bool) -> Json:
     top = prediction.probabilities[0]
-    body: Json = {
+    elements: Json = {
         "id": str(uuid.uuid4()),
         "status": "final",
         "category": [concept(DICOM_DCM, *DMS)],
@@ -222,28 +234,37 @@ def diagnostic_report(prediction: Prediction, results: Sequence[Resource], issue
                         "Dermoscopy AI analysis"),
         "effectiveDateTime": issued,
         "issued": issued,
-        "result": [reference("Observation", str(item.id), in_bundle) for item in results],
+        "result": [reference("Observation", item["id"], in_bundle) for item in results],
         "conclusion": conclusion(prediction),
     }
     if not prediction.abstained:  # an abstained result names no finding
-        body["conclusionCode"] = [class_concept(top.label, top.display_name)]
+        elements["conclusionCode"] = [class_concept(top.label, top.display_name)]
     if prediction.dicom is not None:
-        body["imagingStudy"] = [reference("ImagingStudy", study_id(prediction.dicom),
-                                          in_bundle)]
+        elements["imagingStudy"] = [reference("ImagingStudy", study_id(prediction.dicom),
+                                              in_bundle)]
     if prediction.request_id:
-        body["identifier"] = [{"system": f"{DERMSERVE_CODES}:request-id",
-                               "value": prediction.request_id}]
-    return build("DiagnosticReport", body)
+        elements["identifier"] = [{"system": f"{DERMSERVE_CODES}:request-id",
+                                   "value": prediction.request_id}]
+    return body("DiagnosticReport", elements)
 
 
-def analysis_resources(prediction: Prediction, issued: datetime | None = None,
-                       in_bundle: bool = True) -> list[Resource]:
-    """The report first, then its observations, the device and the study (if DICOM)."""
-    when = (issued or datetime.now(UTC)).isoformat(timespec="seconds")
+def analysis_json(prediction: Prediction, issued: datetime | None = None,
+                  in_bundle: bool = True) -> list[Json]:
+    """The report first, then its observations, the device and the study (if DICOM), as plain
+    JSON objects: what `analysis_resources` validates. The batch export writes these directly:
+    validating 11 resources per image with fhir.resources took longer than classifying the
+    image (docs/integration.md); tests/service/test_fhir.py validates every shape they take."""
+    when = instant(issued or datetime.now(UTC))
     results = observations(prediction, when, in_bundle)
     report = diagnostic_report(prediction, results, when, in_bundle)
     study = [imaging_study(prediction.dicom)] if prediction.dicom is not None else []
     return [report, *results, device(prediction), *study]
+
+
+def analysis_resources(prediction: Prediction, issued: datetime | None = None,
+                       in_bundle: bool = True) -> list[Resource]:
+    """`analysis_json`, each validated by its fhir.resources model."""
+    return [validated(resource) for resource in analysis_json(prediction, issued, in_bundle)]
 
 
 def bundle(prediction: Prediction, issued: datetime | None = None) -> Bundle:
@@ -253,7 +274,7 @@ def bundle(prediction: Prediction, issued: datetime | None = None) -> Bundle:
                for resource in analysis_resources(prediction, when)]
     built: Bundle = Bundle.model_validate({
         "resourceType": "Bundle", "type": "collection",
-        "timestamp": when.isoformat(timespec="seconds"), "entry": entries})
+        "timestamp": instant(when), "entry": entries})
     return built
 
 
@@ -261,6 +282,8 @@ def bundle_json(prediction: Prediction, issued: datetime | None = None) -> str:
     return bundle(prediction, issued).model_dump_json()
 
 
-def resource_json(resource: Resource) -> str:
+def resource_json(resource: Resource | Json) -> str:
     """One resource as one line of JSON (the Bulk Data NDJSON convention)."""
+    if isinstance(resource, dict):
+        return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
     return resource.model_dump_json()

@@ -234,7 +234,7 @@ class FhirNdjsonExporter:
     """FHIR R4 (R4B) resources, one per line (the Bulk Data NDJSON convention): each classified
     image's DiagnosticReport and Observations, each model version's Device and each DICOM
     study's ImagingStudy once. Images that failed have no resources (their errors are in the
-    JSONL and CSV exports)."""
+    JSONL and CSV exports). Written unvalidated (core/fhir.analysis_json says why)."""
 
     name = "ndjson"
     filename = EXPORT_NDJSON
@@ -245,12 +245,11 @@ class FhirNdjsonExporter:
         for result in results:
             if result.error is not None:
                 continue
-            for resource in fhir.analysis_resources(result.prediction(), issued,
-                                                    in_bundle=False):
-                key = f"{resource.get_resource_type()}/{resource.id}"
+            for resource in fhir.analysis_json(result.prediction(), issued, in_bundle=False):
+                key = f"{resource['resourceType']}/{resource['id']}"
                 if key in written:
                     continue
-                if resource.get_resource_type() in fhir.SHARED_RESOURCES:
+                if resource["resourceType"] in fhir.SHARED_RESOURCES:
                     written.add(key)
                 yield fhir.resource_json(resource) + "\n"
 

@@ -101,3 +101,23 @@ def test_an_image_that_was_not_dicom_has_no_study() -> None:
     assert entries(bundle, "ImagingStudy") == []
     (report,) = entries(bundle, "DiagnosticReport")
     assert report.imagingStudy is None
+
+
+@pytest.mark.parametrize("case", ["dicom", "jpeg", "abstained", "no-request-id", *sorted(
+    HAM10000_DISPLAY_NAMES)])
+@pytest.mark.parametrize("in_bundle", [True, False])
+def test_the_unvalidated_json_the_batch_export_writes_is_what_validation_gives(
+        case: str, in_bundle: bool) -> None:
+    # results.ndjson writes analysis_json without validating each resource (it cost more than
+    # the classification): every shape it can take validates, and the model's own JSON of it
+    # says the same thing.
+    base = prediction(case if case in HAM10000_DISPLAY_NAMES else "mel",
+                      Abstention.LOW_CONFIDENCE if case == "abstained" else Abstention.NONE,
+                      None if case == "jpeg" else DICOM)
+    if case == "no-request-id":
+        base = Prediction("", base.model_name, base.model_version, base.probabilities,
+                          base.abstention, base.ood_score, base.dicom)
+    for resource in fhir.analysis_json(base, ISSUED, in_bundle):
+        written = json.loads(fhir.resource_json(resource))
+        model = get_fhir_model_class(resource["resourceType"]).model_validate(written)
+        assert json.loads(model.model_dump_json()) == written
