@@ -90,6 +90,7 @@ bench: install proto  ## benchmark the raw model, decoding by input size, Classi
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	$(PY) -m devtools.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.warm_up_bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/warmup-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \

@@ -31,6 +31,10 @@ class ModelSettings:
     default_version_label: str = setting(
         "", help="label answering calls and jobs that pin nothing, e.g. stable "
                  "(empty: the latest version)")
+    warm_up_max_batch: int = setting(
+        0, unit="images",
+        help="embedded: warm each version up at every batch size up to this before it answers "
+             "(0: the largest batch this process sends; 1: one image, the quickest start)")
     min_confidence_floor: float = setting(
         defaults.DEFAULT_MIN_CONFIDENCE_FLOOR, unit="probability",
         help="abstain below this top probability, whatever the version says")

@@ -4,7 +4,8 @@ the raw batch throughput of the same SavedModel measured in the same run. Prints
     raw:  the images are decoded and preprocessed once, up front; then only the backend's
           predict is timed: batches of 1 to 64 images one at a time, and batches of the
           worker's batch size two at a time (as the worker's pipeline runs them). The best of
-          them all is the reference, so the job is not flattered by a poor batch size.
+          them all is the reference, so the job is not flattered by a poor batch size; that
+          best setup is timed again after the job and the better figure counts.
     job:  a redis-server on a free loopback port, the job submitted through JobService as a
           folder reference, one worker (the same WorkerProcess as `python -m worker`, in burst
           mode, on the model already loaded) until the job is SUCCEEDED and its CSV and JSONL
@@ -111,6 +112,15 @@ def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: 
     return figures
 
 
+def raw_again(backend: Backend, model_name: str, samples: list[bytes], count: int, setup: str,
+              batch_size: int) -> tuple[float, float]:
+    """The best raw setup measured once more after the job: the reference is the better of the
+    two, so a slow moment of the machine during the sweep cannot flatter the job."""
+    if setup.endswith("_x2_concurrent"):
+        return raw_throughput(backend, model_name, samples, count, batch_size, streams=2)
+    return raw_throughput(backend, model_name, samples, count, int(setup.removeprefix("batch_")))
+
+
 def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int) -> dict[str, Any]:
     jobs = JobService.from_settings(settings)
     try:
@@ -147,20 +157,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             model_name=args.model_name, chunk_size=args.chunk_size,
             images_per_call=args.images_per_call,
             max_images_per_job=max(args.images, 1), worker_metrics_port=0, burst=True)
-        backend = open_backend(settings, block=True)
+        backend = open_backend(settings, block=True, largest_batch=args.images_per_call)
         try:
             classifier = Classifier(backend, settings.model_name, settings.image_limits)
             wait_for_model(classifier, settings.model_ready_timeout_s)
             raw_all = raw_figures(backend, args.model_name, samples, args.images,
                                   args.images_per_call)
             job = job_throughput(settings, classifier, args.images)
+            best = max(raw_all, key=lambda setup: raw_all[setup][0])
+            again = raw_again(backend, args.model_name, samples, args.images, best,
+                              args.images_per_call)
         finally:
             backend.close()
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    best = max(raw_all, key=lambda setup: raw_all[setup][0])
-    raw = raw_all[best][0]
+    raw = max(raw_all[best][0], again[0])
     ratio = job["images_per_s"] / raw
     return {"benchmark": "batch_job_vs_raw_model", "images": args.images,
             "source": str(args.data_dir) if args.data_dir else "synthetic 600x450 JPEG",
@@ -171,6 +183,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "raw_images_per_s_by_setup": {setup: figure[0] for setup, figure in raw_all.items()},
             "raw_cpu_ms_per_image_by_setup": {setup: figure[1]
                                               for setup, figure in raw_all.items()},
+            "raw_best_setup_after_job": {"images_per_s": again[0],
+                                         "cpu_ms_per_image": again[1]},
             "job": job, "job_images_per_s": job["images_per_s"], "ratio": ratio,
             "target_ratio": TARGET_RATIO, "meets_target": ratio >= TARGET_RATIO}
 

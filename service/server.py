@@ -56,10 +56,11 @@ which health and reflection then list too."""
 def make_backend(settings: Settings, metrics: Metrics | None = None) -> Backend:
     """The backend the settings name (core/backends/factory.py), started, and wrapped in a
     MicroBatcher when enabled. Health stays NOT_SERVING until a version answers."""
-    backend = open_backend(settings, events=metrics.model_event if metrics else None)
-    if not settings.batching.enabled:
-        return backend
     batching = settings.batching
+    backend = open_backend(settings, events=metrics.model_event if metrics else None,
+                           largest_batch=batching.max_size if batching.enabled else 1)
+    if not batching.enabled:
+        return backend
     return MicroBatcher(backend, batching.max_size, batching.max_wait_ms, batching.workers,
                         batching.queue_limit, observer=metrics)
 

@@ -155,7 +155,8 @@ def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
     holds the same decode, prediction and model-event metrics as the front's, and its own."""
     registry = CollectorRegistry()
     model_metrics = ModelMetrics(registry)
-    backend = open_backend(settings, events=model_metrics.model_event, block=True)
+    backend = open_backend(settings, events=model_metrics.model_event, block=True,
+                           largest_batch=settings.images_per_call)
     try:
         classifier = build_classifier(settings, backend, model_metrics)
         wait_for_model(classifier, settings.model_ready_timeout_s)

@@ -109,7 +109,8 @@ class EmbeddedBackend:
                  events: EventSink | None = None,
                  max_loaded_versions: int = DEFAULT_MAX_LOADED_VERSIONS,
                  settle_s: float = DEFAULT_SETTLE_S,
-                 missing_scans_to_unload: int = DEFAULT_MISSING_SCANS_TO_UNLOAD) -> None:
+                 missing_scans_to_unload: int = DEFAULT_MISSING_SCANS_TO_UNLOAD,
+                 warm_up_max_batch: int = 1) -> None:
         if max_loaded_versions < 1:
             raise ValueError("max_loaded_versions must be at least 1")
         if missing_scans_to_unload < 1:
@@ -120,6 +121,7 @@ class EmbeddedBackend:
         self._settle_s = settle_s
         self._max_loaded = max_loaded_versions
         self._missing_scans_to_unload = missing_scans_to_unload
+        self.warm_up_max_batch = warm_up_max_batch  # a version answers once warm at all sizes
         self._missing_scans = 0  # scans in a row that found no model directory
         self._events = events
         self._configured_labels = dict(version_labels or {})
@@ -364,7 +366,7 @@ class EmbeddedBackend:
         logger.info("loading %s version %s from %s", self.model_name, record.number,
                     version_dir.path)
         try:
-            loaded = LoadedVersion.load(version_dir.path)
+            loaded = LoadedVersion.load(version_dir.path, self.warm_up_max_batch)
         except InternalError as exc:
             with self._lock:
                 record.state, record.error = VersionState.END, load_failure(exc.reason)

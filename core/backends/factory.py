@@ -14,10 +14,12 @@ if TYPE_CHECKING:  # a TF Serving process need not import the embedded backend's
     from core.backends.embedded import EventSink
 
 def open_backend(settings: ServingSettings, events: EventSink | None = None,
-                 block: bool = False) -> Backend:
+                 block: bool = False, largest_batch: int = 1) -> Backend:
     """The backend the settings name, started. `block`: return only once the embedded backend
     has scanned the model base (the worker); otherwise it loads in the background and health
-    stays NOT_SERVING until a version answers (the front)."""
+    stays NOT_SERVING until a version answers (the front). `largest_batch`: the most images
+    this process sends in one call, the sizes an embedded version is warmed up at unless
+    `--warm-up-max-batch` says otherwise."""
     if settings.backend == "tfserving":
         from core.backends.tfserving import TFServingBackend
 
@@ -30,7 +32,8 @@ def open_backend(settings: ServingSettings, events: EventSink | None = None,
 
         embedded = EmbeddedBackend(settings.model_base, settings.model_name,
                                    settings.poll_interval_s, dict(settings.version_labels),
-                                   events=events)
+                                   events=events,
+                                   warm_up_max_batch=settings.warm_up_max_batch or largest_batch)
         embedded.start(block=block)
         return embedded
     raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")

@@ -12,7 +12,11 @@ import pytest
 
 from core.backends.base import ModelRef, VersionState
 from core.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
+from core.backends.factory import open_backend
+from core.backends.savedmodel import LoadedVersion
 from core.errors import BackendUnavailable, ModelNotFound
+from core.model_config import ModelConfig
+from service.settings import Settings
 from tests.backends.conftest import FAST_POLL_S
 from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
@@ -262,3 +266,37 @@ def test_a_model_directory_gone_for_several_scans_unloads(make_backend: MakeBack
     with pytest.raises(BackendUnavailable, match="does not exist") as caught:
         backend.resolve(LATEST)
     assert str(model_dir.parent) not in caught.value.message  # no server path for clients
+
+
+class SizeRecordingVersion(LoadedVersion):
+    """A real loaded version that notes the batch size of every predict it runs."""
+
+    def __init__(self, saved_model: object, config: ModelConfig) -> None:
+        super().__init__(saved_model, config)
+        self.sizes: list[int] = []
+
+    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.sizes.append(len(images))
+        return super().predict(images)
+
+
+def test_a_version_is_warmed_up_at_every_batch_size_largest_first(model_base: Path) -> None:
+    # Before it answers anyone, so that a server reaches its working memory at load and no
+    # first call at a new batch size pays the set-up.
+    version = SizeRecordingVersion.load(model_base / TINY_MODEL_NAME / "1", warm_up_max_batch=5)
+    assert version.sizes == [5, 4, 3, 2, 1]
+    assert SizeRecordingVersion.load(model_base / TINY_MODEL_NAME / "1").sizes == [1]
+
+
+@pytest.mark.parametrize(("flags", "largest_batch", "expected"), [
+    ([], 32, 32), ([], 1, 1), (["--warm-up-max-batch", "4"], 32, 4)])
+def test_the_warm_up_covers_the_largest_batch_the_process_sends_unless_told(
+        model_base: Path, flags: list[str], largest_batch: int, expected: int) -> None:
+    settings = Settings.from_sources(["--model-base", str(model_base), *flags])
+    backend = open_backend(settings, block=True, largest_batch=largest_batch)
+    try:
+        assert isinstance(backend, EmbeddedBackend)
+        assert backend.warm_up_max_batch == expected
+        assert backend.resolve(LATEST).version == 2
+    finally:
+        backend.close()

@@ -9,6 +9,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,17 @@ def test_the_ratios_cover_every_target() -> None:
     assert ratios["throughput_c32_over_peer"] == pytest.approx(2.3)
     assert ratios[f"throughput_c8_{bench.PHONE_PHOTO}_over_peer"] == pytest.approx(5.0)
     assert ratios["peer_target_met"] is False  # 2x and 2.3x are under 5x
+
+
+def test_the_warm_up_benchmark_reports_load_warm_up_and_growth_in_use(
+        model_base: Path, tmp_path: Path) -> None:
+    from devtools import warm_up_bench
+
+    out = tmp_path / "warmup.json"
+    assert warm_up_bench.main(["--model-base", str(model_base), "--max-batch", "3",
+                               "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["version_dir"].endswith("/2") and report["max_batch"] == 3
+    assert report["load"]["seconds"] > 0 and report["warm_up"]["seconds"] > 0
+    assert report["load"]["rss_mib"] >= report["rss_mib_at_start"] > 0
+    assert len(report["in_use_growth_mib_per_pass"]) == 2
