@@ -1,10 +1,11 @@
 """Wait for a starting front to say SERVING: one loop for the stack launcher, the benchmarks and
-the attack suite."""
+the attack suite; and, for the benchmarks, until every version it loads is warm."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 
@@ -22,6 +23,42 @@ def wait_until_serving(channel: grpc.Channel, timeout_s: float, died: Callable[[
         try:
             status = stub.Check(health_pb2.HealthCheckRequest(), timeout=check_timeout_s).status
             if status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(poll_s)
+    return False
+
+
+def versions_to_load(model_base: Path, model_name: str) -> int:
+    """How many versions an embedded front will load from `model_base` (the latest N)."""
+    from core.backends.embedded import DEFAULT_MAX_LOADED_VERSIONS
+    from core.backends.version_dirs import SAVED_MODEL_FILE
+
+    model_dir = model_base / model_name
+    on_disk = [path for path in model_dir.iterdir()
+               if path.name.isdigit() and (path / SAVED_MODEL_FILE).exists()]
+    return min(len(on_disk), DEFAULT_MAX_LOADED_VERSIONS)
+
+
+def wait_until_loaded(channel: grpc.Channel, versions: int, timeout_s: float,
+                      died: Callable[[], bool], poll_s: float = 0.25) -> bool:
+    """Poll ListModels until `versions` versions are AVAILABLE and none is still loading (True),
+    or until `timeout_s` passes or `died()` (False). A front says SERVING as soon as its latest
+    version answers, while older ones load and warm up beside it: a benchmark step measured then
+    shares the cores with that warm-up."""
+    from dermserve.v1 import lesion_classifier_pb2 as pb
+    from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.LesionClassifierStub(channel)
+    loading = (pb.MODEL_VERSION_STATE_START, pb.MODEL_VERSION_STATE_LOADING)
+    until = time.monotonic() + timeout_s
+    while time.monotonic() < until and not died():
+        try:
+            states = [v.state for v in stub.ListModels(pb.ListModelsRequest(),
+                                                      timeout=poll_s * 4).versions]
+            available = states.count(pb.MODEL_VERSION_STATE_AVAILABLE)
+            if available >= versions and not any(state in loading for state in states):
                 return True
         except grpc.RpcError:
             pass
