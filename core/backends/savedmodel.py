@@ -118,8 +118,9 @@ class LoadedVersion:
         and keeps buffers per input shape: on version 3 the first batch of 32 grew the process
         by about 560 MB and the other 31 sizes by about 135 MB more (`python -m
         devtools.warm_up_bench`), so a server that met its batch sizes one by one under load
-        kept growing for minutes, and each first call at a new size paid that set-up. Largest first, so the allocator reserves its peak once. TF Serving's
-        counterpart is a version's assets.extra/tf_serving_warmup_requests."""
+        kept growing for minutes, and each first call at a new size paid that set-up. Largest
+        first, so the allocator reserves its peak once. TF Serving's counterpart is a version's
+        assets.extra/tf_serving_warmup_requests."""
         spec = self.config.input
         for size in range(max(1, max_batch), 0, -1):
             blank = np.zeros((size, spec.height, spec.width, 3), np.uint8)
