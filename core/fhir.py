@@ -282,8 +282,6 @@ def bundle_json(prediction: Prediction, issued: datetime | None = None) -> str:
     return bundle(prediction, issued).model_dump_json()
 
 
-def resource_json(resource: Resource | Json) -> str:
-    """One resource as one line of JSON (the Bulk Data NDJSON convention)."""
-    if isinstance(resource, dict):
-        return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))
-    return resource.model_dump_json()
+def resource_json(resource: Json) -> str:
+    """One resource of `analysis_json` as one line of JSON (the Bulk Data NDJSON convention)."""
+    return json.dumps(resource, ensure_ascii=False, separators=(",", ":"))

@@ -49,7 +49,7 @@ from worker.records import JobState
 from worker.results import ResultStore
 from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
-from worker.store import JobStore, connect
+from worker.store import JobStore
 
 TARGET_RATIO = 0.85  # issue 13: the job's images/s over the raw best batch throughput
 DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds them either way
@@ -103,30 +103,24 @@ def raw_throughput(backend: Backend, model_name: str, samples: list[bytes], coun
             (time.process_time() - cpu_before) * 1000 / images)
 
 
+def raw_setups(batch_size: int) -> dict[str, tuple[int, int]]:
+    """The raw setups by name: (images per call, calls at a time)."""
+    setups = {f"batch_{size}": (size, 1) for size in RAW_BATCH_SIZES}
+    setups[f"batch_{batch_size}_x2_concurrent"] = (batch_size, 2)
+    return setups
+
+
 def raw_figures(backend: Backend, model_name: str, samples: list[bytes], count: int,
-                batch_size: int) -> dict[str, tuple[float, float]]:
-    """The model alone, at every batch size: (images/s, CPU ms per image); the job is compared
-    with the best of them."""
-    figures = {f"batch_{size}": raw_throughput(backend, model_name, samples, count, size)
-               for size in RAW_BATCH_SIZES}
-    figures[f"batch_{batch_size}_x2_concurrent"] = raw_throughput(
-        backend, model_name, samples, count, batch_size, streams=2)
-    return figures
+                setups: dict[str, tuple[int, int]]) -> dict[str, tuple[float, float]]:
+    """The model alone in each setup: (images/s, CPU ms per image); the job is compared with
+    the best of them."""
+    return {name: raw_throughput(backend, model_name, samples, count, size, streams)
+            for name, (size, streams) in setups.items()}
 
 
-def raw_again(backend: Backend, model_name: str, samples: list[bytes], count: int, setup: str,
-              batch_size: int) -> tuple[float, float]:
-    """The best raw setup measured once more after the job: the reference is the better of the
-    two, so a slow moment of the machine during the sweep cannot flatter the job."""
-    if setup.endswith("_x2_concurrent"):
-        return raw_throughput(backend, model_name, samples, count, batch_size, streams=2)
-    return raw_throughput(backend, model_name, samples, count, int(setup.removeprefix("batch_")))
-
-
-def time_exports(settings: WorkerSettings, job_id: str) -> float:
+def time_exports(settings: WorkerSettings, store: JobStore, job_id: str) -> float:
     """Seconds to write the job's exports (JSONL, CSV, FHIR NDJSON) once more, as its last step
     did: part of the job's time above."""
-    store = JobStore.from_settings(connect(settings), settings)
     done = list(store.chunk_states(job_id))
     started = time.perf_counter()
     ResultStore(settings.batch_output_dir).export(job_id, done)
@@ -142,7 +136,7 @@ def job_throughput(settings: WorkerSettings, classifier: Classifier, count: int)
         WorkerProcess(settings, classifier).serve()  # burst: returns when the queue is empty
         finished, cpu = time.perf_counter(), time.process_time() - cpu_before
         job = jobs.get(job_id)
-        export_s = time_exports(settings, job_id)
+        export_s = time_exports(settings, jobs.store, job_id)
     finally:
         jobs.close()
     if job.state is not JobState.SUCCEEDED or job.done != count:
@@ -175,12 +169,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             classifier = Classifier(backend, settings.model_name, settings.image_limits)
             wait_for_model(classifier, settings.model_ready_timeout_s)
-            raw_all = raw_figures(backend, args.model_name, samples, args.images,
-                                  args.images_per_call)
+            setups = raw_setups(args.images_per_call)
+            raw_all = raw_figures(backend, args.model_name, samples, args.images, setups)
             job = job_throughput(settings, classifier, args.images)
+            # The best setup once more after the job; the better figure is the reference, so a
+            # slow moment of the machine during the sweep cannot flatter the job.
             best = max(raw_all, key=lambda setup: raw_all[setup][0])
-            again = raw_again(backend, args.model_name, samples, args.images, best,
-                              args.images_per_call)
+            again = raw_figures(backend, args.model_name, samples, args.images,
+                                {best: setups[best]})[best]
         finally:
             backend.close()
     finally:

@@ -52,7 +52,7 @@ from PIL import Image
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
-from devtools.health import versions_to_load, wait_until_loaded, wait_until_serving
+from devtools.health import wait_until_ready
 from devtools.naive_peer import PATH as PEER_PATH
 from devtools.ports import free_port
 
@@ -282,11 +282,11 @@ def start_server(target: Target, port: int, metrics_port: int,
     return subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
-def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes], versions: int) -> None:
-    """SERVING, and `versions` versions loaded and warm (none warming up beside the steps)."""
-    died = lambda: server.poll() is not None  # noqa: E731
-    if (wait_until_serving(channel, SERVER_START_TIMEOUT_S, died)
-            and wait_until_loaded(channel, versions, SERVER_START_TIMEOUT_S, died)):
+def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes],
+                 target: Target) -> None:
+    """SERVING, with every version it loads warm (none warming up beside the steps)."""
+    if wait_until_ready(channel, target.model_base, target.model_name, SERVER_START_TIMEOUT_S,
+                        lambda: server.poll() is not None):
         return
     if server.poll() is not None:
         raise RuntimeError(f"the server exited with status {server.returncode}")
@@ -301,8 +301,7 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
                 ("grpc.max_send_message_length", -1)]) as channel:
-            wait_serving(channel, server,
-                         versions_to_load(target.model_base, target.model_name))
+            wait_serving(channel, server, target)
 
             def step(image: bytes, concurrency: int, step_seconds: float) -> dict[str, Any]:
                 clients = partial(grpc_client, channel, image, target.version)

@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from devtools.bench import add_target_arguments, write_report
-from devtools.health import versions_to_load, wait_until_loaded, wait_until_serving
+from devtools.health import wait_until_ready
 from devtools.ports import free_port
 
 DEFAULT_CALLS = 40  # pairs measured; an Explain of the released model takes ~0.1-0.5 s here
@@ -108,10 +108,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server = start_server(args.model_base, args.model_name, port)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            died = lambda: server.poll() is not None  # noqa: E731
-            if not (wait_until_serving(channel, SERVER_START_TIMEOUT_S, died) and
-                    wait_until_loaded(channel, versions_to_load(args.model_base, args.model_name),
-                                      SERVER_START_TIMEOUT_S, died)):
+            if not wait_until_ready(channel, args.model_base, args.model_name,
+                                    SERVER_START_TIMEOUT_S, lambda: server.poll() is not None):
                 raise SystemExit("the server did not become SERVING with its versions loaded")
             measured = measure(channel, image, version, args.calls)
     finally:

@@ -64,3 +64,12 @@ def wait_until_loaded(channel: grpc.Channel, versions: int, timeout_s: float,
             pass
         time.sleep(poll_s)
     return False
+
+
+def wait_until_ready(channel: grpc.Channel, model_base: Path, model_name: str, timeout_s: float,
+                     died: Callable[[], bool]) -> bool:
+    """SERVING, and every version the front loads from `model_base` AVAILABLE: what a benchmark
+    waits for before its first step."""
+    return (wait_until_serving(channel, timeout_s, died)
+            and wait_until_loaded(channel, versions_to_load(model_base, model_name), timeout_s,
+                                  died))

@@ -21,7 +21,6 @@ from typing import Any
 import grpc
 
 from devtools import bench
-from devtools.health import versions_to_load
 from devtools.ports import free_port
 
 
@@ -30,8 +29,7 @@ def one_round(target: bench.Target, server_args: list[str], seconds: float) -> d
     server = bench.start_server(target, port, 0, server_args)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            bench.wait_serving(channel, server,
-                               versions_to_load(target.model_base, target.model_name))
+            bench.wait_serving(channel, server, target)
             call = bench.grpc_client(channel, target.image, target.version)
             cpu_before = bench.process_cpu_s(server.pid) or 0.0
             latencies = bench.timed_loop(call, seconds)
