@@ -124,9 +124,25 @@ class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]
             except Exception as exc:  # noqa: BLE001
                 failure = self._failure(exc, method, context)
             finally:
-                self._record(method, context, failure, started)
+                self._record_at_termination(method, context, failure, started)
             abort(context, failure)
         return wrapped
+
+    def _record_at_termination(self, method: str, context: grpc.ServicerContext,
+                               failure: DermserveError | None, started: float) -> None:
+        """Counts a stream once grpc has handled the client's close: a stream whose client
+        cancelled may end here first (see `cancelled_by_client`), and is counted CANCELLED."""
+        if self.recorder is None:
+            return
+        seconds = time.perf_counter() - started
+        code_now = outcome_of(context, failure)
+        recorder = self.recorder
+
+        def record() -> None:
+            recorder.call_finished(method, settled_outcome(context, failure, code_now), seconds)
+
+        if not context.add_callback(record):  # the call has already terminated
+            record()
 
     def _callback_stream(self, behaviour: CallbackBehaviour, method: str) -> CallbackBehaviour:
         """A non-blocking stream (health's Watch) is counted when it ends, which is when the
@@ -180,6 +196,36 @@ def outcome_of(context: grpc.ServicerContext, failure: DermserveError | None) ->
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return status_code(failure).name if failure is not None else code_set_by(context)
+
+
+def settled_outcome(context: grpc.ServicerContext, failure: DermserveError | None,
+                    code_at_end: str) -> str:
+    """A terminated call's code: CANCELLED or DEADLINE_EXCEEDED when grpc recorded that the client
+    went away, even if the behaviour ended normally first; else the code at the behaviour's end."""
+    if code_at_end in GONE_CODES or not cancelled_by_client(context):
+        return code_at_end
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
+GONE_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED"})
+
+GRPC_CLIENT_CANCELLED = "cancelled"
+"""grpc-python's record of a call whose client cancelled (`grpc._server._CANCELLED`)."""
+
+
+def cancelled_by_client(context: grpc.ServicerContext) -> bool:
+    """Whether grpc recorded the client's cancel (or passed deadline) for this call.
+
+    Why grpc's private state: a client's cancel reaches a streaming server as two events, the
+    pending read ending empty and the close saying "cancelled". The request iterator can wake
+    between them and end like a clean half-close while `is_active()` is still true
+    (grpc/grpc#33038, open), so the behaviour returns normally. By the time the termination
+    callbacks run, grpc has handled both; there is no public accessor. Where a grpc keeps no such
+    record this answers False, and the code seen at the behaviour's end stands (the old count);
+    `tests/service/test_streams.py` pins it against the installed grpc."""
+    state = getattr(context, "_state", None)
+    return getattr(state, "client", None) == GRPC_CLIENT_CANCELLED
 
 
 def code_set_by(context: grpc.ServicerContext) -> str:

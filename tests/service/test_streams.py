@@ -8,6 +8,7 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service.classify_stream import STREAM_WINDOW
 from service.logs import TEXT_FORMAT, RequestIdFilter
 from service.settings import SecuritySettings, Settings, StreamSettings
+from service.status import cancelled_by_client
 from tests.pki import make_pki
 from tests.service.conftest import (
     WAIT_S,
@@ -360,6 +362,41 @@ def test_cancelled_streams_are_counted_cancelled_and_not_logged_as_errors(
         assert sample(fake_server, "dermserve_requests_total",
                       {"method": method, "code": "INTERNAL"}) is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def echo_server(outcomes: queue.SimpleQueue[bool]) -> tuple[grpc.Server, int]:
+    """A bare server whose one stream echoes bytes and, at each call's termination, puts whether
+    `cancelled_by_client` says the client cancelled it."""
+    def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+        context.add_callback(lambda: outcomes.put(cancelled_by_client(context)))
+        yield from requests
+
+    handler = grpc.method_handlers_generic_handler("probe.Echo", {
+        "Talk": grpc.stream_stream_rpc_method_handler(echo)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), handlers=[handler])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, port
+
+
+def test_the_installed_grpc_records_which_streams_their_clients_cancelled() -> None:
+    """Pins `cancelled_by_client`, which reads grpc's private record of a call (there is no public
+    one): a grpc that renamed it would count every cancelled stream by the old, racy reading."""
+    outcomes: queue.SimpleQueue[bool] = queue.SimpleQueue()
+    server, port = echo_server(outcomes)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            talk = channel.stream_stream("/probe.Echo/Talk")
+            assert list(talk(iter([b"a", b"b"]), timeout=CALL_TIMEOUT_S)) == [b"a", b"b"]
+            assert outcomes.get(timeout=CALL_TIMEOUT_S) is False
+            feed: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+            feed.put(b"a")
+            call = talk(iter(feed.get, None), timeout=CALL_TIMEOUT_S)
+            assert next(call) == b"a"
+            call.cancel()
+            assert outcomes.get(timeout=CALL_TIMEOUT_S) is True
+    finally:
+        server.stop(None).wait()
 
 
 # --- defect 16: SIGTERM's drain stops reading open streams ----------------------------------------
