@@ -12,17 +12,20 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
    `decode_for_model`);
 3. Classify: the real server with its default settings (embedded backend + micro-batching;
    `--server-arg=--batch-max-size=N` and the like change them) in a child process, on 127.0.0.1:
-   the benchmark image at concurrency 1, 8 and 32 (p50/p95/p99, calls/s, and the CPU
-   the server and the clients spent per call), then each matrix input at 1 (p50) and 8 (calls/s);
+   the benchmark image at concurrency 1 and 32 in rounds paired with the raw model (each served
+   window beside a raw one, ABBA order: `paired_rounds`), then at 8 (p50/p95/p99, calls/s, and
+   the CPU the server and the clients spent per call), then each matrix input at 1 (p50) and 8
+   (calls/s);
 4. the naive peer (devtools/naive_peer.py, a reference, not product code: an HTTP handler that
    calls the Keras model's `predict` per request, no batching) at concurrency 1, 8 and 32 with
    the benchmark image, and at 8 with the phone photo;
-5. ratios against the targets (issue 13): p50 at concurrency 1 <= 1.10 x (raw single + decoding);
-   throughput at 32 >= 0.90 x the raw best batch throughput; dermserve's throughput at 8 and 32
-   >= 5 x the peer's, with a lower p50.
-Each main step runs for `--step-seconds` (default 10) after a short warm-up; the matrix steps for
-half of it. A run takes about five minutes. Server, clients and peer share the machine's cores,
-as they would on one pod, so compare ratios within one run.
+5. ratios against the targets (issue 13), each the median over the paired rounds: p50 at
+   concurrency 1 <= 1.10 x (raw single + decoding); throughput at 32 >= 0.90 x the raw best
+   batch throughput; and dermserve's throughput at 8 and 32 >= 5 x the peer's, with a lower p50.
+   The same two ratios from the sweep's figures (unpaired) are reported beside them.
+Each main step runs for `--step-seconds` (default 10) after a short warm-up; the matrix steps and
+each paired window for half of it. A run takes about seven minutes. Server, clients and peer share
+the machine's cores, as they would on one pod, so compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -61,6 +64,8 @@ MATRIX_CONCURRENCY = 8  # clients for each matrix input's throughput
 BATCH_SIZES = (1, 4, 8, 16, 32, 64)  # images; 32 is the server's default max batch
 DEFAULT_STEP_SECONDS = 10.0  # seconds per measurement: ~25 rounds of 32 calls at c=32
 WARM_UP_CALLS = 5  # calls before each measurement, so graph set-up is not measured
+PAIRED_ROUNDS = 4  # rounds of raw and served windows side by side (`paired_rounds`): an even
+# number, so the ABBA order balances, and enough for a median that one slow moment cannot move
 SERVER_START_TIMEOUT_S = 120.0  # seconds; TensorFlow's import alone takes 5-10 s here
 PEER_START_TIMEOUT_S = 300.0  # seconds; Keras traces `predict` on the first call, slowly
 CALL_TIMEOUT_S = 120.0  # seconds per call; a phone photo at c=8 on a loaded machine takes ~2 s
@@ -110,24 +115,41 @@ def summary(latencies: Sequence[float]) -> dict[str, float]:
 
 
 # --- 1. the raw floor ----------------------------------------------------------------------------
-def raw_floor(target: Target, config: ModelConfig, seconds: float) -> dict[str, Any]:
-    """The model alone: the signature called in process on preprocessed input."""
-    import tensorflow as tf
+class RawModel:
+    """The model alone: the `serving_default` signature called in this process on the benchmark
+    image, decoded and preprocessed once."""
 
-    serve = tf.saved_model.load(str(target.version_dir)).signatures["serving_default"]
-    one = decode_for_model(target.image, ImageLimits(), config.input)
-    single = timed_loop(lambda: serve(image=tf.constant(one[None])), seconds)
-    batches, cpu = {}, {}
-    for size in BATCH_SIZES:
-        batch = tf.constant(np.repeat(one[None], size, axis=0))
+    def __init__(self, target: Target, config: ModelConfig) -> None:
+        import tensorflow as tf
+
+        self._tf = tf
+        self._serve = tf.saved_model.load(str(target.version_dir)).signatures["serving_default"]
+        self._one = decode_for_model(target.image, ImageLimits(), config.input)
+
+    def single(self, seconds: float) -> list[float]:
+        """Latencies of one-image calls for `seconds`."""
+        one = self._tf.constant(self._one[None])
+        return timed_loop(lambda: self._serve(image=one), seconds)
+
+    def batch(self, size: int, seconds: float) -> tuple[float, float]:
+        """(images/s, CPU ms per image) of back-to-back calls of `size` images."""
+        batch = self._tf.constant(np.repeat(self._one[None], size, axis=0))
         cpu_before = time.process_time()
-        runs = timed_loop(partial(serve, image=batch), seconds / 2)
-        batches[str(size)] = size / statistics.median(runs)
-        cpu[str(size)] = cpu_ms_per(time.process_time() - cpu_before,
-                                    size * (len(runs) + WARM_UP_CALLS))
+        runs = timed_loop(partial(self._serve, image=batch), seconds)
+        return (size / statistics.median(runs),
+                cpu_ms_per(time.process_time() - cpu_before, size * (len(runs) + WARM_UP_CALLS)))
+
+
+def raw_floor(raw: RawModel, seconds: float) -> dict[str, Any]:
+    """The sweep: single-image latency, and each batch size's images/s. It picks the best batch
+    size; the paired rounds (below) measure it again beside the served steps."""
+    single = raw.single(seconds)
+    figures = {str(size): raw.batch(size, seconds / 2) for size in BATCH_SIZES}
+    batches = {size: figure[0] for size, figure in figures.items()}
     best = max(batches, key=lambda size: batches[size])
     return {"single_image": summary(single),
-            "batch_images_per_s": batches, "batch_cpu_ms_per_image": cpu,
+            "batch_images_per_s": batches,
+            "batch_cpu_ms_per_image": {size: figure[1] for size, figure in figures.items()},
             "best_batch_size": int(best), "best_images_per_s": batches[best]}
 
 
@@ -180,8 +202,19 @@ def decoding_matrix(images: dict[str, bytes], spec: InputSpec,
 
 
 # --- 3. Classify over gRPC, 4. the naive peer ----------------------------------------------------
-def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seconds: float,
-          server: ServerProbe | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Window:
+    """One measured stretch of calls at one concurrency."""
+
+    concurrency: int
+    latencies: list[float]
+    elapsed_s: float
+    client_cpu_s: float
+    server_spent: dict[str, float]  # the server's counters' growth over the window
+
+
+def measure(new_client: Callable[[], Callable[[], object]], concurrency: int, seconds: float,
+            server: ServerProbe | None = None) -> Window:
     """`concurrency` clients calling back to back for `seconds` after a warm-up at the same
     concurrency; each client thread makes its own caller with `new_client()`. With `server`,
     what the server spent in the measured window (not the warm-up) too."""
@@ -202,11 +235,30 @@ def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seco
         runs = list(pool.map(lambda _: client(until), range(concurrency)))
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_before
         server_after = server.counters() if server is not None else {}
-    latencies = [latency for run in runs for latency in run]
-    return {**summary(latencies), "concurrency": concurrency,
+    spent = {key: server_after[key] - server_before[key]
+             for key in server_before.keys() & server_after.keys()}
+    return Window(concurrency, [latency for run in runs for latency in run], elapsed, cpu, spent)
+
+
+def pooled(windows: Sequence[Window]) -> dict[str, Any]:
+    """The figures of one or more windows at the same concurrency, taken together."""
+    latencies = [latency for window in windows for latency in window.latencies]
+    spent: dict[str, float] = {}
+    for window in windows:
+        for key, value in window.server_spent.items():
+            spent[key] = spent.get(key, 0.0) + value
+    elapsed = sum(window.elapsed_s for window in windows)
+    return {**summary(latencies), "concurrency": windows[0].concurrency,
             "calls_per_s": len(latencies) / elapsed,
-            "client_cpu_ms_per_call": cpu_ms_per(cpu, len(latencies)),
-            **server_costs(server_before, server_after, len(latencies))}
+            "client_cpu_ms_per_call": cpu_ms_per(sum(w.client_cpu_s for w in windows),
+                                                 len(latencies)),
+            **server_costs(spent, len(latencies))}
+
+
+def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seconds: float,
+          server: ServerProbe | None = None) -> dict[str, Any]:
+    """One window's figures (see `measure`)."""
+    return pooled([measure(new_client, concurrency, seconds, server)])
 
 
 def process_cpu_s(pid: int) -> float | None:
@@ -249,18 +301,14 @@ class ServerProbe:
         return found
 
 
-def server_costs(before: dict[str, float], after: dict[str, float],
-                 calls: int) -> dict[str, float]:
-    """What the server spent per call between two `counters()`: CPU (unlike calls/s it barely
+def server_costs(spent: dict[str, float], calls: int) -> dict[str, float]:
+    """What the server spent per call, from its counters' growth: CPU (unlike calls/s it barely
     moves when other work shares the machine) and the mean micro-batch."""
-    def delta(key: str) -> float:
-        return after[key] - before[key]
-
     costs = {}
-    if "cpu_s" in before and "cpu_s" in after:
-        costs["server_cpu_ms_per_call"] = cpu_ms_per(delta("cpu_s"), calls)
-    if "batch_calls" in before and "batch_calls" in after:
-        costs["mean_batch_images"] = delta("batch_images") / max(delta("batch_calls"), 1.0)
+    if "cpu_s" in spent:
+        costs["server_cpu_ms_per_call"] = cpu_ms_per(spent["cpu_s"], calls)
+    if "batch_calls" in spent:
+        costs["mean_batch_images"] = spent["batch_images"] / max(spent["batch_calls"], 1.0)
     return costs
 
 
@@ -294,8 +342,10 @@ def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes],
 
 
 def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
-              server_args: Sequence[str]) -> dict[str, Any]:
-    """The benchmark image at each concurrency level, then each matrix input at 1 and 8."""
+              server_args: Sequence[str], raw: RawModel, raw_sweep: dict[str, Any],
+              decode_ms: float) -> dict[str, Any]:
+    """Concurrency 1 and 32 in rounds paired with the raw model (`paired_rounds`), then 8, then
+    each matrix input at 1 and 8."""
     port, metrics_port = free_port(), free_port()
     server = start_server(target, port, metrics_port, server_args)
     try:
@@ -303,19 +353,62 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
                 ("grpc.max_send_message_length", -1)]) as channel:
             wait_serving(channel, server, target)
 
-            def step(image: bytes, concurrency: int, step_seconds: float) -> dict[str, Any]:
+            def window(image: bytes, concurrency: int, step_seconds: float) -> Window:
                 clients = partial(grpc_client, channel, image, target.version)
-                return drive(clients, concurrency, step_seconds,
-                             ServerProbe(server.pid, metrics_port))
+                return measure(clients, concurrency, step_seconds,
+                               ServerProbe(server.pid, metrics_port))
 
-            main = {str(c): step(target.image, c, seconds) for c in CONCURRENCY_LEVELS}
-            per_input = {name: {str(c): step(image, c, seconds / 2)
+            paired = paired_rounds(raw, raw_sweep["best_batch_size"], decode_ms,
+                                   partial(window, target.image), seconds)
+            main = {"1": paired.pop("served_1"), "32": paired.pop("served_32"),
+                    "8": pooled([window(target.image, 8, seconds)])}
+            per_input = {name: {str(c): pooled([window(image, c, seconds / 2)])
                                 for c in (1, MATRIX_CONCURRENCY)}
                          for name, image in matrix.items()}
-            return {**main, "matrix": per_input}
+            return {**main, "paired": paired, "matrix": per_input}
     finally:
         server.terminate()
         server.wait(30)
+
+
+def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
+                  served: Callable[[int, float], Window], seconds: float) -> dict[str, Any]:
+    """The two ratios against the raw model, each served window beside a raw one of the same
+    length: this machine's speed drifts by 10-20% over minutes, more than the margins, and a raw
+    figure taken minutes before the served one measured the drift as much as the server.
+
+    PAIRED_ROUNDS rounds, in ABBA order (odd rounds reversed) so that a steady drift favours
+    neither side: raw single, served at 1, raw at the sweep's best batch size, served at 32.
+    Each round gives its own two ratios; the run reports their medians. The raw figure in a
+    round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
+    is the largest of six noisy ones and so biased upward."""
+    window_s = seconds / 2
+    rounds: list[dict[str, Any]] = []
+    served_1: list[Window] = []
+    served_32: list[Window] = []
+    for index in range(PAIRED_ROUNDS):
+        figures: dict[str, Any] = {}
+        steps: list[tuple[str, Callable[[], Any]]] = [
+            ("raw_single", lambda: summary(raw.single(window_s))),
+            ("served_1", lambda: served(1, window_s)),
+            ("raw_batch", lambda: raw.batch(best_batch, window_s)[0]),
+            ("served_32", lambda: served(32, window_s))]
+        for name, take in steps if index % 2 == 0 else reversed(steps):
+            figures[name] = take()
+        served_1.append(figures["served_1"])
+        served_32.append(figures["served_32"])
+        one, thirty_two = pooled([figures["served_1"]]), pooled([figures["served_32"]])
+        floor_ms = figures["raw_single"]["p50_ms"] + decode_ms
+        rounds.append({
+            "raw_single_p50_ms": figures["raw_single"]["p50_ms"],
+            "served_c1_p50_ms": one["p50_ms"],
+            "p50_c1_over_raw_single_plus_decode": one["p50_ms"] / floor_ms,
+            "raw_batch_images_per_s": figures["raw_batch"],
+            "served_c32_calls_per_s": thirty_two["calls_per_s"],
+            "throughput_c32_over_raw_best_batch": thirty_two["calls_per_s"]
+            / figures["raw_batch"]})
+    return {"rounds": rounds, "window_seconds": window_s, "best_batch_size": best_batch,
+            "decode_ms": decode_ms, "served_1": pooled(served_1), "served_32": pooled(served_32)}
 
 
 def peer_client(port: int, image: bytes) -> Callable[[], object]:
@@ -379,17 +472,27 @@ def naive_peer_or_error(target: Target, phone_photo: bytes,
 # --- 5. ratios -----------------------------------------------------------------------------------
 def ratios(raw: dict[str, Any], decode: dict[str, Any], served: dict[str, Any],
            peer: dict[str, Any] | None) -> dict[str, Any]:
+    """The targets, judged on the paired rounds (medians over rounds); the same ratios from the
+    sweep's figures, measured minutes apart from the served ones, are reported beside them."""
+    rounds = served["paired"]["rounds"]
+    p50_ratio = statistics.median(r["p50_c1_over_raw_single_plus_decode"] for r in rounds)
+    throughput_ratio = statistics.median(r["throughput_c32_over_raw_best_batch"] for r in rounds)
     floor_single = raw["single_image"]["p50_ms"] + decode["draft_decode"]["p50_ms"]
-    p50_ratio = served["1"]["p50_ms"] / floor_single
-    throughput_ratio = served["32"]["calls_per_s"] / raw["best_images_per_s"]
     result: dict[str, Any] = {
         "p50_c1_over_raw_single_plus_decode": p50_ratio,
         "p50_target_max": P50_TARGET, "p50_target_met": p50_ratio <= P50_TARGET,
         "throughput_c32_over_raw_best_batch": throughput_ratio,
         "throughput_target_min": THROUGHPUT_TARGET,
-        "throughput_target_met": throughput_ratio >= THROUGHPUT_TARGET}
+        "throughput_target_met": throughput_ratio >= THROUGHPUT_TARGET,
+        "unpaired_p50_c1_over_sweep_single_plus_decode": served["1"]["p50_ms"] / floor_single,
+        "unpaired_throughput_c32_over_sweep_best_batch":
+            served["32"]["calls_per_s"] / raw["best_images_per_s"]}
     if peer is not None and "error" not in peer:
         result.update(peer_ratios(served, peer))
+        # The most any server of this model could reach on this machine is the model's own
+        # best batch throughput: the peer target is out of reach when this is under it.
+        result["model_ceiling_c8_over_peer"] = statistics.median(
+            r["raw_batch_images_per_s"] for r in rounds) / peer["8"]["calls_per_s"]
     return result
 
 
@@ -443,11 +546,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
     matrix = matrix_images(target.image)
-    raw = raw_floor(target, config, args.step_seconds)
+    raw_model = RawModel(target, config)
+    raw = raw_floor(raw_model, args.step_seconds)
     decode = decoding(target.image, config.input, args.step_seconds)
     decode_matrix = decoding_matrix(matrix, config.input, args.step_seconds / 5)
     server_args = list(args.server_arg)
-    served = over_grpc(target, matrix, args.step_seconds, server_args)
+    served = over_grpc(target, matrix, args.step_seconds, server_args, raw_model, raw,
+                       decode["draft_decode"]["p50_ms"])
     peer = None if args.no_peer else naive_peer_or_error(target, matrix[PHONE_PHOTO],
                                                           args.step_seconds)
     return {"model": {"base": str(target.model_base), "name": target.model_name,
@@ -470,6 +575,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
              f"{raw['best_images_per_s']:.1f} img/s (batch {raw['best_batch_size']})",
              f"Classify: p50 c=1 {served['1']['p50_ms']:.1f} ms; calls/s c=8 "
              f"{served['8']['calls_per_s']:.1f}, c=32 {served['32']['calls_per_s']:.1f}",
+             *paired_lines(served["paired"]),
              *cost_lines(raw, served["32"]),
              "input            bytes  full ms  draft ms  p50 c=1 ms  calls/s c=8"]
     for name, decoded in result["decode_matrix"].items():
@@ -485,6 +591,16 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines.extend(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
                  for key, value in result["ratios"].items())
     return lines
+
+
+def paired_lines(paired: dict[str, Any]) -> list[str]:
+    """Each paired round's two ratios, so the spread behind the medians is in sight."""
+    return [f"round {index}: raw single {r['raw_single_p50_ms']:.1f} ms, served c=1 "
+            f"{r['served_c1_p50_ms']:.1f} ms ({r['p50_c1_over_raw_single_plus_decode']:.3f}x); "
+            f"raw batch {paired['best_batch_size']} {r['raw_batch_images_per_s']:.1f} img/s, "
+            f"served c=32 {r['served_c32_calls_per_s']:.1f} "
+            f"({r['throughput_c32_over_raw_best_batch']:.3f}x)"
+            for index, r in enumerate(paired["rounds"], 1)]
 
 
 def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:

@@ -91,22 +91,63 @@ def step(p50_ms: float, calls_per_s: float) -> dict[str, float]:
     return {"p50_ms": p50_ms, "calls_per_s": calls_per_s}
 
 
-def test_the_ratios_cover_every_target() -> None:
-    raw = {"single_image": step(30.0, 0.0), "best_images_per_s": 50.0}
+def paired_round(raw_single_ms: float, served_ms: float, raw_batch: float,
+                 served_calls_per_s: float, decode_ms: float = 2.0) -> dict[str, float]:
+    return {"p50_c1_over_raw_single_plus_decode": served_ms / (raw_single_ms + decode_ms),
+            "throughput_c32_over_raw_best_batch": served_calls_per_s / raw_batch,
+            "raw_batch_images_per_s": raw_batch}
+
+
+def test_the_ratios_cover_every_target_and_are_judged_on_the_paired_rounds() -> None:
+    raw = {"single_image": step(20.0, 0.0), "best_images_per_s": 60.0}  # a fast moment
     decode = {"draft_decode": step(2.0, 0.0)}
+    rounds = [paired_round(30.0, 34.0, 50.0, 46.0), paired_round(40.0, 50.0, 40.0, 30.0),
+              paired_round(31.0, 33.0, 48.0, 47.0)]
     served = {"1": step(34.0, 29.0), "8": step(200.0, 40.0), "32": step(700.0, 46.0),
+              "paired": {"rounds": rounds},
               "matrix": {bench.PHONE_PHOTO: {"8": step(300.0, 20.0)}}}
     peer = {"1": step(60.0, 16.0), "8": step(400.0, 20.0), "32": step(1600.0, 20.0),
             "matrix": {bench.PHONE_PHOTO: {"8": step(2000.0, 4.0)}}}
     ratios = bench.ratios(raw, decode, served, peer)
+    # the medians over rounds: one slow round (the second) moves neither
     assert ratios["p50_c1_over_raw_single_plus_decode"] == pytest.approx(34.0 / 32.0)
     assert ratios["p50_target_met"] is True
     assert ratios["throughput_c32_over_raw_best_batch"] == pytest.approx(46.0 / 50.0)
     assert ratios["throughput_target_met"] is True
+    # the sweep's figures, minutes apart from the served ones, are reported, not judged
+    assert ratios["unpaired_p50_c1_over_sweep_single_plus_decode"] == pytest.approx(34.0 / 22.0)
+    assert ratios["unpaired_throughput_c32_over_sweep_best_batch"] == pytest.approx(46.0 / 60.0)
     assert ratios["throughput_c8_over_peer"] == pytest.approx(2.0)
     assert ratios["throughput_c32_over_peer"] == pytest.approx(2.3)
     assert ratios[f"throughput_c8_{bench.PHONE_PHOTO}_over_peer"] == pytest.approx(5.0)
     assert ratios["peer_target_met"] is False  # 2x and 2.3x are under 5x
+    assert ratios["model_ceiling_c8_over_peer"] == pytest.approx(48.0 / 20.0)  # median raw batch
+
+
+def test_paired_rounds_alternate_raw_and_served_in_abba_order() -> None:
+    order: list[str] = []
+
+    class Raw:
+        def single(self, seconds: float) -> list[float]:
+            order.append("raw_single")
+            return [0.010, 0.010, 0.012]
+
+        def batch(self, size: int, seconds: float) -> tuple[float, float]:
+            order.append(f"raw_batch_{size}")
+            return 40.0, 50.0
+
+    def served(concurrency: int, seconds: float) -> bench.Window:
+        order.append(f"served_{concurrency}")
+        return bench.Window(concurrency, [0.011] * 20, 0.5, 0.01, {})
+
+    paired = bench.paired_rounds(Raw(), 16, 1.0, served, 1.0)  # type: ignore[arg-type]
+    steps = ["raw_single", "served_1", "raw_batch_16", "served_32"]
+    assert order == (steps + steps[::-1]) * (bench.PAIRED_ROUNDS // 2)
+    assert len(paired["rounds"]) == bench.PAIRED_ROUNDS
+    first = paired["rounds"][0]
+    assert first["p50_c1_over_raw_single_plus_decode"] == pytest.approx(11.0 / 11.0)
+    assert first["throughput_c32_over_raw_best_batch"] == pytest.approx(40.0 / 40.0)
+    assert paired["served_32"]["calls"] == 20 * bench.PAIRED_ROUNDS
 
 
 def test_the_warm_up_benchmark_reports_load_warm_up_and_growth_in_use(
