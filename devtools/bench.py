@@ -23,9 +23,9 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
    concurrency 1 <= 1.10 x (raw single + decoding); throughput at 32 >= 0.90 x the raw best
    batch throughput; and dermserve's throughput at 8 and 32 >= 5 x the peer's, with a lower p50.
    The same two ratios from the sweep's figures (unpaired) are reported beside them.
-Each main step runs for `--step-seconds` (default 10) after a short warm-up; the matrix steps and
-each paired window for half of it. A run takes about seven minutes. Server, clients and peer share
-the machine's cores, as they would on one pod, so compare ratios within one run.
+Each main step and each paired window runs for `--step-seconds` (default 10) after a short
+warm-up; the matrix steps for half of it. A run takes about nine minutes. Server, clients and peer
+share the machine's cores, as they would on one pod, so compare ratios within one run.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
     Each round gives its own two ratios; the run reports their medians. The raw figure in a
     round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
     is the largest of six noisy ones and so biased upward."""
-    window_s = seconds / 2
+    window_s = seconds
     rounds: list[dict[str, Any]] = []
     served_1: list[Window] = []
     served_32: list[Window] = []

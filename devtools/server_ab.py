@@ -1,20 +1,22 @@
-"""`python -m devtools.server_ab`: an A/B of two front settings at concurrency 1, alternated.
+"""`python -m devtools.server_ab`: an A/B of two front settings at one concurrency, alternated.
 
 On a 2-core machine whose speed drifts by 10-20% over minutes, one benchmark run per setting says
 little. This starts a fresh front per round, A then B then A..., waits until every version it
-loads is warm, and times sequential Classify calls for a while: p50 latency and the server's CPU
-per call, per round. Prints JSON.
+loads is warm, and times Classify calls from `--concurrency` clients for a while: p50 latency,
+calls/s and the server's CPU per call (which other work on the machine moves much less than
+calls/s), per round. Prints JSON.
 
     python -m devtools.server_ab --a=--warm-up-max-batch=1 --b= --rounds 3
+    python -m devtools.server_ab --a=--batch-workers=1 --b=--batch-workers=2 --concurrency 32
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +26,20 @@ from devtools import bench
 from devtools.ports import free_port
 
 
-def one_round(target: bench.Target, server_args: list[str], seconds: float) -> dict[str, Any]:
-    port = free_port()
-    server = bench.start_server(target, port, 0, server_args)
+def one_round(target: bench.Target, server_args: list[str], seconds: float,
+              concurrency: int) -> dict[str, Any]:
+    port, metrics_port = free_port(), free_port()
+    server = bench.start_server(target, port, metrics_port, server_args)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             bench.wait_serving(channel, server, target)
-            call = bench.grpc_client(channel, target.image, target.version)
-            cpu_before = bench.process_cpu_s(server.pid) or 0.0
-            latencies = bench.timed_loop(call, seconds)
-            cpu = (bench.process_cpu_s(server.pid) or 0.0) - cpu_before
+            clients = partial(bench.grpc_client, channel, target.image, target.version)
+            figures = bench.drive(clients, concurrency, seconds,
+                                  bench.ServerProbe(server.pid, metrics_port))
     finally:
         server.terminate()
         server.wait(30)
-    return {"args": server_args, "calls": len(latencies),
-            "p50_ms": statistics.median(latencies) * 1000,
-            # timed_loop's warm-up calls are in the CPU too
-            "server_cpu_ms_per_call": cpu * 1000 / (len(latencies) + bench.WARM_UP_CALLS)}
+    return {"args": server_args, **figures}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -52,6 +51,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--a", default="", help="server flags of A, space-separated")
     parser.add_argument("--b", default="", help="server flags of B, space-separated")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A then B")
+    parser.add_argument("--concurrency", type=int, default=1, help="clients calling at once")
     parser.add_argument("--seconds", type=float, default=20.0, help="timed seconds per server")
     return parser.parse_args(list(argv))
 
@@ -59,10 +59,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     target = bench.find_target(args.model_base, args.model_name, None, args.image)
-    rounds = [one_round(target, flags.split(), args.seconds)
+    rounds = [one_round(target, flags.split(), args.seconds, args.concurrency)
               for _ in range(args.rounds) for flags in (args.a, args.b)]
-    print(json.dumps({"benchmark": "server_ab_concurrency_1", "version": target.version,
-                      "rounds": rounds}, indent=2))
+    print(json.dumps({"benchmark": "server_ab", "concurrency": args.concurrency,
+                      "version": target.version, "rounds": rounds}, indent=2))
     return 0
 
 
