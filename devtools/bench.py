@@ -270,45 +270,65 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batch_totals(metrics_port: int | None) -> tuple[float, float] | None:
-    """(images, backend calls) the micro-batcher has sent so far, from the server's /metrics."""
+SERVER_TOTALS = {
+    "batch_images": "dermserve_batch_size_sum",
+    "batch_calls": "dermserve_batch_size_count",
+    "request_s": 'dermserve_request_latency_seconds_sum{method="Classify"}',
+    "requests": 'dermserve_request_latency_seconds_count{method="Classify"}',
+    "decode_s": "dermserve_decode_latency_seconds_sum",
+    "model_s": "dermserve_model_latency_seconds_sum",
+    "model_calls": "dermserve_model_latency_seconds_count",
+}
+"""The server's own running totals the benchmark reads from /metrics, by the name it uses: the
+micro-batches, and where a Classify's time goes inside the server (decoding; the model call, its
+micro-batch queueing included; the whole handler)."""
+
+
+def server_totals(metrics_port: int | None) -> dict[str, float]:
+    """The SERVER_TOTALS the server's /metrics has now (none without a metrics port)."""
     if metrics_port is None:
-        return None
+        return {}
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as page:
-        text = page.read().decode()
-    found = dict(line.split(" ", 1) for line in text.splitlines()
-                 if line.startswith(("dermserve_batch_size_sum ", "dermserve_batch_size_count ")))
-    if len(found) != 2:
-        return None
-    return float(found["dermserve_batch_size_sum"]), float(found["dermserve_batch_size_count"])
+        return totals_in(page.read().decode())
+
+
+def totals_in(exposition: str) -> dict[str, float]:
+    """The SERVER_TOTALS in a Prometheus text exposition."""
+    samples = dict(line.rsplit(" ", 1) for line in exposition.splitlines()
+                   if line and not line.startswith("#"))
+    return {key: float(samples[name]) for key, name in SERVER_TOTALS.items() if name in samples}
 
 
 @dataclass(frozen=True)
 class ServerProbe:
-    """Counters of a server process: its CPU (/proc) and, with a metrics port, its batches."""
+    """Counters of a server process: its CPU (/proc) and, with a metrics port, its totals."""
 
     pid: int
     metrics_port: int | None = None
 
     def counters(self) -> dict[str, float]:
-        found = {}
+        found = server_totals(self.metrics_port)
         cpu = process_cpu_s(self.pid)
         if cpu is not None:
             found["cpu_s"] = cpu
-        batches = batch_totals(self.metrics_port)
-        if batches is not None:
-            found["batch_images"], found["batch_calls"] = batches
         return found
 
 
 def server_costs(spent: dict[str, float], calls: int) -> dict[str, float]:
     """What the server spent per call, from its counters' growth: CPU (unlike calls/s it barely
-    moves when other work shares the machine) and the mean micro-batch."""
+    moves when other work shares the machine), the mean micro-batch, and the mean milliseconds of
+    a Classify inside the server: the whole handler, decoding, and the model call (queueing for
+    its micro-batch included). The client's mean_ms less the handler's is the transport."""
     costs = {}
     if "cpu_s" in spent:
         costs["server_cpu_ms_per_call"] = cpu_ms_per(spent["cpu_s"], calls)
     if "batch_calls" in spent:
         costs["mean_batch_images"] = spent["batch_images"] / max(spent["batch_calls"], 1.0)
+    if spent.get("requests"):
+        costs["server_handler_ms_mean"] = spent["request_s"] * 1000 / spent["requests"]
+    if spent.get("model_calls"):
+        costs["server_decode_ms_mean"] = spent["decode_s"] * 1000 / spent["model_calls"]
+        costs["server_model_ms_mean"] = spent["model_s"] * 1000 / spent["model_calls"]
     return costs
 
 
@@ -401,6 +421,7 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
         floor_ms = figures["raw_single"]["p50_ms"] + decode_ms
         rounds.append({
             "raw_single_p50_ms": figures["raw_single"]["p50_ms"],
+            "raw_single_mean_ms": figures["raw_single"]["mean_ms"],
             "served_c1_p50_ms": one["p50_ms"],
             "p50_c1_over_raw_single_plus_decode": one["p50_ms"] / floor_ms,
             "raw_batch_images_per_s": figures["raw_batch"],
@@ -576,6 +597,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
              f"Classify: p50 c=1 {served['1']['p50_ms']:.1f} ms; calls/s c=8 "
              f"{served['8']['calls_per_s']:.1f}, c=32 {served['32']['calls_per_s']:.1f}",
              *paired_lines(served["paired"]),
+             *breakdown_line(served["1"]),
              *cost_lines(raw, served["32"]),
              "input            bytes  full ms  draft ms  p50 c=1 ms  calls/s c=8"]
     for name, decoded in result["decode_matrix"].items():
@@ -601,6 +623,17 @@ def paired_lines(paired: dict[str, Any]) -> list[str]:
             f"served c=32 {r['served_c32_calls_per_s']:.1f} "
             f"({r['throughput_c32_over_raw_best_batch']:.3f}x)"
             for index, r in enumerate(paired["rounds"], 1)]
+
+
+def breakdown_line(step: dict[str, Any]) -> list[str]:
+    """Where a call's time goes at concurrency 1, in means: transport, handler, decode, model."""
+    if "server_model_ms_mean" not in step or "server_handler_ms_mean" not in step:
+        return []
+    handler, decode = step["server_handler_ms_mean"], step["server_decode_ms_mean"]
+    model = step["server_model_ms_mean"]
+    return [f"at c=1, means: client {step['mean_ms']:.1f} ms = transport "
+            f"{step['mean_ms'] - handler:.1f} + handler {handler:.1f} (decode {decode:.1f}, "
+            f"model call {model:.1f}, the rest {handler - decode - model:.1f})"]
 
 
 def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:

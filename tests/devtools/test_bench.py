@@ -150,6 +150,31 @@ def test_paired_rounds_alternate_raw_and_served_in_abba_order() -> None:
     assert paired["served_32"]["calls"] == 20 * bench.PAIRED_ROUNDS
 
 
+def test_the_server_costs_say_where_a_call_spends_its_time() -> None:
+    exposition = "\n".join([
+        "# HELP dermserve_batch_size Images per backend call.",
+        "dermserve_batch_size_sum 40.0", "dermserve_batch_size_count 20.0",
+        'dermserve_request_latency_seconds_sum{method="Classify"} 0.5',
+        'dermserve_request_latency_seconds_count{method="Classify"} 10.0',
+        'dermserve_request_latency_seconds_count{method="GetModel"} 99.0',
+        "dermserve_decode_latency_seconds_sum 0.01", "dermserve_model_latency_seconds_sum 0.4",
+        "dermserve_model_latency_seconds_count 10.0"])
+    before = {key: 0.0 for key in bench.SERVER_TOTALS} | {"cpu_s": 3.0}
+    after = bench.totals_in(exposition) | {"cpu_s": 4.0}
+    assert set(after) == set(bench.SERVER_TOTALS) | {"cpu_s"}
+    window = bench.Window(1, [0.052] * 10, 1.0, 0.0,
+                          {key: after[key] - before[key] for key in after})
+    figures = bench.pooled([window])
+    assert figures["server_cpu_ms_per_call"] == pytest.approx(100.0)
+    assert figures["mean_batch_images"] == pytest.approx(2.0)
+    assert figures["server_handler_ms_mean"] == pytest.approx(50.0)
+    assert figures["server_decode_ms_mean"] == pytest.approx(1.0)
+    assert figures["server_model_ms_mean"] == pytest.approx(40.0)
+    assert bench.breakdown_line(figures) == [
+        "at c=1, means: client 52.0 ms = transport 2.0 + handler 50.0 (decode 1.0, model call "
+        "40.0, the rest 9.0)"]
+
+
 def test_the_warm_up_benchmark_reports_load_warm_up_and_growth_in_use(
         model_base: Path, tmp_path: Path) -> None:
     from devtools import warm_up_bench
