@@ -193,9 +193,14 @@ def outcome_of(context: grpc.ServicerContext, failure: DermserveError | None) ->
     """The code a call ends with: CANCELLED or DEADLINE_EXCEEDED when the client is gone, else
     the failure's, else what the behaviour set."""
     if not context.is_active():
-        remaining = context.time_remaining()
-        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+        return gone_code(context)
     return status_code(failure).name if failure is not None else code_set_by(context)
+
+
+def gone_code(context: grpc.ServicerContext) -> str:
+    """The code of a call whose client went away: its deadline passed, or it cancelled."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
 
 
 def settled_outcome(context: grpc.ServicerContext, failure: DermserveError | None,
@@ -204,8 +209,7 @@ def settled_outcome(context: grpc.ServicerContext, failure: DermserveError | Non
     went away, even if the behaviour ended normally first; else the code at the behaviour's end."""
     if code_at_end in GONE_CODES or not cancelled_by_client(context):
         return code_at_end
-    remaining = context.time_remaining()
-    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return gone_code(context)
 
 
 GONE_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED"})
