@@ -52,6 +52,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from core.backends.version_dirs import scan_versions
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
@@ -554,11 +555,10 @@ def bench_image(path: Path | None) -> bytes:
 def find_target(model_base: Path, model_name: str, version: int | None,
                 image: Path | None) -> Target:
     model_dir = model_base / model_name
-    numbers = sorted(int(p.name) for p in model_dir.iterdir()
-                     if p.name.isdigit() and (p / "saved_model.pb").exists())
+    numbers = scan_versions(model_dir)
     if not numbers:
         raise SystemExit(f"no versions under {model_dir}")
-    chosen = version if version is not None else numbers[-1]
+    chosen = version if version is not None else max(numbers)
     return Target(model_dir / str(chosen), model_base, model_name, chosen, bench_image(image))
 
 

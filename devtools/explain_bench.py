@@ -27,6 +27,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from core.backends.version_dirs import scan_versions
 from devtools.bench import add_target_arguments, write_report
 from devtools.health import wait_until_ready
 from devtools.ports import free_port
@@ -46,8 +47,7 @@ def start_server(model_base: Path, model_name: str, port: int) -> subprocess.Pop
 
 def latest_version(model_base: Path, model_name: str) -> int:
     model_dir = model_base / model_name
-    numbers = [int(p.name) for p in model_dir.iterdir()
-               if p.name.isdigit() and (p / "saved_model.pb").exists()]
+    numbers = scan_versions(model_dir)
     if not numbers:
         raise SystemExit(f"no versions under {model_dir}")
     return max(numbers)

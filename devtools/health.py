@@ -31,14 +31,12 @@ def wait_until_serving(channel: grpc.Channel, timeout_s: float, died: Callable[[
 
 
 def versions_to_load(model_base: Path, model_name: str) -> int:
-    """How many versions an embedded front will load from `model_base` (the latest N)."""
+    """How many versions an embedded front will load from `model_base` (the latest N of those
+    its scan finds)."""
     from core.backends.embedded import DEFAULT_MAX_LOADED_VERSIONS
-    from core.backends.version_dirs import SAVED_MODEL_FILE
+    from core.backends.version_dirs import scan_versions
 
-    model_dir = model_base / model_name
-    on_disk = [path for path in model_dir.iterdir()
-               if path.name.isdigit() and (path / SAVED_MODEL_FILE).exists()]
-    return min(len(on_disk), DEFAULT_MAX_LOADED_VERSIONS)
+    return min(len(scan_versions(model_base / model_name) or {}), DEFAULT_MAX_LOADED_VERSIONS)
 
 
 def wait_until_loaded(channel: grpc.Channel, versions: int, timeout_s: float,
