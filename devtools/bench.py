@@ -31,6 +31,7 @@ share the machine's cores, as they would on one pod, so compare ratios within on
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import io
 import json
@@ -41,7 +42,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -362,34 +363,49 @@ def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes],
     raise RuntimeError("the server did not become SERVING in time")
 
 
-def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
-              server_args: Sequence[str], raw: RawModel, raw_sweep: dict[str, Any],
-              decode_ms: float) -> dict[str, Any]:
-    """Concurrency 1 and 32 in rounds paired with the raw model (`paired_rounds`), then 8, then
-    each matrix input at 1 and 8."""
+@dataclass(frozen=True)
+class Front:
+    """A started front: a channel to it, and the probe of its counters."""
+
+    channel: grpc.Channel
+    probe: ServerProbe
+
+    def window(self, target: Target, image: bytes, concurrency: int, seconds: float) -> Window:
+        """`concurrency` clients sending `image` to `target`'s version for `seconds`."""
+        clients = partial(grpc_client, self.channel, image, target.version)
+        return measure(clients, concurrency, seconds, self.probe)
+
+
+@contextlib.contextmanager
+def running_front(target: Target, server_args: Sequence[str]) -> Iterator[Front]:
+    """A fresh front on free loopback ports, ready (`wait_serving`), stopped on the way out."""
     port, metrics_port = free_port(), free_port()
     server = start_server(target, port, metrics_port, server_args)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
                 ("grpc.max_send_message_length", -1)]) as channel:
             wait_serving(channel, server, target)
-
-            def window(image: bytes, concurrency: int, step_seconds: float) -> Window:
-                clients = partial(grpc_client, channel, image, target.version)
-                return measure(clients, concurrency, step_seconds,
-                               ServerProbe(server.pid, metrics_port))
-
-            paired = paired_rounds(raw, raw_sweep["best_batch_size"], decode_ms,
-                                   partial(window, target.image), seconds)
-            main = {"1": paired.pop("served_1"), "32": paired.pop("served_32"),
-                    "8": pooled([window(target.image, 8, seconds)])}
-            per_input = {name: {str(c): pooled([window(image, c, seconds / 2)])
-                                for c in (1, MATRIX_CONCURRENCY)}
-                         for name, image in matrix.items()}
-            return {**main, "paired": paired, "matrix": per_input}
+            yield Front(channel, ServerProbe(server.pid, metrics_port))
     finally:
         server.terminate()
         server.wait(30)
+
+
+def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
+              server_args: Sequence[str], raw: RawModel, raw_sweep: dict[str, Any],
+              decode_ms: float) -> dict[str, Any]:
+    """Concurrency 1 and 32 in rounds paired with the raw model (`paired_rounds`), then 8, then
+    each matrix input at 1 and 8."""
+    with running_front(target, server_args) as front:
+        window = partial(front.window, target)
+        paired = paired_rounds(raw, raw_sweep["best_batch_size"], decode_ms,
+                               partial(window, target.image), seconds)
+        main = {"1": paired.pop("served_1"), "32": paired.pop("served_32"),
+                "8": pooled([window(target.image, 8, seconds)])}
+        per_input = {name: {str(c): pooled([window(image, c, seconds / 2)])
+                            for c in (1, MATRIX_CONCURRENCY)}
+                     for name, image in matrix.items()}
+        return {**main, "paired": paired, "matrix": per_input}
 
 
 def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
@@ -403,17 +419,16 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
     Each round gives its own two ratios; the run reports their medians. The raw figure in a
     round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
     is the largest of six noisy ones and so biased upward."""
-    window_s = seconds
     rounds: list[dict[str, Any]] = []
     served_1: list[Window] = []
     served_32: list[Window] = []
     for index in range(PAIRED_ROUNDS):
         figures: dict[str, Any] = {}
         steps: list[tuple[str, Callable[[], Any]]] = [
-            ("raw_single", lambda: summary(raw.single(window_s))),
-            ("served_1", lambda: served(1, window_s)),
-            ("raw_batch", lambda: raw.batch(best_batch, window_s)[0]),
-            ("served_32", lambda: served(32, window_s))]
+            ("raw_single", lambda: summary(raw.single(seconds))),
+            ("served_1", lambda: served(1, seconds)),
+            ("raw_batch", lambda: raw.batch(best_batch, seconds)[0]),
+            ("served_32", lambda: served(32, seconds))]
         for name, take in steps if index % 2 == 0 else reversed(steps):
             figures[name] = take()
         served_1.append(figures["served_1"])
@@ -429,7 +444,7 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
             "served_c32_calls_per_s": thirty_two["calls_per_s"],
             "throughput_c32_over_raw_best_batch": thirty_two["calls_per_s"]
             / figures["raw_batch"]})
-    return {"rounds": rounds, "window_seconds": window_s, "best_batch_size": best_batch,
+    return {"rounds": rounds, "window_seconds": seconds, "best_batch_size": best_batch,
             "decode_ms": decode_ms, "served_1": pooled(served_1), "served_32": pooled(served_32)}
 
 

@@ -16,30 +16,17 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 from devtools import bench
-from devtools.ports import free_port
 
 
 def one_round(target: bench.Target, server_args: list[str], seconds: float,
               concurrency: int) -> dict[str, Any]:
-    port, metrics_port = free_port(), free_port()
-    server = bench.start_server(target, port, metrics_port, server_args)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            bench.wait_serving(channel, server, target)
-            clients = partial(bench.grpc_client, channel, target.image, target.version)
-            figures = bench.drive(clients, concurrency, seconds,
-                                  bench.ServerProbe(server.pid, metrics_port))
-    finally:
-        server.terminate()
-        server.wait(30)
-    return {"args": server_args, **figures}
+    with bench.running_front(target, server_args) as front:
+        window = front.window(target, target.image, concurrency, seconds)
+    return {"args": server_args, **bench.pooled([window])}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
