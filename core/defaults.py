@@ -35,6 +35,17 @@ DEFAULT_TFSERVING_TARGET = "127.0.0.1:8500"  # TF Serving's default gRPC port, o
 DEFAULT_BACKEND_TIMEOUT_S = 10.0  # seconds; cap for one backend call when the client sets none
 DEFAULT_BACKEND_MAX_RETRIES = 2  # retries on UNAVAILABLE; more would outlive typical deadlines
 
+DEFAULT_INTRA_OP_THREADS = 1
+"""embedded: threads TensorFlow splits one op over (0: TensorFlow's choice, one per core). One
+op per thread beats splitting on the released version, an ensemble of three networks that the
+inter-op pool already runs side by side: single-image p50 17.0 against 25.8 ms with TensorFlow's
+defaults on two cores, batch throughput from two callers 1.04x (`python -m
+devtools.threads_bench`, bench-results/threads-20261202T112721Z.json)."""
+DEFAULT_INTER_OP_THREADS = 0
+"""embedded: ops TensorFlow runs at once (0: TensorFlow's choice, one per core). One would run
+the ensemble's networks one after another: 1.52x the single-image p50 and 0.56x the batch
+throughput from two callers in the same run."""
+
 DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""
 
@@ -46,7 +57,8 @@ DEFAULT_BATCH_MAX_WAIT_MS = 10.0
 only until as many images are queued as the previous batch had, so a lone call never waits, while
 a burst of clients returning together is gathered into one batch. 10 ms covers the decoding of a
 burst of phone-sized JPEGs on two cores and is small next to a batch's model time."""
-DEFAULT_BATCH_WORKERS = 1
-"""Batches in flight at once. One suits the embedded backend (TensorFlow already uses every core
-for one batch); TF Serving over a network hides latency better with 2-4."""
+DEFAULT_BATCH_WORKERS = 2
+"""Batches in flight at once. With one thread per op (DEFAULT_INTRA_OP_THREADS) one batch leaves
+cores idle between its ops; two keep both cores of a small pod busy. TF Serving over a network
+hides latency better with 2-4 too."""
 DEFAULT_BATCH_QUEUE_LIMIT = 1024  # images waiting; beyond it calls fail fast (RESOURCE_EXHAUSTED)

@@ -55,6 +55,12 @@ class BackendSettings:
         help="cap on one backend call when its caller sets no deadline")
     backend_max_retries: int = setting(defaults.DEFAULT_BACKEND_MAX_RETRIES, unit="retries",
                                        help="tfserving: retries of a call on UNAVAILABLE")
+    intra_op_threads: int = setting(
+        defaults.DEFAULT_INTRA_OP_THREADS, unit="threads",
+        help="embedded: threads TensorFlow splits one op over (0: one per core)")
+    inter_op_threads: int = setting(
+        defaults.DEFAULT_INTER_OP_THREADS, unit="threads",
+        help="embedded: ops TensorFlow runs at once (0: one per core)")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,9 @@ def open_backend(settings: ServingSettings, events: EventSink | None = None,
                                 credentials=credentials)
     if settings.backend == "embedded":
         from core.backends.embedded import EmbeddedBackend
+        from core.backends.savedmodel import configure_threads
 
+        configure_threads(settings.intra_op_threads, settings.inter_op_threads)
         embedded = EmbeddedBackend(settings.model_base, settings.model_name,
                                    settings.poll_interval_s, dict(settings.version_labels),
                                    events=events,

@@ -53,6 +53,26 @@ def reclaim_memory() -> None:
         trim(0)
 
 
+def configure_threads(intra_op: int, inter_op: int) -> None:
+    """Size this process's TensorFlow thread pools (0: TensorFlow's choice, one thread per core).
+    TensorFlow fixes them when it runs its first op: later calls with other sizes are logged
+    and change nothing (the same sizes again are a no-op)."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    running = (threading.get_intra_op_parallelism_threads(),
+               threading.get_inter_op_parallelism_threads())
+    if running == (intra_op, inter_op):
+        return  # TensorFlow raises even when asked for the sizes it already has
+    try:
+        threading.set_intra_op_parallelism_threads(intra_op)
+        threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:
+        logger.warning("TensorFlow's thread pools were set up before the backend started; "
+                       "keeping them (intra-op %d, inter-op %d; asked for %d and %d)",
+                       *running, intra_op, inter_op)
+
+
 class LoadedVersion:
     """A version's signatures, ready to predict. Thread-safe: TF concrete functions may be called
     from many threads at once."""
