@@ -2,9 +2,11 @@
 Classify over gRPC on loopback, a naive peer, and the ratios between them, all in one run.
 `python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.batch_bench).
 
-1. raw floor: the `serving_default` signature called in this process on preprocessed input:
-   median single-image latency, and images/s (and CPU ms per image) for a few batch sizes; the
-   best batch throughput is the floor;
+1. raw floor: the `serving_default` signature called in this process on preprocessed input,
+   under the TensorFlow threads the server starts with (core/defaults.py): median single-image
+   latency, and images/s (and CPU ms per image) for a few batch sizes from one caller and for
+   the best of them from as many callers as the server has batch dispatchers; the best batch
+   throughput is the floor;
 2. decoding, for a matrix of inputs generated from the benchmark image (a 200x150 HAM10000
    image, a 600x450 and a 1024x768 dermatoscope frame, a 4032x3024 phone photo, a 600x450 PNG):
    bytes, and the median cost of validation + decoding + preprocessing at full scale (what
@@ -17,14 +19,14 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
    the CPU the server and the clients spent per call), then each matrix input at 1 (p50) and 8
    (calls/s);
 4. the naive peer (devtools/naive_peer.py, a reference, not product code: an HTTP handler that
-   calls the Keras model's `predict` per request, no batching) at concurrency 1, 8 and 32 with
-   the benchmark image, and at 8 with the phone photo;
+   calls the Keras model's `predict` per request, no batching, TensorFlow's default threads)
+   at concurrency 1, 8 and 32 with the benchmark image, and at 8 with the phone photo;
 5. ratios against the targets (issue 13), each the median over the paired rounds: p50 at
    concurrency 1 <= 1.10 x (raw single + decoding); throughput at 32 >= 0.90 x the raw best
    batch throughput; and dermserve's throughput at 8 and 32 >= 5 x the peer's, with a lower p50.
    The same two ratios from the sweep's figures (unpaired) are reported beside them.
 Each main step and each paired window runs for `--step-seconds` (default 10) after a short
-warm-up; the matrix steps for half of it. A run takes about nine minutes. Server, clients and peer
+warm-up; the matrix steps for half of it. A run takes about seven minutes. Server, clients and peer
 share the machine's cores, as they would on one pod, so compare ratios within one run.
 """
 
@@ -53,6 +55,8 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from core import defaults
+from core.backends.savedmodel import configure_threads
 from core.backends.version_dirs import scan_versions
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
@@ -133,26 +137,37 @@ class RawModel:
         one = self._tf.constant(self._one[None])
         return timed_loop(lambda: self._serve(image=one), seconds)
 
-    def batch(self, size: int, seconds: float) -> tuple[float, float]:
-        """(images/s, CPU ms per image) of back-to-back calls of `size` images."""
+    def batch(self, size: int, seconds: float, callers: int = 1) -> tuple[float, float]:
+        """(images/s, CPU ms per image) of back-to-back calls of `size` images from `callers`
+        threads at once (the front's micro-batcher runs DEFAULT_BATCH_WORKERS batches at once)."""
         batch = self._tf.constant(np.repeat(self._one[None], size, axis=0))
         cpu_before = time.process_time()
-        runs = timed_loop(partial(self._serve, image=batch), seconds)
-        return (size / statistics.median(runs),
-                cpu_ms_per(time.process_time() - cpu_before, size * (len(runs) + WARM_UP_CALLS)))
+        with ThreadPoolExecutor(callers) as pool:
+            runs = list(pool.map(lambda _: timed_loop(partial(self._serve, image=batch), seconds),
+                                 range(callers)))
+        calls = sum(len(run) + WARM_UP_CALLS for run in runs)
+        return (sum(size / statistics.median(run) for run in runs),
+                cpu_ms_per(time.process_time() - cpu_before, size * calls))
 
 
 def raw_floor(raw: RawModel, seconds: float) -> dict[str, Any]:
-    """The sweep: single-image latency, and each batch size's images/s. It picks the best batch
-    size; the paired rounds (below) measure it again beside the served steps."""
+    """The sweep: single-image latency, each batch size's images/s from one caller, and the
+    best size again from as many callers as the front has dispatchers (named "SIZExN"). It picks
+    the best setup; the paired rounds (below) measure it again beside the served steps."""
     single = raw.single(seconds)
-    figures = {str(size): raw.batch(size, seconds / 2) for size in BATCH_SIZES}
-    batches = {size: figure[0] for size, figure in figures.items()}
-    best = max(batches, key=lambda size: batches[size])
+    setups = {str(size): (size, 1) for size in BATCH_SIZES}
+    figures = {name: raw.batch(size, seconds / 2) for name, (size, _) in setups.items()}
+    best_size = int(max(figures, key=lambda name: figures[name][0]))
+    if defaults.DEFAULT_BATCH_WORKERS > 1:
+        name = f"{best_size}x{defaults.DEFAULT_BATCH_WORKERS}"
+        setups[name] = (best_size, defaults.DEFAULT_BATCH_WORKERS)
+        figures[name] = raw.batch(best_size, seconds / 2, defaults.DEFAULT_BATCH_WORKERS)
+    best = max(figures, key=lambda name: figures[name][0])
     return {"single_image": summary(single),
-            "batch_images_per_s": batches,
-            "batch_cpu_ms_per_image": {size: figure[1] for size, figure in figures.items()},
-            "best_batch_size": int(best), "best_images_per_s": batches[best]}
+            "batch_images_per_s": {name: figure[0] for name, figure in figures.items()},
+            "batch_cpu_ms_per_image": {name: figure[1] for name, figure in figures.items()},
+            "best_setup": best, "best_batch_size": setups[best][0],
+            "best_callers": setups[best][1], "best_images_per_s": figures[best][0]}
 
 
 def cpu_ms_per(cpu_seconds: float, count: int) -> float:
@@ -398,8 +413,8 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
     each matrix input at 1 and 8."""
     with running_front(target, server_args) as front:
         window = partial(front.window, target)
-        paired = paired_rounds(raw, raw_sweep["best_batch_size"], decode_ms,
-                               partial(window, target.image), seconds)
+        paired = paired_rounds(raw, (raw_sweep["best_batch_size"], raw_sweep["best_callers"]),
+                               decode_ms, partial(window, target.image), seconds)
         main = {"1": paired.pop("served_1"), "32": paired.pop("served_32"),
                 "8": pooled([window(target.image, 8, seconds)])}
         per_input = {name: {str(c): pooled([window(image, c, seconds / 2)])
@@ -408,14 +423,15 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
         return {**main, "paired": paired, "matrix": per_input}
 
 
-def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
+def paired_rounds(raw: RawModel, best: tuple[int, int], decode_ms: float,
                   served: Callable[[int, float], Window], seconds: float) -> dict[str, Any]:
     """The two ratios against the raw model, each served window beside a raw one of the same
     length: this machine's speed drifts by 10-20% over minutes, more than the margins, and a raw
     figure taken minutes before the served one measured the drift as much as the server.
 
     PAIRED_ROUNDS rounds, in ABBA order (odd rounds reversed) so that a steady drift favours
-    neither side: raw single, served at 1, raw at the sweep's best batch size, served at 32.
+    neither side: raw single, served at 1, raw in the sweep's best setup (batch size, callers),
+    served at 32.
     Each round gives its own two ratios; the run reports their medians. The raw figure in a
     round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
     is the largest of six noisy ones and so biased upward."""
@@ -427,7 +443,7 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("raw_single", lambda: summary(raw.single(seconds))),
             ("served_1", lambda: served(1, seconds)),
-            ("raw_batch", lambda: raw.batch(best_batch, seconds)[0]),
+            ("raw_batch", lambda: raw.batch(best[0], seconds, best[1])[0]),
             ("served_32", lambda: served(32, seconds))]
         for name, take in steps if index % 2 == 0 else reversed(steps):
             figures[name] = take()
@@ -444,7 +460,8 @@ def paired_rounds(raw: RawModel, best_batch: int, decode_ms: float,
             "served_c32_calls_per_s": thirty_two["calls_per_s"],
             "throughput_c32_over_raw_best_batch": thirty_two["calls_per_s"]
             / figures["raw_batch"]})
-    return {"rounds": rounds, "window_seconds": seconds, "best_batch_size": best_batch,
+    return {"rounds": rounds, "window_seconds": seconds, "best_batch_size": best[0],
+            "best_callers": best[1],
             "decode_ms": decode_ms, "served_1": pooled(served_1), "served_32": pooled(served_32)}
 
 
@@ -582,6 +599,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
     matrix = matrix_images(target.image)
+    # The raw model gets the TensorFlow threads the server starts with, so that the ratios
+    # measure serving and not thread settings (devtools.threads_bench compares those).
+    configure_threads(defaults.DEFAULT_INTRA_OP_THREADS, defaults.DEFAULT_INTER_OP_THREADS)
     raw_model = RawModel(target, config)
     raw = raw_floor(raw_model, args.step_seconds)
     decode = decoding(target.image, config.input, args.step_seconds)
@@ -600,6 +620,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         # Other work on the machine skews every figure; judge them with this.
                         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
             "step_seconds": args.step_seconds, "server_args": server_args,
+            "raw_tensorflow_threads": {"intra_op": defaults.DEFAULT_INTRA_OP_THREADS,
+                                       "inter_op": defaults.DEFAULT_INTER_OP_THREADS},
             "raw": raw, "decode": decode, "decode_matrix": decode_matrix, "grpc": served,
             "naive_peer": peer, "ratios": ratios(raw, decode, served, peer)}
 
@@ -608,7 +630,7 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     """The figures the README quotes, as a short table."""
     raw, served, peer = result["raw"], result["grpc"], result["naive_peer"]
     lines = [f"raw: single {raw['single_image']['p50_ms']:.1f} ms, best batch "
-             f"{raw['best_images_per_s']:.1f} img/s (batch {raw['best_batch_size']})",
+             f"{raw['best_images_per_s']:.1f} img/s (batch {raw['best_setup']})",
              f"Classify: p50 c=1 {served['1']['p50_ms']:.1f} ms; calls/s c=8 "
              f"{served['8']['calls_per_s']:.1f}, c=32 {served['32']['calls_per_s']:.1f}",
              *paired_lines(served["paired"]),
@@ -634,7 +656,8 @@ def paired_lines(paired: dict[str, Any]) -> list[str]:
     """Each paired round's two ratios, so the spread behind the medians is in sight."""
     return [f"round {index}: raw single {r['raw_single_p50_ms']:.1f} ms, served c=1 "
             f"{r['served_c1_p50_ms']:.1f} ms ({r['p50_c1_over_raw_single_plus_decode']:.3f}x); "
-            f"raw batch {paired['best_batch_size']} {r['raw_batch_images_per_s']:.1f} img/s, "
+            f"raw batch {paired['best_batch_size']}x{paired['best_callers']} "
+            f"{r['raw_batch_images_per_s']:.1f} img/s, "
             f"served c=32 {r['served_c32_calls_per_s']:.1f} "
             f"({r['throughput_c32_over_raw_best_batch']:.3f}x)"
             for index, r in enumerate(paired["rounds"], 1)]
@@ -658,7 +681,7 @@ def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:
     return [f"CPU at c=32: server {step['server_cpu_ms_per_call']:.1f} ms/call (mean batch "
             f"{step.get('mean_batch_images', float('nan')):.1f}), clients "
             f"{step['client_cpu_ms_per_call']:.2f} ms/call; raw best batch "
-            f"{raw['batch_cpu_ms_per_image'][str(raw['best_batch_size'])]:.1f} ms/image"]
+            f"{raw['batch_cpu_ms_per_image'][raw['best_setup']]:.1f} ms/image"]
 
 
 def add_target_arguments(parser: argparse.ArgumentParser, image_help: str) -> None:

@@ -5,7 +5,8 @@ An HTTP server (the standard library's ThreadingHTTPServer, a thread per request
 development server) that loads the SavedModel as a Keras model (`keras.layers.TFSMLayer` in a
 `keras.Model`) and, per request, decodes the body with Pillow at full size, resizes it to the
 input size, and calls `model.predict` on a batch of one. No micro-batching, no reduced-scale
-decode, no validation beyond what Pillow raises; nothing dermserve serves goes through it.
+decode, no tuning of TensorFlow's thread pools, no validation beyond what Pillow raises; nothing
+dermserve serves goes through it.
 
     POST /classify (body: JPEG or PNG bytes) -> 200 {"probabilities": [...]}
 

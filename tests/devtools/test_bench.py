@@ -132,16 +132,16 @@ def test_paired_rounds_alternate_raw_and_served_in_abba_order() -> None:
             order.append("raw_single")
             return [0.010, 0.010, 0.012]
 
-        def batch(self, size: int, seconds: float) -> tuple[float, float]:
-            order.append(f"raw_batch_{size}")
+        def batch(self, size: int, seconds: float, callers: int = 1) -> tuple[float, float]:
+            order.append(f"raw_batch_{size}x{callers}")
             return 40.0, 50.0
 
     def served(concurrency: int, seconds: float) -> bench.Window:
         order.append(f"served_{concurrency}")
         return bench.Window(concurrency, [0.011] * 20, 0.5, 0.01, {})
 
-    paired = bench.paired_rounds(Raw(), 16, 1.0, served, 1.0)  # type: ignore[arg-type]
-    steps = ["raw_single", "served_1", "raw_batch_16", "served_32"]
+    paired = bench.paired_rounds(Raw(), (16, 2), 1.0, served, 1.0)  # type: ignore[arg-type]
+    steps = ["raw_single", "served_1", "raw_batch_16x2", "served_32"]
     assert order == (steps + steps[::-1]) * (bench.PAIRED_ROUNDS // 2)
     assert len(paired["rounds"]) == bench.PAIRED_ROUNDS
     first = paired["rounds"][0]
