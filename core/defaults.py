@@ -50,8 +50,13 @@ DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""
 
 # --- micro-batching ------------------------------------------------------------------------------
-DEFAULT_BATCH_MAX_SIZE = 32  # images; the benchmark's top concurrency, and CPU batches stop
-# paying off beyond it
+DEFAULT_BATCH_MAX_SIZE = 8
+"""Images in one micro-batch, at most. With one thread per op (DEFAULT_INTRA_OP_THREADS) larger
+batches cost more CPU per image on the released ensemble (raw sweep of
+bench-results/bench-20261202T113507Z.json: 21.4 ms at 4, 23.3 at 8, 27.8 at 32), and two
+batches of up to 8 in flight beat batches of up to 32 at 32 clients (`python -m
+devtools.server_ab --a=--batch-max-size=32 --b=--batch-max-size=8 --concurrency 32`: 72 and
+81 calls/s against 91 and 86). Versions are warmed up at every size up to it."""
 DEFAULT_BATCH_MAX_WAIT_MS = 10.0
 """Milliseconds a batch may wait for company, at most. The wait is adaptive (core/batching.py):
 only until as many images are queued as the previous batch had, so a lone call never waits, while
