@@ -130,7 +130,7 @@ def test_a_backend_error_reaches_every_waiter() -> None:
 def test_a_caller_that_times_out_is_dropped_from_later_batches() -> None:
     backend = FakeBackend()
     backend.delay_s = 0.3
-    batcher = MicroBatcher(backend, max_batch_size=8)
+    batcher = MicroBatcher(backend, max_batch_size=8, workers=1)  # one dispatcher, kept busy
     try:
         first = threading.Thread(target=batcher.predict, args=(REF, images(1), 5.0))
         first.start()
@@ -147,7 +147,7 @@ def test_a_caller_that_times_out_is_dropped_from_later_batches() -> None:
 def test_a_full_queue_fails_fast() -> None:
     backend = FakeBackend()
     backend.delay_s = 0.3
-    batcher = MicroBatcher(backend, max_batch_size=1, queue_limit=2)
+    batcher = MicroBatcher(backend, max_batch_size=1, queue_limit=2, workers=1)  # kept busy
     try:
         threads = [threading.Thread(target=batcher.predict, args=(REF, images(1), 5.0))
                    for _ in range(3)]
@@ -160,6 +160,23 @@ def test_a_full_queue_fails_fast() -> None:
             thread.join(5)
     finally:
         batcher.close()
+
+
+def test_two_dispatchers_run_two_batches_at_once() -> None:
+    both_in_flight = threading.Barrier(2, timeout=10)
+
+    def meet_the_other_batch(version: int, batch: np.ndarray) -> np.ndarray:
+        both_in_flight.wait()  # breaks (BrokenBarrierError) unless another batch runs meanwhile
+        return marking_handler(version, batch)
+
+    backend = FakeBackend(handler=meet_the_other_batch)
+    batcher = MicroBatcher(backend, max_batch_size=1, max_wait_ms=0, workers=2)
+    try:
+        values = concurrent_predicts(batcher, 2)
+    finally:
+        batcher.close()
+    assert sorted(values) == [0.0, 1.0]
+    assert backend.batch_sizes == [1, 1]
 
 
 def test_close_finishes_queued_work_then_refuses_new_calls() -> None:
