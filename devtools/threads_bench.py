@@ -17,8 +17,7 @@ import json
 import statistics
 import subprocess
 import sys
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from devtools.bench import RawModel, add_target_arguments, find_target, write_report
@@ -39,13 +38,9 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     raw = RawModel(target, ModelConfig.read(target.version_dir))
     single = raw.single(args.seconds)
-    one_caller = raw.batch(BATCH, args.seconds)[0]
-    with ThreadPoolExecutor(2) as pool:
-        two_callers = sum(images_per_s for images_per_s, _ in
-                          pool.map(lambda _: raw.batch(BATCH, args.seconds), range(2)))
     return {"single_p50_ms": statistics.median(single) * 1000.0,
-            "batch_images_per_s_one_caller": one_caller,
-            "batch_images_per_s_two_callers": two_callers}
+            "batch_images_per_s_one_caller": raw.batch(BATCH, args.seconds)[0],
+            "batch_images_per_s_two_callers": raw.batch(BATCH, args.seconds, callers=2)[0]}
 
 
 def child(args: argparse.Namespace, intra: int, inter: int) -> dict[str, float]:
@@ -61,11 +56,15 @@ def child(args: argparse.Namespace, intra: int, inter: int) -> dict[str, float]:
     return figures
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace,
+        take: Callable[[argparse.Namespace, int, int], dict[str, float]] = child
+        ) -> dict[str, Any]:
+    """Every setting once per round through `take` (a child process), in reversed order every
+    other round; medians over rounds, and their ratios to TensorFlow's own choice."""
     runs: dict[str, list[dict[str, float]]] = {name(s): [] for s in SETTINGS}
     for index in range(args.rounds):
         for setting in SETTINGS if index % 2 == 0 else reversed(SETTINGS):
-            figures = child(args, *setting)
+            figures = take(args, *setting)
             runs[name(setting)].append(figures)
             print(name(setting), json.dumps(figures), flush=True)
     medians = {key: {figure: statistics.median(r[figure] for r in rounds)
