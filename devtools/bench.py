@@ -3,7 +3,7 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
 `python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.batch_bench).
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input,
-   under the TensorFlow threads the server starts with (core/defaults.py): median single-image
+   under the TensorFlow threads the server starts with (`served_settings`): median single-image
    latency, and images/s (and CPU ms per image) for a few batch sizes from one caller and for
    the best of them from as many callers as the server has batch dispatchers; the best batch
    throughput is the floor;
@@ -55,7 +55,6 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from core import defaults
 from core.backends.savedmodel import configure_threads
 from core.backends.version_dirs import scan_versions
 from core.model_config import InputSpec, ModelConfig
@@ -64,6 +63,7 @@ from core.validation import ImageLimits, decode_image
 from devtools.health import wait_until_ready
 from devtools.naive_peer import PATH as PEER_PATH
 from devtools.ports import free_port
+from service.settings import Settings
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the issue's targets
 MATRIX_CONCURRENCY = 8  # clients for each matrix input's throughput
@@ -139,7 +139,7 @@ class RawModel:
 
     def batch(self, size: int, seconds: float, callers: int = 1) -> tuple[float, float]:
         """(images/s, CPU ms per image) of back-to-back calls of `size` images from `callers`
-        threads at once (the front's micro-batcher runs DEFAULT_BATCH_WORKERS batches at once)."""
+        threads at once (the front's micro-batcher runs `--batch-workers` batches at once)."""
         batch = self._tf.constant(np.repeat(self._one[None], size, axis=0))
         cpu_before = time.process_time()
         with ThreadPoolExecutor(callers) as pool:
@@ -150,18 +150,18 @@ class RawModel:
                 cpu_ms_per(time.process_time() - cpu_before, size * calls))
 
 
-def raw_floor(raw: RawModel, seconds: float) -> dict[str, Any]:
+def raw_floor(raw: RawModel, seconds: float, dispatchers: int = 1) -> dict[str, Any]:
     """The sweep: single-image latency, each batch size's images/s from one caller, and the
-    best size again from as many callers as the front has dispatchers (named "SIZExN"). It picks
-    the best setup; the paired rounds (below) measure it again beside the served steps."""
+    best size again from as many callers as the front has `dispatchers` (named "SIZExN"). It
+    picks the best setup; the paired rounds (below) measure it again beside the served steps."""
     single = raw.single(seconds)
     setups = {str(size): (size, 1) for size in BATCH_SIZES}
     figures = {name: raw.batch(size, seconds / 2) for name, (size, _) in setups.items()}
     best_size = int(max(figures, key=lambda name: figures[name][0]))
-    if defaults.DEFAULT_BATCH_WORKERS > 1:
-        name = f"{best_size}x{defaults.DEFAULT_BATCH_WORKERS}"
-        setups[name] = (best_size, defaults.DEFAULT_BATCH_WORKERS)
-        figures[name] = raw.batch(best_size, seconds / 2, defaults.DEFAULT_BATCH_WORKERS)
+    if dispatchers > 1:
+        name = f"{best_size}x{dispatchers}"
+        setups[name] = (best_size, dispatchers)
+        figures[name] = raw.batch(best_size, seconds / 2, dispatchers)
     best = max(figures, key=lambda name: figures[name][0])
     return {"single_image": summary(single),
             "batch_images_per_s": {name: figure[0] for name, figure in figures.items()},
@@ -356,6 +356,12 @@ def grpc_client(channel: grpc.Channel, image: bytes, version: int) -> Callable[[
     stub = pb_grpc.LesionClassifierStub(channel)
     request = pb.ClassifyRequest(image=image, model=pb.ModelSelector(version=version))
     return partial(stub.Classify, request, timeout=CALL_TIMEOUT_S)
+
+
+def served_settings(server_args: Sequence[str]) -> Settings:
+    """The settings the benchmarked server runs with: its flags over this environment (which it
+    inherits), so the raw reference can take its TensorFlow threads and dispatchers."""
+    return Settings.from_sources(list(server_args), os.environ)
 
 
 def start_server(target: Target, port: int, metrics_port: int,
@@ -599,16 +605,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     target = find_target(args.model_base, args.model_name, args.version, args.image)
     config = ModelConfig.read(target.version_dir)
     matrix = matrix_images(target.image)
+    server_args = list(args.server_arg)
+    served = served_settings(server_args)
     # The raw model gets the TensorFlow threads the server starts with, so that the ratios
     # measure serving and not thread settings (devtools.threads_bench compares those).
-    configure_threads(defaults.DEFAULT_INTRA_OP_THREADS, defaults.DEFAULT_INTER_OP_THREADS)
+    configure_threads(served.intra_op_threads, served.inter_op_threads)
     raw_model = RawModel(target, config)
-    raw = raw_floor(raw_model, args.step_seconds)
+    raw = raw_floor(raw_model, args.step_seconds,
+                    served.batching.workers if served.batching.enabled else 1)
     decode = decoding(target.image, config.input, args.step_seconds)
     decode_matrix = decoding_matrix(matrix, config.input, args.step_seconds / 5)
-    server_args = list(args.server_arg)
-    served = over_grpc(target, matrix, args.step_seconds, server_args, raw_model, raw,
-                       decode["draft_decode"]["p50_ms"])
+    over = over_grpc(target, matrix, args.step_seconds, server_args, raw_model, raw,
+                     decode["draft_decode"]["p50_ms"])
     peer = None if args.no_peer else naive_peer_or_error(target, matrix[PHONE_PHOTO],
                                                           args.step_seconds)
     return {"model": {"base": str(target.model_base), "name": target.model_name,
@@ -620,10 +628,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         # Other work on the machine skews every figure; judge them with this.
                         "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]]},
             "step_seconds": args.step_seconds, "server_args": server_args,
-            "raw_tensorflow_threads": {"intra_op": defaults.DEFAULT_INTRA_OP_THREADS,
-                                       "inter_op": defaults.DEFAULT_INTER_OP_THREADS},
-            "raw": raw, "decode": decode, "decode_matrix": decode_matrix, "grpc": served,
-            "naive_peer": peer, "ratios": ratios(raw, decode, served, peer)}
+            "raw_tensorflow_threads": {"intra_op": served.intra_op_threads,
+                                       "inter_op": served.inter_op_threads},
+            "raw": raw, "decode": decode, "decode_matrix": decode_matrix, "grpc": over,
+            "naive_peer": peer, "ratios": ratios(raw, decode, over, peer)}
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:

@@ -189,3 +189,28 @@ def test_the_warm_up_benchmark_reports_load_warm_up_and_growth_in_use(
     assert min(report["rss_mib_at_start"], report["load"]["rss_mib"],
                report["warm_up"]["rss_mib_after_every_size"]) > 0
     assert len(report["in_use_growth_mib_per_pass"]) == 2
+
+
+def test_the_raw_reference_takes_the_benchmarked_servers_threads_and_dispatchers() -> None:
+    default = bench.served_settings([])
+    assert (default.intra_op_threads, default.inter_op_threads) == (1, 0)
+    assert default.batching.workers == 2
+    tuned = bench.served_settings(["--intra-op-threads=2", "--inter-op-threads=3",
+                                   "--batch-workers=4"])
+    assert (tuned.intra_op_threads, tuned.inter_op_threads, tuned.batching.workers) == (2, 3, 4)
+
+
+def test_the_sweep_times_its_best_batch_size_from_every_dispatcher_and_picks_the_best() -> None:
+    class Raw:
+        def single(self, seconds: float) -> list[float]:
+            return [0.010]
+
+        def batch(self, size: int, seconds: float, callers: int = 1) -> tuple[float, float]:
+            return (10.0 * callers + (5.0 if size == 8 else 0.0), 20.0)
+
+    sweep = bench.raw_floor(Raw(), 1.0, dispatchers=3)  # type: ignore[arg-type]
+    assert sweep["batch_images_per_s"]["8"] == 15.0
+    assert sweep["best_setup"] == "8x3"
+    assert (sweep["best_batch_size"], sweep["best_callers"]) == (8, 3)
+    assert sweep["best_images_per_s"] == 35.0
+    assert "8x3" not in bench.raw_floor(Raw(), 1.0, dispatchers=1)["batch_images_per_s"]  # type: ignore[arg-type]
