@@ -440,7 +440,7 @@ def paired_rounds(raw: RawModel, best: tuple[int, int], decode_ms: float,
     served at 32.
     Each round gives its own two ratios; the run reports their medians. The raw figure in a
     round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
-    is the largest of six noisy ones and so biased upward."""
+    is the largest of seven noisy ones and so biased upward."""
     rounds: list[dict[str, Any]] = []
     served_1: list[Window] = []
     served_32: list[Window] = []

@@ -5,9 +5,9 @@ for their defaults (core/defaults.py). Prints and writes JSON.
 TensorFlow fixes its thread pools at its first op, so each setting runs in a child process of its
 own: the `serving_default` signature on the benchmark image, as devtools.bench's raw floor calls
 it, for the median single-image latency, and images/s at batches of 32 from one caller and from
-two at once (what the micro-batcher's two dispatchers send). The settings take turns, in reversed
-order every other round, so that the machine's drift favours none; each figure is the median over
-the rounds, and the ratios compare each setting with TensorFlow's own choice (0, 0).
+two at once (as the micro-batcher's two dispatchers send theirs). The settings take turns, in
+reversed order every other round, so that the machine's drift favours none; each figure is the
+median over the rounds, and the ratios compare each setting with TensorFlow's own choice (0, 0).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ SETTINGS = ((0, 0), (1, 0), (1, 1))
 """(intra-op, inter-op) threads: TensorFlow's choice, dermserve's default, and one op at a time."""
 DEFAULT_ROUNDS = 2
 DEFAULT_SECONDS = 5.0  # per figure per round
-BATCH = 32  # images; the front's largest micro-batch
+BATCH = 32  # images; the front's largest micro-batch when these defaults were chosen (it is 8
+# now, DEFAULT_BATCH_MAX_SIZE; the committed threads-*.json were measured at 32)
 
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
