@@ -46,6 +46,12 @@ DEFAULT_INTER_OP_THREADS = 0
 the ensemble's networks one after another: 1.52x the single-image p50 and 0.56x the batch
 throughput from two callers in the same run."""
 
+DEFAULT_FREEZE_GRAPH = True
+"""embedded: fold a version's variables into constants when it loads (core/backends/savedmodel.py
+`freeze_serving`), so TensorFlow fuses each batch normalisation, bias and activation into its
+convolution. It costs a few seconds per load and keeps a second copy of the weights in memory;
+a version whose frozen graph answers differently is served as it is."""
+
 DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""
 

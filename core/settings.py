@@ -35,6 +35,10 @@ class ModelSettings:
         0, unit="images",
         help="embedded: warm each version up at every batch size up to this before it answers "
              "(0: the largest batch this process sends; 1: one image, the quickest start)")
+    freeze_graph: bool = setting(
+        defaults.DEFAULT_FREEZE_GRAPH,
+        help="embedded: serve each version's graph with its variables folded into constants "
+             "(about 2x faster on the CPU; false: as the SavedModel stores them)")
     min_confidence_floor: float = setting(
         defaults.DEFAULT_MIN_CONFIDENCE_FLOOR, unit="probability",
         help="abstain below this top probability, whatever the version says")

@@ -3,10 +3,11 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
 `python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.batch_bench).
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input,
-   under the TensorFlow threads the server starts with (`served_settings`): median single-image
-   latency, and images/s (and CPU ms per image) for a few batch sizes from one caller and for
-   the best of them from as many callers as the server has batch dispatchers; the best batch
-   throughput is the floor;
+   run as the server runs it (`served_settings`: its TensorFlow threads, and its graph frozen
+   unless `--freeze-graph=false`): median single-image latency, and images/s (and CPU ms per
+   image) for a few batch sizes from one caller and for the best of them from as many callers
+   as the server has batch dispatchers; the best batch throughput is the floor. The signature
+   as TensorFlow's loader gives it (variables, not constants) is measured once beside it;
 2. decoding, for a matrix of inputs generated from the benchmark image (a 200x150 HAM10000
    image, a 600x450 and a 1024x768 dermatoscope frame, a 4032x3024 phone photo, a 600x450 PNG):
    bytes, and the median cost of validation + decoding + preprocessing at full scale (what
@@ -55,9 +56,9 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from core.backends.savedmodel import configure_threads
+from core.backends.savedmodel import configure_threads, freeze_serving
 from core.backends.version_dirs import scan_versions
-from core.model_config import InputSpec, ModelConfig
+from core.model_config import SERVING_SIGNATURE, InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
 from devtools.health import wait_until_ready
@@ -123,13 +124,17 @@ def summary(latencies: Sequence[float]) -> dict[str, float]:
 # --- 1. the raw floor ----------------------------------------------------------------------------
 class RawModel:
     """The model alone: the `serving_default` signature called in this process on the benchmark
-    image, decoded and preprocessed once."""
+    image, decoded and preprocessed once; with `frozen`, its graph as the embedded backend runs
+    it (variables folded into constants: core/backends/savedmodel.py `freeze_serving`)."""
 
-    def __init__(self, target: Target, config: ModelConfig) -> None:
+    def __init__(self, target: Target, config: ModelConfig, frozen: bool = True) -> None:
         import tensorflow as tf
 
         self._tf = tf
-        self._serve = tf.saved_model.load(str(target.version_dir)).signatures["serving_default"]
+        self._saved_model = tf.saved_model.load(str(target.version_dir))
+        signature = self._saved_model.signatures[SERVING_SIGNATURE]
+        self._serve = freeze_serving(signature, config) if frozen else signature
+        self.frozen = frozen and self._serve is not signature
         self._one = decode_for_model(target.image, ImageLimits(), config.input)
 
     def single(self, seconds: float) -> list[float]:
@@ -148,6 +153,17 @@ class RawModel:
         calls = sum(len(run) + WARM_UP_CALLS for run in runs)
         return (sum(size / statistics.median(run) for run in runs),
                 cpu_ms_per(time.process_time() - cpu_before, size * calls))
+
+
+def as_loaded(target: Target, config: ModelConfig, best: tuple[int, int],
+              seconds: float) -> dict[str, Any]:
+    """The signature as TensorFlow's loader gives it, variables and all (what the front ran
+    before it froze versions): single-image latency and the sweep's best setup, for the gain."""
+    loaded = RawModel(target, config, frozen=False)
+    single = summary(loaded.single(seconds))
+    images_per_s, cpu_ms = loaded.batch(best[0], seconds / 2, best[1])
+    return {"single_image": single, "best_setup_images_per_s": images_per_s,
+            "best_setup_cpu_ms_per_image": cpu_ms}
 
 
 def raw_floor(raw: RawModel, seconds: float, dispatchers: int = 1) -> dict[str, Any]:
@@ -610,9 +626,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # The raw model gets the TensorFlow threads the server starts with, so that the ratios
     # measure serving and not thread settings (devtools.threads_bench compares those).
     configure_threads(served.intra_op_threads, served.inter_op_threads)
-    raw_model = RawModel(target, config)
+    raw_model = RawModel(target, config, served.freeze_graph)
     raw = raw_floor(raw_model, args.step_seconds,
                     served.batching.workers if served.batching.enabled else 1)
+    raw["frozen"] = raw_model.frozen
+    if raw_model.frozen:
+        raw["as_loaded"] = as_loaded(target, config, (raw["best_batch_size"],
+                                                      raw["best_callers"]), args.step_seconds)
     decode = decoding(target.image, config.input, args.step_seconds)
     decode_matrix = decoding_matrix(matrix, config.input, args.step_seconds / 5)
     over = over_grpc(target, matrix, args.step_seconds, server_args, raw_model, raw,
@@ -637,8 +657,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report_lines(result: dict[str, Any]) -> list[str]:
     """The figures the README quotes, as a short table."""
     raw, served, peer = result["raw"], result["grpc"], result["naive_peer"]
-    lines = [f"raw: single {raw['single_image']['p50_ms']:.1f} ms, best batch "
+    lines = [f"raw{' (frozen)' if raw.get('frozen') else ''}: single "
+             f"{raw['single_image']['p50_ms']:.1f} ms, best batch "
              f"{raw['best_images_per_s']:.1f} img/s (batch {raw['best_setup']})",
+             *as_loaded_lines(raw),
              f"Classify: p50 c=1 {served['1']['p50_ms']:.1f} ms; calls/s c=8 "
              f"{served['8']['calls_per_s']:.1f}, c=32 {served['32']['calls_per_s']:.1f}",
              *paired_lines(served["paired"]),
@@ -658,6 +680,16 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     lines.extend(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
                  for key, value in result["ratios"].items())
     return lines
+
+
+def as_loaded_lines(raw: dict[str, Any]) -> list[str]:
+    if "as_loaded" not in raw:
+        return []
+    loaded = raw["as_loaded"]
+    return [f"raw as loaded (variables): single {loaded['single_image']['p50_ms']:.1f} ms, "
+            f"batch {raw['best_setup']} {loaded['best_setup_images_per_s']:.1f} img/s "
+            f"({loaded['best_setup_cpu_ms_per_image']:.1f} CPU ms/image, frozen "
+            f"{raw['batch_cpu_ms_per_image'][raw['best_setup']]:.1f})"]
 
 
 def paired_lines(paired: dict[str, Any]) -> list[str]:

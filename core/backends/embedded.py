@@ -110,7 +110,7 @@ class EmbeddedBackend:
                  max_loaded_versions: int = DEFAULT_MAX_LOADED_VERSIONS,
                  settle_s: float = DEFAULT_SETTLE_S,
                  missing_scans_to_unload: int = DEFAULT_MISSING_SCANS_TO_UNLOAD,
-                 warm_up_max_batch: int = 1) -> None:
+                 warm_up_max_batch: int = 1, freeze_graph: bool = True) -> None:
         if max_loaded_versions < 1:
             raise ValueError("max_loaded_versions must be at least 1")
         if missing_scans_to_unload < 1:
@@ -122,6 +122,7 @@ class EmbeddedBackend:
         self._max_loaded = max_loaded_versions
         self._missing_scans_to_unload = missing_scans_to_unload
         self.warm_up_max_batch = warm_up_max_batch  # a version answers once warm at all sizes
+        self.freeze_graph = freeze_graph
         self._missing_scans = 0  # scans in a row that found no model directory
         self._events = events
         self._configured_labels = dict(version_labels or {})
@@ -366,7 +367,8 @@ class EmbeddedBackend:
         logger.info("loading %s version %s from %s", self.model_name, record.number,
                     version_dir.path)
         try:
-            loaded = LoadedVersion.load(version_dir.path, self.warm_up_max_batch)
+            loaded = LoadedVersion.load(version_dir.path, self.warm_up_max_batch,
+                                        self.freeze_graph)
         except InternalError as exc:
             with self._lock:
                 record.state, record.error = VersionState.END, load_failure(exc.reason)

@@ -35,7 +35,8 @@ def open_backend(settings: ServingSettings, events: EventSink | None = None,
         embedded = EmbeddedBackend(settings.model_base, settings.model_name,
                                    settings.poll_interval_s, dict(settings.version_labels),
                                    events=events,
-                                   warm_up_max_batch=settings.warm_up_max_batch or largest_batch)
+                                   warm_up_max_batch=settings.warm_up_max_batch or largest_batch,
+                                   freeze_graph=settings.freeze_graph)
         embedded.start(block=block)
         return embedded
     raise ValueError(f"unknown backend {settings.backend!r}: embedded or tfserving")

@@ -14,7 +14,7 @@ import ctypes.util
 import gc
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -77,23 +77,32 @@ class LoadedVersion:
     """A version's signatures, ready to predict. Thread-safe: TF concrete functions may be called
     from many threads at once."""
 
-    def __init__(self, saved_model: Any, config: ModelConfig) -> None:
+    def __init__(self, saved_model: Any, config: ModelConfig, freeze: bool = True) -> None:
         self._saved_model = saved_model  # keeps the variables the signatures capture alive
-        self._serve = saved_model.signatures[SERVING_SIGNATURE]
+        signature = saved_model.signatures[SERVING_SIGNATURE]
+        self._serve = freeze_serving(signature, config) if freeze else signature
         self._explain = saved_model.signatures.get(EXPLAIN_SIGNATURE)
         self.config = config
 
+    @property
+    def frozen(self) -> bool:
+        """Whether predict runs the serving graph with its variables folded into constants."""
+        return isinstance(self._serve, FrozenSignature)
+
     @classmethod
-    def load(cls, version_dir: Path, warm_up_max_batch: int = 1) -> LoadedVersion:
-        """Load, check and warm up `version_dir` (every batch size up to `warm_up_max_batch`);
-        raise InternalError if it breaks the contract."""
+    def load(cls, version_dir: Path, warm_up_max_batch: int = 1,
+             freeze: bool = True) -> LoadedVersion:
+        """Load, check, freeze (unless `freeze` is false) and warm up `version_dir` (every batch
+        size up to `warm_up_max_batch`); raise InternalError if it breaks the contract."""
         try:
             import tensorflow as tf
 
             saved_model = tf.saved_model.load(str(version_dir))
             config = read_config(saved_model)
             check_config(version_dir, saved_model, config)
-            loaded = cls(saved_model, config)
+            loaded = cls(saved_model, config, freeze)
+            if freeze:
+                reclaim_memory()  # the conversion's garbage: ~240 MB on the released version
             loaded.warm_up(warm_up_max_batch)
             return loaded
         except DermserveError as exc:
@@ -155,6 +164,70 @@ class LoadedVersion:
             if heatmap.ndim != 3 or heatmap.shape[0] != 1:
                 raise InternalError(f"explain returned a heatmap of shape {heatmap.shape}, "
                                     "expected (1, h, w)", "BAD_MODEL_SIGNATURE")
+
+
+class FrozenSignature:
+    """The serving signature with its variables folded into constants: called and answering like
+    the signature (keyword `image`, a dict of outputs). Thread-safe, as concrete functions are."""
+
+    def __init__(self, frozen: Any, output_structure: Any) -> None:
+        self._frozen = frozen
+        self._output_structure = output_structure
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        import tensorflow as tf
+
+        flat = self._frozen(inputs[IMAGE_INPUT])
+        return cast(dict[str, Any], tf.nest.pack_sequence_as(self._output_structure, flat))
+
+
+def freeze_serving(signature: Any, config: ModelConfig) -> Any:
+    """`signature` with its variables folded into constants, or `signature` itself when that
+    fails or answers differently (logged). With weights as constants, TensorFlow's graph
+    optimiser folds each batch normalisation into its convolution and fuses bias and
+    activation into it (oneDNN), which it cannot do to variables: `make bench` measures both
+    (`raw.as_loaded` beside the frozen sweep; README, "Freezing the graph"). It also skips the
+    Python walk over every captured variable (795 on the released ensemble) that a loaded
+    signature makes per call. TF Serving runs the SavedModel's variables as they are."""
+    import tensorflow as tf
+
+    try:
+        # Not in TensorFlow's public API, but the converter its own tools (TFLite) rely on.
+        from tensorflow.python.framework.convert_to_constants import (
+            convert_variables_to_constants_v2,
+        )
+
+        spec = signature.structured_input_signature[1][IMAGE_INPUT]
+        traced = tf.function(lambda image: signature(**{IMAGE_INPUT: image}),
+                             input_signature=[tf.TensorSpec(spec.shape, spec.dtype)])
+        concrete = traced.get_concrete_function()
+        frozen = FrozenSignature(convert_variables_to_constants_v2(concrete),
+                                 concrete.structured_outputs)
+        check_same_answers(signature, frozen, config)
+    except Exception as exc:  # noqa: BLE001 - TF raises anything; the signature still serves
+        logger.warning("serving the version's variables as they are: cannot freeze its graph "
+                       "(%s: %s)", type(exc).__name__, exc)
+        return signature
+    return frozen
+
+
+FREEZE_CHECK_IMAGES = 2  # images; two, so that a batch dimension mix-up shows
+FREEZE_CHECK_TOLERANCE = 1e-4  # absolute, on probabilities and OOD scores; float32 reordering
+
+
+def check_same_answers(signature: Any, frozen: FrozenSignature, config: ModelConfig) -> None:
+    """Raise ValueError unless `frozen` answers like `signature` on fixed noise images."""
+    import tensorflow as tf
+
+    spec = config.input
+    noise = np.random.default_rng(0).integers(
+        0, 256, (FREEZE_CHECK_IMAGES, spec.height, spec.width, 3), np.uint8)
+    images = tf.constant(noise)
+    expected, got = signature(**{IMAGE_INPUT: images}), frozen(**{IMAGE_INPUT: images})
+    for name in (PROBABILITIES_OUTPUT, OOD_OUTPUT):
+        difference = float(np.max(np.abs(np.asarray(expected[name]) - np.asarray(got[name]))))
+        if not difference <= FREEZE_CHECK_TOLERANCE:
+            raise ValueError(f"the frozen graph's {name} differs by {difference:.2g}")
 
 
 def read_config(saved_model: Any) -> ModelConfig:

@@ -271,8 +271,8 @@ def test_a_model_directory_gone_for_several_scans_unloads(make_backend: MakeBack
 class SizeRecordingVersion(LoadedVersion):
     """A real loaded version that notes the batch size of every predict it runs."""
 
-    def __init__(self, saved_model: object, config: ModelConfig) -> None:
-        super().__init__(saved_model, config)
+    def __init__(self, saved_model: object, config: ModelConfig, freeze: bool = True) -> None:
+        super().__init__(saved_model, config, freeze)
         self.sizes: list[int] = []
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
