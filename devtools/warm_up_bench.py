@@ -1,7 +1,8 @@
 """`python -m devtools.warm_up_bench`: what warming a version up at every batch size costs and
 buys, in one process on one version (a line of `make bench`). Prints and writes JSON.
 
-    load:      LoadedVersion.load with the one-image warm-up: seconds and RSS after;
+    load:      LoadedVersion.load with the one-image warm-up (the graph frozen, as the embedded
+               backend loads it, unless --no-freeze-graph): seconds and RSS after;
     warm-up:   the warm-up at every size from --max-batch down to 1 (what the front does at load
                with its default --batch-max-size): seconds and RSS after the largest batch and
                after them all;
@@ -44,8 +45,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "version_dir": str(target.version_dir),
                               "max_batch": args.max_batch, "rss_mib_at_start": rss_mib()}
     started = time.perf_counter()
-    version = LoadedVersion.load(target.version_dir)
-    report["load"] = {"seconds": time.perf_counter() - started, "rss_mib": rss_mib()}
+    version = LoadedVersion.load(target.version_dir, freeze=args.freeze_graph)
+    report["load"] = {"seconds": time.perf_counter() - started, "rss_mib": rss_mib(),
+                      "frozen": version.frozen}
     spec = version.config.input
 
     def batch(size: int) -> np.ndarray:
@@ -76,6 +78,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add_target_arguments(parser, image_help="unused (blank images are sent)")
     parser.add_argument("--max-batch", type=int, default=defaults.DEFAULT_BATCH_MAX_SIZE,
                         help="largest batch size (default: the front's --batch-max-size)")
+    parser.add_argument("--freeze-graph", action=argparse.BooleanOptionalAction,
+                        default=defaults.DEFAULT_FREEZE_GRAPH,
+                        help="load the version as the embedded backend does by default: its "
+                             "variables folded into constants (--no-freeze-graph: as stored)")
     return parser.parse_args(list(argv))
 
 
