@@ -42,7 +42,8 @@ def test_a_short_soak_keeps_its_invariants(tmp_path: Path, model_base: Path) -> 
     assert set(outside["Classify"]) == {"OK"}
     assert calls["ClassifyStream"].get("OK", 0) > 0
     assert calls["ListModels"].get("OK", 0) > 0
-    published = str(report["chaos"][0]["detail"]["version"])
+    publish = next(event for event in report["chaos"] if event["name"] == "publish_version")
+    published = str(publish["detail"]["version"])
     assert published in report["unary"]["answered_by_version"]  # the new version served
     assert {"front", "worker", "redis", "launcher", "soak"} <= report["rss_mb"].keys()
     assert json.loads(path.read_text())["targets"] == report["targets"]
