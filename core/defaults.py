@@ -49,8 +49,11 @@ throughput from two callers in the same run."""
 DEFAULT_FREEZE_GRAPH = True
 """embedded: fold a version's variables into constants when it loads (core/backends/savedmodel.py
 `freeze_serving`), so TensorFlow fuses each batch normalisation, bias and activation into its
-convolution. It costs a few seconds per load and keeps a second copy of the weights in memory;
-a version whose frozen graph answers differently is served as it is."""
+convolution: on the released version 0.4x the CPU per image (bench-results/
+bench-20261202T181901Z.json, `raw.as_loaded`). It costs a few seconds per load and about 100 MB
+per loaded version once warm (`python -m devtools.warm_up_bench --no-freeze-graph`:
+warmup-20261202T184749Z.json against warmup-20261202T184818Z.json); a version whose frozen graph
+answers differently is served as it is."""
 
 DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""

@@ -4,10 +4,11 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input,
    run as the server runs it (`served_settings`: its TensorFlow threads, and its graph frozen
-   unless `--freeze-graph=false`): median single-image latency, and images/s (and CPU ms per
-   image) for a few batch sizes from one caller and for the best of them from as many callers
-   as the server has batch dispatchers; the best batch throughput is the floor. The signature
-   as TensorFlow's loader gives it (variables, not constants) is measured once beside it;
+   unless `--server-arg=--freeze-graph=false`): median single-image latency, and images/s (and
+   CPU ms per image) for a few batch sizes from one caller and for the best of them from as
+   many callers as the server has batch dispatchers; the best batch throughput is the floor.
+   The signature as TensorFlow's loader gives it (variables, not constants) is measured once
+   beside it;
 2. decoding, for a matrix of inputs generated from the benchmark image (a 200x150 HAM10000
    image, a 600x450 and a 1024x768 dermatoscope frame, a 4032x3024 phone photo, a 600x450 PNG):
    bytes, and the median cost of validation + decoding + preprocessing at full scale (what

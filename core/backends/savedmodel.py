@@ -103,7 +103,7 @@ class LoadedVersion:
             check_config(version_dir, saved_model, config)
             loaded = cls(saved_model, config, freeze)
             if freeze:
-                reclaim_memory()  # the conversion's garbage: ~240 MB on the released version
+                reclaim_memory()  # the conversion's intermediate graphs, before the warm-up
             loaded.warm_up(warm_up_max_batch)
             return loaded
         except DermserveError as exc:
