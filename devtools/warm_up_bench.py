@@ -7,7 +7,10 @@ buys, in one process on one version (a line of `make bench`). Prints and writes 
                with its default --batch-max-size): seconds and RSS after the largest batch and
                after them all;
     in use:    every size again, twice, as a server meets them under load: the RSS each pass
-               adds once the warm-up has run (the growth a soak would see).
+               adds once the warm-up has run (the growth a soak would see);
+    swaps:     with --swaps N, N hot swaps as the embedded backend makes them (a successor
+               loaded beside the version, then the old one dropped and its memory reclaimed):
+               RSS with both loaded and after each unload.
 
 RSS is this process's resident set (/proc/self/statm). TensorFlow keeps buffers and kernels per
 input shape, so without the warm-up the "in use" growth happens while serving instead.
@@ -21,6 +24,7 @@ import resource
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -69,7 +73,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report["in_use_growth_mib_per_pass"] = passes
     report["warm_up"]["growth_mib"] = (report["warm_up"]["rss_mib_after_every_size"]
                                        - report["load"]["rss_mib"])
+    serving = [version]  # the only reference, so that a swap can drop it
+    del version
+    report["swaps"] = hot_swaps(serving, target.version_dir, args)
     return report
+
+
+def hot_swaps(serving: list[Any], version_dir: Path,
+              args: argparse.Namespace) -> list[dict[str, float]]:
+    """`--swaps` hot swaps as the embedded backend makes them: a successor loaded and warmed up
+    beside `serving[0]`, then the old one dropped and its memory reclaimed. RSS with both loaded
+    and after each unload: what a front keeps from every release it serves."""
+    from core.backends.savedmodel import LoadedVersion, reclaim_memory
+
+    swaps = []
+    for _ in range(args.swaps):
+        successor = LoadedVersion.load(version_dir, args.max_batch, args.freeze_graph)
+        both = rss_mib()
+        serving[0] = successor
+        del successor
+        reclaim_memory()
+        swaps.append({"rss_mib_both_loaded": both, "rss_mib_after_unload": rss_mib()})
+    return swaps
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -78,6 +103,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     add_target_arguments(parser, image_help="unused (blank images are sent)")
     parser.add_argument("--max-batch", type=int, default=defaults.DEFAULT_BATCH_MAX_SIZE,
                         help="largest batch size (default: the front's --batch-max-size)")
+    parser.add_argument("--swaps", type=int, default=0,
+                        help="hot swaps to make after the warm-up (a successor loaded beside "
+                             "the version, then the old one dropped), with RSS after each")
     parser.add_argument("--freeze-graph", action=argparse.BooleanOptionalAction,
                         default=defaults.DEFAULT_FREEZE_GRAPH,
                         help="load the version as the embedded backend does by default: its "
