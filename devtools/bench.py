@@ -57,9 +57,9 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from core.backends.savedmodel import configure_threads, freeze_serving
+from core.backends.savedmodel import FrozenSignature, configure_threads, serving_function
 from core.backends.version_dirs import scan_versions
-from core.model_config import SERVING_SIGNATURE, InputSpec, ModelConfig
+from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
 from devtools.health import wait_until_ready
@@ -133,9 +133,8 @@ class RawModel:
 
         self._tf = tf
         self._saved_model = tf.saved_model.load(str(target.version_dir))
-        signature = self._saved_model.signatures[SERVING_SIGNATURE]
-        self._serve = freeze_serving(signature, config) if frozen else signature
-        self.frozen = frozen and self._serve is not signature
+        self._serve = serving_function(self._saved_model, config, frozen)
+        self.frozen = isinstance(self._serve, FrozenSignature)
         self._one = decode_for_model(target.image, ImageLimits(), config.input)
 
     def single(self, seconds: float) -> list[float]:

@@ -80,8 +80,7 @@ class LoadedVersion:
 
     def __init__(self, saved_model: Any, config: ModelConfig, freeze: bool = True) -> None:
         self._saved_model = saved_model  # keeps the variables the signatures capture alive
-        signature = saved_model.signatures[SERVING_SIGNATURE]
-        self._serve = freeze_serving(signature, config) if freeze else signature
+        self._serve = serving_function(saved_model, config, freeze)
         self._explain = saved_model.signatures.get(EXPLAIN_SIGNATURE)
         self.config = config
 
@@ -181,6 +180,13 @@ class FrozenSignature:
 
         flat = self._call_flat(inputs[IMAGE_INPUT])
         return cast(dict[str, Any], tf.nest.pack_sequence_as(self._output_structure, flat))
+
+
+def serving_function(saved_model: Any, config: ModelConfig, freeze: bool) -> Any:
+    """What predict calls: the loaded SavedModel's serving signature, frozen when `freeze` is
+    true and freezing works (`freeze_serving`)."""
+    signature = saved_model.signatures[SERVING_SIGNATURE]
+    return freeze_serving(signature, config) if freeze else signature
 
 
 def freeze_serving(signature: Any, config: ModelConfig) -> Any:
