@@ -23,10 +23,14 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
 4. the naive peer (devtools/naive_peer.py, a reference, not product code: an HTTP handler that
    calls the Keras model's `predict` per request, no batching, TensorFlow's default threads)
    at concurrency 1, 8 and 32 with the benchmark image, and at 8 with the phone photo;
-5. ratios against the targets (issue 13), each the median over the paired rounds: p50 at
+5. the gRPC floor (devtools/grpc_floor.py, a reference, not product code: a Classify that
+   answers a canned response at once) at concurrency 1 and 32: the round trip and the CPU per
+   call of Python gRPC alone, which any front written on it pays;
+6. ratios against the targets (issue 13), each the median over the paired rounds: p50 at
    concurrency 1 <= 1.10 x (raw single + decoding); throughput at 32 >= 0.90 x the raw best
    batch throughput; and dermserve's throughput at 8 and 32 >= 5 x the peer's, with a lower p50.
-   The same two ratios from the sweep's figures (unpaired) are reported beside them.
+   The same two ratios from the sweep's figures (unpaired) are reported beside them, and the
+   ceilings the floor leaves each of the first two (`ceilings`).
 Each main step and each paired window runs for `--step-seconds` (default 10) after a short
 warm-up; the matrix steps for half of it. A run takes about seven minutes. Server, clients and peer
 share the machine's cores, as they would on one pod, so compare ratios within one run.
@@ -62,6 +66,7 @@ from core.backends.version_dirs import scan_versions
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import decode_for_model, to_model_input
 from core.validation import ImageLimits, decode_image
+from devtools import grpc_floor
 from devtools.health import wait_until_ready
 from devtools.naive_peer import PATH as PEER_PATH
 from devtools.ports import free_port
@@ -75,6 +80,7 @@ WARM_UP_CALLS = 5  # calls before each measurement, so graph set-up is not measu
 PAIRED_ROUNDS = 4  # rounds of raw and served windows side by side (`paired_rounds`): an even
 # number, so the ABBA order balances, and enough for a median that one slow moment cannot move
 SERVER_START_TIMEOUT_S = 120.0  # seconds; TensorFlow's import alone takes 5-10 s here
+FLOOR_START_TIMEOUT_S = 60.0  # seconds; the floor imports grpc and the stubs, nothing more
 PEER_START_TIMEOUT_S = 300.0  # seconds; Keras traces `predict` on the first call, slowly
 CALL_TIMEOUT_S = 120.0  # seconds per call; a phone photo at c=8 on a loaded machine takes ~2 s
 P50_TARGET = 1.10  # p50 at concurrency 1 over raw single-image latency plus decoding, at most
@@ -545,9 +551,48 @@ def naive_peer_or_error(target: Target, phone_photo: bytes,
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-# --- 5. ratios -----------------------------------------------------------------------------------
+# --- 5. the gRPC floor ---------------------------------------------------------------------------
+def grpc_floor_steps(target: Target, seconds: float) -> dict[str, Any]:
+    """The floor at concurrency 1 and 32, with the benchmark image, as Classify is driven."""
+    port = free_port()
+    floor = subprocess.Popen([sys.executable, "-m", grpc_floor.__name__, "--port", str(port)])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=FLOOR_START_TIMEOUT_S)
+            clients = partial(grpc_client, channel, target.image, target.version)
+            return {str(c): drive(clients, c, seconds, ServerProbe(floor.pid))
+                    for c in (1, 32)}
+    finally:
+        floor.terminate()
+        floor.wait(30)
+
+
+def floor_or_error(target: Target, seconds: float) -> dict[str, Any]:
+    """The floor's figures, or why there are none: it must not cost the whole run."""
+    try:
+        return grpc_floor_steps(target, seconds)
+    except (OSError, grpc.FutureTimeoutError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def ceilings(raw: dict[str, Any], decode: dict[str, Any], rounds: Sequence[dict[str, Any]],
+             floor: dict[str, Any]) -> dict[str, Any]:
+    """The best the two served ratios could be on this machine if a front added nothing to the
+    floor but decoding: at concurrency 1, the floor's round trip on top of the raw single image
+    and decoding; at 32, the raw model's CPU per image over that plus decoding and the floor's
+    CPU per call (server and clients), with the cores as busy as under the raw model."""
+    single = statistics.median(r["raw_single_p50_ms"] for r in rounds)
+    decode_ms = decode["draft_decode"]["mean_ms"]
+    model_cpu = raw["batch_cpu_ms_per_image"][raw["best_setup"]]
+    per_call = floor["32"]["server_cpu_ms_per_call"] + floor["32"]["client_cpu_ms_per_call"]
+    return {"p50_c1_over_raw_single_plus_decode":
+            1.0 + floor["1"]["p50_ms"] / (single + decode["draft_decode"]["p50_ms"]),
+            "throughput_c32_over_raw_best_batch": model_cpu / (model_cpu + decode_ms + per_call)}
+
+
+# --- 6. ratios -----------------------------------------------------------------------------------
 def ratios(raw: dict[str, Any], decode: dict[str, Any], served: dict[str, Any],
-           peer: dict[str, Any] | None) -> dict[str, Any]:
+           peer: dict[str, Any] | None, floor: dict[str, Any] | None = None) -> dict[str, Any]:
     """The targets, judged on the paired rounds (medians over rounds); the same ratios from the
     sweep's figures, measured minutes apart from the served ones, are reported beside them."""
     rounds = served["paired"]["rounds"]
@@ -563,6 +608,8 @@ def ratios(raw: dict[str, Any], decode: dict[str, Any], served: dict[str, Any],
         "unpaired_p50_c1_over_sweep_single_plus_decode": served["1"]["p50_ms"] / floor_single,
         "unpaired_throughput_c32_over_sweep_best_batch":
             served["32"]["calls_per_s"] / raw["best_images_per_s"]}
+    if floor is not None and "error" not in floor:
+        result["ceilings"] = ceilings(raw, decode, rounds, floor)
     if peer is not None and "error" not in peer:
         result.update(peer_ratios(served, peer))
         # The most any server of this model could reach on this machine is the model's own
@@ -639,6 +686,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      decode["draft_decode"]["p50_ms"])
     peer = None if args.no_peer else naive_peer_or_error(target, matrix[PHONE_PHOTO],
                                                           args.step_seconds)
+    floor = floor_or_error(target, args.step_seconds)
     return {"model": {"base": str(target.model_base), "name": target.model_name,
                       "version": target.version, "description": config.description,
                       "input": [config.input.height, config.input.width]},
@@ -651,7 +699,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "raw_tensorflow_threads": {"intra_op": served.intra_op_threads,
                                        "inter_op": served.inter_op_threads},
             "raw": raw, "decode": decode, "decode_matrix": decode_matrix, "grpc": over,
-            "naive_peer": peer, "ratios": ratios(raw, decode, over, peer)}
+            "naive_peer": peer, "grpc_floor": floor,
+            "ratios": ratios(raw, decode, over, peer, floor)}
 
 
 def report_lines(result: dict[str, Any]) -> list[str]:
@@ -677,9 +726,23 @@ def report_lines(result: dict[str, Any]) -> list[str]:
     elif peer is not None:
         lines.append(f"naive peer: p50 c=1 {peer['1']['p50_ms']:.1f} ms; calls/s c=8 "
                      f"{peer['8']['calls_per_s']:.1f}, c=32 {peer['32']['calls_per_s']:.1f}")
+    lines.extend(floor_lines(result.get("grpc_floor")))
     lines.extend(f"{key}: {value:.3f}" if isinstance(value, float) else f"{key}: {value}"
-                 for key, value in result["ratios"].items())
+                 for key, value in result["ratios"].items() if key != "ceilings")
+    lines.extend(f"ceiling {key}: {value:.3f}"
+                 for key, value in result["ratios"].get("ceilings", {}).items())
     return lines
+
+
+def floor_lines(floor: dict[str, Any] | None) -> list[str]:
+    if floor is None:
+        return []
+    if "error" in floor:
+        return [f"gRPC floor: failed ({floor['error']})"]
+    return [f"gRPC floor: p50 c=1 {floor['1']['p50_ms']:.2f} ms; c=32 "
+            f"{floor['32']['calls_per_s']:.0f} calls/s, CPU per call server "
+            f"{floor['32']['server_cpu_ms_per_call']:.2f} ms, clients "
+            f"{floor['32']['client_cpu_ms_per_call']:.2f} ms"]
 
 
 def as_loaded_lines(raw: dict[str, Any]) -> list[str]:

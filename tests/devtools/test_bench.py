@@ -11,11 +11,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
 
-from devtools import bench
+from core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from devtools import bench, grpc_floor
 from devtools.naive_peer import PeerServer, handler_for
 
 INPUT_SIZE = (32, 24)  # width, height of the fake model's input
@@ -95,7 +98,7 @@ def paired_round(raw_single_ms: float, served_ms: float, raw_batch: float,
                  served_calls_per_s: float, decode_ms: float = 2.0) -> dict[str, float]:
     return {"p50_c1_over_raw_single_plus_decode": served_ms / (raw_single_ms + decode_ms),
             "throughput_c32_over_raw_best_batch": served_calls_per_s / raw_batch,
-            "raw_batch_images_per_s": raw_batch}
+            "raw_batch_images_per_s": raw_batch, "raw_single_p50_ms": raw_single_ms}
 
 
 def test_the_ratios_cover_every_target_and_are_judged_on_the_paired_rounds() -> None:
@@ -214,3 +217,35 @@ def test_the_sweep_times_its_best_batch_size_from_every_dispatcher_and_picks_the
     assert (sweep["best_batch_size"], sweep["best_callers"]) == (8, 3)
     assert sweep["best_images_per_s"] == 35.0
     assert "8x3" not in bench.raw_floor(Raw(), 1.0, dispatchers=1)["batch_images_per_s"]  # type: ignore[arg-type]
+
+
+def test_the_grpc_floor_answers_classify_with_an_answer_of_real_size() -> None:
+    server, port = grpc_floor.create_server("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            answer = bench.grpc_client(channel, jpeg((64, 48)), 1)()
+    finally:
+        server.stop(None)
+    assert isinstance(answer, pb.ClassifyResponse)
+    assert [item.label for item in answer.probabilities] == list(HAM10000_DISPLAY_NAMES)
+    assert answer.model.version == 1
+
+
+def test_the_ceilings_add_only_the_floor_and_decoding_to_the_raw_model() -> None:
+    raw = {"single_image": step(20.0, 0.0), "best_images_per_s": 60.0, "best_setup": "8x2",
+           "batch_cpu_ms_per_image": {"8": 16.0, "8x2": 15.0}}
+    decode = {"draft_decode": {**step(2.0, 0.0), "mean_ms": 2.5}}
+    rounds = [paired_round(30.0, 34.0, 50.0, 46.0), paired_round(40.0, 50.0, 40.0, 30.0),
+              paired_round(31.0, 33.0, 48.0, 47.0)]
+    served = {"1": step(34.0, 29.0), "32": step(700.0, 46.0), "paired": {"rounds": rounds}}
+    floor = {"1": step(0.8, 1000.0),
+             "32": {**step(5.0, 3000.0), "server_cpu_ms_per_call": 0.3,
+                    "client_cpu_ms_per_call": 0.2}}
+    ceilings = bench.ratios(raw, decode, served, None, floor)["ceilings"]
+    # p50: the floor's round trip over the median round's raw single (31 ms) plus decoding
+    assert ceilings["p50_c1_over_raw_single_plus_decode"] == pytest.approx(1 + 0.8 / 33.0)
+    # throughput: the best setup's CPU per image over it plus decoding and the floor's CPU
+    assert ceilings["throughput_c32_over_raw_best_batch"] == pytest.approx(15.0 / 18.0)
+    failed = bench.ratios(raw, decode, served, None, {"error": "OSError: no port"})
+    assert "ceilings" not in failed
