@@ -32,7 +32,7 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
    The same two ratios from the sweep's figures (unpaired) are reported beside them, and the
    ceilings the floor leaves each of the first two (`ceilings`).
 Each main step and each paired window runs for `--step-seconds` (default 10) after a short
-warm-up; the matrix steps for half of it. A run takes about seven minutes. Server, clients and peer
+warm-up; the matrix steps for half of it. A run takes about eight minutes. Server, clients and peer
 share the machine's cores, as they would on one pod, so compare ratios within one run.
 """
 
