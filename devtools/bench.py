@@ -309,6 +309,29 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of process `pid`'s live threads, summed by thread name (Linux
+    /proc; {} elsewhere): TensorFlow names its pools (tf_Compute), gRPC its event engine, and
+    every Python thread is "python". A thread that ends takes its seconds with it."""
+    spent: dict[str, float] = {}
+    try:
+        threads = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return spent
+    for thread in threads:
+        try:
+            name = (thread / "comm").read_text().strip()
+            fields = (thread / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended between the listing and the read
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        spent[name] = spent.get(name, 0.0) + seconds
+    return spent
+
+
+THREAD_CPU_PREFIX = "cpu_s:"  # counters of one thread name's CPU seconds: "cpu_s:tf_Compute"
+
+
 SERVER_TOTALS = {
     "batch_images": "dermserve_batch_size_sum",
     "batch_calls": "dermserve_batch_size_count",
@@ -350,17 +373,25 @@ class ServerProbe:
         cpu = process_cpu_s(self.pid)
         if cpu is not None:
             found["cpu_s"] = cpu
+        for name, seconds in thread_cpu_s(self.pid).items():
+            found[THREAD_CPU_PREFIX + name] = seconds
         return found
 
 
-def server_costs(spent: dict[str, float], calls: int) -> dict[str, float]:
+def server_costs(spent: dict[str, float], calls: int) -> dict[str, Any]:
     """What the server spent per call, from its counters' growth: CPU (unlike calls/s it barely
     moves when other work shares the machine), the mean micro-batch, and the mean milliseconds of
     a Classify inside the server: the whole handler, decoding, and the model call (queueing for
-    its micro-batch included). The client's mean_ms less the handler's is the transport."""
-    costs = {}
+    its micro-batch included). The client's mean_ms less the handler's is the transport.
+    The CPU per call is split by thread name too: TensorFlow's pool against the Python threads."""
+    costs: dict[str, Any] = {}
     if "cpu_s" in spent:
         costs["server_cpu_ms_per_call"] = cpu_ms_per(spent["cpu_s"], calls)
+    by_thread = {key.removeprefix(THREAD_CPU_PREFIX): cpu_ms_per(seconds, calls)
+                 for key, seconds in spent.items()
+                 if key.startswith(THREAD_CPU_PREFIX) and seconds > 0}
+    if by_thread:
+        costs["server_cpu_ms_per_call_by_thread"] = dict(sorted(by_thread.items()))
     if "batch_calls" in spent:
         costs["mean_batch_images"] = spent["batch_images"] / max(spent["batch_calls"], 1.0)
     if spent.get("requests"):
@@ -452,26 +483,27 @@ def over_grpc(target: Target, matrix: dict[str, bytes], seconds: float,
 
 
 def paired_rounds(raw: RawModel, best: tuple[int, int], decode_ms: float,
-                  served: Callable[[int, float], Window], seconds: float) -> dict[str, Any]:
+                  served: Callable[[int, float], Window], seconds: float,
+                  count: int = PAIRED_ROUNDS, first: int = 0) -> dict[str, Any]:
     """The two ratios against the raw model, each served window beside a raw one of the same
     length: this machine's speed drifts by 10-20% over minutes, more than the margins, and a raw
     figure taken minutes before the served one measured the drift as much as the server.
 
-    PAIRED_ROUNDS rounds, in ABBA order (odd rounds reversed) so that a steady drift favours
-    neither side: raw single, served at 1, raw in the sweep's best setup (batch size, callers),
-    served at 32.
+    `count` rounds, in ABBA order (odd rounds reversed, counting from `first`) so that a steady
+    drift favours neither side: raw single, served at 1, raw in the sweep's best setup (batch
+    size, callers), served at 32.
     Each round gives its own two ratios; the run reports their medians. The raw figure in a
     round is a new measurement of the setup the sweep chose, not the sweep's best figure, which
     is the largest of seven noisy ones and so biased upward."""
     rounds: list[dict[str, Any]] = []
     served_1: list[Window] = []
     served_32: list[Window] = []
-    for index in range(PAIRED_ROUNDS):
+    for index in range(first, first + count):
         figures: dict[str, Any] = {}
         steps: list[tuple[str, Callable[[], Any]]] = [
             ("raw_single", lambda: summary(raw.single(seconds))),
             ("served_1", lambda: served(1, seconds)),
-            ("raw_batch", lambda: raw.batch(best[0], seconds, best[1])[0]),
+            ("raw_batch", lambda: raw.batch(best[0], seconds, best[1])),
             ("served_32", lambda: served(32, seconds))]
         for name, take in steps if index % 2 == 0 else reversed(steps):
             figures[name] = take()
@@ -484,10 +516,11 @@ def paired_rounds(raw: RawModel, best: tuple[int, int], decode_ms: float,
             "raw_single_mean_ms": figures["raw_single"]["mean_ms"],
             "served_c1_p50_ms": one["p50_ms"],
             "p50_c1_over_raw_single_plus_decode": one["p50_ms"] / floor_ms,
-            "raw_batch_images_per_s": figures["raw_batch"],
+            "raw_batch_images_per_s": figures["raw_batch"][0],
+            "raw_batch_cpu_ms_per_image": figures["raw_batch"][1],
             "served_c32_calls_per_s": thirty_two["calls_per_s"],
             "throughput_c32_over_raw_best_batch": thirty_two["calls_per_s"]
-            / figures["raw_batch"]})
+            / figures["raw_batch"][0]})
     return {"rounds": rounds, "window_seconds": seconds, "best_batch_size": best[0],
             "best_callers": best[1],
             "decode_ms": decode_ms, "served_1": pooled(served_1), "served_32": pooled(served_32)}
@@ -802,6 +835,13 @@ def write_report(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
+def publish(path: Path, result: dict[str, Any], lines: Sequence[str]) -> None:
+    """Write `result` to `path` as JSON and print its summary `lines` and where it went."""
+    write_report(path, result)
+    print("\n".join(lines))
+    print(f"written to {path}")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m devtools.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -816,9 +856,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     result = run(args)
-    write_report(args.out, result)
-    print("\n".join(report_lines(result)))
-    print(f"written to {args.out}")
+    publish(args.out, result, report_lines(result))
 
 
 if __name__ == "__main__":

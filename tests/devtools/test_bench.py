@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -249,3 +251,23 @@ def test_the_ceilings_add_only_the_floor_and_decoding_to_the_raw_model() -> None
     assert ceilings["throughput_c32_over_raw_best_batch"] == pytest.approx(15.0 / 18.0)
     failed = bench.ratios(raw, decode, served, None, {"error": "OSError: no port"})
     assert "ceilings" not in failed
+
+
+def test_the_server_cpu_is_split_by_thread_name() -> None:
+    spent = {"cpu_s": 2.0, "cpu_s:tf_Compute": 1.5, "cpu_s:python": 0.5, "cpu_s:idle": 0.0}
+    costs = bench.server_costs(spent, 100)
+    assert costs["server_cpu_ms_per_call"] == pytest.approx(20.0)
+    # threads that spent nothing in the window are left out
+    assert costs["server_cpu_ms_per_call_by_thread"] == pytest.approx(
+        {"python": 5.0, "tf_Compute": 15.0})
+
+
+def test_thread_cpu_reads_this_process_and_nothing_for_a_process_that_is_gone() -> None:
+    deadline = time.process_time() + 0.05
+    while time.process_time() < deadline:  # spend some CPU to find
+        pass
+    by_name = bench.thread_cpu_s(os.getpid())
+    total = bench.process_cpu_s(os.getpid())
+    assert total is not None and by_name
+    assert 0.0 < sum(by_name.values()) <= total + 0.05  # clock ticks round each thread
+    assert bench.thread_cpu_s(2 ** 22 + 1) == {}  # above Linux's largest pid
