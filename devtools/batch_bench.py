@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             redis_url=server.url, input_roots=(workdir / "input",),
             batch_output_dir=workdir / "output", model_base=model_base,
             model_name=args.model_name, chunk_size=args.chunk_size,
-            images_per_call=args.images_per_call,
+            images_per_call=args.images_per_call, pipeline_depth=args.pipeline_depth,
             max_images_per_job=max(args.images, 1), worker_metrics_port=0, burst=True)
         backend = open_backend(settings, block=True, largest_batch=args.images_per_call)
         try:
@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": "untrained MobileNetV2 stand-in" if args.stand_in else str(args.model_base),
             "workers": 1,
             "images_per_call": args.images_per_call, "chunk_size": args.chunk_size,
+            "pipeline_depth": args.pipeline_depth,
             "raw_images_per_s": raw, "raw_best_setup": best,
             "raw_images_per_s_by_setup": {setup: figure[0] for setup, figure in raw_all.items()},
             "raw_cpu_ms_per_image_by_setup": {setup: figure[1]
@@ -227,6 +228,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--images-per-call", "--batch-size", type=int,
                         default=defaults.images_per_call)
     parser.add_argument("--chunk-size", type=int, default=defaults.chunk_size)
+    parser.add_argument("--pipeline-depth", type=int, default=defaults.pipeline_depth,
+                        help="classifier calls in flight per chunk (the worker's setting)")
     parser.add_argument("--output", type=Path, help="also write the JSON here")
     return parser.parse_args(list(argv))
 
