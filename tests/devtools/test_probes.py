@@ -167,7 +167,8 @@ def test_between_calls_reports_both_comparisons_on_a_real_model(model_base: Path
                                      str(model_base), "--image", str(image), "--calls", "3"])
     result = between_calls.run(args)
     assert result["model"] == {"name": TINY_MODEL_NAME, "version": 2}
-    for figure in (*result["decode"].values(), *result["model_call"].values()):
-        if isinstance(figure, dict):
-            assert figure["calls"] == 3 and figure["p50_ms"] > 0
-    assert len(between_calls.report_lines(result)) == 2
+    for part in ("decode", "model_call", "model_input"):
+        figures = [figure for figure in result[part].values() if isinstance(figure, dict)]
+        assert len(figures) == 2
+        assert all(figure["calls"] == 3 and figure["p50_ms"] > 0 for figure in figures)
+    assert len(between_calls.report_lines(result)) == 3
