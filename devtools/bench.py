@@ -814,8 +814,10 @@ def cost_lines(raw: dict[str, Any], step: dict[str, Any]) -> list[str]:
     """Where the time goes at concurrency 32, in CPU per image: robust to other work."""
     if "server_cpu_ms_per_call" not in step:
         return []
+    threads = step.get("server_cpu_ms_per_call_by_thread", {})
+    split = "".join(f", {name} {ms:.2f}" for name, ms in threads.items())
     return [f"CPU at c=32: server {step['server_cpu_ms_per_call']:.1f} ms/call (mean batch "
-            f"{step.get('mean_batch_images', float('nan')):.1f}), clients "
+            f"{step.get('mean_batch_images', float('nan')):.1f}{split}), clients "
             f"{step['client_cpu_ms_per_call']:.2f} ms/call; raw best batch "
             f"{raw['batch_cpu_ms_per_image'][raw['best_setup']]:.1f} ms/image"]
 

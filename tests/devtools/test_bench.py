@@ -271,3 +271,14 @@ def test_thread_cpu_reads_this_process_and_nothing_for_a_process_that_is_gone() 
     assert total is not None and by_name
     assert 0.0 < sum(by_name.values()) <= total + 0.05  # clock ticks round each thread
     assert bench.thread_cpu_s(2 ** 22 + 1) == {}  # above Linux's largest pid
+
+
+def test_the_printed_costs_at_32_name_each_threads_share() -> None:
+    raw = {"best_setup": "8x2", "batch_cpu_ms_per_image": {"8x2": 12.5}}
+    step = {"server_cpu_ms_per_call": 14.0, "mean_batch_images": 7.9,
+            "client_cpu_ms_per_call": 0.3,
+            "server_cpu_ms_per_call_by_thread": {"python": 1.4, "tf_Compute": 12.5}}
+    assert bench.cost_lines(raw, step) == [
+        "CPU at c=32: server 14.0 ms/call (mean batch 7.9, python 1.40, tf_Compute 12.50), "
+        "clients 0.30 ms/call; raw best batch 12.5 ms/image"]
+    assert bench.cost_lines(raw, {"calls_per_s": 1.0}) == []
