@@ -13,16 +13,10 @@ calls/s at 32 >= 0.90x the raw best setup), and its CPU per call at 32 split by 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import statistics
-import subprocess
-import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
-
-import grpc
 
 from core import defaults
 from core.backends.savedmodel import configure_threads
@@ -32,7 +26,6 @@ from devtools.bench import (
     SERVER_START_TIMEOUT_S,
     Front,
     RawModel,
-    ServerProbe,
     Target,
     add_target_arguments,
     decoding,
@@ -40,30 +33,12 @@ from devtools.bench import (
     paired_rounds,
     publish,
     running_front,
+    running_reference,
 )
-from devtools.ports import free_port
 
 DEFAULT_ROUNDS = 4  # an even number, so that each server goes first as often
 DEFAULT_SECONDS = 8.0  # per window
 RATIOS = ("p50_c1_over_raw_single_plus_decode", "throughput_c32_over_raw_best_batch")
-
-
-@contextlib.contextmanager
-def running_reference(target: Target) -> Iterator[Front]:
-    """The asyncio reference on a free loopback port, its model loaded, stopped on the way out."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", aio_reference.__name__, "--port", str(port),
-         "--model-base", str(target.model_base), "--model-name", target.model_name],
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            # It loads the model before it listens: ready means ready to classify.
-            grpc.channel_ready_future(channel).result(timeout=SERVER_START_TIMEOUT_S)
-            yield Front(channel, ServerProbe(process.pid))
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def compare(raw: RawModel, decode_ms: float, servers: dict[str, Front], target: Target,
@@ -103,7 +78,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     configure_threads(defaults.DEFAULT_INTRA_OP_THREADS, defaults.DEFAULT_INTER_OP_THREADS)
     raw = RawModel(target, config)
     decode_ms = decoding(target.image, config.input, args.seconds)["draft_decode"]["p50_ms"]
-    with running_front(target, []) as front, running_reference(target) as reference:
+    reference_args = ["--model-base", str(target.model_base), "--model-name", target.model_name]
+    with running_front(target, []) as front, running_reference(
+            aio_reference.__name__, reference_args, SERVER_START_TIMEOUT_S) as reference:
         servers = compare(raw, decode_ms, {"front": front, "aio_reference": reference}, target,
                           args.rounds, args.seconds)
     return {"benchmark": "aio_ab", "model": {"name": target.model_name,

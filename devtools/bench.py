@@ -300,13 +300,19 @@ def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seco
     return pooled([measure(new_client, concurrency, seconds, server)])
 
 
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (Linux /proc); None elsewhere."""
+def stat_cpu_s(stat: Path) -> float | None:
+    """User + system CPU seconds in a /proc `stat` file (a process's or a thread's); None when
+    it cannot be read (not Linux, or the process or thread is gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (Linux /proc); None elsewhere."""
+    return stat_cpu_s(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_s(pid: int) -> dict[str, float]:
@@ -321,11 +327,11 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     for thread in threads:
         try:
             name = (thread / "comm").read_text().strip()
-            fields = (thread / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # the thread ended between the listing and the read
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        spent[name] = spent.get(name, 0.0) + seconds
+        seconds = stat_cpu_s(thread / "stat")
+        if seconds is not None:
+            spent[name] = spent.get(name, 0.0) + seconds
     return spent
 
 
@@ -585,19 +591,27 @@ def naive_peer_or_error(target: Target, phone_photo: bytes,
 
 
 # --- 5. the gRPC floor ---------------------------------------------------------------------------
-def grpc_floor_steps(target: Target, seconds: float) -> dict[str, Any]:
-    """The floor at concurrency 1 and 32, with the benchmark image, as Classify is driven."""
+@contextlib.contextmanager
+def running_reference(module: str, args: Sequence[str], start_timeout_s: float) -> Iterator[Front]:
+    """A reference server (`python -m module --port N args`) on a free loopback port, once it
+    accepts connections (the references listen only when ready), stopped on the way out."""
     port = free_port()
-    floor = subprocess.Popen([sys.executable, "-m", grpc_floor.__name__, "--port", str(port)])
+    server = subprocess.Popen([sys.executable, "-m", module, "--port", str(port), *args],
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=FLOOR_START_TIMEOUT_S)
-            clients = partial(grpc_client, channel, target.image, target.version)
-            return {str(c): drive(clients, c, seconds, ServerProbe(floor.pid))
-                    for c in (1, 32)}
+            grpc.channel_ready_future(channel).result(timeout=start_timeout_s)
+            yield Front(channel, ServerProbe(server.pid))
     finally:
-        floor.terminate()
-        floor.wait(30)
+        server.terminate()
+        server.wait(30)
+
+
+def grpc_floor_steps(target: Target, seconds: float) -> dict[str, Any]:
+    """The floor at concurrency 1 and 32, with the benchmark image, as Classify is driven."""
+    with running_reference(grpc_floor.__name__, [], FLOOR_START_TIMEOUT_S) as floor:
+        clients = partial(grpc_client, floor.channel, target.image, target.version)
+        return {str(c): drive(clients, c, seconds, floor.probe) for c in (1, 32)}
 
 
 def floor_or_error(target: Target, seconds: float) -> dict[str, Any]:
