@@ -86,7 +86,7 @@ run: install proto  ## start the stack on the released model (else the placehold
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
 
-bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify and a 2,000-image batch job; JSON into bench-results/
+bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	$(PY) -m devtools.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
@@ -95,6 +95,9 @@ bench: install proto  ## benchmark the raw model, decoding by input size, Classi
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
+	@# What each of the two latest versions costs a user (Classify p50 at 1, a batch job), side by side.
+	$(PY) -m devtools.version_cost --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
+		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --out $(BENCH_DIR)/version-cost-$$(date -u +%Y%m%dT%H%M%SZ).json
 
 # The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
 WEB_IMAGES ?= $(DATA_DIR)/images
@@ -120,12 +123,15 @@ TRAIN_WORKDIR ?= var/train
 SANITY_DIR ?= ../shared/weights/sanity
 CROPS_DIR ?= ../shared/data/ham10000-crops224
 ISIC_DIR ?= ../shared/data/isic2017
+BCN_DIR ?= ../shared/data/bcn20000-84
 ENSEMBLE_SEEDS ?= 1 2 3
 TRAIN_FLAGS ?=
-# The second rendition and ISIC 2017 (its train split as extra training data, its validation and
-# test as the external check of the report and the promotion gate), when they are there.
+# The second rendition, ISIC 2017 (its train split as extra training data, its validation and
+# test as the first external check) and BCN-84 (the second external check), when they are there;
+# the report and the promotion gate measure both checks.
 DATA_FLAGS = --data-dir $(DATA_DIR) $(if $(wildcard $(CROPS_DIR)/images),--renditions-dir $(CROPS_DIR)) \
-	$(if $(wildcard $(ISIC_DIR)/labels.csv),--extra-train-dir $(ISIC_DIR) --external-dir $(ISIC_DIR))
+	$(if $(wildcard $(ISIC_DIR)/labels.csv),--extra-train-dir $(ISIC_DIR) --external-dir $(ISIC_DIR)) \
+	$(if $(wildcard $(BCN_DIR)/labels.csv),--bcn-dir $(BCN_DIR))
 PUBLISH_FLAGS = --model-base $(MODEL_BASE) $(if $(wildcard $(SANITY_DIR)),--sanity-dir $(SANITY_DIR)) \
 	--weights-dtype float16 --split-seed 1
 
@@ -138,9 +144,9 @@ train: install  ## the release run: one network per ENSEMBLE_SEEDS (resumable, i
 	  $(DATA_FLAGS) $(PUBLISH_FLAGS) --workdir $(TRAIN_WORKDIR)-ensemble $(TRAIN_FLAGS)
 
 EXTERNAL_OUT ?= $(BENCH_DIR)/external-$$(date -u +%Y%m%dT%H%M%SZ).json
-external-check: install  ## measure every version in $(MODEL_BASE) on the ISIC 2017 external check, its own test at 3 scales and in the crops rendition, and its CPU cost (JSON + Markdown table)
+external-check: install  ## measure every version in $(MODEL_BASE) on both external checks (ISIC 2017, BCN-84), its own test at 3 scales, at 84 px and in the crops rendition, and its CPU cost (JSON + Markdown tables)
 	$(PY) -m trainer.external $(foreach v,$(sort $(wildcard $(MODEL_BASE)/ham10000/[0-9]*)),--version-dir $(v) --name "version $(notdir $(v))") \
-	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --out $(EXTERNAL_OUT)
+	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --bcn-dir $(BCN_DIR) --out $(EXTERNAL_OUT)
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
 	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache

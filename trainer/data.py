@@ -311,6 +311,48 @@ def load_labelled_folder(data_dir: Path, splits: Sequence[str],
                    localization="unknown", dx_type=data_dir.name) for row in rows]
 
 
+LESION_LABELS_FILE = "labels.csv"
+OUTSIDE_CLASSES = ("scc",)
+"""Diagnoses a second external check may hold beyond the seven (BCN-84's invasive squamous cell
+carcinomas): kept apart, reported on their own, never in the seven-class figures."""
+
+
+def _age(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def load_lesion_labelled_folder(data_dir: Path,
+                                labels: Sequence[str] = HAM10000_LABELS) -> list[Record]:
+    """Records of an external check with lesion ids and context (BCN-84's `labels.csv`:
+    `image_id,dx,lesion_id,age_approx,sex,anatom_site_general,...`, images in `images/`);
+    `OUTSIDE_CLASSES` rows are kept with their own dx. Only ever measured."""
+    data_dir = Path(data_dir)
+    path = data_dir / LESION_LABELS_FILE
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    unknown = [row.get("dx", "") for row in rows
+               if row.get("dx") not in (*labels, *OUTSIDE_CLASSES)]
+    if unknown:
+        raise DataError(f"{path}: unknown dx code(s) {_offenders(unknown)}")
+    if any(not row.get("lesion_id") for row in rows):
+        raise DataError(f"{path}: rows without a lesion_id")
+    images = index_images(image_folders(data_dir))
+    missing = [row["image_id"] for row in rows if row["image_id"] not in images]
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of {path} missing: {_offenders(missing)}")
+    return [Record(image_id=row["image_id"], lesion_id=row["lesion_id"], dx=row["dx"],
+                   path=images[row["image_id"]], age=_age(row.get("age_approx")),
+                   sex=row.get("sex") or "unknown",
+                   localization=row.get("anatom_site_general") or "unknown",
+                   dx_type=data_dir.name) for row in rows]
+
+
 def with_extra_training(split: Split, extra: Sequence[Record]) -> Split:
     """`split` with `extra` records (another source's) added to its training part only."""
     return replace(split, train=(*split.train, *extra))

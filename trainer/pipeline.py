@@ -325,7 +325,7 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         served = ServedVersion(version_dir)  # loaded once for the sanity images and the checks
         failures = run_sanity(served, decisions, settings)
         report_data["sanity"] = decisions.sanity
-        if settings.external_dir is not None:
+        if external_checked(settings):
             report_data["external_check"] = measure_version(
                 version_dir, external_sources(settings), settings.bootstrap_samples,
                 served=served)
@@ -333,9 +333,10 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
         inputs = report.PlotInputs(**{**plot_inputs.__dict__, "ood_sanity": np.array(
             [r["ood_score"] for r in decisions.sanity])})
         _write_reports(version_dir, settings.workdir, report_data, inputs, config)
-        if settings.external_dir is not None:
-            check_external_gate(model_dir, report_data["external_check"], settings.external_dir,
-                                settings.force)
+        if external_checked(settings):
+            check_external_gate(model_dir, report_data["external_check"],
+                                external_sources(settings), settings.force,
+                                settings.bootstrap_samples)
         if failures and not settings.allow_sanity_failures:
             details = settings.workdir / REPORT_DIR / report.REPORT_MARKDOWN
             raise SanityCheckFailed(
@@ -354,9 +355,15 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
     return version_dir
 
 
+def external_checked(settings: TrainSettings) -> bool:
+    """Whether the run measures an external check (then the external gate applies too)."""
+    return settings.external_dir is not None or settings.bcn_dir is not None
+
+
 def external_sources(settings: TrainSettings) -> Sources:
     assert settings.data_dir is not None
-    return Sources(settings.data_dir, settings.external_dir, settings.renditions_dir)
+    return Sources(settings.data_dir, settings.external_dir, settings.renditions_dir,
+                   settings.bcn_dir)
 
 
 def run_sanity(served: ServedVersion, decisions: Decisions, settings: TrainSettings) -> list[str]:

@@ -37,6 +37,12 @@ EXTERNAL_TARGETS = {
     "nevus_recall_served": (">=", 0.70),
 }
 """Issue 10's targets on the ISIC 2017 external check, at the served operating point."""
+ROUND_TWO_TARGETS = {
+    "external": {"melanoma_auc": (">=", 0.72)},
+    "external_bcn84": {"melanoma_auc": (">=", 0.85), "balanced_accuracy": (">=", 0.40)},
+}
+"""Issue 29's targets on the two external checks (version 3: ISIC 2017 melanoma AUC 0.663;
+BCN-84 0.748 and 0.316)."""
 HEADLINE = ("balanced_accuracy", "macro_f1", "macro_auc", "accuracy", "ece",
             "melanoma_sensitivity", "melanoma_specificity", "melanoma_sensitivity_argmax",
             "melanoma_specificity_argmax")
@@ -82,10 +88,24 @@ def external_target_results(external: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
+def round_two_target_results(check: dict[str, Any]) -> dict[str, Any]:
+    """Issue 29's targets with the measured values (absent checks are left out)."""
+    results: dict[str, Any] = {}
+    for key, targets in ROUND_TWO_TARGETS.items():
+        for name, (op, bound) in targets.items():
+            figure = check.get(key, {}).get(name)
+            if not figure:
+                continue
+            value = figure["value"]
+            results[f"{key}_{name}"] = {"target": f"{op} {bound}", "value": value,
+                                        "met": bool(value >= bound)}
+    return results
+
+
 def _external_section(check: dict[str, Any] | None) -> list[str]:
     """The ISIC 2017 external check and the robustness table (trainer.external)."""
     if not check:
-        return ["Not measured (no --external-dir).", ""]
+        return ["Not measured (no --external-dir, no --bcn-dir).", ""]
     from trainer.external import comparison_markdown
 
     lines: list[str] = []
@@ -106,9 +126,14 @@ def _external_section(check: dict[str, Any] | None) -> list[str]:
                   f"{_fmt(external['recall_served'].get(label))} |"
                   for label, value in external["recall_argmax"].items()]
         lines += ["", *_targets_table(external_target_results(external))]
-    lines += ["Robustness: the own test at three input scales (x0.5, x1, x2 of 200x150) and in "
-              "the 224x224 central-crop rendition of the same images, and the signature's CPU "
-              "cost on this machine:", "", comparison_markdown([{**check, "name": "this version"}])]
+    round_two = round_two_target_results(check)
+    if round_two:
+        lines += ["Issue 29's targets on the two external checks:", "",
+                  *_targets_table(round_two)]
+    lines += ["The two external checks (BCN-84: 95% lesion bootstrap, its scc images apart), the "
+              "own test at three input scales (x0.5, x1, x2 of 200x150), shrunk to 84x84 pixels "
+              "and in the 224x224 central-crop rendition, and the signature's CPU cost on this "
+              "machine:", "", comparison_markdown([{**check, "name": "this version"}])]
     return lines
 
 

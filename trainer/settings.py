@@ -87,6 +87,9 @@ class TrainSettings:
     external_dir: Path | None = setting(
         None, help="ISIC 2017: its validation and test rows are the external check (measured "
                    "for the report and the promotion gate, never trained, tuned or thresholded on)")
+    bcn_dir: Path | None = setting(
+        None, help="BCN-84 (labels.csv with lesion ids, images/): the second external check, "
+                   "measured like --external-dir, never trained, tuned or thresholded on")
     split_seed: int | None = setting(None, help="the lesion split's seed; none: --seed")
     train_only: bool = setting(False, help="stop after training (no evaluation or publishing)")
     workdir: Path = setting(Path("var/train"),

@@ -282,3 +282,20 @@ def test_the_printed_costs_at_32_name_each_threads_share() -> None:
         "CPU at c=32: server 14.0 ms/call (mean batch 7.9, python 1.40, tf_Compute 12.50), "
         "clients 0.30 ms/call; raw best batch 12.5 ms/image"]
     assert bench.cost_lines(raw, {"calls_per_s": 1.0}) == []
+
+
+def test_the_version_cost_serves_each_version_alone_and_reports_both_budgets(
+        model_base: Path, tmp_path: Path) -> None:
+    from devtools import version_cost
+
+    out = tmp_path / "cost.json"
+    assert version_cost.main(["--model-base", str(model_base), "--versions", "1", "2",
+                              "--seconds", "1", "--job-images", "4", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [entry["version"] for entry in report["versions"]] == [1, 2]
+    for entry in report["versions"]:
+        assert entry["classify_c1"]["calls"] > 0 and entry["classify_c1"]["p50_ms"] > 0
+        # the job ran on the version measured, not on the latest of the real model base
+        assert entry["batch_job"]["model_version"] == entry["version"]
+        assert entry["batch_job"]["images_per_s"] > 0
+    assert report["latency_budget_ms"] == 200.0 and report["throughput_budget"] == 10.0

@@ -14,21 +14,27 @@ from PIL import Image
 
 from tests.conftest import TINY_INPUT
 from tests.trainer.conftest import CLASS_COLOURS, write_ham_dataset
+from trainer import metrics as m
 from trainer.data import (
     EXTERNAL_CHECK_SPLITS,
     HAM10000_LABELS,
     base_image_id,
     load_labelled_folder,
+    load_lesion_labelled_folder,
     load_records,
     load_rendition,
     split_by_lesion,
     with_extra_training,
 )
-from trainer.errors import PromotionRefused
+from trainer.errors import DataError, PromotionRefused
 from trainer.external import (
+    Measurer,
+    Sources,
     check_external_gate,
     comparison_markdown,
     external_metrics,
+    measure_checks,
+    outside_calls,
     served_decision,
 )
 
@@ -175,42 +181,147 @@ def test_external_metrics_at_the_served_operating_point() -> None:
     np.testing.assert_array_equal(served, probabilities.argmax(1))
 
 
-def _published(model_dir: Path, version: int, auc: float | None) -> Path:
+def _figure(value: float) -> dict[str, Any]:
+    return {"value": value, "ci95": [value - 0.1, value + 0.1]}
+
+
+def _published(model_dir: Path, version: int, checks: dict[str, Any] | None) -> Path:
     version_dir = model_dir / str(version)
     (version_dir / "assets.extra" / "report").mkdir(parents=True)
     (version_dir / "saved_model.pb").write_bytes(b"")
     report: dict[str, Any] = {}
-    if auc is not None:
-        report["external_check"] = {"external": {"melanoma_auc": {"value": auc}}}
+    if checks is not None:
+        report["external_check"] = checks
     (version_dir / "assets.extra" / "report" / "report.json").write_text(json.dumps(report))
     return version_dir
 
 
-def _candidate(auc: float) -> dict[str, Any]:
-    return {"external": {"melanoma_auc": {"value": auc, "ci95": [auc - 0.1, auc + 0.1]}}}
+def _candidate(auc: float, balanced: float = 0.5, bcn: tuple[float, float] | None = None
+               ) -> dict[str, Any]:
+    checks = {"external": {"melanoma_auc": _figure(auc), "balanced_accuracy": _figure(balanced)}}
+    if bcn is not None:
+        checks["external_bcn84"] = {"melanoma_auc": _figure(bcn[0]),
+                                    "balanced_accuracy": _figure(bcn[1])}
+    return checks
 
 
 def test_the_external_gate_refuses_a_version_worse_abroad(tmp_path: Path) -> None:
     model_dir = tmp_path / "models" / "ham10000"
-    check_external_gate(model_dir, _candidate(0.5), tmp_path)  # nothing published yet: passes
-    _published(model_dir, 1, 0.80)
-    check_external_gate(model_dir, _candidate(0.81), tmp_path)
-    with pytest.raises(PromotionRefused, match="below version 1's 0.8000"):
-        check_external_gate(model_dir, _candidate(0.79), tmp_path)
-    check_external_gate(model_dir, _candidate(0.79), tmp_path, force=True)
+    sources = Sources(tmp_path)
+    check_external_gate(model_dir, _candidate(0.5), sources)  # nothing published yet: passes
+    _published(model_dir, 1, _candidate(0.80, 0.5, bcn=(0.75, 0.32)))
+    check_external_gate(model_dir, _candidate(0.81, 0.5, bcn=(0.80, 0.33)), sources)
+    with pytest.raises(PromotionRefused, match="ISIC 2017 melanoma_auc 0.7900 is below version "
+                                               "1's 0.8000"):
+        check_external_gate(model_dir, _candidate(0.79, 0.5, bcn=(0.80, 0.33)), sources)
+    # better at melanoma on both, worse at the seven classes in Barcelona: refused too
+    with pytest.raises(PromotionRefused, match="BCN-84 balanced_accuracy 0.3000 is below"):
+        check_external_gate(model_dir, _candidate(0.81, 0.5, bcn=(0.80, 0.30)), sources)
+    check_external_gate(model_dir, _candidate(0.79, 0.5, bcn=(0.80, 0.30)), sources, force=True)
 
 
-def test_comparison_table_has_one_row_per_version() -> None:
+def test_the_external_gate_measures_what_the_latest_version_was_published_without(
+        tmp_path: Path) -> None:
+    """Version 3 was published before BCN-84 and before balanced accuracy was a gate figure: the
+    gate measures the latest version on the checks now, through its SavedModel."""
+    from tests.conftest import tiny_config
+    from trainer.export import export_tiny_version
+
+    model_dir = tmp_path / "models" / "ham10000"
+    export_tiny_version(model_dir / "1", tiny_config())
+    bcn = write_bcn_like(tmp_path / "bcn")
+    sources = Sources(tmp_path, bcn_dir=bcn)
+    measured = measure_checks(Measurer(model_dir / "1"), sources, bootstrap=20)
+    latest = measured["external_bcn84"]
+    auc, balanced = latest["melanoma_auc"]["value"], latest["balanced_accuracy"]["value"]
+    candidate = {"external_bcn84": {"melanoma_auc": _figure(auc),
+                                    "balanced_accuracy": _figure(balanced)}}
+    check_external_gate(model_dir, candidate, sources, bootstrap=20)  # level: passes
+    candidate["external_bcn84"]["balanced_accuracy"] = _figure(balanced - 0.01)
+    with pytest.raises(PromotionRefused, match="BCN-84 balanced_accuracy"):
+        check_external_gate(model_dir, candidate, sources, bootstrap=20)
+
+
+BCN_ROWS = [("ISIC_b1", "mel", "BCN_1"), ("ISIC_b2", "mel", "BCN_1"), ("ISIC_b3", "nv", "BCN_2"),
+            ("ISIC_b4", "bkl", "BCN_3"), ("ISIC_b5", "akiec", "BCN_4"),
+            ("ISIC_b6", "scc", "BCN_5"), ("ISIC_b7", "scc", "BCN_6")]
+
+
+def write_bcn_like(root: Path) -> Path:
+    """BCN-84's layout: labels.csv with lesion ids and context, 84x84 JPEGs, scc rows."""
+    (root / "images").mkdir(parents=True)
+    fields = ["image_id", "dx", "isic2019_label", "lesion_id", "age_approx", "sex",
+              "anatom_site_general"]
+    with (root / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for image_id, dx, lesion in BCN_ROWS:
+            colour = CLASS_COLOURS.get(dx, (120, 60, 60))
+            Image.new("RGB", (84, 84), colour).save(root / "images" / f"{image_id}.jpg")
+            writer.writerow({"image_id": image_id, "dx": dx, "isic2019_label": dx.upper(),
+                             "lesion_id": lesion, "age_approx": "55" if dx != "nv" else "",
+                             "sex": "male", "anatom_site_general": "anterior torso"})
+    return root
+
+
+def test_bcn_records_keep_lesions_context_and_the_scc_rows_apart(tmp_path: Path) -> None:
+    records = load_lesion_labelled_folder(write_bcn_like(tmp_path / "bcn"))
+    assert [(r.image_id, r.dx, r.lesion_id) for r in records] == BCN_ROWS
+    assert records[0].age == 55.0 and records[2].age is None
+    assert records[0].sex == "male" and records[0].localization == "anterior torso"
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "labels.csv").write_text("image_id,dx,lesion_id\nx,melanoma,L\n")
+    with pytest.raises(DataError, match="unknown dx code"):
+        load_lesion_labelled_folder(tmp_path / "bad")
+
+
+def test_external_metrics_bootstrap_whole_lesions_and_report_balanced_accuracy() -> None:
+    y = np.array([MEL, MEL, NV, NV, BKL])
+    probabilities = _probabilities([{"mel": 0.6}, {"mel": 0.6}, {"nv": 0.9}, {"mel": 0.7},
+                                    {"bkl": 0.8}])
+    groups = ["L1", "L1", "L2", "L3", "L4"]
+    result = external_metrics(y, probabilities, HAM10000_LABELS, None, bootstrap=200,
+                              groups=groups)
+    assert result["bootstrap_unit"] == "lesion" and result["lesions"] == 4
+    assert result["balanced_accuracy"]["value"] == pytest.approx((1 + 0.5 + 1) / 3)
+    # a resample draws L1's two images together or not at all: melanoma counts are even
+    for index in m.lesion_bootstrap_indices(groups, 50, 0):
+        assert int((y[index] == MEL).sum()) % 2 == 0
+
+
+def test_outside_class_images_are_reported_as_what_they_are_called() -> None:
+    probabilities = _probabilities([{"akiec": 0.9}, {"bcc": 0.8}, {"akiec": 0.6, "mel": 0.3}])
+    calls = outside_calls(probabilities, HAM10000_LABELS, melanoma_threshold=0.25)
+    assert calls["images"] == 3
+    assert calls["called_argmax"]["akiec"] == pytest.approx(2 / 3)
+    assert calls["called_served"]["mel"] == pytest.approx(1 / 3)
+    assert sum(calls["called_argmax"].values()) == pytest.approx(1.0)
+
+
+def test_comparison_tables_have_one_row_per_version_and_check() -> None:
     own = {"balanced_accuracy": 0.7, "macro_auc": 0.9, "ece": 0.03, "melanoma_sensitivity": 0.8}
-    result = {"version_dir": "v", "name": "candidate A", "own_test": own,
-              "robustness": {"primary_x0.5": own, "primary_x1": own, "primary_x2": own},
-              "external": {**_candidate(0.81)["external"], "melanoma_sensitivity": 0.7,
-                           "nevus_specificity": 0.6, "recall_argmax": {"mel": 0.5}},
+    check = {"images": 10, "lesions": 8, "melanoma_sensitivity": 0.7, "nevus_specificity": 0.6,
+             "macro_auc": 0.8, "recall_argmax": {"mel": 0.5}}
+    result = {"version_dir": "v", "name": "candidate A", "labels": ["mel", "nv"],
+              "own_test": own,
+              "robustness": {"primary_x0.5": own, "primary_x1": own, "primary_x2": own,
+                             "primary_84px": {**own, "balanced_accuracy": 0.4}},
+              "external": {**check, **_candidate(0.81)["external"]},
+              "external_bcn84": {**check, **_candidate(0.5, bcn=(0.76, 0.35))["external_bcn84"],
+                                 "outside": {"scc": {"images": 4, "called_argmax": {
+                                     "mel": 0.25, "nv": 0.75}}}},
               "cost": {"single_image_p50_ms": 20.0, "batch_images_per_s": 80.0}}
-    table = comparison_markdown([result, {**result, "name": "candidate B"}])
-    rows = table.strip().splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| candidate A | 0.700 |")
-    assert "0.810 [0.710-0.910]" in rows[3] and rows[3].endswith("| 20.0 | 80.0 |")
+    own_rows, checks_rows, bcn_rows = (part.strip().splitlines() for part in
+                                       comparison_markdown([result, {**result,
+                                                                     "name": "B"}]).split("\n\n"))
+    assert len(own_rows) == 4 and own_rows[2].startswith("| candidate A | 0.700 |")
+    assert own_rows[2].endswith("| 0.400 | 20.0 | 80.0 |")
+    assert len(checks_rows) == 6
+    assert checks_rows[2].startswith("| candidate A | ISIC 2017 | 10 (8) | 0.810 [0.710-0.910] |")
+    assert checks_rows[3].startswith("| candidate A | BCN-84 | 10 (8) | 0.760 [0.660-0.860] | "
+                                     "0.350 [0.250-0.450] |")
+    assert bcn_rows[0] == "| version | BCN-84 recall mel / nv (argmax) | scc called mel / nv |"
+    assert bcn_rows[2] == "| candidate A | 0.500 / - | 0.25 / 0.75 |"
 
 
 # --- seed ensembles --------------------------------------------------------------------------

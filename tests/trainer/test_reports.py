@@ -65,7 +65,7 @@ def test_targets_and_markdown_render_nan_as_na() -> None:
     text = render_markdown(report)
     assert "| balanced_accuracy | 1.0000 | [1.0000, 1.0000] |" in text
     assert "| melanoma_sensitivity | >= 0.8 | n/a | NO |" in text
-    assert "Not measured (no --external-dir)." in text
+    assert "Not measured (no --external-dir, no --bcn-dir)." in text
 
 
 def test_data_report_counts_every_split(ham_dir: Path, tmp_path: Path) -> None:
