@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from core import config
 from core.errors import DermserveError
@@ -41,10 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
     except ValueError as exc:  # a setting out of its range: a usage error, exit 2
         parser.error(str(exc))
+    return run_pipeline(settings)
+
+
+def run_pipeline(settings: TrainSettings, hooks: Any = None) -> int:
+    """Run the pipeline (with `trainer.pipeline.NetworkHooks`, else the default network) and
+    print the published version's directory; a dermserve error is logged, exit status 2."""
     from trainer.pipeline import run
 
     try:
-        version_dir = run(settings)
+        version_dir = run(settings, hooks)
     except DermserveError as exc:
         logging.getLogger("trainer").error("%s", exc)
         return 2

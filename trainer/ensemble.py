@@ -114,9 +114,7 @@ def ensemble_name(workdirs: Sequence[Path], flip_tta: bool, backbone: str) -> st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from core.errors import DermserveError
-    from trainer.cli import LOG_FORMAT, build_parser, settings_from
-    from trainer.pipeline import run
+    from trainer.cli import LOG_FORMAT, build_parser, run_pipeline, settings_from
 
     parser = build_parser()
     parser.prog = "python -m trainer.ensemble"
@@ -131,13 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     settings = dataclasses.replace(settings, weights_path=None)
-    try:
-        version_dir = run(settings, ensemble_hooks(args.member, args.flip_tta, settings.backbone))
-    except DermserveError as exc:
-        logger.error("%s", exc)
-        return 2
-    print(version_dir)
-    return 0
+    return run_pipeline(settings, ensemble_hooks(args.member, args.flip_tta, settings.backbone))
 
 
 if __name__ == "__main__":  # pragma: no cover

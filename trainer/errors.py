@@ -4,7 +4,8 @@
     └── DataError                 the data set is incomplete or inconsistent
     FailedPrecondition
     ├── PromotionRefused          the new version is worse than the current latest one
-    └── SanityCheckFailed         the version does not abstain on a non-skin or noise image
+    ├── SanityCheckFailed         the version does not abstain on a non-skin or noise image
+    └── VersionMismatch           a published version rebuilt as a network does not reproduce it
     InternalError
     └── PublishError              a candidate version failed its load-and-reproduce check
 """
@@ -36,3 +37,10 @@ class PublishError(InternalError):
     """A candidate version failed to load back or to reproduce its recorded predictions."""
 
     default_reason = "PUBLISH_FAILED"
+
+
+class VersionMismatch(FailedPrecondition):
+    """A published version, rebuilt from its stored variables, does not reproduce it (another
+    architecture, head or input size than the settings say)."""
+
+    default_reason = "VERSION_MISMATCH"

@@ -71,12 +71,15 @@ def project_features(features: tf.Tensor, centre: tf.Tensor, projection: tf.Tens
 
 def explainable_network(network: Any) -> Any | None:
     """`network` with its last convolutional feature map(s) as outputs after logits and features
-    (one network: one map; an ensemble: one per member), sharing its variables; None when it
+    (one network: one map; an ensemble or a two-origin network: one per member), sharing its
+    variables; None when it
     has none (then the version is exported without the `explain` signature)."""
     from trainer.ensemble import ensemble_with_feature_maps
     from trainer.network import with_feature_map
+    from trainer.two_origin import two_origin_with_feature_maps
 
-    return with_feature_map(network) or ensemble_with_feature_maps(network)
+    return (with_feature_map(network) or ensemble_with_feature_maps(network)
+            or two_origin_with_feature_maps(network))
 
 
 def grad_cam(feature_maps: list[tf.Tensor], gradients: list[tf.Tensor]) -> tf.Tensor:

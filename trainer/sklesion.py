@@ -9,6 +9,8 @@ Its probabilities follow HAM10000's class priors; `prior-corrected` divides them
 (balanced accuracy rewards that). Its authors trained it on HAM10000 with a split we do not know,
 so **its own-test figures are optimistic**: judge it on the external check.
 
+`trainer.two_origin` builds the combination as one network that the service serves.
+
     python -m trainer.sklesion --model var/sklesion/sklesion/model.keras \\
         --version-dir models/ham10000/3 --data-dir ../shared/data/ham10000 \\
         --external-dir ../shared/data/isic2017 --out var/exp/sklesion.json
@@ -35,15 +37,11 @@ from trainer.data import (
     load_records,
 )
 from trainer.external import Measurer, Sources, own_test_records, write_results
+from trainer.two_origin import NEUTRAL_CONTEXT as UNKNOWN_METADATA
+from trainer.two_origin import SKLESION_SIZE
 
 logger = logging.getLogger(__name__)
 
-SKLESION_SIZE = 254  # pixels, square: its input
-UNKNOWN_METADATA = np.array([0, 0, 1,            # sex: unknown
-                             0, 0, 0, 0, 1,      # body site: unknown
-                             51.90180032733224 / 90.0, 1.0], np.float32)
-"""Its metadata vector for an image without metadata: the one-hot 'unknown' sex and site of its
-`model_props.pkl`, and a missing age (its mean over its maximum, and the missing flag)."""
 BATCH = 16
 
 
