@@ -302,11 +302,11 @@ async def internal_error(request: Request, exc: Exception) -> Response:
     return error_response(500, FrontError("INTERNAL", "INTERNAL", "internal error"))
 
 
-def create_app(settings: WebSettings, client: FrontClient) -> ASGIApp:
+def create_app(page: PageApp) -> ASGIApp:
     """The routes inside Guards: outside even Starlette's error handling, so that a 500 passes
     the guards' headers and the access log like any answer."""
     handlers: dict[Any, Any] = {FrontError: front_failed, Refused: refused,
                                 ClientGone: client_gone, HTTPException: http_error,
                                 Exception: internal_error}
-    routes = Starlette(routes=PageApp(settings, client).routes(), exception_handlers=handlers)
-    return Guards(routes, settings)
+    routes = Starlette(routes=page.routes(), exception_handlers=handlers)
+    return Guards(routes, page.settings)

@@ -1,5 +1,6 @@
 """The checks every request passes before a route sees it, as one ASGI middleware (`Guards`):
 
+- size: a request head over MAX_HEADER_BYTES gets 431 (h11 cuts off only an incomplete one);
 - framing: a request with both Content-Length and Transfer-Encoding is refused (400) and its
   connection closed, so no proxy before the page can read its body differently (h11 does the
   rest: a malformed head, a bad Content-Length or an unknown coding never reach the app);
@@ -61,7 +62,7 @@ Refusal = tuple[int, str, str]  # status, reason, message
 
 def error_body(status: int, reason: str, message: str) -> bytes:
     code = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-            421: "INVALID_ARGUMENT"}.get(status, "INVALID_ARGUMENT")
+            421: "INVALID_ARGUMENT", 431: "INVALID_ARGUMENT"}.get(status, "INVALID_ARGUMENT")
     return json.dumps({"error": {"code": code, "reason": reason, "message": message}}).encode()
 
 
@@ -77,6 +78,12 @@ def host_name(host: str) -> str:
     if host.startswith("["):
         return host.partition("]")[0] + "]"
     return host.partition(":")[0]
+
+
+def head_size(scope: Scope) -> int:
+    """Bytes of the request's target and headers, about as they came."""
+    fields = sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+    return len(scope.get("raw_path", b"")) + len(scope.get("query_string", b"")) + fields
 
 
 def has_body(headers: Headers) -> bool:
@@ -110,6 +117,9 @@ class Guards:
 
     def refusal(self, scope: Scope, headers: Headers) -> Refusal | None:
         """Why the request is refused before any route, or None; binds the user otherwise."""
+        if head_size(scope) > defaults.MAX_HEADER_BYTES:
+            return 431, "HEADERS_TOO_LARGE", (f"the request head is over "
+                                              f"{defaults.MAX_HEADER_BYTES} bytes")
         if "transfer-encoding" in headers and "content-length" in headers:
             return 400, "AMBIGUOUS_FRAMING", "Content-Length and Transfer-Encoding together"
         path = scope["path"]

@@ -11,7 +11,8 @@ sends no body after HEAD; `BoundedH11Protocol` adds what uvicorn lacks:
   headers.
 
 More than `max_connections` connections or requests at once get 503; an idle keep-alive
-connection closes after KEEP_ALIVE_S; a request head over MAX_HEADER_BYTES gets 400. SIGTERM
+connection closes after KEEP_ALIVE_S; a request head that h11 is still waiting to complete past
+MAX_HEADER_BYTES gets 400 (a complete one that large gets 431 from web/guards.py). SIGTERM
 stops accepting, lets requests in flight finish (GRACEFUL_SHUTDOWN_S at most) and exits.
 """
 
@@ -29,7 +30,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from web import defaults
-from web.app import create_app
+from web.app import PageApp, create_app
 from web.front import FrontClient
 from web.guards import SECURITY_HEADERS
 from web.settings import WebSettings
@@ -46,6 +47,9 @@ class BoundedH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # uvicorn logs each request whenever its access logger has a handler (a root handler
+        # counts); web/guards.py logs the path escaped and capped instead.
+        self.access_log = False
         self.header_timeout_s = header_timeout_s
         self.head_timer: asyncio.TimerHandle | None = None
 
@@ -80,7 +84,8 @@ class BoundedH11Protocol(H11Protocol):
             self.cycle.disconnected = True  # the app's answer, if any, goes nowhere
             self.cycle.message_event.set()
         headers = [*self.server_state.default_headers, (b"content-type", b"application/json"),
-                   (b"cache-control", b"no-store"), (b"connection", b"close")]
+                   (b"content-length", b"%d" % len(MALFORMED)), (b"cache-control", b"no-store"),
+                   (b"connection", b"close")]
         try:
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
                           h11.Data(data=MALFORMED), h11.EndOfMessage()):
@@ -117,10 +122,11 @@ class WebServer:
 
     def __init__(self, settings: WebSettings, client: FrontClient) -> None:
         self.settings, self.client = settings, client
+        self.page = PageApp(settings, client)
         self.socket = bind(settings.listen_address)
         self.port: int = self.socket.getsockname()[1]
         config = uvicorn.Config(
-            create_app(settings, client), http=protocol_factory(settings), lifespan="off",
+            create_app(self.page), http=protocol_factory(settings), lifespan="off",
             log_config=None, access_log=False, proxy_headers=False, server_header=False,
             headers=list(SECURITY_HEADERS.items()), limit_concurrency=settings.max_connections,
             timeout_keep_alive=defaults.KEEP_ALIVE_S, backlog=LISTEN_BACKLOG,
