@@ -14,8 +14,9 @@ Routes:
     GET  /healthz  /readyz           liveness; readiness (the front answers SERVING)
 
 An upload is read as it arrives and refused as soon as it passes the limit (413), stalls
-(408) or takes too long (408); at most `max_concurrent_uploads` are read at once (503 with
-Retry-After beyond), and only a complete body is forwarded to the front. Nothing uploaded is
+(408) or takes too long (408); at most `max_concurrent_uploads` are read at once (the next waits
+`upload_wait_s` for a slot, unread, then gets 503 with Retry-After), and only a complete body is
+forwarded to the front. Nothing uploaded is
 stored or logged: an image is dropped when its request ends.
 """
 
@@ -182,12 +183,13 @@ async def drain(request: Request, length: int, settings: WebSettings) -> None:
 
 
 class PageApp:
-    """The routes and what they share: settings, the front client, the files, the uploads in
-    flight (counted on the event loop's one thread, so no lock)."""
+    """The routes and what they share: settings, the front client, the files, the upload slots
+    and the uploads being read (counted on the event loop's one thread, so no lock)."""
 
     def __init__(self, settings: WebSettings, client: FrontClient) -> None:
         self.settings, self.client = settings, client
         self.static, self.pages = load_static(), assemble_pages()
+        self.slots = asyncio.Semaphore(settings.max_concurrent_uploads)
         self.uploads = 0
 
     def routes(self) -> list[Route]:
@@ -250,9 +252,7 @@ class PageApp:
         if length > limit:
             await drain(request, length, self.settings)
             raise too_large(limit)
-        if self.uploads >= self.settings.max_concurrent_uploads:
-            raise Refused(503, "TOO_MANY_UPLOADS", "the page is analysing other images; retry "
-                          "shortly", {"Retry-After": str(defaults.RETRY_AFTER_S)})
+        await self.upload_slot()
         self.uploads += 1
         try:
             image = await read_body(request, limit, self.settings)
@@ -260,7 +260,17 @@ class PageApp:
                                              scope_user(request.scope))
         finally:
             self.uploads -= 1
+            self.slots.release()
         return JSONResponse(result)
+
+    async def upload_slot(self) -> None:
+        """Wait for one of the upload slots, or refuse (503) after `upload_wait_s`."""
+        try:
+            async with asyncio.timeout(self.settings.upload_wait_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise Refused(503, "TOO_MANY_UPLOADS", "the page is analysing other images; retry "
+                          "shortly", {"Retry-After": str(defaults.RETRY_AFTER_S)}) from None
 
 
 def chained(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

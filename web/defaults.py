@@ -32,15 +32,21 @@ DEFAULT_GROUPS_HEADER = "x-forwarded-groups"
 """What oauth2-proxy sends upstream with --pass-user-headers (comma-separated groups); behind
 ingress-nginx's auth_request the X-Auth-Request-* names apply instead (deploy/)."""
 
-MAX_CONCURRENT_UPLOADS = 8
-"""Uploads read and forwarded at once; the next gets 503 with Retry-After. Each may hold an image
-of up to the upload limit (10 MiB) several times over (the body, the gRPC request), so 8 keep the
-page within its 512 Mi pod limit."""
+MAX_CONCURRENT_UPLOADS = 4
+"""Uploads read and forwarded at once; the next waits for a slot (UPLOAD_WAIT_S) unread, then
+gets 503 with Retry-After. A 10 MiB upload costs the page about 50 MB while it is analysed (the
+body, the gRPC request and its serialised copy): 4 keep it well within its 512 Mi pod limit."""
+
+UPLOAD_WAIT_S = 30.0
+"""Seconds an upload may wait for a slot (its body unread: uvicorn buffers 64 KiB of it) before
+503: a browser sends up to 6 images at once, so a drop of several waits rather than fails."""
 
 RETRY_AFTER_S = 2  # seconds a refused upload is told to wait: about one image's analysis
 
-MAX_CONNECTIONS = 256
-"""Open connections and requests in flight at most; uvicorn answers the next with 503."""
+MAX_CONNECTIONS = 512
+"""Open connections and requests in flight at most; uvicorn answers a request beyond with 503.
+Idle and half-open connections count too, so a slowloris of more sockets than this gets the page
+503s until HEADER_TIMEOUT_S closes them; each costs a few kB, not a thread."""
 
 HEADER_TIMEOUT_S = 10.0
 """Seconds a connection may take to send a complete request head (a slowloris is closed)."""

@@ -166,7 +166,8 @@ def create_web_server(settings: WebSettings, client: FrontClient) -> tuple[WebSe
 
 def serve(settings: WebSettings) -> None:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     client = FrontClient(settings)
     server, port = create_web_server(settings, client)
     log.info("dermserve-web on http://%s (front %s)", settings.listen_address.rsplit(":", 1)[0]

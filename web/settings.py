@@ -72,7 +72,9 @@ class WebSettings:
         defaults.DEFAULT_ALLOWED_HOSTS, parse=word_list, show=show_words,
         help="Host header names the page answers, without the port (others get 421)")
     max_concurrent_uploads: int = setting(defaults.MAX_CONCURRENT_UPLOADS,
-                                          help="uploads in flight at once (the next gets 503)")
+                                          help="uploads read and analysed at once")
+    upload_wait_s: float = setting(defaults.UPLOAD_WAIT_S,
+                                   help="time an upload may wait for a slot (then 503)")
     max_connections: int = setting(defaults.MAX_CONNECTIONS,
                                    help="open connections at most (the next gets 503)")
     header_timeout_s: float = setting(defaults.HEADER_TIMEOUT_S,

@@ -245,8 +245,8 @@ def test_an_upload_cut_short_is_dropped_not_forwarded() -> None:
         assert forwarded(web) == [len(image)]  # a complete upload is forwarded whole
 
 
-def test_uploads_past_the_bound_get_503_with_retry_after() -> None:
-    with running_web(FakeBackend(), max_concurrent_uploads=1) as web:
+def test_uploads_past_the_bound_wait_then_get_503_with_retry_after() -> None:
+    with running_web(FakeBackend(), max_concurrent_uploads=1, upload_wait_s=0.2) as web:
         image = good_jpeg()
         with held_upload(web, image, 10):
             wait_until(lambda: web.server.page.uploads == 1, "the held upload to be read")
