@@ -62,8 +62,7 @@ class WebSettings:
         help="CIDRs of the authenticating proxy whose identity headers (X-Forwarded-User, "
              "X-Auth-Request-User, ...) are believed; none: one local user, the page's token")
     user_header: str = setting(
-        defaults.DEFAULT_USER_HEADER, help="header naming the signed-in user, set (and "
-        "overwritten) by the proxy: oauth2-proxy's x-forwarded-user or x-auth-request-email")
+        defaults.DEFAULT_USER_HEADER, help="header in which the proxy names the user")
     groups_header: str = setting(defaults.DEFAULT_GROUPS_HEADER,
                                  help="header listing the user's groups, comma-separated")
     operator_group: str = setting("", help="group (X-Forwarded-Groups) whose members are "
