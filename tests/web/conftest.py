@@ -18,6 +18,7 @@ from service.metrics import Metrics
 from service.server import ServiceAdder, create_server
 from service.settings import Settings
 from tests.service.conftest import FakeBackend, server_settings
+from tests.worker.conftest import input_root, redis_server, settings  # noqa: F401 (fixtures)
 from web.front import FrontClient
 from web.server import WebServer, create_web_server
 from web.settings import WebSettings
@@ -48,9 +49,9 @@ def running_web(backend: Backend, extra_services: Sequence[tuple[str, ServiceAdd
     front, front_port = create_server(front_settings or server_settings(), backend, Metrics(),
                                       extra_services)
     front.start()
-    settings = web_settings(front_port, **changes)
-    client = client_class(settings)
-    server, port = create_web_server(settings, client)
+    page_settings = web_settings(front_port, **changes)
+    client = client_class(page_settings)
+    server, port = create_web_server(page_settings, client)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

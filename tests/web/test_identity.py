@@ -24,14 +24,7 @@ from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.settings import SecuritySettings
 from tests.service.conftest import reason_of, server_settings
 from tests.web.conftest import WAIT_MS, Web, running_web
-from tests.worker.conftest import (  # noqa: F401 (fixtures)
-    FakeBackend,
-    input_root,
-    redis_server,
-    run_worker_burst,
-    settings,
-    write_images,
-)
+from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from tests.worker.test_front import batch_services
 from tools.attack.rawhttp import connect, read_all, request
 from web.server import check
@@ -117,7 +110,7 @@ def listed(web: Web, user: str, groups: str = "") -> set[str]:
 
 
 def test_a_clinician_sees_follows_and_downloads_only_their_own_jobs(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path) as site:
         alice, bob = site.jobs["alice"], site.jobs["bob"]
         assert listed(site.web, "alice") == {alice}
@@ -135,7 +128,7 @@ def test_a_clinician_sees_follows_and_downloads_only_their_own_jobs(
             assert b"MRN-bob" not in json.dumps(body).encode()
 
 
-def test_an_operator_sees_every_job(settings: WorkerSettings, input_root: Path,  # noqa: F811
+def test_an_operator_sees_every_job(settings: WorkerSettings, input_root: Path,
                                     tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path) as site:
         everyone = set(site.jobs.values())
@@ -147,7 +140,7 @@ def test_an_operator_sees_every_job(settings: WorkerSettings, input_root: Path, 
 
 
 def test_an_operator_role_needs_a_token_that_may_delegate_operators(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path, token="users-only-tok") as site:
         assert listed(site.web, "alice") == {site.jobs["alice"]}
         status, body, _ = call(site.web, "/api/jobs", "carol", OPERATORS)
@@ -155,7 +148,7 @@ def test_an_operator_role_needs_a_token_that_may_delegate_operators(
 
 
 def test_without_a_user_the_api_answers_401_and_the_page_still_loads(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path) as site:
         for path, method in (("/api/jobs", "GET"), (f"/api/jobs/{site.jobs['bob']}", "GET"),
                              (f"/api/jobs/{site.jobs['bob']}/results", "GET"),
@@ -169,14 +162,14 @@ def test_without_a_user_the_api_answers_401_and_the_page_still_loads(
 
 
 def test_identity_headers_from_an_untrusted_address_are_ignored(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path, trusted_proxies=("10.0.0.0/8",)) as site:
         status, body, _ = call(site.web, "/api/jobs", "alice")
         assert status == 401 and body["error"]["reason"] == "SIGN_IN_REQUIRED"
 
 
 def test_by_default_the_headers_are_ignored_and_the_page_is_one_local_user(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     """No trusted proxy: a forged X-Forwarded-User changes nothing; the page acts as its own
     (non-delegating) token, whose jobs it lists."""
     tokens = tmp_path / "tokens"
@@ -199,7 +192,7 @@ def test_by_default_the_headers_are_ignored_and_the_page_is_one_local_user(
     ("page-tok", "x" * 257, None, "INVALID_DELEGATED_USER"),
 ])
 def test_the_front_refuses_delegation_a_token_was_not_granted(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path, token: str,  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path, token: str,
         user: str, role: str | None, reason: str) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS)
@@ -213,7 +206,7 @@ def test_the_front_refuses_delegation_a_token_was_not_granted(
 
 
 def test_head_of_a_results_download_sends_no_body(
-        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:  # noqa: F811
+        settings: WorkerSettings, input_root: Path, tmp_path: Path) -> None:
     with hospital(settings, input_root, tmp_path) as site:
         with connect(int(site.web.url.rsplit(":", 1)[1])) as sock:
             sock.sendall(request("HEAD", f"/api/jobs/{site.jobs['alice']}/results",
@@ -230,7 +223,7 @@ def test_trusted_proxies_need_a_token_to_delegate_with() -> None:
 
 
 def test_the_page_behind_the_proxy_lists_the_users_jobs_and_keeps_no_ids_in_local_storage(
-        browser: Browser, settings: WorkerSettings, input_root: Path,  # noqa: F811
+        browser: Browser, settings: WorkerSettings, input_root: Path,
         tmp_path: Path) -> None:
     """Chromium with the proxy's header on every request (as oauth2-proxy adds it): alice's
     table lists her job, not bob's; a followed id lives in this tab's sessionStorage only, and
