@@ -38,7 +38,7 @@ from starlette.types import ASGIApp
 
 from web import defaults
 from web.front import FrontClient, FrontError
-from web.guards import Guards, scope_user
+from web.guards import Guards, code_of, scope_user
 from web.settings import WebSettings
 
 log = logging.getLogger("dermserve.web")
@@ -68,7 +68,7 @@ class Refused(Exception):
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.headers = status, headers or {}
-        self.error = FrontError("INVALID_ARGUMENT", reason, message)
+        self.error = FrontError(code_of(status), reason, message)
 
 
 class ClientGone(Exception):

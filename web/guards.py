@@ -11,13 +11,13 @@
   the page never answers), and an `Origin` or `Sec-Fetch-Site`, when the browser sends one, that
   is this origin (403 otherwise);
 - identity: with an authenticating proxy configured, /api/* needs the user it names (401);
-- every answer: `Cache-Control: no-store` (results and job lists name patients' images), and
-  `Connection: close` on a refusal of a request that carries a body, so that no unread body is
-  waited for or read as a request;
+- every answer: `Connection: close` on a refusal of a request that carries a body, so that no
+  unread body is waited for or read as a request;
 - the access log: method, path (escaped, capped) and status; never a query string or a body.
 
-The security headers (CSP and the rest) are uvicorn's default headers (web/server.py), so its
-own answers (503 over the connection limit, 500, 400 for a malformed request) carry them too.
+The security headers (CSP and the rest, and `Cache-Control: no-store`: results and job lists name
+patients' images) are uvicorn's default headers (web/server.py), so its own answers (503 over the
+connection limit, 500, 400 for a malformed request) carry them too.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+    "Cache-Control": "no-store",
 }
 PAGE_HEADER = "x-dermserve-page"
 """The header the page's scripts send with every POST (web/static/classify.js)."""
@@ -60,9 +61,18 @@ USER_SCOPE_KEY = "dermserve.user"
 Refusal = tuple[int, str, str]  # status, reason, message
 
 
+CODES = {401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 408: "DEADLINE_EXCEEDED",
+         503: "UNAVAILABLE"}
+"""The gRPC-style code of the page's own refusals by HTTP status (else INVALID_ARGUMENT), so that
+they read like the front's errors in the page's JSON."""
+
+
+def code_of(status: int) -> str:
+    return CODES.get(status, "INVALID_ARGUMENT")
+
+
 def error_body(status: int, reason: str, message: str) -> bytes:
-    code = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-            421: "INVALID_ARGUMENT", 431: "INVALID_ARGUMENT"}.get(status, "INVALID_ARGUMENT")
+    code = code_of(status)
     return json.dumps({"error": {"code": code, "reason": reason, "message": message}}).encode()
 
 
@@ -149,15 +159,14 @@ class Guards:
 
     def answering(self, scope: Scope, headers: Headers,
                   send: Send) -> Callable[[Message], Awaitable[None]]:
-        """`send`, adding no-store (and a close after a refused body) and logging the status."""
+        """`send`, adding a close after a refused body, and logging the status."""
         closes = has_body(headers)
 
         async def answer(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra: list[tuple[bytes, bytes]] = [(b"cache-control", b"no-store")]
                 if closes and message["status"] >= 400:
-                    extra.append((b"connection", b"close"))
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (b"connection", b"close")]}
                 log.info("%s %s %s", scope["method"], logged_path(scope["path"]),
                          message["status"])
             await send(message)

@@ -7,8 +7,8 @@ sends no body after HEAD; `BoundedH11Protocol` adds what uvicorn lacks:
 - a connection that has not sent a complete request head within `header_timeout_s` (after it
   opened, or after its last answer) is closed: a slowloris holds a socket for that long, never
   a thread (there are none per connection);
-- uvicorn's own 400 carries the security headers, as its 500 and 503 do through its default
-  headers.
+- uvicorn's own 400 carries the security headers (web/guards.py), as its 500 and 503 and every
+  answer of the application do through its default headers.
 
 More than `max_connections` connections or requests at once get 503; an idle keep-alive
 connection closes after KEEP_ALIVE_S; a request head that h11 is still waiting to complete past
@@ -84,8 +84,7 @@ class BoundedH11Protocol(H11Protocol):
             self.cycle.disconnected = True  # the app's answer, if any, goes nowhere
             self.cycle.message_event.set()
         headers = [*self.server_state.default_headers, (b"content-type", b"application/json"),
-                   (b"content-length", b"%d" % len(MALFORMED)), (b"cache-control", b"no-store"),
-                   (b"connection", b"close")]
+                   (b"content-length", b"%d" % len(MALFORMED)), (b"connection", b"close")]
         try:
             for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
                           h11.Data(data=MALFORMED), h11.EndOfMessage()):

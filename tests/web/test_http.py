@@ -187,6 +187,15 @@ def test_an_internal_error_is_a_generic_500_with_the_headers() -> None:
     assert_guarded(answer)
 
 
+def test_uvicorns_own_503_over_the_connection_limit_carries_the_headers() -> None:
+    with running_web(FakeBackend(), max_connections=2) as web, connect(port_of(web)) as held:
+        held.sendall(request("GET", "/healthz", close=False))
+        assert held.recv(65536).startswith(b"HTTP/1.1 200")  # accepted, open, counted
+        answer = one(web, request("GET", "/healthz"))
+    assert answer.status == 503
+    assert_guarded(answer)
+
+
 def test_head_of_a_page_sends_the_headers_and_no_body(web: Web) -> None:
     with connect(port_of(web)) as sock:
         sock.sendall(request("HEAD", "/"))
