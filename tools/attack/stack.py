@@ -205,7 +205,9 @@ def launch(stack: Stack, models: Path) -> None:
                            "--grace-period-s", "2", "--log-format", "json"], batch)
     start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
                             "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
-    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN})
+    # MALLOC_ARENA_MAX as the web image sets it (deploy/docker/Dockerfile).
+    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN,
+                                             "MALLOC_ARENA_MAX": "2"})
 
 
 def web_command(stack: Stack) -> list[str]:
