@@ -1,15 +1,24 @@
 """Bearer-token authentication and TLS / mutual TLS credentials. All off by default (loopback);
 deploy/ turns them on.
 
-Tokens: a file with one grant per line, `TOKEN [SERVICE ...] [name=NAME] [role=operator]`, where
-SERVICE is a full gRPC service name such as `dermserve.v1.LesionClassifier`; a token without
-services may call every service. `#` starts a comment. Clients send `authorization: Bearer TOKEN`.
+Tokens: a file with one grant per line,
+`TOKEN [SERVICE ...] [name=NAME] [role=operator] [delegate=users|operators]`, where SERVICE is a
+full gRPC service name such as `dermserve.v1.LesionClassifier`; a token without services may call
+every service. `#` starts a comment. Clients send `authorization: Bearer TOKEN`.
 A call acts as its token's identity, `token:NAME` (without a name: `token:` and a hash of the
 token, so a rotated token keeps its jobs only if it keeps its name); batch jobs belong to it, and
 an operator token sees every identity's jobs. Without tokens a call acts as its client
 certificate's subject (mutual TLS), else as `anonymous` (core/identity.py).
+
+Delegation: a token with `delegate=users` (the web page's) may act on behalf of the person it
+serves, named in `dermserve-on-behalf-of: NAME` metadata; the call then acts as `user:NAME`, and
+the token's own name and role no longer apply. `dermserve-on-behalf-role: operator` makes that
+user an operator, and only a `delegate=operators` token may assert it. The page asserts what its
+authenticating proxy told it (web/identity.py); nobody else should hold a delegating token.
 - no `authorization` metadata, or not a Bearer token, or an unknown token -> UNAUTHENTICATED
 - a known token calling a service it was not granted                    -> PERMISSION_DENIED
+- on-behalf-of metadata from a token that may not delegate (or an operator role from a token
+  that may delegate only users, or a malformed name)                     -> PERMISSION_DENIED
 The health service is exempt, so that kubelet probes need no secret.
 
 Rotation without a restart: the tokens file and the TLS files (certificate, key, client CA) are
@@ -36,7 +45,17 @@ from typing import Any, Protocol, TypeVar
 import grpc
 
 from core.errors import PermissionDenied, Unauthenticated
-from core.identity import ANONYMOUS, CURRENT_CALLER, Caller, acting_as
+from core.identity import (
+    ANONYMOUS,
+    CURRENT_CALLER,
+    DELEGATED_NAME,
+    DELEGATED_PREFIX,
+    ON_BEHALF_OF_KEY,
+    ON_BEHALF_ROLE_KEY,
+    OPERATOR_ROLE,
+    Caller,
+    acting_as,
+)
 from service.handlers import Behaviour, rewrap
 
 log = logging.getLogger(__name__)
@@ -47,7 +66,7 @@ Signature = tuple[tuple[int, int, int] | None, ...]
 AUTHORIZATION_KEY = "authorization"
 BEARER_PREFIX = "Bearer "
 EXEMPT_SERVICES = frozenset({"grpc.health.v1.Health"})
-OPERATOR_ROLE = "operator"
+DELEGATE_USERS, DELEGATE_OPERATORS = "users", "operators"
 
 
 @dataclass(frozen=True)
@@ -58,6 +77,7 @@ class TokenGrant:
     services: frozenset[str] = frozenset()
     name: str = ""
     operator: bool = False
+    delegate: str = ""  # "", DELEGATE_USERS or DELEGATE_OPERATORS
 
     def allows(self, service: str) -> bool:
         return not self.services or service in self.services
@@ -67,16 +87,38 @@ class TokenGrant:
         tag = self.name or hashlib.sha256(self.token.encode()).hexdigest()[:16]
         return Caller(f"token:{tag}", self.operator)
 
+    def acting_for(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
+        """The caller: the token's own identity, or the user it acts on behalf of."""
+        user, role = metadata_value(metadata, ON_BEHALF_OF_KEY), metadata_value(
+            metadata, ON_BEHALF_ROLE_KEY)
+        if user is None and role is None:
+            return self.caller
+        if not self.delegate or user is None:
+            raise PermissionDenied("the token may not act on behalf of users",
+                                   "DELEGATION_NOT_GRANTED")
+        if not DELEGATED_NAME.fullmatch(user):
+            raise PermissionDenied("the delegated user's name is malformed",
+                                   "INVALID_DELEGATED_USER")
+        if role not in (None, OPERATOR_ROLE) or (
+                role == OPERATOR_ROLE and self.delegate != DELEGATE_OPERATORS):
+            raise PermissionDenied("the token may not delegate that role",
+                                   "ROLE_NOT_DELEGATED")
+        return Caller(DELEGATED_PREFIX + user, role == OPERATOR_ROLE)
+
     @classmethod
     def parse(cls, words: Sequence[str]) -> TokenGrant:
-        """`TOKEN [SERVICE ...] [name=NAME] [role=operator]`, as split into words."""
+        """`TOKEN [SERVICE ...] [name=NAME] [role=operator] [delegate=users|operators]`, as split
+        into words."""
         options = dict(word.split("=", 1) for word in words[1:] if "=" in word)
         role = options.get("role", OPERATOR_ROLE)
-        if not options.keys() <= {"name", "role"} or role != OPERATOR_ROLE:
-            raise ValueError(f"unknown token options {sorted(options)}: name=NAME and "
-                             "role=operator are known")
+        delegate = options.get("delegate", DELEGATE_USERS)
+        if (not options.keys() <= {"name", "role", "delegate"} or role != OPERATOR_ROLE
+                or delegate not in (DELEGATE_USERS, DELEGATE_OPERATORS)):
+            raise ValueError(f"unknown token options {sorted(options)}: name=NAME, "
+                             "role=operator and delegate=users|operators are known")
         return cls(words[0], frozenset(word for word in words[1:] if "=" not in word),
-                   options.get("name", ""), options.get("role") == OPERATOR_ROLE)
+                   options.get("name", ""), options.get("role") == OPERATOR_ROLE,
+                   options.get("delegate", ""))
 
 
 class TokenTable:
@@ -119,7 +161,7 @@ class TokenTable:
         if not grant.allows(service_of(method)):
             raise PermissionDenied(f"the token may not call {service_of(method)}",
                                    "SERVICE_NOT_GRANTED")
-        return grant.caller
+        return grant.acting_for(metadata)
 
 
 class TokenChecker(Protocol):
@@ -195,6 +237,14 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     for key, value in metadata or ():
         if key == AUTHORIZATION_KEY and isinstance(value, str) and value.startswith(BEARER_PREFIX):
             return value[len(BEARER_PREFIX):].strip()
+    return None
+
+
+def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    """The first text value of `key` in a call's metadata (binary values do not count)."""
+    for name, value in metadata or ():
+        if name == key and isinstance(value, str):
+            return value
     return None
 
 

@@ -6,6 +6,11 @@ so the HTTP side never sees a raw `grpc.RpcError`.
 call. A front or a model version without explanations (UNIMPLEMENTED, or FAILED_PRECONDITION with
 reason EXPLANATION_UNSUPPORTED), or a failed explanation, still gets its image classified, and
 the page says why there is no heatmap.
+
+Every call made for a signed-in user (web/identity.py) carries that user in
+`dermserve-on-behalf-of` metadata (and `dermserve-on-behalf-role: operator` for an operator):
+the front, which accepts it only from a delegating token, decides which jobs the user may see.
+Server-side paths (a job's result files) are dropped before anything reaches the browser.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cli.connection import call_metadata, error_entry, open_channel
+from core.identity import ON_BEHALF_OF_KEY, ON_BEHALF_ROLE_KEY, OPERATOR_ROLE
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from web import defaults
+from web.identity import WebUser
 from web.settings import WebSettings
 
 MELANOMA_LABEL = "mel"
@@ -68,6 +75,25 @@ def front_errors() -> Iterator[None]:
 def to_dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True,
                          always_print_fields_with_no_presence=True)
+
+
+SERVER_PATH_FIELDS = ("results_jsonl_path", "results_csv_path", "results_ndjson_path")
+"""A job's fields naming files on the server: of no use to a browser, and they tell the layout
+of the server's disks."""
+
+
+def job_json(job: batch_pb.BatchJob) -> dict[str, Any]:
+    answer = to_dict(job)
+    for field in SERVER_PATH_FIELDS:
+        answer.pop(field, None)
+    return answer
+
+
+def user_metadata(user: WebUser | None) -> tuple[tuple[str, str], ...]:
+    if user is None:
+        return ()
+    role = ((ON_BEHALF_ROLE_KEY, OPERATOR_ROLE),) if user.operator else ()
+    return ((ON_BEHALF_OF_KEY, user.name), *role)
 
 
 def classification_json(response: pb.ClassifyResponse) -> dict[str, Any]:
@@ -127,20 +153,21 @@ class FrontClient:
         self._models: OrderedDict[int, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _call(self, method: Any, request: Message) -> Any:
+    def _call(self, method: Any, request: Message, user: WebUser | None = None) -> Any:
+        metadata = (*(call_metadata(self.settings) or ()), *user_metadata(user))
         with front_errors():
-            return method(request, timeout=self.settings.timeout_s,
-                          metadata=call_metadata(self.settings))
+            return method(request, timeout=self.settings.timeout_s, metadata=metadata or None)
 
-    def analyze(self, image: bytes) -> dict[str, Any]:
+    def analyze(self, image: bytes, user: WebUser | None = None) -> dict[str, Any]:
         """Classify one image and explain it when the front and the version can."""
         try:
-            explained = self._call(self.classifier.Explain, pb.ExplainRequest(image=image))
+            explained = self._call(self.classifier.Explain, pb.ExplainRequest(image=image), user)
             classification, explanation = explained.classification, explanation_json(explained)
         except FrontError as exc:
             if exc.code not in EXPLANATION_OPTIONAL:
                 raise
-            classification = self._call(self.classifier.Classify, pb.ClassifyRequest(image=image))
+            classification = self._call(self.classifier.Classify,
+                                        pb.ClassifyRequest(image=image), user)
             explanation = unavailable(exc)
         model = self.model(classification.model.version)
         return {"classification": classification_json(classification),
@@ -162,24 +189,25 @@ class FrontClient:
                 self._models.popitem(last=False)
         return card
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        answer = self._call(self.jobs.GetBatchJob, batch_pb.GetBatchJobRequest(job_id=job_id))
-        return to_dict(answer.job)
+    def job(self, job_id: str, user: WebUser | None = None) -> dict[str, Any]:
+        answer = self._call(self.jobs.GetBatchJob, batch_pb.GetBatchJobRequest(job_id=job_id),
+                            user)
+        return job_json(answer.job)
 
-    def job_list(self, page_token: str) -> dict[str, Any]:
-        """One page of the page identity's jobs, newest first (ListBatchJobs)."""
+    def job_list(self, page_token: str, user: WebUser | None = None) -> dict[str, Any]:
+        """One page of the user's jobs (every job for an operator), newest first."""
         answer = self._call(self.jobs.ListBatchJobs, batch_pb.ListBatchJobsRequest(
-            page_size=defaults.JOBS_PAGE_SIZE, page_token=page_token))
-        return {"jobs": [to_dict(job) for job in answer.jobs],
+            page_size=defaults.JOBS_PAGE_SIZE, page_token=page_token), user)
+        return {"jobs": [job_json(job) for job in answer.jobs],
                 "next_page_token": answer.next_page_token}
 
-    def results(self, job_id: str) -> Iterator[bytes]:
+    def results(self, job_id: str, user: WebUser | None = None) -> Iterator[bytes]:
         """A job's results as JSON Lines, page after page; the first page is read before the
         first line is given, so an unknown job fails before any response is sent."""
         token = ""
         while True:
             page = self._call(self.jobs.ListBatchJobResults, batch_pb.ListBatchJobResultsRequest(
-                job_id=job_id, page_size=defaults.RESULTS_PAGE_SIZE, page_token=token))
+                job_id=job_id, page_size=defaults.RESULTS_PAGE_SIZE, page_token=token), user)
             for result in page.results:
                 yield (json.dumps(to_dict(result)) + "\n").encode()
             token = page.next_page_token

@@ -1,283 +1,174 @@
-"""The page's HTTP server (the standard library's ThreadingHTTPServer): static files, a small
-JSON API the page's script calls, and the probes. Every answer carries the security headers; the
-page has no inline script or style, so the Content-Security-Policy allows only this origin.
+"""The page's HTTP server: uvicorn (h11) serving web/app.py's application, with the limits a
+hostile network needs. h11 parses every request head strictly (a malformed head, a bad
+Content-Length such as '²' or one of more than 20 digits, or an unknown transfer coding gets
+400), reads every body by its framing (an unread body is skipped, never parsed as a request) and
+sends no body after HEAD; `BoundedH11Protocol` adds what uvicorn lacks:
 
-Routes:
-    GET  /  /jobs  /model            the pages (classify, batch jobs, model card)
-    GET  /static/<file>              their scripts and styles
-    POST /api/analyze                one image's bytes in, its result as JSON (413 over the limit)
-    GET  /api/config                 the upload limit and the notice, for the page
-    GET  /api/model?version=N        a version's model card summary
-    GET  /api/jobs?page_token=T      a page of the page identity's batch jobs, newest first
-    GET  /api/jobs/<id>              a batch job's progress
-    GET  /api/jobs/<id>/results      its results, as a JSON Lines download
-    GET  /healthz  /readyz           liveness; readiness (the front answers SERVING)
+- a connection that has not sent a complete request head within `header_timeout_s` (after it
+  opened, or after its last answer) is closed: a slowloris holds a socket for that long, never
+  a thread (there are none per connection);
+- uvicorn's own 400 carries the security headers (web/guards.py), as its 500 and 503 and every
+  answer of the application do through its default headers.
 
-Nothing uploaded is stored or logged: the access log has the method, the path and the status,
-never a body, and an image is dropped when its request ends.
+More than `max_connections` connections or requests at once get 503; an idle keep-alive
+connection closes after KEEP_ALIVE_S; a request head that h11 is still waiting to complete past
+MAX_HEADER_BYTES gets 400 (a complete one that large gets 431 from web/guards.py). SIGTERM
+stops accepting, lets requests in flight finish (GRACEFUL_SHUTDOWN_S at most) and exits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import signal
+import socket
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from types import FrameType
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
 
-from web.front import FrontClient, FrontError
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from web import defaults
+from web.app import PageApp, create_app
+from web.front import FrontClient
+from web.guards import SECURITY_HEADERS
 from web.settings import WebSettings
 
 log = logging.getLogger("dermserve.web")
 
-STATIC_DIR = Path(__file__).parent / "static"
-PAGES = {"/": ("classify", "classify lesion images"), "/jobs": ("jobs", "batch jobs"),
-         "/model": ("model", "model card")}
-"""Each page is layout.html (the notice and the navigation, the same on every page) around its
-NAME.main.html, with its own NAME.js."""
-CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-SECURITY_HEADERS = {
-    # Overlays come as data: URLs from the API, the dropped image as a blob: URL of the browser.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
-                               "object-src 'none'; base-uri 'none'; form-action 'self'; "
-                               "frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
-}
-HTTP_STATUS = {"INVALID_ARGUMENT": 422, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 429,
-               "FAILED_PRECONDITION": 409, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
-"""HTTP status of a failed front call by gRPC code; any other (the page's own token refused, an
-internal fault) is the gateway's problem: 502."""
-DRAIN_CHUNK_BYTES = 64 * 1024
-NO_SUCH_PAGE = FrontError("NOT_FOUND", "NO_SUCH_PAGE", "no such page")
-NOTICE = ("dermserve is a research tool for decision support, not a diagnostic device. "
-          "Every result needs a clinician's judgement.")
+MALFORMED = json.dumps({"error": {"code": "INVALID_ARGUMENT", "reason": "MALFORMED_REQUEST",
+                                  "message": "the request is not valid HTTP/1.1"}}).encode()
+LISTEN_BACKLOG = 1024  # connections the kernel queues before uvicorn accepts them
 
 
-def load_static() -> dict[str, bytes]:
-    """The page's files, read once: the server never reads a path a request names."""
-    return {path.name: path.read_bytes() for path in STATIC_DIR.iterdir()
-            if path.suffix in CONTENT_TYPES and not path.name.endswith(".html")}
+class BoundedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline on each request head and headers on its 400."""
+
+    def __init__(self, *args: Any, header_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn logs each request whenever its access logger has a handler (a root handler
+        # counts); web/guards.py logs the path escaped and capped instead.
+        self.access_log = False
+        self.header_timeout_s = header_timeout_s
+        self.head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self.arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        super().connection_lost(exc)
+
+    def arm_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        self.head_timer = self.loop.call_later(self.header_timeout_s, self.head_timed_out)
+
+    def head_timed_out(self) -> None:
+        """Close the connection if it is still waiting for a request head."""
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info("closed a connection that sent no complete request head in %.0f s",
+                     self.header_timeout_s)
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's answer, if any, goes nowhere
+            self.cycle.message_event.set()
+        headers = [*self.server_state.default_headers, (b"content-type", b"application/json"),
+                   (b"content-length", b"%d" % len(MALFORMED)), (b"connection", b"close")]
+        try:
+            for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+                          h11.Data(data=MALFORMED), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:
+            pass  # an answer had begun: the close alone tells the client
+        self.transport.close()
 
 
-def assemble_pages() -> dict[str, bytes]:
-    """The pages by path, put together once at start."""
-    layout = (STATIC_DIR / "layout.html").read_text(encoding="utf-8")
-    pages = {}
-    for path, (name, title) in PAGES.items():
-        current = f'<a href="{path}">'
-        text = (layout.replace("{title}", f"dermserve: {title}")
-                .replace("{script}", f"{name}.js")
-                .replace("{main}", (STATIC_DIR / f"{name}.main.html").read_text(encoding="utf-8"))
-                .replace(current, current[:-1] + ' aria-current="page">'))
-        pages[path] = text.encode()
-    return pages
+def bind(listen_address: str) -> socket.socket:
+    """A listening socket on `host:port` (port 0: any free one), so the port is known before
+    the server runs and connections queue meanwhile."""
+    host, _, port = listen_address.rpartition(":")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+        flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
 
 
-def too_large(limit: int) -> FrontError:
-    # The same reason and words as the API's own check (core/validation.py).
-    return FrontError("INVALID_ARGUMENT", "IMAGE_TOO_LARGE",
-                      f"the image is larger than the limit of {limit} bytes")
+def protocol_factory(settings: WebSettings) -> Any:
+    def create(*args: Any, **kwargs: Any) -> BoundedH11Protocol:
+        return BoundedH11Protocol(*args, header_timeout_s=settings.header_timeout_s, **kwargs)
+    return create
 
 
-class WebServer(ThreadingHTTPServer):
-    """The HTTP server and what its handlers share: settings, the front client, the files."""
-
-    daemon_threads = True
+class WebServer:
+    """uvicorn on a socket bound at construction; `serve_forever` runs it in the calling thread
+    (the main thread: SIGTERM and SIGINT stop it gracefully), `shutdown` stops it from another."""
 
     def __init__(self, settings: WebSettings, client: FrontClient) -> None:
-        host, _, port = settings.listen_address.rpartition(":")
-        super().__init__((host.strip("[]"), int(port)), Handler)
         self.settings, self.client = settings, client
-        self.static, self.pages = load_static(), assemble_pages()
+        self.page = PageApp(settings, client)
+        self.socket = bind(settings.listen_address)
+        self.port: int = self.socket.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(self.page), http=protocol_factory(settings), lifespan="off",
+            log_config=None, access_log=False, proxy_headers=False, server_header=False,
+            headers=list(SECURITY_HEADERS.items()), limit_concurrency=settings.max_connections,
+            timeout_keep_alive=defaults.KEEP_ALIVE_S, backlog=LISTEN_BACKLOG,
+            h11_max_incomplete_event_size=defaults.MAX_HEADER_BYTES,
+            timeout_graceful_shutdown=defaults.GRACEFUL_SHUTDOWN_S)
+        self.server = uvicorn.Server(config)
+        self.stopped = threading.Event()
 
-
-class Handler(BaseHTTPRequestHandler):
-    server: WebServer
-    protocol_version = "HTTP/1.1"
-    server_version = "dermserve-web"
-    sys_version = ""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        # The path only (no query string): a job id is the user's, not a patient's, but a
-        # query string is where a careless link would carry one.
-        log.info("%s %s %s", self.command, urlsplit(self.path).path, code)
-
-    def send(self, status: int, body: bytes, content_type: str,
-             extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for name, value in {**SECURITY_HEADERS, **(extra or {})}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_json(self, status: int, payload: Any) -> None:
-        self.send(status, json.dumps(payload).encode(), "application/json",
-                  {"Cache-Control": "no-store"})
-
-    def send_error_json(self, error: FrontError, status: int | None = None) -> None:
-        self.send_json(status or HTTP_STATUS.get(error.code, 502), {"error": error.as_json()})
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        url = urlsplit(self.path)
+    def serve_forever(self) -> None:
         try:
-            self.route_get(unquote(url.path), parse_qs(url.query))
-        except FrontError as exc:
-            self.send_error_json(exc)
+            self.server.run(sockets=[self.socket])
+        finally:
+            self.stopped.set()
 
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
-        self.do_GET()  # `send` writes no body for HEAD
+    def shutdown(self) -> None:
+        """Stop serving (from another thread) and wait until the server has stopped."""
+        self.server.should_exit = True
+        self.stopped.wait()
 
-    def route_get(self, path: str, query: dict[str, list[str]]) -> None:
-        if path in self.server.pages:
-            self.send(200, self.server.pages[path], CONTENT_TYPES[".html"])
-        elif path.startswith("/static/"):
-            self.send_static(path.removeprefix("/static/"))
-        elif path == "/healthz":
-            self.send_json(200, {"status": "ok"})
-        elif path == "/readyz":
-            serving = self.server.client.serving()
-            self.send_json(200 if serving else 503, {"front_serving": serving})
-        elif path == "/api/config":
-            self.send_json(200, {"max_image_bytes": self.server.settings.max_image_bytes,
-                                 "notice": NOTICE})
-        elif path == "/api/model":
-            self.send_json(200, self.server.client.model(version_of(query)))
-        elif path == "/api/jobs":
-            self.send_json(200, self.server.client.job_list((query.get("page_token") or [""])[0]))
-        elif path.startswith("/api/jobs/"):
-            self.route_job(path.removeprefix("/api/jobs/"))
-        else:
-            self.send_error_json(NO_SUCH_PAGE, 404)
-
-    def route_job(self, rest: str) -> None:
-        job_id, _, what = rest.partition("/")
-        if what == "results":
-            self.send_results(job_id)
-        elif not what:
-            self.send_json(200, self.server.client.job(job_id))
-        else:
-            self.send_error_json(NO_SUCH_PAGE, 404)
-
-    def send_static(self, name: str) -> None:
-        body = self.server.static.get(name)
-        if body is None:
-            self.send_error_json(NO_SUCH_PAGE, 404)
-            return
-        self.send(200, body, CONTENT_TYPES.get(Path(name).suffix, "application/octet-stream"))
-
-    def send_results(self, job_id: str) -> None:
-        lines = self.server.client.results(job_id)
-        first = next(lines, b"")  # an unknown job fails here, before the headers go out
-        self.send_response(200)
-        for name, value in SECURITY_HEADERS.items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "application/x-ndjson")
-        self.send_header("Content-Disposition", f'attachment; filename="{safe_name(job_id)}'
-                                                f'-results.jsonl"')
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        try:
-            for line in chained(first, lines):
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
-        except FrontError as exc:
-            # The status is sent: cut the download short (no final chunk), so the browser
-            # reports it as failed rather than complete.
-            log.warning("results of a job cut short: %s", exc)
-            self.close_connection = True
-            return
-        self.wfile.write(b"0\r\n\r\n")
-
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-        if urlsplit(self.path).path != "/api/analyze":
-            self.send_error_json(NO_SUCH_PAGE, 404)
-            return
-        image = self.read_image()
-        if image is None:
-            return
-        try:
-            self.send_json(200, self.server.client.analyze(image))
-        except FrontError as exc:
-            self.send_error_json(exc)
-
-    def read_image(self) -> bytes | None:
-        """The request's body, or None once a 411 or a 413 is sent."""
-        length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
-            self.send_json(411, {"error": {"code": "INVALID_ARGUMENT", "reason": "NO_LENGTH",
-                                           "message": "the upload needs a Content-Length"}})
-            return None
-        limit = self.server.settings.max_image_bytes
-        if int(length) > limit:
-            self.discard(int(length))
-            self.send_error_json(too_large(limit), 413)
-            return None
-        return self.rfile.read(int(length))
-
-    def discard(self, length: int) -> None:
-        """Read a refused body without keeping it, so the client reads the 413 instead of a
-        reset connection; a body far over the limit is not read, the connection is closed."""
-        if length > 4 * self.server.settings.max_image_bytes:
-            self.close_connection = True
-            return
-        while length > 0:
-            chunk = self.rfile.read(min(length, DRAIN_CHUNK_BYTES))
-            if not chunk:
-                return
-            length -= len(chunk)
+    def server_close(self) -> None:
+        self.socket.close()
 
 
-def chained(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from rest
-
-
-def safe_name(job_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in job_id)[:64] or "job"
-
-
-def version_of(query: dict[str, list[str]]) -> int | None:
-    text = (query.get("version") or [""])[0]
-    if not text:
-        return None
-    if not text.isdigit():
-        raise FrontError("INVALID_ARGUMENT", "INVALID_VERSION", "a version is a positive integer")
-    return int(text)
+def check(settings: WebSettings) -> None:
+    """Refuse settings that would give every signed-in user one identity."""
+    if settings.behind_proxy and not settings.token:
+        raise SystemExit("dermserve-web: --trusted-proxies needs --token (DERMSERVE_TOKEN), a "
+                         "token the front lets delegate (delegate=users in its tokens file)")
 
 
 def create_web_server(settings: WebSettings, client: FrontClient) -> tuple[WebServer, int]:
     """The server bound to `settings.listen_address` (port 0: any) and the port it got."""
+    check(settings)
     server = WebServer(settings, client)
-    return server, server.server_address[1]
+    return server, server.port
 
 
 def serve(settings: WebSettings) -> None:
     """Serve until SIGTERM or SIGINT, then finish the requests in flight and stop."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     client = FrontClient(settings)
     server, port = create_web_server(settings, client)
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     log.info("dermserve-web on http://%s (front %s)", settings.listen_address.rsplit(":", 1)[0]
              + f":{port}", settings.target)
     try:

@@ -5,12 +5,14 @@ reach it, and the example Ingress routes to its Service."""
 
 from __future__ import annotations
 
+import base64
 import threading
 import urllib.error
 import urllib.request
 from typing import Any
 
 from core import config
+from service.auth import TokenTable
 from tests.deploy.conftest import Rendered
 from tests.deploy.test_contract import container, container_port, host_port, parse_or_fail
 from tests.deploy.test_hardening import assert_secret_file, selects
@@ -122,3 +124,29 @@ def test_the_example_ingress_routes_to_the_web_service(rendered: Rendered) -> No
     assert "http" in {p["name"] for p in service["spec"]["ports"]}
     size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert int(size.rstrip("m")) * 1024 * 1024 > WebSettings().max_image_bytes
+
+
+def secret_text(rendered: Rendered, name: str, key: str) -> str:
+    return base64.b64decode(rendered.get("Secret", name)["data"][key]).decode()
+
+
+def test_users_sign_in_at_the_ingress_and_the_page_believes_only_the_controller(
+        rendered: Rendered) -> None:
+    """The Ingress authenticates every request (auth-url) and passes the user in the headers the
+    page reads; the page trusts proxies (so /api/* needs a user), answers the Ingress host, and
+    its token may delegate (dev overlay's tokens file)."""
+    settings, _, _ = web_settings(rendered)
+    (ingress,) = rendered.of_kind("Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-url"]
+    passed = {name.strip().lower() for name in
+              annotations["nginx.ingress.kubernetes.io/auth-response-headers"].split(",")}
+    assert {settings.user_header, settings.groups_header} <= passed
+    assert settings.trusted_proxies and settings.operator_group
+    hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+    assert hosts <= set(settings.allowed_hosts)
+    if rendered.overlay == "dev":
+        token = secret_text(rendered, "dermserve-web-client", "token").strip()
+        grant = TokenTable.parse(secret_text(rendered, "dermserve-auth", "tokens")).grant_for(
+            token)
+        assert grant is not None and grant.delegate

@@ -102,6 +102,14 @@ def test_token_table_parsing() -> None:
         TokenTable.parse("# only a comment\n")
 
 
+def test_delegation_options_parse_and_unknown_ones_are_refused() -> None:
+    table = TokenTable.parse("a delegate=users\nb delegate=operators name=web\nc\n")
+    assert [g.delegate for g in table.grants] == ["users", "operators", ""]
+    for line in ("a delegate=everyone", "a delegate=", "a delegates=users"):
+        with pytest.raises(ValueError):
+            TokenTable.parse(line)
+
+
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))

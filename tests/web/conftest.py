@@ -16,7 +16,9 @@ from core.backends.base import Backend
 from devtools.web_page import launch_chromium
 from service.metrics import Metrics
 from service.server import ServiceAdder, create_server
+from service.settings import Settings
 from tests.service.conftest import FakeBackend, server_settings
+from tests.worker.conftest import input_root, redis_server, settings  # noqa: F401 (fixtures)
 from web.front import FrontClient
 from web.server import WebServer, create_web_server
 from web.settings import WebSettings
@@ -38,14 +40,18 @@ def web_settings(front_port: int, **changes: object) -> WebSettings:
 
 @contextmanager
 def running_web(backend: Backend, extra_services: Sequence[tuple[str, ServiceAdder]] = (),
+                front_settings: Settings | None = None,
+                client_class: type[FrontClient] = FrontClient,
                 **changes: object) -> Iterator[Web]:
-    """The real front over `backend` (hosting `extra_services` too) and the real web server
-    before it; both stopped on exit."""
-    front, front_port = create_server(server_settings(), backend, Metrics(), extra_services)
+    """The real front over `backend` (hosting `extra_services` too; `front_settings`, else the
+    test defaults) and the real web server before it (`changes` to its settings) through a
+    `client_class`; both stopped on exit."""
+    front, front_port = create_server(front_settings or server_settings(), backend, Metrics(),
+                                      extra_services)
     front.start()
-    settings = web_settings(front_port, **changes)
-    client = FrontClient(settings)
-    server, port = create_web_server(settings, client)
+    page_settings = web_settings(front_port, **changes)
+    client = client_class(page_settings)
+    server, port = create_web_server(page_settings, client)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -124,7 +124,8 @@ def test_an_image_over_the_limit_is_refused_before_upload_and_by_the_server(
         state = page.locator(".result.rejected .state")
         expect(state).to_contain_text("IMAGE_TOO_LARGE")
         expect(state).to_contain_text("not uploaded")
-        request = urllib.request.Request(web.url + "/api/analyze", data=image, method="POST")
+        request = urllib.request.Request(web.url + "/api/analyze", data=image, method="POST",
+                                         headers={"X-Dermserve-Page": "1"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 413

@@ -1,7 +1,7 @@
 """The attack families, in the order they run. Each takes the running stack, a `Record` and
 `quick`, makes bounded attempts, and records their outcomes and the promises they test
 (tools/attack/record.py). The auth bypass attempts are here; the others live by subject in
-images.py, streams.py and jobs.py."""
+images.py, streams.py, jobs.py and web.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from functools import partial
 import grpc
 
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from tools.attack import corpus, images, jobs, streams
+from tools.attack import corpus, images, jobs, streams, web
 from tools.attack.calls import Metadata, bearer, classify
 from tools.attack.record import Record
 from tools.attack.stack import JOBS_ONLY_TOKEN, TOKEN, Stack
@@ -60,4 +60,8 @@ FAMILIES: dict[str, Callable[[Stack, Record, bool], None]] = {
     "unread_answers": streams.unread_answers,
     "idle_streams": streams.idle_streams,
     "health_flood": streams.health_flood,
+    "web_framing": web.web_framing,
+    "web_slowloris": web.web_slowloris,
+    "web_uploads": web.web_uploads,
+    "web_identity": web.web_identity,
 }

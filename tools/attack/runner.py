@@ -33,7 +33,8 @@ RSS_GROWTH_LIMIT_MB = proc.GROWTH_LIMIT_MB
 P99_LIMIT_S = 1.0
 PROBE_TIMEOUT_S = 5.0  # seconds; a probe call slower than this counts as failed
 LOG_LINE_LIMIT = 16 * 1024  # characters; a request id of 1 MB once wrote a 1 MB log line
-PROCESSES = ("front", "worker")
+PROCESSES = ("front", "worker", "web")
+PLAIN_LOGS = frozenset({"web"})  # text lines with the level as their third word, not JSON
 
 
 class LatencyProbe:
@@ -118,6 +119,8 @@ def read_logs(workdir: Path) -> dict[str, dict[str, Any]]:
     for name in PROCESSES:
         lines = (workdir / f"{name}.log").read_text(errors="replace").splitlines()
         levels = Counter(entry.get("level") for entry in map(json_entry, lines) if entry)
+        if name in PLAIN_LOGS:
+            levels.update(line.split(" ", 3)[2] for line in lines if line.count(" ") >= 3)
         found[name] = {
             "lines": len(lines),
             "longest_line": max(map(len, lines), default=0),

@@ -1,7 +1,9 @@
 """The stack under attack, on loopback ephemeral ports: a redis-server, the front service (TLS,
 mutual TLS and bearer tokens, a plaintext health-only port, BatchJobs on, its Prometheus exporter
-on loopback), and one batch worker, all real processes on a tiny throwaway model, with the
-service's default limits. Everything lives under one work directory: the input root the worker
+on loopback), one batch worker, and the clinicians' page (a client of the front with mutual TLS
+and a delegating token, trusting the authenticating proxy stand-in's address, tools/attack/
+proxy.py), all real processes on a tiny throwaway model, with the service's default limits.
+Everything lives under one work directory: the input root the worker
 may read (`input/`) and, beside it, files it must never read (`outside/`)."""
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from devtools.health import wait_until_serving
 from devtools.ports import free_port
 from devtools.redis import redis_command
 from tools.attack.pki import Pki, client_certificate, make_pki
+from tools.attack.proxy import PROXY_ADDRESS
 
 MODEL_NAME = "ham10000"
 TOKENS = {f"attack-{client}": f"attack-suite-token-{client}" for client in "abcde"}
@@ -34,6 +37,9 @@ ordinary clients, each a job owner and a per-client stream cap of its own."""
 TOKEN = TOKENS["attack-a"]  # the client most families act as
 OPERATOR_TOKEN = "attack-suite-token-operator"  # role=operator: sees every client's jobs
 JOBS_ONLY_TOKEN = "attack-suite-token-jobs-only"  # granted dermserve.v1.BatchJobs only
+WEB_TOKEN = "attack-suite-token-web"  # the page's: delegate=operators
+WEB_OPERATOR_GROUP = "attack-operators"
+WEB_HEADER_TIMEOUT_S = 2.0  # the page's header and body idle timeouts here (short: a quick run)
 READY_TIMEOUT_S = 180.0  # seconds for TensorFlow to import and a version to answer, 2 slow cores
 STOP_TIMEOUT_S = 20.0
 PAUSE_TIMEOUT_S = 10.0  # seconds for every thread of a paused process to stop
@@ -49,6 +55,7 @@ class Stack:
     redis_port: int
     metrics_port: int
     input_root: Path
+    web_port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -142,7 +149,8 @@ def start_stack(workdir: Path) -> Stack:
     (workdir / "outside").mkdir()
     models = workdir / "models"
     export_model(models)
-    stack = Stack(workdir, pki, free_port(), free_port(), free_port(), free_port(), input_root)
+    stack = Stack(workdir, pki, free_port(), free_port(), free_port(), free_port(), input_root,
+                  free_port())
     try:
         launch(stack, models)
         wait_ready(stack)
@@ -156,6 +164,7 @@ def tokens_file() -> str:
     lines = [f"{token} name={name}" for name, token in TOKENS.items()]
     lines.append(f"{OPERATOR_TOKEN} name=attack-operator role=operator")
     lines.append(f"{JOBS_ONLY_TOKEN} dermserve.v1.BatchJobs name=attack-jobs-only")
+    lines.append(f"{WEB_TOKEN} name=attack-web delegate=operators")
     return "\n".join(lines) + "\n"
 
 
@@ -196,6 +205,18 @@ def launch(stack: Stack, models: Path) -> None:
                            "--grace-period-s", "2", "--log-format", "json"], batch)
     start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
                             "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
+    # MALLOC_ARENA_MAX as the web image sets it (deploy/docker/Dockerfile).
+    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN,
+                                             "MALLOC_ARENA_MAX": "2"})
+
+
+def web_command(stack: Stack) -> list[str]:
+    timeout = str(WEB_HEADER_TIMEOUT_S)
+    return [sys.executable, "-m", "web", "--web-listen", f"127.0.0.1:{stack.web_port}",
+            "--target", stack.target, "--tls-ca", str(stack.pki.ca),
+            "--tls-cert", str(stack.pki.client_cert), "--tls-key", str(stack.pki.client_key),
+            "--trusted-proxies", f"{PROXY_ADDRESS}/32", "--operator-group", WEB_OPERATOR_GROUP,
+            "--header-timeout-s", timeout, "--body-idle-timeout-s", timeout]
 
 
 def start(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
@@ -209,9 +230,24 @@ def wait_ready(stack: Stack) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{stack.health_port}") as channel:
         serving = wait_until_serving(channel, READY_TIMEOUT_S, lambda: bool(stack.crashed()),
                                      check_timeout_s=2.0)
-    if serving:
+    if serving and wait_page_ready(stack):
         return
     if stack.crashed():
         raise RuntimeError(f"the stack died while starting: {stack.crashed()}; "
                            f"logs in {stack.workdir}")
-    raise RuntimeError(f"the front did not become SERVING in {READY_TIMEOUT_S} s")
+    raise RuntimeError(f"the front or the page did not become ready in {READY_TIMEOUT_S} s")
+
+
+def wait_page_ready(stack: Stack) -> bool:
+    """Until the page's /readyz answers 200 (it reached the front), it died, or the deadline."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stack.crashed():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{stack.web_port}/readyz",
+                                        timeout=SCRAPE_TIMEOUT_S) as answer:
+                if answer.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.1)  # polls a condition (the page's answer); no timing is assumed
+    return False

@@ -127,7 +127,9 @@ async function analyze(file) {
       return;
     }
     const response = await fetch("/api/analyze", {
-      method: "POST", body: file, headers: { "Content-Type": "application/octet-stream" },
+      // X-Dermserve-Page: the server refuses a POST without it (a cross-site form cannot send it).
+      method: "POST", body: file,
+      headers: { "Content-Type": "application/octet-stream", "X-Dermserve-Page": "1" },
     });
     const answer = await response.json();
     if (!response.ok) {

@@ -1,6 +1,7 @@
 // The batch jobs view: lists the page identity's jobs (ListBatchJobs, through /api/jobs), and
-// follows the jobs whose ids this browser remembers (localStorage); shows their progress and
-// links each to its results as a JSON Lines download.
+// follows the jobs whose ids this tab remembers (sessionStorage: a job id may name a patient, and
+// a shared workstation's next user must not find it); shows their progress and links each to its
+// results as a JSON Lines download.
 "use strict";
 
 const STORE_KEY = "dermserve.jobs";
@@ -8,16 +9,19 @@ const REFRESH_MS = 5000;
 const TERMINAL = ["BATCH_JOB_STATE_SUCCEEDED", "BATCH_JOB_STATE_FAILED",
   "BATCH_JOB_STATE_CANCELLED"];
 
+// Earlier versions kept the ids in localStorage, where they outlived the session: drop them.
+localStorage.removeItem(STORE_KEY);
+
 function followed() {
   try {
-    return JSON.parse(localStorage.getItem(STORE_KEY) || "[]");
+    return JSON.parse(sessionStorage.getItem(STORE_KEY) || "[]");
   } catch (err) {
     return [];
   }
 }
 
 function remember(ids) {
-  localStorage.setItem(STORE_KEY, JSON.stringify(ids));
+  sessionStorage.setItem(STORE_KEY, JSON.stringify(ids));
 }
 
 function cell(text) {
