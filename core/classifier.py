@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from core.dicom import DICOM_INFO_KEY
+from core.dicom import DICOM_INFO_KEY, quiet_pydicom
 from core.errors import (
     BackendTimeout,
     DermserveError,
@@ -91,7 +91,9 @@ class Classifier:
     def from_settings(cls, backend: Backend, settings: ServingSettings,
                       observer: Observer | None = None) -> Classifier:
         """The front's and the worker's classifier: the same checks, floor, default label and
-        kind of decode budget (each image holds its share until it is the model input)."""
+        kind of decode budget (each image holds its share until it is the model input), and
+        pydicom quiet about the files it reads (core/dicom.py `quiet_pydicom`)."""
+        quiet_pydicom()
         return cls(backend, settings.model_name, settings.limits, settings.min_confidence_floor,
                    observer=observer, decode_budget=PixelBudget(settings.decode_pixel_budget),
                    default_version_label=settings.default_version_label)

@@ -90,3 +90,9 @@ def peak_memory() -> Iterator[PeakMemory]:
     meter = PeakMemory(baseline_kib=status_kib("VmRSS"))
     yield meter
     meter.peak_kib = status_kib("VmHWM")
+
+
+def jpeg_junk_prefix(junk_bytes: int, fill: int = 0x00) -> bytes:
+    """`FF D8 FF` and then `junk_bytes` bytes of `fill` and nothing else: Pillow skips junk
+    before a marker one byte at a time."""
+    return b"\xff\xd8\xff" + bytes([fill]) * junk_bytes

@@ -19,6 +19,7 @@ from tests.dicom_files import (
     bundled,
     dermoscopic_dicom,
     ham_dicom,
+    with_item_bomb,
 )
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from worker.jobs import JobInput, JobService, SubmitRequest
@@ -94,3 +95,21 @@ def test_the_ndjson_export_is_fhir_resources_one_per_line(
     text = ndjson.read_text(encoding="utf-8") + jobs.export_paths(job_id)["jsonl"].read_text()
     for planted in PLANTED:
         assert planted not in text
+
+
+def test_a_dicom_structure_bomb_in_a_job_is_refused_and_the_job_goes_on(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    """The worker parses DICOM through the same core: a file of ~1.3 million empty items after
+    its pixel data (pydicom built them all: +880 MB, 21 s, then classified it) is refused as
+    DICOM_TOO_COMPLEX, and the file beside it is classified."""
+    folder = input_root / "bomb"
+    folder.mkdir(parents=True)
+    (folder / "bomb.dcm").write_bytes(with_item_bomb(ham_dicom(), settings.limits.max_bytes))
+    (folder / "good.dcm").write_bytes(ham_dicom())
+    outcome = jobs.submit(SubmitRequest(JobInput(paths=[str(folder)])))
+    run_worker_burst(settings, FakeBackend())
+    results = {Path(r.reference).name: r
+               for r in jobs.list_results(outcome.job.job_id, 10, "").results}
+    assert results["bomb.dcm"].error is not None
+    assert results["bomb.dcm"].error.reason == "DICOM_TOO_COMPLEX"
+    assert results["good.dcm"].error is None and results["good.dcm"].dicom is not None
