@@ -30,6 +30,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
+from core.numbers import ascii_natural
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.batch_jobs import image_result
@@ -95,9 +96,10 @@ def register(commands: Any, environ: Mapping[str, str]) -> None:
 
 
 def non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
-    return int(text)
+    count = ascii_natural(text)
+    if count is None:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a count (0 or more)")
+    return count
 
 
 # --- requests -------------------------------------------------------------------------------------

@@ -39,6 +39,10 @@ DEFAULT_MAX_DICOM_DEPTH = 16
 """Sequences a DICOM file may nest inside one another: photographs nest two or three (a code
 sequence in a code sequence); pydicom reads them recursively."""
 
+MAX_NUMBER_DIGITS = 18
+"""Digits a number parsed from text may have (core/numbers.py): 10**18 - 1 still fits in the
+int64 fields and Redis integers the number ends up in."""
+
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for the non-image fields of a request on top of the image limit."""
 

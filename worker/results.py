@@ -142,7 +142,7 @@ class ResultStore:
 
     def job_dir(self, job_id: str) -> Path:
         if not job_id.isalnum():  # job ids are hex; anything else must not become a path
-            raise InvalidRequest(f"malformed job id {job_id!r}", "BAD_JOB_ID")
+            raise InvalidRequest("malformed job id (not echoed)", "BAD_JOB_ID")
         return self.output_dir / job_id
 
     def inputs_dir(self, job_id: str) -> Path:
