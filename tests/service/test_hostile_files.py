@@ -155,3 +155,16 @@ def test_pydicom_says_nothing_of_the_files_values(fake_server: Running,
         with pytest.raises(grpc.RpcError) as error:
             fake_server.stub.Classify(pb.ClassifyRequest(image=data), timeout=30)
         assert planted not in error.value.details()  # type: ignore[attr-defined]
+
+
+def test_a_long_version_label_is_invalid_argument_and_not_echoed(fake_server: Running) -> None:
+    """Issue 26 defect 8: the label went back in a NOT_FOUND's details; at 60,000 characters
+    that overflowed gRPC's metadata and the client saw RESOURCE_EXHAUSTED."""
+    long = "s" * 60_000
+    with pytest.raises(grpc.RpcError) as caught:
+        fake_server.stub.Classify(pb.ClassifyRequest(
+            image=encode(ham_image(), "JPEG"), model=pb.ModelSelector(version_label=long)),
+            timeout=30)
+    assert (caught.value.code(), reason_of(caught.value)) == (  # type: ignore[attr-defined]
+        grpc.StatusCode.INVALID_ARGUMENT, "INVALID_VERSION")
+    assert long[:40] not in caught.value.details()  # type: ignore[attr-defined]
