@@ -270,9 +270,11 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
             out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
         return
     # The job's own exporter, so that this file is the job's results.csv, byte for byte (the
-    # NDJSON export's resources have fresh ids and times).
+    # NDJSON export's resources have the same ids, and fresh times).
     results = [image_result(message) for message in result_pages(stub, args)]
-    for piece in EXPORTERS_BY_NAME[args.format].lines(results, labels_of(results)):
+    job_id = stub.GetBatchJob(pb.GetBatchJobRequest(job_id=args.job_id), timeout=args.timeout,
+                              metadata=call_metadata(args)).job.job_id  # the server's, for ids
+    for piece in EXPORTERS_BY_NAME[args.format].lines(results, labels_of(results), job_id):
         out.write(piece)
 
 
