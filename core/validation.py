@@ -10,7 +10,10 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 | not JPEG, PNG or DICOM by content (GIF,  | reject    | UNSUPPORTED_FORMAT    |
 | WebP, BMP, TIFF, random bytes), whatever |           |                       |
 | the caller claims                        |           |                       |
+| JPEG or PNG with `DICM` at byte 128      | reject    | AMBIGUOUS_FORMAT      |
 | DICOM (`DICM` at byte 128)               | its own   | core/dicom.py's table |
+| over `max_jpeg_junk_bytes` of junk       | reject    | CORRUPT_IMAGE         |
+| between a JPEG's header markers          |           |                       |
 | header unreadable                        | reject    | CORRUPT_IMAGE         |
 | width*height over `max_pixels` (from the | reject    | TOO_MANY_PIXELS       |
 | header, before decoding: bombs)          |           |                       |

@@ -239,8 +239,8 @@ class FhirNdjsonExporter:
     image's DiagnosticReport and Observations (ids named by the job, the image and the version,
     so a re-export is idempotent), then each model version's Device and each DICOM study's
     ImagingStudy once, with every series and instance of the job's images in it. Images that
-    failed have no resources (their errors are in the
-    JSONL and CSV exports). Written unvalidated (core/fhir.analysis_json says why)."""
+    failed have no resources (their errors are in the JSONL and CSV exports). Written
+    unvalidated (core/fhir.analysis_json says why)."""
 
     name = "ndjson"
     filename = EXPORT_NDJSON

@@ -22,12 +22,15 @@ from tests.dicom_files import (
     dicom_dataset,
     ham_dicom,
     ham_image,
+)
+from tests.hostile_images import (
+    encode,
+    jpeg_junk_prefix,
     jpeg_polyglot,
     png_polyglot,
     with_element_bomb,
     with_item_bomb,
 )
-from tests.hostile_images import encode, jpeg_junk_prefix
 from tests.service.conftest import Running, pb, reason_of
 
 LIMITS = ImageLimits()

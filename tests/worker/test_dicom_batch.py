@@ -22,8 +22,8 @@ from tests.dicom_files import (
     dicom_dataset,
     ham_dicom,
     ham_image,
-    with_item_bomb,
 )
+from tests.hostile_images import with_item_bomb
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
