@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from core.dicom import DICOM_INFO_KEY, quiet_pydicom
+from core.dicom import DICOM_INFO_KEY, parse_share, quiet_pydicom
 from core.errors import (
     BackendTimeout,
     DermserveError,
@@ -175,9 +175,11 @@ class Classifier:
         return self.backend.list_versions(self.model_name, timeout)
 
     def open(self, data: bytes, deadline: Deadline) -> Image.Image:
-        """Every check of `data` that needs no pixels (its pixels stay encoded)."""
+        """Every check of `data` that needs no pixels (its pixels stay encoded); a DICOM file
+        is parsed within the decode budget (core/dicom.py `parse_share`)."""
         try:
-            return open_image(data, self.limits, deadline.check)
+            with self._budget_share(parse_share(data), deadline):
+                return open_image(data, self.limits, deadline.check)
         except InvalidImage as exc:
             self.observer.image_rejected(exc.reason)
             raise
@@ -198,7 +200,7 @@ class Classifier:
 
     @contextmanager
     def _budget_share(self, pixels: int, deadline: Deadline) -> Iterator[None]:
-        if self.decode_budget is None:
+        if self.decode_budget is None or pixels == 0:
             yield
             return
         with self.decode_budget.hold(pixels, deadline.remaining()):

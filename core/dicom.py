@@ -24,8 +24,8 @@ Columns against the same pixel, side and aspect limits as a JPEG or PNG, then th
 presence and length, then the UIDs. A JPEG Baseline frame then goes through the JPEG path of
 validation.py (scan count, reduced-scale decode, decode budget, deadline), and its size must be
 the header's. Uncompressed pixels are converted by pydicom (which turns YBR into RGB) when the
-file is opened, before the classifier takes its decode-budget share: their bytes are already
-the pixels, in memory as the request, and the byte limit bounds them (10 MiB, 3.5 megapixels).
+file is opened; the classifier opens a DICOM file within a decode-budget share (`parse_share`:
+the file's bytes counted as RGB pixels, twice), so parsing waits for the budget like decoding.
 
 Colour: a JPEG frame's samples are YCbCr unless the DICOM header says RGB (PS3.5 section 8.2.1:
 no colour transform was applied). libjpeg assumes YCbCr for a three-component frame without an
@@ -73,7 +73,7 @@ from pydicom.uid import (
 from core.dicom_scan import check_structure
 from core.errors import DermserveError, InvalidImage
 from core.prediction import DicomReference
-from core.validation import DeadlineCheck, ImageLimits, check_dimensions
+from core.validation import PEAK_BUFFERS, DeadlineCheck, ImageLimits, check_dimensions
 
 DICM_OFFSET = 128  # bytes of preamble before the marker (PS3.10 section 7.1)
 DICM_MARKER = b"DICM"
@@ -119,6 +119,20 @@ def quiet_pydicom() -> None:
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     warnings.filterwarnings("ignore", module=PYDICOM_MODULES)
     logging.getLogger(PYDICOM_LOGGER).addFilter(withhold_details)
+
+
+PARSE_BYTES_PER_PIXEL = 3
+"""How the budget counts a DICOM file while it is opened: its bytes as 8-bit RGB pixels, the
+most pixels uncompressed pixel data of that size holds."""
+
+
+def parse_share(data: bytes) -> int:
+    """The PixelBudget share of opening `data` as DICOM: pydicom's objects, and for uncompressed
+    pixel data its converted array and image (PEAK_BUFFERS copies); 0 for other formats, whose
+    opening decodes nothing."""
+    if not is_dicom(data):
+        return 0
+    return len(data) // PARSE_BYTES_PER_PIXEL * PEAK_BUFFERS
 
 
 def is_dicom(data: bytes) -> bool:

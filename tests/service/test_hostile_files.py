@@ -12,12 +12,20 @@ import warnings
 import grpc
 import pytest
 
+from core.classifier import Classifier
 from core.dicom_scan import DEADLINE_EVERY, check_structure
-from core.errors import InvalidImage
-from core.validation import DEADLINE_CHECK_BYTES, ImageLimits, decode_image, junk_before_scan
+from core.errors import InvalidImage, ResourceExhausted
+from core.validation import (
+    DEADLINE_CHECK_BYTES,
+    ImageLimits,
+    PixelBudget,
+    decode_image,
+    junk_before_scan,
+)
 from devtools.dicom_sample import to_bytes
 from tests.dicom_files import (
     PLANTED,
+    bundled,
     bundled_as_photograph,
     dicom_dataset,
     ham_dicom,
@@ -31,7 +39,7 @@ from tests.hostile_images import (
     with_element_bomb,
     with_item_bomb,
 )
-from tests.service.conftest import Running, pb, reason_of
+from tests.service.conftest import FakeBackend, Running, pb, reason_of
 
 LIMITS = ImageLimits()
 BOMBS = {"items": with_item_bomb, "elements": with_element_bomb}
@@ -89,6 +97,23 @@ def test_a_dicom_structure_bomb_is_invalid_argument_over_the_real_server(
     assert classify_refusal(fake_server, bomb) == (grpc.StatusCode.INVALID_ARGUMENT,
                                                    "DICOM_TOO_COMPLEX")
     assert fake_server.stub.Classify(pb.ClassifyRequest(image=ham_dicom()), timeout=30).dicom
+
+
+def test_a_dicom_file_is_parsed_within_the_decode_budget() -> None:
+    """Parsing is work the budget counts (pydicom's objects, uncompressed pixels converted while
+    the file opens): with the budget taken, a DICOM file waits for its share instead of being
+    parsed, and ends DECODE_BUSY at its deadline; once the budget is free, the same file is
+    parsed and refused for what it is."""
+    budget = PixelBudget(1000)
+    classifier = Classifier(FakeBackend(), "ham10000", LIMITS, decode_budget=budget)
+    ct = bundled("CT_small.dcm")
+    with budget.hold(budget.max_pixels, None):
+        with pytest.raises(ResourceExhausted) as busy:
+            classifier.classify(ct, timeout=0.2)
+    assert busy.value.reason == "DECODE_BUSY"
+    with pytest.raises(InvalidImage) as refused:
+        classifier.classify(ct, timeout=10)
+    assert refused.value.reason == "UNSUPPORTED_SOP_CLASS" and budget.in_use == 0
 
 
 def test_the_element_limit_admits_ordinary_files_and_is_a_setting() -> None:
