@@ -30,6 +30,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
+from core.numbers import ascii_natural
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from service.batch_jobs import image_result
@@ -95,9 +96,10 @@ def register(commands: Any, environ: Mapping[str, str]) -> None:
 
 
 def non_negative(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
-    return int(text)
+    count = ascii_natural(text)
+    if count is None:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a count (0 or more)")
+    return count
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -268,9 +270,11 @@ def write_results(stub: pb_grpc.BatchJobsStub, args: argparse.Namespace, out: Te
             out.write(json.dumps(MessageToDict(result, preserving_proto_field_name=True)) + "\n")
         return
     # The job's own exporter, so that this file is the job's results.csv, byte for byte (the
-    # NDJSON export's resources have fresh ids and times).
+    # NDJSON export's resources have the same ids, and fresh times).
     results = [image_result(message) for message in result_pages(stub, args)]
-    for piece in EXPORTERS_BY_NAME[args.format].lines(results, labels_of(results)):
+    job_id = stub.GetBatchJob(pb.GetBatchJobRequest(job_id=args.job_id), timeout=args.timeout,
+                              metadata=call_metadata(args)).job.job_id  # the server's, for ids
+    for piece in EXPORTERS_BY_NAME[args.format].lines(results, labels_of(results), job_id):
         out.write(piece)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from core.dicom import DICOM_INFO_KEY
+from core.dicom import DICOM_INFO_KEY, parse_share, quiet_pydicom
 from core.errors import (
     BackendTimeout,
     DermserveError,
@@ -91,7 +91,9 @@ class Classifier:
     def from_settings(cls, backend: Backend, settings: ServingSettings,
                       observer: Observer | None = None) -> Classifier:
         """The front's and the worker's classifier: the same checks, floor, default label and
-        kind of decode budget (each image holds its share until it is the model input)."""
+        kind of decode budget (each image holds its share until it is the model input), and
+        pydicom quiet about the files it reads (core/dicom.py `quiet_pydicom`)."""
+        quiet_pydicom()
         return cls(backend, settings.model_name, settings.limits, settings.min_confidence_floor,
                    observer=observer, decode_budget=PixelBudget(settings.decode_pixel_budget),
                    default_version_label=settings.default_version_label)
@@ -173,9 +175,11 @@ class Classifier:
         return self.backend.list_versions(self.model_name, timeout)
 
     def open(self, data: bytes, deadline: Deadline) -> Image.Image:
-        """Every check of `data` that needs no pixels (its pixels stay encoded)."""
+        """Every check of `data` that needs no pixels (its pixels stay encoded); a DICOM file
+        is parsed within the decode budget (core/dicom.py `parse_share`)."""
         try:
-            return open_image(data, self.limits, deadline.check)
+            with self._budget_share(parse_share(data), deadline):
+                return open_image(data, self.limits, deadline.check)
         except InvalidImage as exc:
             self.observer.image_rejected(exc.reason)
             raise
@@ -196,7 +200,7 @@ class Classifier:
 
     @contextmanager
     def _budget_share(self, pixels: int, deadline: Deadline) -> Iterator[None]:
-        if self.decode_budget is None:
+        if self.decode_budget is None or pixels == 0:
             yield
             return
         with self.decode_budget.hold(pixels, deadline.remaining()):

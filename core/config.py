@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.numbers import ascii_natural
+
 log = logging.getLogger("dermserve.settings")
 
 ENV_PREFIX = "DERMSERVE_"
@@ -99,9 +101,10 @@ def parse_labels(text: str) -> dict[str, int]:
     labels: dict[str, int] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, number = item.partition("=")
-        if not sep or not name or not number.isdigit():
+        version = ascii_natural(number)
+        if not sep or not name or version is None:
             raise argparse.ArgumentTypeError(f"expected LABEL=VERSION, got {item!r}")
-        labels[name] = int(number)
+        labels[name] = version
     return labels
 
 

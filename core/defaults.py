@@ -23,6 +23,26 @@ DEFAULT_MAX_JPEG_SCANS = 100
 """Scans a JPEG may have: libjpeg's progressive script writes 10 and mozjpeg's optimised ones
 fewer than 30, while CPU bombs carry thousands (each scan walks every block of the image)."""
 
+DEFAULT_MAX_JPEG_JUNK_BYTES = 4096
+"""Bytes a JPEG may carry between its markers before its first scan that are neither a marker
+nor a segment (junk, fill bytes): encoders write none, a few repaired files carry padding.
+Pillow skips such bytes one read at a time (`FF D8 FF` and 10 MiB of zeros cost 5 s of CPU), so
+more than this is refused before Pillow sees the file."""
+
+DEFAULT_MAX_DICOM_ELEMENTS = 10_000
+"""Data elements, sequence items and pixel data fragments a DICOM file may hold, at every level
+together, counted in its bytes before pydicom parses it (core/dicom_scan.py). A single-frame
+photograph holds about a hundred; pydicom builds an object for each, so a 10 MiB file of 1.3
+million empty items would cost about a gigabyte."""
+
+DEFAULT_MAX_DICOM_DEPTH = 16
+"""Sequences a DICOM file may nest inside one another: photographs nest two or three (a code
+sequence in a code sequence); pydicom reads them recursively."""
+
+MAX_NUMBER_DIGITS = 18
+"""Digits a number parsed from text may have (core/numbers.py): 10**18 - 1 still fits in the
+int64 fields and Redis integers the number ends up in."""
+
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
 """Room for the non-image fields of a request on top of the image limit."""
 

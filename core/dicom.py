@@ -24,8 +24,8 @@ Columns against the same pixel, side and aspect limits as a JPEG or PNG, then th
 presence and length, then the UIDs. A JPEG Baseline frame then goes through the JPEG path of
 validation.py (scan count, reduced-scale decode, decode budget, deadline), and its size must be
 the header's. Uncompressed pixels are converted by pydicom (which turns YBR into RGB) when the
-file is opened, before the classifier takes its decode-budget share: their bytes are already
-the pixels, in memory as the request, and the byte limit bounds them (10 MiB, 3.5 megapixels).
+file is opened; the classifier opens a DICOM file within a decode-budget share (`parse_share`:
+the file's bytes counted as RGB pixels, twice), so parsing waits for the budget like decoding.
 
 Colour: a JPEG frame's samples are YCbCr unless the DICOM header says RGB (PS3.5 section 8.2.1:
 no colour transform was applied). libjpeg assumes YCbCr for a three-component frame without an
@@ -33,19 +33,30 @@ Adobe marker, so such a frame gets an Adobe APP14 marker with transform 0 (and l
 marker, which would imply YCbCr) before Pillow sees it. A frame with an Adobe marker keeps it:
 the marker says what the encoder did.
 
+Before pydicom parses anything, core/dicom_scan.py counts the file's elements, items and
+fragments in its bytes (DICOM_TOO_COMPLEX past `max_dicom_elements` or `max_dicom_depth`), so a
+file of a million empty items costs milliseconds, not a gigabyte; the scan checks the deadline
+as it goes. A file that is also a JPEG or PNG (a polyglot) is refused as AMBIGUOUS_FORMAT by
+validation.py before either reader sees it.
+
 Privacy: only the study, series and SOP instance UIDs, the SOP class and the modality leave this
 module (`DicomReference`). Patient name, ID and birth date are never read, so pydicom never
-validates, logs or warns about them, and no message here quotes a value from the file.
+validates, logs or warns about them. No refusal message quotes a value from the file, and
+`quiet_pydicom` keeps pydicom from validating values while reading, from printing `warnings` and
+from logging text from the file.
 """
 
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
@@ -59,9 +70,10 @@ from pydicom.uid import (
     VLPhotographicImageStorage,
 )
 
+from core.dicom_scan import check_structure
 from core.errors import DermserveError, InvalidImage
 from core.prediction import DicomReference
-from core.validation import ImageLimits, check_dimensions
+from core.validation import PEAK_BUFFERS, DeadlineCheck, ImageLimits, check_dimensions
 
 DICM_OFFSET = 128  # bytes of preamble before the marker (PS3.10 section 7.1)
 DICM_MARKER = b"DICM"
@@ -86,15 +98,56 @@ OpenEncoded = Callable[[bytes], Image.Image]
 """validation.py's header checks of an encoded JPEG or PNG; returns it still encoded."""
 
 
+PYDICOM_LOGGER = "pydicom"
+PYDICOM_MODULES = r"pydicom(\.|$)"
+WITHHELD = "pydicom warned about an irregular DICOM file (details withheld: they may quote " \
+    "values from the file)"
+
+
+def withhold_details(record: logging.LogRecord) -> bool:
+    """A logging filter: pydicom's records keep their level, lose their text (which quotes the
+    file's values)."""
+    record.msg, record.args = WITHHELD, None
+    return True
+
+
+def quiet_pydicom() -> None:
+    """pydicom's process-wide settings for untrusted files, set when a classifier is built:
+    values are not validated while reading (each invalid value was a warning quoting it), its
+    `warnings` (raw lines on stderr, outside the JSON logs) are ignored, and its log records
+    keep no text from the file. Idempotent."""
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    warnings.filterwarnings("ignore", module=PYDICOM_MODULES)
+    logging.getLogger(PYDICOM_LOGGER).addFilter(withhold_details)
+
+
+PARSE_BYTES_PER_PIXEL = 3
+"""How the budget counts a DICOM file while it is opened: its bytes as 8-bit RGB pixels, the
+most pixels uncompressed pixel data of that size holds."""
+
+
+def parse_share(data: bytes) -> int:
+    """The PixelBudget share of opening `data` as DICOM: pydicom's objects, and for uncompressed
+    pixel data its converted array and image (PEAK_BUFFERS copies); 0 for other formats, whose
+    opening decodes nothing."""
+    if not is_dicom(data):
+        return 0
+    return len(data) // PARSE_BYTES_PER_PIXEL * PEAK_BUFFERS
+
+
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file by content: `DICM` after the 128-byte preamble."""
     return data[DICM_OFFSET:DICM_OFFSET + len(DICM_MARKER)] == DICM_MARKER
 
 
-def open_dicom(data: bytes, limits: ImageLimits, open_encoded: OpenEncoded) -> Image.Image:
+def open_dicom(data: bytes, limits: ImageLimits, open_encoded: OpenEncoded,
+               check_deadline: DeadlineCheck | None = None) -> Image.Image:
     """Every check that needs no pixels, then the image: a JPEG frame still encoded (decoded
     later, within the decode budget) or the converted uncompressed pixels. The returned image
     carries its DicomReference in `info[DICOM_INFO_KEY]`."""
+    check_structure(data, limits.max_dicom_elements, limits.max_dicom_depth, check_deadline)
+    if check_deadline is not None:
+        check_deadline()
     dataset = parse(data)
     try:
         reference = check_header(dataset, limits)
@@ -150,19 +203,19 @@ def check_kind(dataset: Dataset) -> None:
         raise InvalidImage("the DICOM file has no SOP Class UID (truncated or corrupt)",
                            "CORRUPT_IMAGE")
     if sop_class not in SOP_CLASSES:
-        raise InvalidImage(f"DICOM SOP class {printable_uid(sop_class)} is not accepted; "
-                           f"accepted: {', '.join(SOP_CLASSES.values())}",
+        raise InvalidImage("the DICOM SOP class is not accepted; accepted: "
+                           f"{', '.join(SOP_CLASSES.values())}",
                            "UNSUPPORTED_SOP_CLASS")
     modality = str(dataset.get("Modality", ""))
     if modality not in MODALITIES:
-        raise InvalidImage(f"DICOM modality {modality[:16]!r} is not accepted; accepted: "
+        raise InvalidImage("the DICOM modality is not accepted; accepted: "
                            f"{', '.join(sorted(MODALITIES))}", "UNSUPPORTED_MODALITY")
 
 
 def check_encoding(dataset: Dataset) -> None:
     syntax = transfer_syntax(dataset)
     if syntax not in TRANSFER_SYNTAXES:
-        raise InvalidImage(f"DICOM transfer syntax {printable_uid(syntax)} is not accepted; "
+        raise InvalidImage("the DICOM transfer syntax is not accepted; "
                            "accepted: JPEG Baseline, Explicit or Implicit VR Little Endian",
                            "UNSUPPORTED_TRANSFER_SYNTAX")
     if int(dataset.get("NumberOfFrames", 1) or 1) != 1:
@@ -170,8 +223,8 @@ def check_encoding(dataset: Dataset) -> None:
     interpretation = str(dataset.get("PhotometricInterpretation", ""))
     if int(dataset.get("SamplesPerPixel", 0)) != 3 or interpretation not in \
             COLOUR_INTERPRETATIONS:
-        raise InvalidImage(f"DICOM photometric interpretation {interpretation[:16]!r} is not "
-                           "accepted; the model needs colour (RGB, YBR_FULL, YBR_FULL_422)",
+        raise InvalidImage("the DICOM photometric interpretation is not accepted; the model "
+                           "needs colour (RGB, YBR_FULL, YBR_FULL_422)",
                            "UNSUPPORTED_COLOR")
     if int(dataset.get("BitsAllocated", 0)) != 8 or int(dataset.get("BitsStored", 0)) != 8:
         raise InvalidImage("only 8 bits per sample are accepted", "UNSUPPORTED_BIT_DEPTH")
@@ -231,8 +284,3 @@ def native_image(dataset: Dataset) -> Image.Image:
     """Uncompressed pixels as an RGB image; pydicom converts YBR_FULL(_422) to RGB."""
     array: np.ndarray[Any, Any] = pixel_array(dataset, raw=False)  # raw=False: YBR -> RGB
     return Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
-
-
-def printable_uid(uid: str) -> str:
-    """A UID for a message: at most 64 characters (its length limit), printable only."""
-    return repr("".join(ch for ch in uid[:64] if ch.isprintable()))

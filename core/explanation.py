@@ -45,7 +45,7 @@ def class_index(config: ModelConfig, label: str) -> int:
     if not label:
         return TOP_CLASS
     if label not in config.labels:
-        raise InvalidRequest(f"label {label!r} is not one of this model version's labels "
+        raise InvalidRequest("the label is not one of this model version's labels "
                              f"{list(config.labels)}", "UNKNOWN_LABEL")
     return config.labels.index(label)
 

@@ -27,9 +27,10 @@ resources from `analysis_json` without validating each one again (see there why)
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -134,30 +135,60 @@ def device(prediction: Prediction) -> Json:
     })
 
 
-def imaging_study(dicom: DicomReference) -> Json:
-    modality = coding(DICOM_DCM, dicom.modality, MODALITY_DISPLAYS.get(dicom.modality, ""))
+def resource_ids(seed: str) -> Iterator[str]:
+    """Ids for one image's report and observations, in the order they are made: name-based on
+    `seed` (the same job, image and version give the same ids, so a re-export updates the
+    resources a receiver holds instead of duplicating them), or random without one."""
+    if not seed:
+        return (str(uuid.uuid4()) for _ in itertools.count())
+    return (str(uuid.uuid5(ID_NAMESPACE, f"analysis/{seed}/{n}")) for n in itertools.count())
+
+
+def modality_coding(modality: str) -> Json:
+    return coding(DICOM_DCM, modality, MODALITY_DISPLAYS.get(modality, ""))
+
+
+def imaging_study(instances: Sequence[DicomReference]) -> Json:
+    """One study's ImagingStudy with every series and instance of `instances` (all of one
+    study), each listed once, in the order first met."""
+    first = instances[0]
+    series: dict[str, dict[str, DicomReference]] = {}
+    for item in instances:
+        series.setdefault(item.series_instance_uid, {}).setdefault(item.sop_instance_uid, item)
+    modalities = list(dict.fromkeys(item.modality for item in instances))
     return body("ImagingStudy", {
-        "id": study_id(dicom),
+        "id": study_id(first),
         "identifier": [{"system": DICOM_UID_SYSTEM,
-                        "value": f"urn:oid:{dicom.study_instance_uid}"}],
+                        "value": f"urn:oid:{first.study_instance_uid}"}],
         "status": "available",
         "subject": {"display": "the patient of this DICOM study (identity not copied)"},
-        "modality": [modality],
-        "numberOfSeries": 1,
-        "numberOfInstances": 1,
+        "modality": [modality_coding(modality) for modality in modalities],
+        "numberOfSeries": len(series),
+        "numberOfInstances": sum(len(members) for members in series.values()),
         "series": [{
-            "uid": dicom.series_instance_uid,
-            "modality": modality,
-            "instance": [{"uid": dicom.sop_instance_uid,
-                          "sopClass": coding(URI_SYSTEM, f"urn:oid:{dicom.sop_class_uid}")}],
-        }],
+            "uid": uid,
+            "modality": modality_coding(next(iter(members.values())).modality),
+            "instance": [{"uid": member.sop_instance_uid,
+                          "sopClass": coding(URI_SYSTEM, f"urn:oid:{member.sop_class_uid}")}
+                         for member in members.values()],
+        } for uid, members in series.items()],
     })
+
+
+def imaging_studies(dicoms: Iterable[DicomReference]) -> list[Json]:
+    """An ImagingStudy per study among `dicoms`, each with all of its series and instances."""
+    studies: dict[str, list[DicomReference]] = {}
+    for dicom in dicoms:
+        studies.setdefault(dicom.study_instance_uid, []).append(dicom)
+    return [imaging_study(instances) for instances in studies.values()]
 
 
 class ObservationFactory:
     """Observations of one image, sharing the device, study, time and note."""
 
-    def __init__(self, prediction: Prediction, issued: str, in_bundle: bool) -> None:
+    def __init__(self, prediction: Prediction, issued: str, in_bundle: bool,
+                 ids: Iterator[str]) -> None:
+        self.ids = ids
         self.common: Json = {
             "status": "final",
             "category": [concept(OBSERVATION_CATEGORY, "imaging", "Imaging")],
@@ -172,7 +203,7 @@ class ObservationFactory:
                 reference("ImagingStudy", study_id(prediction.dicom), in_bundle)]
 
     def make(self, code: str, display: str, text: str, value: Json) -> Json:
-        return body("Observation", {"id": str(uuid.uuid4()), **self.common,
+        return body("Observation", {"id": next(self.ids), **self.common,
                                      "code": concept(DERMSERVE_CODES, code, display, text),
                                      **value})
 
@@ -206,8 +237,9 @@ class ObservationFactory:
                                             "system": UCUM, "code": "1"}})
 
 
-def observations(prediction: Prediction, issued: str, in_bundle: bool) -> list[Json]:
-    factory = ObservationFactory(prediction, issued, in_bundle)
+def observations(prediction: Prediction, issued: str, in_bundle: bool,
+                 ids: Iterator[str]) -> list[Json]:
+    factory = ObservationFactory(prediction, issued, in_bundle, ids)
     return [*(factory.probability(item) for item in prediction.probabilities),
             factory.top_class(prediction.probabilities[0]),
             factory.abstention(prediction), factory.ood_score(prediction)]
@@ -223,10 +255,10 @@ def conclusion(prediction: Prediction) -> str:
 
 
 def diagnostic_report(prediction: Prediction, results: Sequence[Json], issued: str,
-                      in_bundle: bool) -> Json:
+                      in_bundle: bool, report_id: str) -> Json:
     top = prediction.probabilities[0]
     elements: Json = {
-        "id": str(uuid.uuid4()),
+        "id": report_id,
         "status": "final",
         "category": [concept(DICOM_DCM, *DMS)],
         "code": concept(DERMSERVE_CODES, "dermoscopy-ai-analysis",
@@ -249,15 +281,18 @@ def diagnostic_report(prediction: Prediction, results: Sequence[Json], issued: s
 
 
 def analysis_json(prediction: Prediction, issued: datetime | None = None,
-                  in_bundle: bool = True) -> list[Json]:
+                  in_bundle: bool = True, seed: str = "") -> list[Json]:
     """The report first, then its observations, the device and the study (if DICOM), as plain
     JSON objects: what `analysis_resources` validates. The batch export writes these directly:
     validating 11 resources per image with fhir.resources took longer than classifying the
-    image (docs/integration.md); tests/service/test_fhir.py validates every shape they take."""
+    image (docs/integration.md); tests/service/test_fhir.py validates every shape they take.
+    `seed` names the image (see `resource_ids`); without one the ids are random."""
     when = instant(issued or datetime.now(UTC))
-    results = observations(prediction, when, in_bundle)
-    report = diagnostic_report(prediction, results, when, in_bundle)
-    study = [imaging_study(prediction.dicom)] if prediction.dicom is not None else []
+    ids = resource_ids(seed)
+    report_id = next(ids)
+    results = observations(prediction, when, in_bundle, ids)
+    report = diagnostic_report(prediction, results, when, in_bundle, report_id)
+    study = imaging_studies([prediction.dicom]) if prediction.dicom is not None else []
     return [report, *results, device(prediction), *study]
 
 

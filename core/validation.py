@@ -10,7 +10,10 @@ Order of checks, cheapest first, so nothing large is decoded before it is known 
 | not JPEG, PNG or DICOM by content (GIF,  | reject    | UNSUPPORTED_FORMAT    |
 | WebP, BMP, TIFF, random bytes), whatever |           |                       |
 | the caller claims                        |           |                       |
+| JPEG or PNG with `DICM` at byte 128      | reject    | AMBIGUOUS_FORMAT      |
 | DICOM (`DICM` at byte 128)               | its own   | core/dicom.py's table |
+| over `max_jpeg_junk_bytes` of junk       | reject    | CORRUPT_IMAGE         |
+| between a JPEG's header markers          |           |                       |
 | header unreadable                        | reject    | CORRUPT_IMAGE         |
 | width*height over `max_pixels` (from the | reject    | TOO_MANY_PIXELS       |
 | header, before decoding: bombs)          |           |                       |
@@ -88,23 +91,32 @@ PEAK_BUFFERS = 2
 image and one copy of it (the EXIF rotation, the colour conversion or the resize's first pass).
 Each copy replaces the image it was made from before the next one is made."""
 
+DEADLINE_CHECK_BYTES = 64 * 1024
+"""Bytes read between two deadline checks: the block Pillow feeds a decoder."""
+
 DeadlineCheck = Callable[[], None]
 """Raises (BackendTimeout) once the call's deadline has passed."""
 
 
 class DeadlineReader(io.BytesIO):
     """The image bytes as Pillow reads them. The decoder takes its input in blocks of 64 KiB and
-    a progressive JPEG does its work as its scans arrive, so checking the deadline on each read
-    stops a slow decode soon after the deadline instead of at its end."""
+    a progressive JPEG does its work as its scans arrive, so checking the deadline per block of
+    input stops a slow decode soon after the deadline instead of at its end. Per block, not per
+    read: Pillow's header parser reads a byte at a time, and a check per byte cost more than
+    the parse (4 million checks for a JPEG of junk)."""
 
     def __init__(self, data: bytes, check_deadline: DeadlineCheck | None) -> None:
         super().__init__(data)
         self._check_deadline = check_deadline
+        self._unchecked = DEADLINE_CHECK_BYTES  # the first read checks
 
     def read(self, size: int | None = -1, /) -> bytes:
-        if self._check_deadline is not None:
+        if self._check_deadline is not None and self._unchecked >= DEADLINE_CHECK_BYTES:
             self._check_deadline()
-        return super().read(size)
+            self._unchecked = 0
+        chunk = super().read(size)
+        self._unchecked += max(len(chunk), 1)  # an empty read at the end counts too
+        return chunk
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,15 @@ class ImageLimits:
                                       help="aspect ratio limit")
     max_jpeg_scans: int = setting(defaults.DEFAULT_MAX_JPEG_SCANS, unit="scans",
                                   help="progressive JPEG scans limit (CPU bombs carry thousands)")
+    max_jpeg_junk_bytes: int = setting(defaults.DEFAULT_MAX_JPEG_JUNK_BYTES, unit="bytes",
+                                       help="junk and fill bytes between a JPEG's header "
+                                            "markers")
+    max_dicom_elements: int = setting(defaults.DEFAULT_MAX_DICOM_ELEMENTS,
+                                      unit="elements and items",
+                                      help="DICOM data elements, items and fragments, all "
+                                           "levels together")
+    max_dicom_depth: int = setting(defaults.DEFAULT_MAX_DICOM_DEPTH, unit="sequences",
+                                   help="DICOM sequences nested in one another")
 
 
 def sniff_format(data: bytes) -> str:
@@ -197,6 +218,38 @@ def count_scans(data: bytes, limit: int) -> int:
     return scans
 
 
+def junk_before_scan(data: bytes, limit: int) -> int:
+    """Bytes between the header's markers of a JPEG that are neither a marker nor a segment
+    (junk, fill bytes, stuffed zeros), up to its first scan, counted up to `limit + 1`. Pillow
+    reads such bytes one at a time; a malformed segment ends the count (the decoder refuses
+    it)."""
+    pos, junk = len(JPEG_MAGIC) - 1, 0
+    while junk <= limit and pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            end = min(len(data), pos + limit + 1 - junk)  # no further than the count needs
+            following = data.find(b"\xff", pos, end)
+            following = end if following == -1 else following
+            junk, pos = junk + following - pos, following
+            continue
+        marker = data[pos + 1]
+        if marker in (0x00, 0xFF):  # a stuffed zero or a fill byte: Pillow steps over it
+            junk, pos = junk + 1, pos + 1
+            continue
+        if marker == JPEG_SOS or marker == JPEG_EOI:
+            break
+        pos += 2 if marker in JPEG_STANDALONE_MARKERS else \
+            2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return junk
+
+
+def check_junk(data: bytes, image_format: str, limits: ImageLimits) -> None:
+    """Junk before a JPEG's first scan costs Pillow a read per byte: refused past a bound."""
+    if image_format == "JPEG" and \
+            junk_before_scan(data, limits.max_jpeg_junk_bytes) > limits.max_jpeg_junk_bytes:
+        raise InvalidImage(f"the JPEG has more than {limits.max_jpeg_junk_bytes} bytes of junk "
+                           "between its header's markers", "CORRUPT_IMAGE")
+
+
 def check_scans(data: bytes, image_format: str, limits: ImageLimits) -> None:
     """Each scan of a progressive JPEG walks every block of the image again: thousands of tiny
     scans make a small file cost minutes of CPU, so they are counted before anything decodes."""
@@ -257,8 +310,12 @@ def open_image(data: bytes, limits: ImageLimits,
     check_size(data, limits)
     from core import dicom  # here, not at the top: core.dicom builds on this module's checks
     if dicom.is_dicom(data):
+        if data.startswith((JPEG_MAGIC, PNG_MAGIC)):
+            raise InvalidImage("the file is both a DICOM file and a JPEG or PNG image; only one "
+                               "format per file is accepted", "AMBIGUOUS_FORMAT")
         return dicom.open_dicom(data, limits,
-                                lambda frame: open_encoded(frame, limits, check_deadline))
+                                lambda frame: open_encoded(frame, limits, check_deadline),
+                                check_deadline)
     return open_encoded(data, limits, check_deadline)
 
 
@@ -266,6 +323,7 @@ def open_encoded(data: bytes, limits: ImageLimits,
                  check_deadline: DeadlineCheck | None = None) -> Image.Image:
     """open_image for a JPEG or PNG."""
     image_format = sniff_format(data)
+    check_junk(data, image_format, limits)
     image = open_header(data, image_format, check_deadline)
     check_dimensions(*image.size, limits)
     check_frames(image, image_format)

@@ -56,6 +56,7 @@ for a readiness probe, cheap enough (one image) to be noise on the model."""
 
 # --- requests ------------------------------------------------------------------------------------
 MAX_REQUEST_ID_LENGTH = 128  # characters; documented in the proto
+MAX_VERSION_LABEL_LENGTH = 64  # characters; labels are words like "stable" (echoed in errors)
 
 # --- client --------------------------------------------------------------------------------------
 DEFAULT_CLIENT_TIMEOUT_S = 30.0  # seconds per call from `dermserve classify`

@@ -154,8 +154,11 @@ def model_ref(selector: pb.ModelSelector, model_name: str) -> ModelRef:
             raise InvalidRequest("model.version must be a positive integer", "INVALID_VERSION")
         return ModelRef(model_name, version=selector.version)
     if choice == "version_label":
-        if not selector.version_label:
-            raise InvalidRequest("model.version_label must not be empty", "INVALID_VERSION")
+        label = selector.version_label
+        if not label or len(label) > defaults.MAX_VERSION_LABEL_LENGTH or not label.isprintable():
+            raise InvalidRequest("model.version_label must be 1-"
+                                 f"{defaults.MAX_VERSION_LABEL_LENGTH} printable characters",
+                                 "INVALID_VERSION")
         return ModelRef(model_name, label=selector.version_label)
     return ModelRef(model_name)
 

@@ -73,3 +73,4 @@ def bundled_as_photograph(name: str) -> bytes:
     for _ in ds:  # convert every raw element, so that it is written back as it was read
         pass
     return to_bytes(ds)
+

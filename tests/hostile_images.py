@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -90,3 +91,56 @@ def peak_memory() -> Iterator[PeakMemory]:
     meter = PeakMemory(baseline_kib=status_kib("VmRSS"))
     yield meter
     meter.peak_kib = status_kib("VmHWM")
+
+
+def jpeg_junk_prefix(junk_bytes: int, fill: int = 0x00) -> bytes:
+    """`FF D8 FF` and then `junk_bytes` bytes of `fill` and nothing else: Pillow skips junk
+    before a marker one byte at a time."""
+    return b"\xff\xd8\xff" + bytes([fill]) * junk_bytes
+
+
+EMPTY_ITEM = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # (FFFE,E000), length 0
+SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # (FFFE,E0DD)
+ITEM_BYTES = len(EMPTY_ITEM)
+
+
+def fill_count(base: bytes, size: int, overhead: int = 0) -> int:
+    """How many 8-byte items or elements fit after `base` in a file of `size` bytes."""
+    return (size - len(base) - overhead) // ITEM_BYTES
+
+
+def with_item_bomb(data: bytes, size: int) -> bytes:
+    """An explicit VR file with one undefined-length private sequence after its pixel data,
+    holding as many empty items as fit in `size` bytes (the bomb of issue 26: pydicom builds a
+    Dataset per item)."""
+    opening = b"\xe1\x7f\x10\x00SQ\x00\x00\xff\xff\xff\xff"  # (7FE1,0010) SQ, undefined length
+    count = fill_count(data, size, len(opening) + len(SEQUENCE_END))
+    return data + opening + EMPTY_ITEM * count + SEQUENCE_END
+
+
+def with_element_bomb(data: bytes, size: int) -> bytes:
+    """An explicit VR file with as many empty private LO elements after its pixel data as fit in
+    `size` bytes, each with its own tag in the odd (private) groups from 7FE1."""
+    count = fill_count(data, size)
+    return data + b"".join(
+        (0x7FE1 + 2 * (index // 0xFF00)).to_bytes(2, "little")
+        + (0x0100 + index % 0xFF00).to_bytes(2, "little") + b"LO\x00\x00"
+        for index in range(count))
+
+
+def png_polyglot(png: bytes, dicom: bytes) -> bytes:
+    """`png` with `dicom` hidden in a private ancillary chunk placed so that `DICM` lands at byte
+    128: Pillow reads the PNG (it skips the chunk), a DICOM reader reads the DICOM."""
+    head, rest = png[:33], png[33:]  # the signature and IHDR
+    padding = 128 - len(head) - 8  # the chunk's length and type come first
+    payload = bytes(padding) + dicom[128:]
+    chunk_type = b"dcMp"  # lower-case first letter: ancillary, safe to skip
+    crc = zlib.crc32(chunk_type + payload).to_bytes(4, "big")
+    return head + len(payload).to_bytes(4, "big") + chunk_type + payload + crc + rest
+
+
+def jpeg_polyglot(jpeg: bytes, dicom: bytes) -> bytes:
+    """`jpeg` with `dicom` in an APP15 segment right after SOI, `DICM` at byte 128 (a segment
+    holds at most 65533 bytes, so only the DICOM file's start fits; enough to be recognised)."""
+    payload = (bytes(128 - 6) + dicom[128:])[:65533]
+    return jpeg[:2] + b"\xff\xef" + (len(payload) + 2).to_bytes(2, "big") + payload + jpeg[2:]

@@ -30,6 +30,7 @@ import redis
 
 from core.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
 from core.identity import ANONYMOUS, Caller
+from core.numbers import ascii_natural
 from worker import defaults
 from worker.queues import ChunkQueues
 from worker.records import ChunkState, JobRecord, JobState, Priority
@@ -269,7 +270,13 @@ class JobService:
     # --- reading ---------------------------------------------------------------------------------
     def resolve(self, job_ref: str, caller: Caller = ANONYMOUS) -> str:
         """The server's job id for `job_ref`: the server's own id, or the `client_job_id` the
-        caller chose at submit time (users type the name they gave, not a 32-digit hex id)."""
+        caller chose at submit time (users type the name they gave, not a 32-digit hex id). Any
+        other text is refused before it is echoed in a message or a log line: a 60,000-character
+        id made 60 KB log lines and an error too large for gRPC's metadata."""
+        if not (SERVER_JOB_ID.fullmatch(job_ref) or CLIENT_JOB_ID.fullmatch(job_ref)):
+            raise InvalidRequest("a job id is the server's 32 hex digits or a client_job_id of "
+                                 f"1-{defaults.MAX_CLIENT_JOB_ID_LENGTH} characters of "
+                                 "[A-Za-z0-9._:-]", "BAD_JOB_ID")
         if SERVER_JOB_ID.fullmatch(job_ref) and self.store.exists(job_ref):
             return job_ref
         if CLIENT_JOB_ID.fullmatch(job_ref):
@@ -388,9 +395,10 @@ def check_inline(images: Sequence[InlineImage], limits: JobLimits) -> None:
 def parse_page_token(token: str, total: int) -> int:
     if not token:
         return 0
-    if not token.isdigit() or int(token) > total:
+    position = ascii_natural(token)
+    if position is None or position > total:
         raise InvalidRequest("malformed page_token", "BAD_PAGE_TOKEN")
-    return int(token)
+    return position
 
 
 def page_size_of(page_size: int, default: int, maximum: int) -> int:

@@ -142,7 +142,7 @@ class ResultStore:
 
     def job_dir(self, job_id: str) -> Path:
         if not job_id.isalnum():  # job ids are hex; anything else must not become a path
-            raise InvalidRequest(f"malformed job id {job_id!r}", "BAD_JOB_ID")
+            raise InvalidRequest("malformed job id (not echoed)", "BAD_JOB_ID")
         return self.output_dir / job_id
 
     def inputs_dir(self, job_id: str) -> Path:
@@ -186,7 +186,7 @@ class ResultStore:
         paths = self.export_paths(job_id)
         for exporter in self.exporters:
             write_atomically(paths[exporter.name],
-                             exporter.lines(self._iter(job_id, ordered), labels))
+                             exporter.lines(self._iter(job_id, ordered), labels, job_id))
         return paths
 
     def _iter(self, job_id: str, chunks: Sequence[int]) -> Iterator[ImageResult]:
@@ -204,8 +204,10 @@ class ResultExporter(Protocol):
     name: str  # the format's name: a key of export_paths, a `--format` of the CLI
     filename: str  # its file in the job's directory
 
-    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
-        """The file's text, in pieces; `labels` is the answering version's class list."""
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str],
+              job_id: str) -> Iterator[str]:
+        """The file's text, in pieces; `labels` is the answering version's class list, `job_id`
+        the server's id of the job."""
         ...
 
 
@@ -215,7 +217,8 @@ class JsonlExporter:
     name = "jsonl"
     filename = EXPORT_JSONL
 
-    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str],
+              job_id: str) -> Iterator[str]:
         return (result.to_json() + "\n" for result in results)
 
 
@@ -226,32 +229,48 @@ class CsvExporter:
     name = "csv"
     filename = EXPORT_CSV
 
-    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str],
+              job_id: str) -> Iterator[str]:
         return csv_lines(results, labels)
 
 
 class FhirNdjsonExporter:
     """FHIR R4 (R4B) resources, one per line (the Bulk Data NDJSON convention): each classified
-    image's DiagnosticReport and Observations, each model version's Device and each DICOM
-    study's ImagingStudy once. Images that failed have no resources (their errors are in the
-    JSONL and CSV exports). Written unvalidated (core/fhir.analysis_json says why)."""
+    image's DiagnosticReport and Observations (ids named by the job, the image and the version,
+    so a re-export is idempotent), then each model version's Device and each DICOM study's
+    ImagingStudy once, with every series and instance of the job's images in it. Images that
+    failed have no resources (their errors are in the JSONL and CSV exports). Written
+    unvalidated (core/fhir.analysis_json says why)."""
 
     name = "ndjson"
     filename = EXPORT_NDJSON
 
-    def lines(self, results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
+    def lines(self, results: Iterable[ImageResult], labels: Sequence[str],
+              job_id: str) -> Iterator[str]:
         issued = datetime.now(UTC)
-        written: set[str] = set()  # ids of the shared resources (Device, ImagingStudy)
+        devices: dict[str, fhir.Json] = {}
+        dicoms: list[DicomReference] = []
         for result in results:
             if result.error is not None:
                 continue
-            for resource in fhir.analysis_json(result.prediction(), issued, in_bundle=False):
-                key = f"{resource['resourceType']}/{resource['id']}"
-                if key in written:
-                    continue
-                if resource["resourceType"] in fhir.SHARED_RESOURCES:
-                    written.add(key)
-                yield fhir.resource_json(resource) + "\n"
+            prediction = result.prediction()
+            for resource in fhir.analysis_json(prediction, issued, in_bundle=False,
+                                               seed=analysis_seed(job_id, result)):
+                if resource["resourceType"] == "Device":
+                    devices.setdefault(resource["id"], resource)
+                elif resource["resourceType"] not in fhir.SHARED_RESOURCES:
+                    yield fhir.resource_json(resource) + "\n"
+            if prediction.dicom is not None:
+                dicoms.append(prediction.dicom)
+        # after every image: a study's ImagingStudy lists all of its series and instances
+        for resource in [*devices.values(), *fhir.imaging_studies(dicoms)]:
+            yield fhir.resource_json(resource) + "\n"
+
+
+def analysis_seed(job_id: str, result: ImageResult) -> str:
+    """What names an image's report and observations in a job's export: the job, the image's
+    position and the answering version (core/fhir.resource_ids)."""
+    return f"job/{job_id}/image/{result.index}/version/{result.model_version}"
 
 
 EXPORTERS: tuple[ResultExporter, ...] = (JsonlExporter(), CsvExporter(), FhirNdjsonExporter())

@@ -104,3 +104,18 @@ def test_authorised_calls_succeed_during_the_abuse(summary: dict[str, Any]) -> N
     probe = summary["classify_probe"]
     assert probe["calls"] > 0 and probe["failures"] == {}
     assert outcomes(summary, "health_flood").get("OK", 0) >= 32 + 8 + 2  # watches, Classify, Check
+
+
+def test_dicom_bombs_and_polyglots_are_refused_by_front_and_worker(
+        summary: dict[str, Any]) -> None:
+    found = reasons(summary, "dicom_bombs")
+    assert found.get("INVALID_ARGUMENT/DICOM_TOO_COMPLEX") == 3
+    assert found.get("INVALID_ARGUMENT/AMBIGUOUS_FORMAT") == 2
+    assert found.get("IMAGE:INVALID_ARGUMENT/DICOM_TOO_COMPLEX") == 3
+    assert outcomes(summary, "dicom_bombs").get("OK") == 1  # the job's submission, no image
+
+
+def test_hostile_listing_tokens_and_long_ids_are_invalid_argument(
+        summary: dict[str, Any]) -> None:
+    found = outcomes(summary, "listing_tokens")
+    assert set(found) == {"OK", "INVALID_ARGUMENT"} and found["OK"] == 1  # the submission

@@ -114,14 +114,14 @@ def test_a_corrupt_jpeg_frame_is_corrupt() -> None:
 
 def test_a_sequence_nested_thousands_deep_is_refused_not_a_crash() -> None:
     """A hostile file nests undefined-length sequences 5000 deep after the meta information:
-    pydicom's recursive reader gives up (RecursionError), and that is CORRUPT_IMAGE."""
+    the structure scan refuses it before pydicom's recursive reader sees it."""
     data = ham_dicom()
     meta_end = 144 + int.from_bytes(data[140:144], "little")  # after (0002,0000)'s value
     opening = (b"\x09\x00\x10\x00SQ\x00\x00\xff\xff\xff\xff"  # (0009,0010) SQ, undefined
                b"\xfe\xff\x00\xe0\xff\xff\xff\xff")  # an item of undefined length
     closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00\xfe\xff\xdd\xe0\x00\x00\x00\x00"
     bomb = data[:meta_end] + opening * 5000 + closing * 5000 + data[meta_end:]
-    assert refusal(bomb) == "CORRUPT_IMAGE"
+    assert refusal(bomb) == "DICOM_TOO_COMPLEX"
 
 
 def test_missing_pixel_data_and_uids_are_refused() -> None:

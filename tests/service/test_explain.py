@@ -222,3 +222,14 @@ def test_a_dicom_image_is_explained_with_its_uids(server: Running) -> None:
     assert not from_png.classification.HasField("dicom")
     assert hottest_quadrant(heatmap_of(from_dicom)) == "bottom-left"
     np.testing.assert_allclose(heatmap_of(from_dicom), heatmap_of(from_png), atol=1e-5)
+
+
+def test_a_long_label_is_refused_without_being_echoed(server: Running) -> None:
+    """Issue 26 defect 8: a client's text of any length went back in the error's details (and
+    the log line); past gRPC's metadata limit the client got RESOURCE_EXHAUSTED."""
+    long = "m" * 60_000
+    with pytest.raises(grpc.RpcError) as caught:
+        explain(server, patched_png((RED, "top-left")), label=long)
+    assert (caught.value.code(), reason_of(caught.value)) == (
+        grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_LABEL")
+    assert long[:40] not in caught.value.details()

@@ -12,17 +12,22 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom import dcmread
 
+from devtools.dicom_sample import to_bytes
 from service.batch_jobs import image_result, result_message
 from tests.dicom_files import (
     HAM_IMAGE_NAMES,
     PLANTED,
     bundled,
     dermoscopic_dicom,
+    dicom_dataset,
     ham_dicom,
+    ham_image,
 )
+from tests.hostile_images import with_item_bomb
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.records import JobState
+from worker.results import FhirNdjsonExporter, labels_of
 from worker.settings import WorkerSettings
 
 
@@ -94,3 +99,72 @@ def test_the_ndjson_export_is_fhir_resources_one_per_line(
     text = ndjson.read_text(encoding="utf-8") + jobs.export_paths(job_id)["jsonl"].read_text()
     for planted in PLANTED:
         assert planted not in text
+
+
+def test_a_dicom_structure_bomb_in_a_job_is_refused_and_the_job_goes_on(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    """The worker parses DICOM through the same core: a file of ~1.3 million empty items after
+    its pixel data (pydicom built them all: +880 MB, 21 s, then classified it) is refused as
+    DICOM_TOO_COMPLEX, and the file beside it is classified."""
+    folder = input_root / "bomb"
+    folder.mkdir(parents=True)
+    (folder / "bomb.dcm").write_bytes(with_item_bomb(ham_dicom(), settings.limits.max_bytes))
+    (folder / "good.dcm").write_bytes(ham_dicom())
+    outcome = jobs.submit(SubmitRequest(JobInput(paths=[str(folder)])))
+    run_worker_burst(settings, FakeBackend())
+    results = {Path(r.reference).name: r
+               for r in jobs.list_results(outcome.job.job_id, 10, "").results}
+    assert results["bomb.dcm"].error is not None
+    assert results["bomb.dcm"].error.reason == "DICOM_TOO_COMPLEX"
+    assert results["good.dcm"].error is None and results["good.dcm"].dicom is not None
+
+
+def write_one_study(folder: Path) -> tuple[str, dict[str, set[str]]]:
+    """Three instances of one study: two in one series, one in another. Returns the study UID
+    and the instance UIDs by series."""
+    folder.mkdir(parents=True)
+    datasets = [dicom_dataset(ham_image(name)) for name in HAM_IMAGE_NAMES]
+    study = datasets[0].StudyInstanceUID
+    datasets[1].SeriesInstanceUID = datasets[0].SeriesInstanceUID
+    series: dict[str, set[str]] = {}
+    for number, ds in enumerate(datasets):
+        ds.StudyInstanceUID = study
+        series.setdefault(str(ds.SeriesInstanceUID), set()).add(str(ds.SOPInstanceUID))
+        (folder / f"{number}.dcm").write_bytes(to_bytes(ds))
+    return str(study), series
+
+
+def test_the_ndjson_export_has_one_imaging_study_per_study_and_stable_ids(
+        jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
+    """Issue 26 defect 9: three instances of one study gave one ImagingStudy listing only the
+    first, and the report and observation ids were random on each export (a re-import
+    duplicated them). Now one ImagingStudy holds every series and instance, and exporting
+    again gives the same ids."""
+    study, series = write_one_study(input_root / "one-study")
+    outcome = jobs.submit(SubmitRequest(JobInput(paths=[str(input_root / "one-study")])))
+    run_worker_burst(settings, FakeBackend())
+    job_id = outcome.job.job_id
+    lines = jobs.export_paths(job_id)["ndjson"].read_text(encoding="utf-8").splitlines()
+    resources = [json.loads(line) for line in lines]
+    studies = [raw for raw in resources if raw["resourceType"] == "ImagingStudy"]
+    assert len(studies) == 1
+    model = get_fhir_model_class("ImagingStudy").model_validate(studies[0])
+    assert model.identifier[0].value == f"urn:oid:{study}"
+    assert {item.uid: {instance.uid for instance in item.instance}
+            for item in model.series} == series
+    assert (model.numberOfSeries, model.numberOfInstances) == (2, 3)
+    results = jobs.list_results(job_id, 10, "").results
+    again = [json.loads(line) for line in FhirNdjsonExporter().lines(
+        results, labels_of(results), job_id)]
+    assert ids_by_type(again) == ids_by_type(resources)
+    assert len(ids_by_type(resources)["DiagnosticReport"]) == 3
+    other = [json.loads(line) for line in FhirNdjsonExporter().lines(
+        results, labels_of(results), "f" * 32)]  # another job's export of the same images
+    assert not ids_by_type(other)["Observation"] & ids_by_type(resources)["Observation"]
+
+
+def ids_by_type(resources: list[dict[str, object]]) -> dict[str, set[object]]:
+    found: dict[str, set[object]] = {}
+    for raw in resources:
+        found.setdefault(str(raw["resourceType"]), set()).add(raw["id"])
+    return found

@@ -122,7 +122,7 @@ def test_the_client_job_id_a_user_chose_names_the_job_too(
     for ref, caller in (("ham-2026-11-23", bob), ("never-submitted", alice)):
         with pytest.raises(JobNotFound):
             jobs.get(ref, caller)
-    with pytest.raises(InvalidRequest, match="malformed job id"):
+    with pytest.raises(InvalidRequest, match="a job id is the server.s 32 hex digits"):
         jobs.get("../etc", alice)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from devtools.dicom_sample import photograph_dataset, to_bytes
 from tests import hostile_images as decode_corpus
 
 
@@ -74,6 +75,34 @@ def large_jpegs() -> list[tuple[str, bytes]]:
     160 MB decode and as much again per conversion or rotation before decoding was reduced."""
     return [("cmyk-40mp", decode_corpus.large_cmyk_jpeg()),
             ("exif-rotated-40mp", decode_corpus.large_rotated_jpeg())]
+
+
+MAX_IMAGE_BYTES = 10 * 1024 * 1024  # the stack's image limit (its default)
+
+
+def photograph_dicom(seed: int = 0) -> bytes:
+    """A DICOM photograph the service accepts (uncompressed RGB, 200x150)."""
+    return to_bytes(photograph_dataset(photo(200, 150, seed=seed), "uncompressed-rgb"))
+
+
+def dicom_bombs() -> list[tuple[str, bytes, str]]:
+    """Files filled to the image limit that pydicom would turn into a million objects (issue
+    26: +0.9 GB and 17 s each), polyglots and JPEG junk, with the reason each must get."""
+    base = photograph_dicom()
+    nested = base + (b"\xe1\x7f\x10\x00SQ\x00\x00\xff\xff\xff\xff"
+                     + decode_corpus.EMPTY_ITEM[:4] + b"\xff\xff\xff\xff") * 5000
+    return [
+        ("dicom-1.3m-empty-items", decode_corpus.with_item_bomb(base, MAX_IMAGE_BYTES),
+         "DICOM_TOO_COMPLEX"),
+        ("dicom-1.3m-private-elements", decode_corpus.with_element_bomb(base, MAX_IMAGE_BYTES),
+         "DICOM_TOO_COMPLEX"),
+        ("dicom-nested-5000-deep", nested, "DICOM_TOO_COMPLEX"),
+        ("png-hiding-dicom", decode_corpus.png_polyglot(encode(photo(200, 150), "PNG"), base),
+         "AMBIGUOUS_FORMAT"),
+        ("jpeg-hiding-dicom", decode_corpus.jpeg_polyglot(good_jpeg(), base), "AMBIGUOUS_FORMAT"),
+        ("jpeg-10mib-junk", decode_corpus.jpeg_junk_prefix(MAX_IMAGE_BYTES - 3),
+         "CORRUPT_IMAGE"),
+    ]
 
 
 def hostile_images(quick: bool) -> list[tuple[str, bytes]]:

@@ -62,6 +62,34 @@ def scan_bomb(stack: Stack, record: Record, quick: bool) -> None:
                        f"a bomb took {slowest:.2f} s to refuse (limit {BOMB_REFUSAL_LIMIT_S} s)")
 
 
+def dicom_bombs(stack: Stack, record: Record, quick: bool) -> None:
+    """DICOM structure bombs, polyglots and a JPEG of junk, sent at once to the front, then as
+    a job to the worker: each refused with its reason, and neither process' peak RSS may grow
+    by GROWTH_LIMIT_MB (one item bomb cost the front 0.9 GB, the worker 880 MB)."""
+    family = "dicom_bombs"
+    bombs = corpus.dicom_bombs()
+    with stack.channel() as channel, peak_growth(stack, "front", record, family):
+        stub = pb_grpc.LesionClassifierStub(channel)
+        outcomes = at_once([partial(record.attempt, family, name, partial(classify, stub, data))
+                            for name, data, _ in bombs * (1 if quick else 2)])
+    wanted = [("INVALID_ARGUMENT", reason) for _, _, reason in bombs] * (1 if quick else 2)
+    record.expect(family, outcomes == wanted,
+                  f"the front answered {outcomes}, not {wanted}")
+    directory = stack.input_root / "dicom-bombs"
+    directory.mkdir()
+    for name, data, _ in bombs:
+        (directory / f"{name}.dcm").write_bytes(data)
+    request = jobs_pb.SubmitBatchJobRequest(files=jobs_pb.FileReferences(paths=["dicom-bombs"]))
+    with stack.channel() as channel, peak_growth(stack, "worker", record, family):
+        job = record.call(family, "job", lambda: run_job(jobs_grpc.BatchJobsStub(channel),
+                                                         request)) or []
+    for result in job:
+        record.add(family, "image", f"IMAGE:{result.error.code or 'OK'}", result.error.reason)
+    found = sorted(result.error.reason for result in job)
+    record.expect(family, found == sorted(reason for _, _, reason in bombs),
+                  f"the worker answered {found}")
+
+
 def large_jpegs(stack: Stack, record: Record, quick: bool) -> None:
     """40-megapixel CMYK and EXIF-rotated JPEGs at once: to the front (2 or 8 Classify calls),
     then to the worker (a job of 2 or 16 such files: the 16 of the report took it from 0.96 to

@@ -9,6 +9,8 @@ from functools import partial
 
 from dermserve.v1 import batch_jobs_pb2 as jobs_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as jobs_grpc
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from tools.attack import corpus
 from tools.attack.calls import AUTH, CALL_TIMEOUT_S, Metadata, all_results, bearer, finish_job
 from tools.attack.record import Record
@@ -115,6 +117,45 @@ def cross_client(stack: Stack, record: Record, quick: bool) -> None:
             files(["cross/a.jpg"]), metadata=bearer(JOBS_ONLY_TOKEN), timeout=CALL_TIMEOUT_S))
         record.expect(family, not isinstance(jobs_only, tuple),
                       "a token granted BatchJobs could not submit")
+
+
+HOSTILE_PAGE_TOKENS = ("²", "١", "0" * 19, "-1", " 1", "9" * 60_000)
+"""Unicode digits that str.isdigit() took and int() refused (INTERNAL), too many digits, signs,
+spaces, and one 60 KB token."""
+LONG_ID = "a" * 60_000
+"""An id that reached Redis, a 60 KB log line and an error beyond gRPC's metadata limit."""
+
+
+def listing_tokens(stack: Stack, record: Record, quick: bool) -> None:
+    """Hostile page tokens on both listings, and over-long ids on every call that names a job
+    and as a version label: each INVALID_ARGUMENT (never INTERNAL or RESOURCE_EXHAUSTED)."""
+    family = "listing_tokens"
+    (stack.input_root / "listing").mkdir()
+    (stack.input_root / "listing" / "a.jpg").write_bytes(corpus.good_jpeg())
+    with stack.channel() as channel:
+        stub = jobs_grpc.BatchJobsStub(channel)
+        mine = record.call(family, "submit", lambda: stub.SubmitBatchJob(
+            files(["listing/a.jpg"]), metadata=AUTH, timeout=CALL_TIMEOUT_S))
+        job_id = mine.job.job_id if mine is not None else "0" * 32
+        attempts: list[tuple[str, Callable[[], object]]] = []
+        for index, token in enumerate(HOSTILE_PAGE_TOKENS):
+            attempts.append((f"results-token-{index}", partial(
+                stub.ListBatchJobResults, jobs_pb.ListBatchJobResultsRequest(
+                    job_id=job_id, page_token=token), metadata=AUTH, timeout=CALL_TIMEOUT_S)))
+            attempts.append((f"jobs-token-{index}", partial(
+                stub.ListBatchJobs, jobs_pb.ListBatchJobsRequest(page_token=token),
+                metadata=AUTH, timeout=CALL_TIMEOUT_S)))
+        attempts += [(f"long-id-{name}", partial(call, AUTH))
+                     for name, call in job_calls(stub, LONG_ID).items()]
+        classifier = pb_grpc.LesionClassifierStub(channel)
+        attempts.append(("long-version-label", partial(
+            classifier.Classify, pb.ClassifyRequest(
+                image=corpus.good_jpeg(), model=pb.ModelSelector(version_label=LONG_ID)),
+            metadata=AUTH, timeout=CALL_TIMEOUT_S)))
+        for name, call in attempts:
+            outcome = record.attempt(family, name, call)
+            record.expect(family, isinstance(outcome, tuple)
+                          and outcome[0] == "INVALID_ARGUMENT", f"{name} answered {outcome}")
 
 
 def job_calls(stub: jobs_grpc.BatchJobsStub, job_id: str
