@@ -25,6 +25,8 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = escaped(request_id_var.get())
+        # Text lines show "[id]" inside a call only: no empty "[]" on start-up lines.
+        record.request_tag = f" [{record.request_id}]" if record.request_id else ""
         return True
 
 
@@ -45,7 +47,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s %(message)s"
 
 
 def configure_logging(log_format: str, level: str) -> None:
