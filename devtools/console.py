@@ -36,8 +36,8 @@ GPU or the CPU's instruction sets; a line of that shape about anything else is s
 RQ_START_UP = re.compile(r"rq\.worker .*(cleaning registries|cleaning group registries"
                          r"|subscribing to channel|started with PID|\*\*\* Listening on)")
 
-REDIS_START_UP = re.compile(r"oO0OoO0OoO0Oo Redis is starting|# Redis version=|# Configuration loaded"
-                            r"|# Server initialized")
+REDIS_START_UP = re.compile(r"oO0OoO0OoO0Oo Redis is starting|# Redis version="
+                            r"|# Configuration loaded|# Server initialized")
 """Redis logs these at warning level (--loglevel warning keeps its other start-up notices out)."""
 
 REDIS_OVERCOMMIT = re.compile(r"WARNING Memory overcommit must be enabled")

@@ -24,9 +24,10 @@ class RequestIdFilter(logging.Filter):
     checked before they are set, and escaping keeps logs safe should one slip through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = escaped(request_id_var.get())
+        request_id = escaped(request_id_var.get())
+        record.request_id = request_id
         # Text lines show "[id]" inside a call only: no empty "[]" on start-up lines.
-        record.request_tag = f" [{record.request_id}]" if record.request_id else ""
+        record.request_tag = f" [{request_id}]" if request_id else ""
         return True
 
 
