@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run stop bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
+.PHONY: help install proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -171,5 +171,7 @@ $(GRPCURL):
 
 $(PROMTOOL):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+grpcurl: $(GRPCURL)  ## install grpcurl into .tools/bin/ (the README's quick start calls it)
 
 tools: $(TOOLS)/node_modules/.bin/buf $(KUBECTL) $(GRPCURL) $(PROMTOOL)  ## install buf, kubectl, grpcurl and promtool

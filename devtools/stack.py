@@ -222,12 +222,16 @@ def announce_when_serving(supervisor: Supervisor, args: argparse.Namespace,
         print_usage(args, worker_up)
 
 
+def metrics_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/metrics" if port else "off"
+
+
 def print_usage(args: argparse.Namespace, worker_up: bool = True) -> None:
     target = args.listen
     worker = "" if worker_up else "  (the batch worker is still starting)"
     web_line = f"  web page         http://{args.web_listen}/\n" if args.web_listen else ""
-    metrics = (f"  metrics          http://127.0.0.1:{args.metrics_port}/metrics (front), "
-               f"http://127.0.0.1:{args.worker_metrics_port}/metrics (worker, batch jobs)\n")
+    metrics = (f"  metrics          {metrics_url(args.metrics_port)} (front), "
+               f"{metrics_url(args.worker_metrics_port)} (worker, batch jobs)\n")
     print(f"""
 dermserve is serving.
   gRPC             {target}{worker}

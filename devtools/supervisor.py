@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Child:
     restart_at: float | None = None
     starts: int = 0
     last: bool = False  # stopped after the others (Redis, which they need while they stop)
+    reader: threading.Thread | None = None  # copies its output to the console, until EOF
 
     @property
     def pid(self) -> int | None:
@@ -107,7 +109,7 @@ class Child:
                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                           process_group=0)
             assert self.popen.stdout is not None
-            console.follow(self.name, self.popen.stdout)
+            self.reader = console.follow(self.name, self.popen.stdout)
         self.restart_at = None
         self.starts += 1
 
