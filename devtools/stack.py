@@ -368,6 +368,16 @@ def running_pid(args: argparse.Namespace) -> int | None:
     return pid if b"devtools.stack" in command else None
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process: an exited one its parent has not reaped yet (a zombie,
+    state Z) has stopped too."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def stop_running(args: argparse.Namespace) -> int:
     """`make stop`: SIGTERM the running launcher and wait until it has stopped everything."""
     pid = running_pid(args)
@@ -376,9 +386,9 @@ def stop_running(args: argparse.Namespace) -> int:
         return 0
     os.kill(pid, signal.SIGTERM)
     until = time.monotonic() + STOP_WAIT_S
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < until:
+    while running(pid) and time.monotonic() < until:
         time.sleep(POLL_S)  # not our child: nothing to wait() on
-    if Path(f"/proc/{pid}").exists():
+    if running(pid):
         log.error("the stack (pid %d) did not stop within %.0f s", pid, STOP_WAIT_S)
         return 1
     log.info("stopped")

@@ -24,7 +24,7 @@ from core.readiness import write_ready_file
 from devtools.console import Console
 from devtools.launched import LaunchedStack, StackLayout
 from devtools.ports import free_ports
-from devtools.stack import child_is_up
+from devtools.stack import child_is_up, running
 from devtools.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from tests.worker.conftest import write_images
 
@@ -105,15 +105,6 @@ def test_a_crash_loop_banner_quotes_the_childs_last_line() -> None:
     assert caught.value.last_said == "cannot listen on 127.0.0.1:50051: the port is taken"
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text(
-        ).split()[2]
-
-
 @pytest.mark.timeout(2 * START_TIMEOUT_S)
 @pytest.mark.parametrize("how", ["ctrl-c", "make stop"])
 def test_the_stack_prints_its_banner_last_and_stops_quickly(
@@ -138,7 +129,7 @@ def test_the_stack_prints_its_banner_last_and_stops_quickly(
             else:
                 subprocess.run([sys.executable, "-m", "devtools.stack", "--stop", "--var-dir",
                                 str(layout.workdir / "var")], check=True, timeout=120)
-            while any(alive(pid) for pid in pids) and time.monotonic() - started < 60:
+            while any(running(pid) for pid in pids) and time.monotonic() - started < 60:
                 time.sleep(0.05)
             took = time.monotonic() - started
         finally:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,32 +17,25 @@ import pytest
 
 from cli.main import main
 from cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
-from core.model_config import HAM10000_DISPLAY_NAMES, AbstentionRule
-from tests.service.conftest import FakeBackend, Running, fake_config, good_jpeg, running_server
-
-LABELS = tuple(HAM10000_DISPLAY_NAMES)
-METRICS = {"melanoma_threshold": 0.165, "melanoma_sensitivity": 0.733,
-           "melanoma_specificity": 0.681}
-
-
-def answer(**probabilities: float) -> np.ndarray:
-    """One row over the seven classes: the given ones, the rest sharing what is left."""
-    rest = (1.0 - sum(probabilities.values())) / (len(LABELS) - len(probabilities))
-    return np.array([[probabilities.get(label, rest) for label in LABELS]], np.float32)
+from core.model_config import AbstentionRule
+from tests.service.conftest import (
+    Running,
+    ThresholdBackend,
+    good_jpeg,
+    probability_row,
+    running_server,
+)
 
 
 def server_with(row: np.ndarray, rule: AbstentionRule) -> Iterator[Running]:
-    backend = FakeBackend(versions=(1,), handler=lambda version, images: np.repeat(
-        row, len(images), axis=0))
-    backend.versions[1] = replace(fake_config(), abstention=rule, metrics=METRICS)
-    with running_server(backend) as running:
+    with running_server(ThresholdBackend(row, rule)) as running:
         yield running
 
 
 @pytest.fixture
 def borderline_server() -> Iterator[Running]:
     """A proven-melanoma case the review met: 41% vasc on top, melanoma 0.161 under 0.165."""
-    yield from server_with(answer(vasc=0.41, mel=0.161),
+    yield from server_with(probability_row(vasc=0.41, mel=0.161),
                            AbstentionRule(min_confidence=0.3, max_ood_score=50.0))
 
 
@@ -69,7 +61,7 @@ def test_a_low_confidence_borderline_result_says_so(borderline_server: Running, 
 
 def test_a_confident_result_has_no_cue(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for running in server_with(answer(nv=0.9, mel=0.02), AbstentionRule(0.3, 50.0)):
+    for running in server_with(probability_row(nv=0.9, mel=0.02), AbstentionRule(0.3, 50.0)):
         out = classify(running, tmp_path, capsys)
     assert "Result: Melanocytic nevus (nv)" in out
     assert "Low confidence" not in out and "borderline" not in out
@@ -78,7 +70,7 @@ def test_a_confident_result_has_no_cue(tmp_path: Path,
 
 def test_an_abstention_is_needs_review(tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    for running in server_with(answer(nv=0.5), AbstentionRule(0.3, max_ood_score=-1.0)):
+    for running in server_with(probability_row(nv=0.5), AbstentionRule(0.3, max_ood_score=-1.0)):
         out = classify(running, tmp_path, capsys)
     assert "Needs review: the image is unlike the training images" in out
     assert "Out-of-distribution score 0.0 against the threshold -1.0: unlike the training " \

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,31 +18,15 @@ from playwright.sync_api import Page, expect
 
 from cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
 from core.backends.base import ExplainOutput, ModelRef
-from core.model_config import HAM10000_DISPLAY_NAMES, AbstentionRule
-from tests.service.conftest import FakeBackend, fake_config
+from core.model_config import AbstentionRule
+from tests.service.conftest import ThresholdBackend, probability_row
 from tests.web.conftest import Web, running_web
 from tests.web.test_page import TEXT_AS_JPEG, upload
 
 ARTEFACTS = Path("var/artefacts")
 CLASSIFY_JS = Path(__file__).resolve().parents[2] / "web/static/classify.js"
-LABELS = tuple(HAM10000_DISPLAY_NAMES)
-METRICS = {"melanoma_threshold": 0.165, "melanoma_sensitivity": 0.733,
-           "melanoma_specificity": 0.681}
-
-
-def row(**probabilities: float) -> np.ndarray:
-    rest = (1.0 - sum(probabilities.values())) / (len(LABELS) - len(probabilities))
-    return np.array([[probabilities.get(label, rest) for label in LABELS]], np.float32)
-
-
-class ExplainingFake(FakeBackend):
-    """Answers `answer` for every image, and a 4x4 heatmap hot in its top-left corner."""
-
-    def __init__(self, answer: np.ndarray, rule: AbstentionRule) -> None:
-        super().__init__(versions=(1,), handler=lambda version, images: np.repeat(
-            answer, len(images), axis=0))
-        self.versions[1] = replace(fake_config(), abstention=rule, metrics=METRICS)
-
+class ExplainingFake(ThresholdBackend):
+    """A ThresholdBackend whose heatmap, 4x4, is hot in its top-left corner."""
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
                 timeout: float | None = None) -> ExplainOutput:
         output = self.predict(ref, images, timeout)
@@ -66,7 +49,7 @@ def wide_jpeg(width: int = 300, height: int = 150) -> dict[str, object]:
 @pytest.fixture
 def borderline_web() -> Iterator[Web]:
     """The review's case: 41% vasc on top, melanoma 0.161 just under its threshold 0.165."""
-    with running_web(ExplainingFake(row(vasc=0.41, mel=0.161),
+    with running_web(ExplainingFake(probability_row(vasc=0.41, mel=0.161),
                                     AbstentionRule(min_confidence=0.3, max_ood_score=50.0))) as web:
         yield web
 
@@ -119,7 +102,7 @@ def test_the_heatmap_is_drawn_over_the_upload_at_its_own_proportions(
 
 
 def test_an_abstention_is_needs_review_and_unlike_the_training_images(page: Page) -> None:
-    with running_web(ExplainingFake(row(nv=0.8),
+    with running_web(ExplainingFake(probability_row(nv=0.8),
                                     AbstentionRule(min_confidence=0.3, max_ood_score=-1.0))) as web:
         upload(page, web, wide_jpeg())
         result = page.locator(".result")
