@@ -321,7 +321,7 @@ class ChunkRunner:
             self.results.export(job_id, done)
             state, error = final_state(record)
             outcome = self.store.finish(job_id, state, error)
-        log.info("batch job %s finished: %s", job_id, outcome)
+        log.info("batch job %s finished %s: %s", job_id, state.value, outcome)
         return outcome
 
 
