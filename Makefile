@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
+.PHONY: help install proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -85,6 +85,9 @@ demo-model: $(DEMO_MODEL)  ## export the UNTRAINED 192x192 placeholder model int
 run: install proto  ## start the stack on the released model (else the placeholder) and print how to call it
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.stack --model-base $(MODEL_BASE) --demo-base $(DEMO_BASE)
+
+stop:  ## stop the stack that `make run` started (from another terminal), as Ctrl-C does
+	@$(PY) -m devtools.stack --stop
 
 bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
@@ -174,5 +177,7 @@ $(GRPCURL):
 
 $(PROMTOOL):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+grpcurl: $(GRPCURL)  ## install grpcurl into .tools/bin/ (the README's quick start calls it)
 
 tools: $(TOOLS)/node_modules/.bin/buf $(KUBECTL) $(GRPCURL) $(PROMTOOL)  ## install buf, kubectl, grpcurl and promtool

@@ -9,7 +9,9 @@
     dermserve batch list [--state QUEUED|RUNNING|SUCCEEDED|FAILED|CANCELLED] [--limit N]
 
 A directory or image file is sent as a reference (the server reads it from its input roots); a
-`.csv` file as a manifest; `--inline` sends the images themselves instead. `submit` shows a
+manifest (a `.csv` or `.txt` file, or a file whose header has a `path` column) lists images, one
+a row, resolved against the manifest's own folder, wherever it is given; `--inline` sends the
+images themselves instead. `submit` shows a
 progress bar on stderr until the job ends, then prints the job as JSON on stdout. `list` prints
 your own jobs (an operator token: everyone's), newest first, one JSON object a line. Exit status: 0
 when the job (or the call) succeeded, 1 otherwise. cli/main.py registers these commands
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import signal
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,9 +41,11 @@ from service.batch_jobs import image_result
 from worker.defaults import (
     DEFAULT_JOBS_PAGE_SIZE,
     IMAGE_SUFFIXES,
+    MANIFEST_SUFFIXES,
     MAX_JOBS_PAGE_SIZE,
     MAX_PAGE_SIZE,
 )
+from worker.references import manifest_paths
 from worker.results import EXPORTERS, ResultExporter, labels_of
 
 EXPORTERS_BY_NAME: dict[str, ResultExporter] = {
@@ -53,6 +59,19 @@ TERMINAL = {pb.BATCH_JOB_STATE_SUCCEEDED, pb.BATCH_JOB_STATE_FAILED,
             pb.BATCH_JOB_STATE_CANCELLED}
 
 
+SUBMIT_DESCRIPTION = """\
+Submit a batch job. The server reads the images itself, so every folder, image and manifest must
+lie inside the server's input roots (`make run`: ../shared/data/ham10000 and var/batch-input/;
+a refusal names them). A manifest is a .csv or .txt file (or any file whose first line has a
+`path` column): one image path a row, in its `path` column or else its first; relative paths
+resolve against the manifest's own folder. --inline sends the images in the request instead,
+from anywhere on this machine.
+
+The summary line on stderr counts classified, abstained and failed images; `dermserve batch
+results JOB` gives each image's result or reason. A job whose every image failed ends FAILED
+(ALL_IMAGES_FAILED)."""
+
+
 def add_batch_commands(commands: Any, environ: Mapping[str, str]) -> None:
     """Register `batch` and its subcommands on the `dermserve` subparsers."""
     batch = commands.add_parser("batch", help="batch jobs: submit, status, watch, results, "
@@ -61,8 +80,11 @@ def add_batch_commands(commands: Any, environ: Mapping[str, str]) -> None:
 
 
 def register(commands: Any, environ: Mapping[str, str]) -> None:
-    submit = commands.add_parser("submit", help="submit a folder, files or a manifest CSV")
-    submit.add_argument("inputs", nargs="+", metavar="DIR_OR_MANIFEST")
+    submit = commands.add_parser(
+        "submit", help="submit a folder, files or a manifest CSV",
+        description=SUBMIT_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    submit.add_argument("inputs", nargs="+", metavar="DIR_OR_MANIFEST",
+                        help="folders, images and manifests (.csv/.txt, or a `path` header)")
     submit.add_argument("--inline", action="store_true",
                         help="send the images in the request instead of their paths")
     submit.add_argument("--job-id", default="", help="idempotency key (client_job_id)")
@@ -115,9 +137,9 @@ def submit_request(args: argparse.Namespace) -> pb.SubmitBatchJobRequest:
     if args.inline:
         request.inline.images.extend(pb.InlineImage(name=str(path), data=path.read_bytes())
                                      for path in local_images(paths))
-    elif len(paths) == 1 and paths[0].suffix.lower() == ".csv":
+    elif len(paths) == 1 and paths[0].suffix.lower() in MANIFEST_SUFFIXES:
         request.manifest.path = str(paths[0].resolve())
-    else:
+    else:  # the server recognises manifests among references too (worker/references.py)
         request.files.paths.extend(str(path.resolve()) for path in paths)
     return request
 
@@ -127,8 +149,23 @@ def local_images(paths: Sequence[Path]) -> Iterator[Path]:
         if path.is_dir():
             yield from (p for p in sorted(path.rglob("*"))
                         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.suffix.lower() in MANIFEST_SUFFIXES:
+            listed = manifest_paths(path.read_text(encoding="utf-8-sig"))
+            yield from local_images([path.parent / text for text in listed])
         else:
             yield path
+
+
+def refused_input(error: dict[str, str], request: pb.SubmitBatchJobRequest) -> str:
+    """The path the server refused, which its message names by position only ("reference 2
+    of the request", "the manifest"), for the caller's eyes: the server never logs a path."""
+    message = error.get("message", "")
+    if request.WhichOneof("input") == "manifest" and "the manifest" in message:
+        return request.manifest.path
+    position = re.search(r"reference (\d+) of the request", message)
+    if position and int(position.group(1)) < len(request.files.paths):
+        return request.files.paths[int(position.group(1))]
+    return ""
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -177,15 +214,37 @@ def with_stub(args: argparse.Namespace, action: Any) -> int:
             return 1
 
 
+def summary_line(job: pb.BatchJob) -> str:
+    """One line a person reads at the end of a job: its state and what became of its images."""
+    state = pb.BatchJobState.Name(job.state).removeprefix("BATCH_JOB_STATE_")
+    classified = job.done_images - job.failed_images
+    line = (f"job {job.job_id} {state}: {job.total_images} images, {classified} classified "
+            f"({job.abstained_images} of them need review), failed_images {job.failed_images}")
+    if job.failed_images:
+        line += f"; `dermserve batch results {job.job_id}` gives each image's reason"
+    if job.error:
+        line += f"\n  {job.error}"
+    return line
+
+
 def run_submit(args: argparse.Namespace) -> int:
+    request = submit_request(args)
+
     def action(stub: pb_grpc.BatchJobsStub) -> int:
-        response = stub.SubmitBatchJob(submit_request(args), timeout=args.timeout,
-                                       metadata=call_metadata(args))
+        try:
+            response = stub.SubmitBatchJob(request, timeout=args.timeout,
+                                           metadata=call_metadata(args))
+        except grpc.RpcError as exc:
+            entry = error_entry(exc)
+            path = refused_input(entry, request)
+            print(json.dumps({**entry, "path": path} if path else entry), file=sys.stderr)
+            return 1
         job = response.job
         print(f"job {job.job_id} ({'created' if response.created else 'existing'}): "
               f"{job.total_images} images", file=sys.stderr)
         if not args.no_wait:
             job = follow(stub, job.job_id, args, sys.stderr)
+            print(summary_line(job), file=sys.stderr)
         print(job_json(job))
         return exit_status(job)
     return with_stub(args, action)
@@ -203,6 +262,7 @@ def run_status(args: argparse.Namespace) -> int:
 def run_watch(args: argparse.Namespace) -> int:
     def action(stub: pb_grpc.BatchJobsStub) -> int:
         job = follow(stub, args.job_id, args, sys.stderr)
+        print(summary_line(job), file=sys.stderr)
         print(job_json(job))
         return exit_status(job)
     return with_stub(args, action)
@@ -283,7 +343,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     register(parser.add_subparsers(dest="batch_command", required=True), os.environ)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    return quiet_on_closed_pipe(lambda: int(args.func(args)))
+
+
+def quiet_on_closed_pipe(command: Callable[[], int]) -> int:
+    """Run `command`; a reader that went away (`| head -5`) ends it quietly, as for `cat`:
+    exit status 141 (128 + SIGPIPE) and no traceback. Python's own flush of stdout at exit
+    would fail again, so stdout is pointed at /dev/null first."""
+    try:
+        status = command()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -24,8 +25,9 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from cli.batch import add_batch_commands
+from cli.batch import add_batch_commands, quiet_on_closed_pipe
 from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
+from cli.reading import VersionFacts, reading
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 
@@ -33,6 +35,7 @@ Command = Callable[[argparse.Namespace], int]
 RESULT_FORMATS = {"table": pb.RESULT_FORMAT_UNSPECIFIED, "json": pb.RESULT_FORMAT_UNSPECIFIED,
                   "fhir": pb.RESULT_FORMAT_FHIR}
 """`--format` choices and what each asks the server for."""
+READING_WIDTH = 96  # columns of the headline and cues: they fit an 80- to 100-column terminal
 
 
 def selector(args: argparse.Namespace) -> pb.ModelSelector | None:
@@ -66,7 +69,9 @@ def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
     return entry
 
 
-def print_entry(entry: dict[str, Any], out: TextIO) -> None:
+def print_entry(entry: dict[str, Any], out: TextIO,
+                facts: Mapping[int, VersionFacts] | None = None) -> None:
+    """One image: its headline and cues (cli/reading.py), then every class's probability."""
     if "error" in entry:
         error = entry["error"]
         print(f"{entry['image']}: {error['code']} {error['reason']}: {error['message']}",
@@ -74,13 +79,31 @@ def print_entry(entry: dict[str, Any], out: TextIO) -> None:
         return
     result = entry["result"]
     model = result["model"]
-    verdict = ("ABSTAINED (" + result["abstention_reason"].replace("ABSTENTION_REASON_", "")
-               + "): needs human review" if result["abstained"] else f"top {result['top_label']}")
-    print(f"{entry['image']}: {verdict}  [model {model['name']} v{model['version']}, "
-          f"request {result['request_id']}]", file=out)
-    for item in result["probabilities"]:
-        print(f"  {item['label']:<6} {item['display_name']:<48} {item['probability']:.3f}",
+    print(entry["image"], file=out)
+    lines = reading(result, (facts or {}).get(int(model["version"])))
+    lines.append(f"Model {model['name']} v{model['version']}, request {result['request_id']}")
+    for line in lines:
+        print(textwrap.fill(line, READING_WIDTH, initial_indent="  ", subsequent_indent="    "),
               file=out)
+    for item in result["probabilities"]:
+        print(f"    {item['label']:<6} {item['display_name']:<48} {item['probability']:.3f}",
+              file=out)
+
+
+def version_facts(stub: pb_grpc.LesionClassifierStub, entries: Sequence[dict[str, Any]],
+                  args: argparse.Namespace) -> dict[int, VersionFacts]:
+    """GetModel's thresholds and metrics for each version that answered (none if it fails:
+    the table then shows what the responses alone say)."""
+    versions = {int(e["result"]["model"]["version"]) for e in entries if "result" in e}
+    facts: dict[int, VersionFacts] = {}
+    for version in sorted(versions):
+        try:
+            described = stub.GetModel(pb.GetModelRequest(model=pb.ModelSelector(version=version)),
+                                      timeout=args.timeout, metadata=call_metadata(args))
+        except grpc.RpcError:
+            continue
+        facts[version] = VersionFacts.from_model_version(described.version)
+    return facts
 
 
 def print_fhir(entries: Sequence[dict[str, Any]], out: TextIO, errors: TextIO) -> None:
@@ -99,6 +122,7 @@ def run_classify(args: argparse.Namespace) -> int:
     with open_channel(args) as channel:
         stub = pb_grpc.LesionClassifierStub(channel)
         entries = [classify_one(stub, Path(image), args) for image in args.images]
+        facts = version_facts(stub, entries, args) if args.format == "table" else {}
     if args.format == "fhir":
         print_fhir(entries, sys.stdout, sys.stderr)
     elif args.format == "json":
@@ -106,7 +130,7 @@ def run_classify(args: argparse.Namespace) -> int:
         print()
     else:
         for entry in entries:
-            print_entry(entry, sys.stdout)
+            print_entry(entry, sys.stdout, facts)
     return 1 if any("error" in entry for entry in entries) else 0
 
 
@@ -121,12 +145,16 @@ def run_explain(args: argparse.Namespace) -> int:
         print(f"{path}: LOCAL UNREADABLE_FILE: {exc}", file=sys.stderr)
         return 1
     with open_channel(args) as channel:
+        stub = pb_grpc.LesionClassifierStub(channel)
         try:
-            response = pb_grpc.LesionClassifierStub(channel).Explain(
-                request, timeout=args.timeout, metadata=call_metadata(args))
+            response = stub.Explain(request, timeout=args.timeout, metadata=call_metadata(args))
         except grpc.RpcError as exc:
             print_entry({"image": str(path), "error": error_entry(exc)}, sys.stderr)
             return 1
+        entry = {"image": str(path), "result": MessageToDict(
+            response.classification, preserving_proto_field_name=True,
+            always_print_fields_with_no_presence=True)}
+        facts = {} if args.json else version_facts(stub, [entry], args)
     if args.output is not None:
         args.output.write_bytes(response.overlay_png)
     if args.json:
@@ -135,9 +163,7 @@ def run_explain(args: argparse.Namespace) -> int:
         shown.pop("overlay_png", None)  # the PNG is in --output, not base64 on the terminal
         print(json.dumps(shown, indent=2))
         return 0
-    result = MessageToDict(response.classification, preserving_proto_field_name=True,
-                           always_print_fields_with_no_presence=True)
-    print_entry({"image": str(path), "result": result}, sys.stdout)
+    print_entry(entry, sys.stdout, facts)
     where = f", overlay written to {args.output}" if args.output is not None else ""
     print(f"explained {response.explained_label}: heatmap {response.heatmap.height}x"
           f"{response.heatmap.width}{where}")
@@ -206,7 +232,7 @@ def add_explain_command(commands: Any, environ: Mapping[str, str]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(os.environ).parse_args(argv)
     command: Command = args.func
-    return command(args)
+    return quiet_on_closed_pipe(lambda: command(args))
 
 
 if __name__ == "__main__":

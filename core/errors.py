@@ -33,10 +33,18 @@ class DermserveError(Exception):
     status = "INTERNAL"
     default_reason = "INTERNAL"
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, hint: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
+        # Words for the caller only, never logged: what to do, e.g. which input roots the
+        # server reads (server paths stay out of the logs).
+        self.hint = hint
+
+    @property
+    def client_message(self) -> str:
+        """The message a client gets: the logged one, and the hint."""
+        return f"{self.message} {self.hint}" if self.hint else self.message
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"

@@ -10,6 +10,12 @@ naming the child and its exit codes.
 
 Polled, not event-driven: `check()` is called every `POLL_S` by the launcher's loop, which is
 also where Ctrl-C and SIGTERM land, so a restart and a stop never race each other.
+
+With a Console (devtools/console.py) each child runs in a process group of its own and its output
+is piped through the console, prefixed with its name. Its own group: a Ctrl-C in the terminal
+reaches the launcher only, which stops the children in order (`stop()`): everything but the
+children marked `last` at once, then those (Redis), so that a worker stopping mid-chunk can still
+hand its chunk back to Redis.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from devtools.console import Console
 
 log = logging.getLogger("dermserve.stack")
 
@@ -54,11 +63,13 @@ class RestartPolicy:
 class CrashLoop(Exception):
     """A child exited `crash_limit` times within the crash window."""
 
-    def __init__(self, name: str, codes: Sequence[int], window_s: float) -> None:
+    def __init__(self, name: str, codes: Sequence[int], window_s: float,
+                 last_said: str = "") -> None:
         super().__init__(f"{name} exited {len(codes)} times within {window_s:.0f} s "
                          f"(exit codes {', '.join(describe_exit(code) for code in codes)})")
         self.name = name
         self.codes = list(codes)
+        self.last_said = last_said  # the child's last line of output: usually the cause
 
 
 def describe_exit(code: int) -> str:
@@ -82,14 +93,23 @@ class Child:
     exits: list[tuple[float, int]] = field(default_factory=list)  # (monotonic time, exit code)
     restart_at: float | None = None
     starts: int = 0
+    last: bool = False  # stopped after the others (Redis, which they need while they stop)
+    reader: threading.Thread | None = None  # copies its output to the console, until EOF
 
     @property
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
 
-    def start(self) -> None:
-        log.info("starting %s: %s", self.name, " ".join(self.command))
-        self.popen = subprocess.Popen(self.command, env={**os.environ, **self.env})
+    def start(self, console: Console | None = None) -> None:
+        log.debug("starting %s: %s", self.name, " ".join(self.command))
+        if console is None:
+            self.popen = subprocess.Popen(self.command, env={**os.environ, **self.env})
+        else:
+            self.popen = subprocess.Popen(self.command, env={**os.environ, **self.env},
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          process_group=0)
+            assert self.popen.stdout is not None
+            self.reader = console.follow(self.name, self.popen.stdout)
         self.restart_at = None
         self.starts += 1
 
@@ -106,6 +126,7 @@ class Child:
             return
         try:
             self.popen.wait(timeout_s)
+            log.debug("%s exited with code %s", self.name, describe_exit(self.popen.returncode))
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0f s; killing it", self.name, timeout_s)
             self.popen.kill()
@@ -117,15 +138,20 @@ class Supervisor:
 
     def __init__(self, children: Sequence[Child], policy: RestartPolicy = RestartPolicy(),
                  pids_file: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 console: Console | None = None) -> None:
         self.children = list(children)
         self.policy = policy
         self.pids_file = pids_file
         self.clock = clock
+        self.console = console
+
+    def child(self, name: str) -> Child:
+        return next(child for child in self.children if child.name == name)
 
     def start(self) -> None:
         for child in self.children:
-            child.start()
+            child.start(self.console)
         self.write_pids()
 
     def check(self) -> None:
@@ -139,7 +165,7 @@ class Supervisor:
                 if code is not None:
                     self._exited(child, code, now)
             elif now >= child.restart_at:
-                child.start()
+                child.start(self.console)
                 started = True
         if started:
             self.write_pids()
@@ -148,7 +174,9 @@ class Supervisor:
         window_start = now - self.policy.crash_window_s
         child.exits = [(at, c) for at, c in child.exits if at >= window_start] + [(now, code)]
         if len(child.exits) >= self.policy.crash_limit:
-            raise CrashLoop(child.name, [c for _, c in child.exits], self.policy.crash_window_s)
+            last_said = self.console.last_line.get(child.name, "") if self.console else ""
+            raise CrashLoop(child.name, [c for _, c in child.exits], self.policy.crash_window_s,
+                            last_said)
         delay = self.policy.delay_s(len(child.exits))
         child.restart_at = now + delay
         log.error("%s (pid %s) exited with code %s; restarting it in %.1f s (exit %d of %d "
@@ -157,11 +185,14 @@ class Supervisor:
                   self.policy.crash_limit - 1, self.policy.crash_window_s)
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM every child, then wait for each (SIGKILL after `timeout_s`)."""
-        for child in self.children:
-            child.stop()
-        for child in self.children:
-            child.wait(timeout_s)
+        """SIGTERM every child but the `last` ones and wait for them (SIGKILL after
+        `timeout_s`), then the same for the `last` ones."""
+        for group in ([c for c in self.children if not c.last],
+                      [c for c in self.children if c.last]):
+            for child in group:
+                child.stop()
+            for child in group:
+                child.wait(timeout_s)
 
     def write_pids(self) -> None:
         """{name: pid} of the running children, replaced atomically, for the soak and tests."""

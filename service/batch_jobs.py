@@ -22,7 +22,7 @@ from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.auth import caller_of
 from service.servicer import from_dicom_reference, to_dicom_reference
 from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from worker.records import JobRecord, JobState, Priority
+from worker.records import ALL_IMAGES_FAILED, JobRecord, JobState, Priority
 from worker.results import ImageError, ImageResult
 
 PRIORITY_FROM_PROTO = {
@@ -132,7 +132,8 @@ class BatchJobsServicer(pb_grpc.BatchJobsServicer):
         self.jobs = jobs
 
     def _job(self, record: JobRecord) -> pb.BatchJob:
-        if record.state.name != "SUCCEEDED":
+        # A job whose every image failed was exported too: its results hold each reason.
+        if record.state.name != "SUCCEEDED" and not record.error.startswith(ALL_IMAGES_FAILED):
             return job_message(record)
         paths = self.jobs.export_paths(record.job_id)
         return job_message(record, str(paths["jsonl"]), str(paths["csv"]),

@@ -24,7 +24,10 @@ class RequestIdFilter(logging.Filter):
     checked before they are set, and escaping keeps logs safe should one slip through."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = escaped(request_id_var.get())
+        request_id = escaped(request_id_var.get())
+        record.request_id = request_id
+        # Text lines show "[id]" inside a call only: no empty "[]" on start-up lines.
+        record.request_tag = f" [{request_id}]" if request_id else ""
         return True
 
 
@@ -45,7 +48,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s %(message)s"
 
 
 def configure_logging(log_format: str, level: str) -> None:

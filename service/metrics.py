@@ -2,8 +2,9 @@
 over HTTP by `start_exporter`.
 
 Names are an interface: deploy/'s alerts and dashboards use them.
-  dermserve_requests_total{method,code}            RPCs by method (e.g. Classify) and status code
-  dermserve_request_latency_seconds{method}        whole-call latency
+  dermserve_requests_total{method,code}            RPCs by method (e.g. Classify) and status code,
+                                                   health checks (grpc.health.v1) left out
+  dermserve_request_latency_seconds{method}        whole-call latency (health checks left out)
   ... and the model path's (decode, rejections, model latency, predictions, abstentions, batch
   size, load events), defined in core/metrics.py, which the batch worker exports too
   dermserve_model_loaded{model_version}            1 for the version the health probe found serving
@@ -23,6 +24,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from core.metrics import LATENCY_BUCKETS, ModelMetrics
 
 log = logging.getLogger(__name__)
+
+UNCOUNTED_SERVICE_PREFIX = "/grpc.health.v1."
+"""Calls not counted in the request metrics: Kubernetes and `make run` probe health every few
+seconds, and those probes would outnumber and hide the clients' calls (`dermserve_serving`
+says what health says)."""
 
 
 class Metrics(ModelMetrics):
@@ -57,6 +63,8 @@ class Metrics(ModelMetrics):
 
     # --- CallRecorder ---------------------------------------------------------------------------
     def call_finished(self, method: str, code: str, seconds: float) -> None:
+        if method.startswith(UNCOUNTED_SERVICE_PREFIX):
+            return
         short = method.rsplit("/", 1)[-1]
         self.requests.labels(short, code).inc()
         self.request_latency.labels(short).observe(seconds)

@@ -25,6 +25,7 @@ from core.backends.factory import open_backend
 from core.batching import MicroBatcher
 from core.classifier import Classifier, require_config
 from core.errors import DermserveError
+from core.readiness import write_ready_file
 from dermserve.v1 import lesion_classifier_pb2, lesion_classifier_pb2_grpc
 from service.auth import (
     ReloadingTokens,
@@ -171,10 +172,41 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
                   extra_services: Sequence[tuple[str, ServiceAdder]] = ()
                   ) -> tuple[FrontServer, int]:
     """Build the server on `backend` (not started); returns it and the port it is bound to."""
+    server, port = bound_server(settings, metrics)
+    return assemble(server, settings, backend, metrics, extra_services), port
+
+
+def bound_server(settings: Settings, metrics: Metrics | None) -> tuple[grpc.Server, int]:
+    """A gRPC server bound to `settings.listen_address`, no service added yet: `serve` binds
+    before it loads TensorFlow and the model, so a taken port fails in a second, not a minute.
+    PortTaken when the address cannot be bound."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="grpc"),
         interceptors=interceptors(settings, metrics),
         options=server_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    try:
+        port = bind(server, settings)
+    except RuntimeError as exc:  # grpcio: "Failed to bind to address ..."
+        raise PortTaken(settings.listen_address) from exc
+    if port == 0:  # older grpcio reports a failed bind as port 0
+        raise PortTaken(settings.listen_address)
+    return server, port
+
+
+class PortTaken(Exception):
+    """The listen address is in use (another process holds the port) or not local."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"cannot listen on {address}: the port is taken by another process "
+                         "(or the address is not one of this machine's)")
+
+
+def assemble(server: grpc.Server, settings: Settings, backend: Backend,
+             metrics: Metrics | None = None,
+             extra_services: Sequence[tuple[str, ServiceAdder]] = (),
+             on_change: Callable[[int | None], None] | None = None) -> FrontServer:
+    """Add the services over `backend` to a bound `server`; `on_change` hears each health
+    change (the serving version, or None) besides the metrics."""
     classifier = Classifier.from_settings(backend, settings, observer=metrics)
     stream_pool = ThreadPoolExecutor(max_workers=settings.grpc_workers,
                                      thread_name_prefix="classify-stream")
@@ -188,15 +220,20 @@ def create_server(settings: Settings, backend: Backend, metrics: Metrics | None 
         names.append(name)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    listeners = [f for f in (metrics.set_serving if metrics else None, on_change) if f]
+
+    def changed(version: int | None) -> None:
+        for listener in listeners:
+            listener(version)
+
     monitor = HealthMonitor(health_servicer, backend, settings.model_name, names,
                             settings.health_interval_s, settings.backend_timeout_s,
-                            on_change=metrics.set_serving if metrics else None)
+                            on_change=changed)
     reflection.enable_server_reflection(
         (*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = bind(server, settings)
     health_only = (health_only_server(health_servicer, settings)
                    if settings.health_listen_address else None)
-    return FrontServer(server, monitor, stream_pool, drain, health_only), port
+    return FrontServer(server, monitor, stream_pool, drain, health_only)
 
 
 def interceptors(settings: Settings, metrics: Metrics | None) -> list[Any]:
@@ -252,11 +289,22 @@ def bind(server: grpc.Server, settings: Settings) -> int:
 
 def serve(settings: Settings, extra_services: Sequence[tuple[str, ServiceAdder]] = ()) -> None:
     """Run until SIGTERM or SIGINT, then drain for `grace_period_s` and close everything.
-    `extra_services` (name, adder) are hosted on the same port (e.g. the batch jobs API)."""
+    `extra_services` (name, adder) are hosted on the same port (e.g. the batch jobs API).
+    The port is bound first, before TensorFlow loads; a taken port exits 2 with one line."""
     metrics = Metrics()
+    try:
+        grpc_server, port = bound_server(settings, metrics)
+    except PortTaken as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
     exporter = start_exporter(metrics, settings.metrics_address, settings.metrics_port)
     backend = make_backend(settings, metrics)
-    server, port = create_server(settings, backend, metrics, extra_services)
+
+    def announce(version: int | None) -> None:
+        if version is not None:
+            write_ready_file(settings.ready_file, port)
+
+    server = assemble(grpc_server, settings, backend, metrics, extra_services, announce)
     stop = threading.Event()
     install_signal_handlers(stop)
     server.start()

@@ -209,4 +209,7 @@ def to_model_version(info: VersionInfo) -> pb.ModelVersion:
                                                  width=config.input.width))
         message.metrics_json = json.dumps(config.metrics, sort_keys=True)
         message.description = config.description
+        message.min_confidence = config.abstention.min_confidence
+        if config.abstention.max_ood_score is not None:
+            message.max_ood_score = config.abstention.max_ood_score
     return message

@@ -126,6 +126,9 @@ class Settings(ServingSettings, BatchApiSettings):
     log_format: str = setting("text", choices=LOG_FORMATS,
                               help="text or json (JSON lines with request_id)")
     log_level: str = setting("INFO", choices=LOG_LEVELS, help="log level")
+    ready_file: Path | None = setting(
+        None, help="write {pid, port} here once SERVING, for the launcher that started this "
+                   "process (devtools/stack.py; empty: none)")
 
     @property
     def hosts_batch_jobs(self) -> bool:

@@ -71,7 +71,7 @@ def public_error(error: BaseException, method: str) -> DermserveError:
 def abort(context: grpc.ServicerContext, error: DermserveError) -> None:
     """Raises, as grpc's abort does, after attaching the reason."""
     context.set_trailing_metadata(((REASON_METADATA_KEY, error.reason),))
-    context.abort(status_code(error), error.message)
+    context.abort(status_code(error), error.client_message)
 
 
 class ErrorMappingInterceptor(grpc.ServerInterceptor):  # type: ignore[type-arg]

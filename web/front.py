@@ -120,7 +120,8 @@ def operating_point(classification: pb.ClassifyResponse,
 def explanation_json(response: pb.ExplainResponse) -> dict[str, Any]:
     return {"available": True, "explained_label": response.explained_label,
             "overlay_png_base64": base64.b64encode(response.overlay_png).decode("ascii"),
-            "height": response.heatmap.height, "width": response.heatmap.width}
+            "height": response.heatmap.height, "width": response.heatmap.width,
+            "values": [round(v, 4) for v in response.heatmap.values]}  # drawn over the upload
 
 
 EXPLANATION_OPTIONAL = {"UNIMPLEMENTED", "FAILED_PRECONDITION", "INTERNAL", "DEADLINE_EXCEEDED"}

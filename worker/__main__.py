@@ -6,12 +6,13 @@ import os
 import sys
 
 
-def main() -> int:
+def main() -> None:
+    from core.exiting import exit_now
     from worker.runner import run_worker
     from worker.settings import parse_settings
 
-    return run_worker(parse_settings(sys.argv[1:], os.environ))
+    exit_now(run_worker(parse_settings(sys.argv[1:], os.environ)))  # core/exiting.py
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -38,7 +38,7 @@ from core.errors import (
 from core.prediction import Prediction
 from core.validation import ImageLimits
 from worker.queues import ChunkQueues
-from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
+from worker.records import ALL_IMAGES_FAILED, ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.references import ImageRef, InputRoots, open_checked
 from worker.results import ImageResult, ResultStore
 from worker.settings import WorkerSettings
@@ -307,7 +307,8 @@ class ChunkRunner:
 
     # --- the end of a job ------------------------------------------------------------------------
     def finalize(self, job_id: str) -> str:
-        """Write the exports and mark the job SUCCEEDED; safe to run twice or concurrently."""
+        """Write the exports and end the job (`final_state`); safe to run twice or
+        concurrently."""
         token = self.token()
         if not self.store.take_lease(job_id, FINAL_LEASE, token, self.policy.lease_ttl_s):
             return "BUSY"
@@ -318,9 +319,20 @@ class ChunkRunner:
             states = self.store.chunk_states(job_id)
             done = [index for index, state in states.items() if state is ChunkState.DONE]
             self.results.export(job_id, done)
-            outcome = self.store.finish(job_id, JobState.SUCCEEDED)
-        log.info("batch job %s finished: %s", job_id, outcome)
+            state, error = final_state(record)
+            outcome = self.store.finish(job_id, state, error)
+        log.info("batch job %s finished %s: %s", job_id, state.value, outcome)
         return outcome
+
+
+def final_state(record: JobRecord) -> tuple[JobState, str]:
+    """SUCCEEDED when at least one image has a result, even if others failed (failed_images
+    counts them); FAILED with ALL_IMAGES_FAILED when none has: a job that classified nothing
+    did not succeed. The per-image reasons stay in the results either way."""
+    if record.total > 0 and record.failed >= record.total:
+        return JobState.FAILED, (f"{ALL_IMAGES_FAILED}: every one of the {record.total} images "
+                                 "failed; the job's results give each image's reason")
+    return JobState.SUCCEEDED, ""
 
 
 def read_image(ref: ImageRef, roots: InputRoots, max_bytes: int) -> bytes:

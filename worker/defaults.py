@@ -37,6 +37,8 @@ MAX_CLIENT_JOB_ID_LENGTH = 128  # characters; documented in the proto
 MAX_INLINE_NAME_LENGTH = 512  # characters; documented in the proto
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")  # what a directory reference contributes
 # (which files a directory lists; each file's format is still judged by its content)
+MANIFEST_SUFFIXES = (".csv", ".txt")  # a file reference with one of these lists images
+# (one path a line, or a `path` column); a file with another suffix is a manifest by its header
 MAX_REFERENCE_BYTES = 4096  # bytes of one path reference: Linux's PATH_MAX, so a longer one
 # could never be opened and is refused before it reaches the file system
 

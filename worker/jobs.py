@@ -208,7 +208,8 @@ class JobService:
         if job_input.inline:
             return self._spool(job_id, job_input.inline)
         if job_input.paths:
-            return self.roots.expand(job_input.paths, self.limits.max_images)
+            return self.roots.expand(job_input.paths, self.limits.max_images,
+                                     max_manifest_bytes=self.limits.max_manifest_bytes)
         return self._from_manifest(job_input)
 
     def _spool(self, job_id: str, images: Sequence[InlineImage]) -> list[ImageRef]:
@@ -229,7 +230,7 @@ class JobService:
         paths = manifest_paths(text)
         check_count(len(paths), self.limits.max_images)
         return self.roots.expand(paths, self.limits.max_images, relative_to=base,
-                                 source="the manifest")
+                                 source="the manifest", max_manifest_bytes=None)
 
     def _create(self, job_id: str, request: SubmitRequest, refs: list[ImageRef], caller: Caller,
                 idempotency_key: str) -> JobRecord:

@@ -46,6 +46,9 @@ class JobState(enum.Enum):
         return self in TERMINAL_STATES
 
 
+ALL_IMAGES_FAILED = "ALL_IMAGES_FAILED"
+"""The reason that starts a FAILED job's error when every image failed (its results are kept)."""
+
 TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 

@@ -13,7 +13,13 @@ file found by expanding a directory its path relative to its input root (never a
 File names that are not UTF-8 (Latin-1 names from PACS exports) keep their bytes on disk; their
 undecodable bytes are shown percent-encoded, `caf\\xe9.jpg` as `caf%E9.jpg` (`printable`).
 Error messages name a reference by its position in the request, never by its text: they are
-logged, and a path can be patient data.
+logged, and a path can be patient data. A refusal for leaving the roots names the roots (server
+configuration) in the client's hint only, never in the log, so that the caller knows where to
+put the file; the CLI adds the path it sent.
+
+A file reference that is a manifest (a `.csv` or `.txt` name, or a first line with a `path`
+column) contributes the images it lists, resolved against its own folder, wherever it is given:
+alone, or next to folders and images.
 """
 
 from __future__ import annotations
@@ -27,8 +33,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import InvalidRequest, ResourceExhausted
-from worker.defaults import IMAGE_SUFFIXES, MAX_REFERENCE_BYTES
+from core.errors import DermserveError, InvalidRequest, ResourceExhausted
+from worker.defaults import (
+    DEFAULT_MAX_MANIFEST_BYTES,
+    IMAGE_SUFFIXES,
+    MANIFEST_SUFFIXES,
+    MAX_REFERENCE_BYTES,
+)
+
+MANIFEST_SNIFF_BYTES = 4096  # bytes of a file read to look for a manifest's `path` header
 
 DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -70,20 +83,32 @@ class InputRoots:
             candidate = (relative_to or self.roots[0]) / candidate
         resolved = resolved_path(candidate, name)
         if not self.contains(resolved):
-            # The message names neither the reference, nor the resolved target, nor the roots.
+            # The message names neither the reference nor its resolved target; the client's
+            # hint (never logged) names the roots, so that the caller knows where files go.
             raise InvalidRequest(f"{name} is outside the server's input roots",
-                                 "REFERENCE_OUTSIDE_INPUT_ROOTS")
+                                 "REFERENCE_OUTSIDE_INPUT_ROOTS",
+                                 hint=f"(the input roots: {self.describe()}); put the file "
+                                      "inside one of them")
         return resolved
 
+    def describe(self) -> str:
+        return ", ".join(str(root) for root in self.roots)
+
     def expand(self, texts: Iterable[str], limit: int, relative_to: Path | None = None,
-               source: str = "the request") -> list[ImageRef]:
-        """Files and directories (their images, recursively, sorted) as ImageRefs."""
+               source: str = "the request",
+               max_manifest_bytes: int | None = DEFAULT_MAX_MANIFEST_BYTES) -> list[ImageRef]:
+        """Files, directories (their images, recursively, sorted) and manifests (the images
+        they list; not inside a manifest: `max_manifest_bytes` None) as ImageRefs."""
         refs: list[ImageRef] = []
         for position, text in enumerate(texts):
             name = f"reference {position} of {source}"
             path = self.resolve(text, relative_to, name)
-            found = self._images_under(path) if is_directory(path, name) else [
-                ImageRef(text, str(path))]
+            if is_directory(path, name):
+                found: Iterable[ImageRef] = self._images_under(path)
+            elif max_manifest_bytes is not None and self.is_manifest(path):
+                found = self._listed_in(path, limit, max_manifest_bytes, name)
+            else:
+                found = [ImageRef(text, str(path))]
             for ref in found:
                 refs.append(ref)
                 check_count(len(refs), limit)  # per file: a huge folder fails early
@@ -102,9 +127,32 @@ class InputRoots:
             if resolved is not None and self.contains(resolved):  # a link may still lead out
                 yield ImageRef(printable(path.relative_to(root).as_posix()), str(resolved))
 
-    def read_manifest(self, text: str, max_bytes: int) -> tuple[str, Path]:
+    def is_manifest(self, path: Path) -> bool:
+        """A `.csv` or `.txt` file, or one (not named as an image) whose first line has a
+        `path` column."""
+        suffix = path.suffix.lower()
+        if suffix in MANIFEST_SUFFIXES:
+            return True
+        if suffix in IMAGE_SUFFIXES:
+            return False
+        try:
+            head = self.read_file(path, MANIFEST_SNIFF_BYTES).decode("utf-8-sig")
+        except (OSError, UnicodeDecodeError, DermserveError):
+            return False  # not text: an image without its suffix, judged by the worker
+        first = head.splitlines()[0] if head else ""
+        return "path" in (cell.strip().lower() for cell in first.split(","))
+
+    def _listed_in(self, path: Path, limit: int, max_bytes: int, name: str) -> list[ImageRef]:
+        text, base = self.read_manifest(str(path), max_bytes, name)
+        paths = manifest_paths(text)
+        check_count(len(paths), limit)
+        return self.expand(paths, limit, relative_to=base, source=f"the manifest ({name})",
+                           max_manifest_bytes=None)
+
+    def read_manifest(self, text: str, max_bytes: int,
+                      name: str = "the manifest") -> tuple[str, Path]:
         """The CSV text of a manifest file inside the roots, and its directory."""
-        path = self.resolve(text, name="the manifest")
+        path = self.resolve(text, name=name)
         try:
             data = self.read_file(path, max_bytes + 1)
             if len(data) > max_bytes:

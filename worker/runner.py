@@ -33,6 +33,7 @@ from core.classifier import Classifier
 from core.errors import DermserveError
 from core.metrics import ModelMetrics
 from core.observe import Observer
+from core.readiness import write_ready_file
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
@@ -122,6 +123,7 @@ class WorkerProcess:
             start_http_server(self.settings.worker_metrics_port,
                               self.settings.worker_metrics_address, registry=self.registry)
         self.reaper.start()
+        write_ready_file(self.settings.ready_file, self.settings.worker_metrics_port)
         try:
             self._loop()
         finally:

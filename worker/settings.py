@@ -111,6 +111,9 @@ class WorkerSettings(ServingSettings, BatchApiSettings):
     worker_metrics_port: int = setting(defaults.DEFAULT_WORKER_METRICS_PORT, unit="TCP port",
                                        help="Prometheus exporter port (0: off)")
     burst: bool = setting(False, help="exit once the queues are empty")
+    ready_file: Path | None = setting(
+        None, help="write {pid, port} here once the model answers and chunks are taken, for "
+                   "the launcher that started this process (devtools/stack.py; empty: none)")
     test_hold_first_chunk: bool = setting(
         False, help="tests only: hold the first chunk claimed until released (worker/hold.py)")
 

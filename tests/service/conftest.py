@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
 from core.errors import BackendUnavailable, ModelNotFound
-from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from core.model_config import HAM10000_DISPLAY_NAMES, AbstentionRule, InputSpec, ModelConfig
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from service.metrics import Metrics
@@ -106,6 +106,27 @@ class FakeBackend:
         assigned = tuple(sorted(k for k, v in self.labels.items() if v == version))
         return VersionInfo("ham10000", version, VersionState.AVAILABLE, self.versions[version],
                            assigned)
+
+
+MELANOMA_METRICS = {"melanoma_threshold": 0.165, "melanoma_sensitivity": 0.733,
+                    "melanoma_specificity": 0.681}
+"""A version's recorded melanoma operating point, as the released versions record it."""
+
+
+def probability_row(**probabilities: float) -> np.ndarray:
+    """One row over the seven classes: the given ones, the rest sharing what is left."""
+    labels = tuple(HAM10000_DISPLAY_NAMES)
+    rest = (1.0 - sum(probabilities.values())) / (len(labels) - len(probabilities))
+    return np.array([[probabilities.get(label, rest) for label in labels]], np.float32)
+
+
+class ThresholdBackend(FakeBackend):
+    """Version 1 only, answering `row` for every image, with `rule` and MELANOMA_METRICS."""
+
+    def __init__(self, row: np.ndarray, rule: AbstentionRule) -> None:
+        super().__init__(versions=(1,), handler=lambda version, images: np.repeat(
+            row, len(images), axis=0))
+        self.versions[1] = replace(fake_config(), abstention=rule, metrics=MELANOMA_METRICS)
 
 
 def server_settings(**changes: object) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,8 @@ def test_classify_prints_a_table(fake_server: Running, tmp_path: Path,
     image.write_bytes(good_jpeg())
     assert main(["classify", str(image), "--target", f"127.0.0.1:{fake_server.port}"]) == 0
     out = capsys.readouterr().out
-    assert "top bcc" in out and "Melanoma" in out and "v2" in out
-    assert len([line for line in out.splitlines() if line.startswith("  ")]) == 7
+    assert "Result: Basal cell carcinoma (bcc)" in out and "Melanoma" in out and "v2" in out
+    assert len([line for line in out.splitlines() if re.match(r"    \w+ .* \d\.\d{3}$", line)]) == 7
 
 
 def test_models_lists_versions(fake_server: Running, capsys: pytest.CaptureFixture[str]) -> None:

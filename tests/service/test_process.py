@@ -45,7 +45,8 @@ def test_server_process_reports_health_metrics_and_stops_on_sigterm(tmp_path: Pa
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
         assert "dermserve_serving 0.0" in text
-        assert 'dermserve_requests_total{code="OK",method="Check"}' in text
+        # Health probes are not clients' calls: they stay out of the request counts.
+        assert "dermserve_requests_total{" not in text and 'method="Check"' not in text
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         _, stderr = process.communicate(timeout=15)
@@ -60,3 +61,22 @@ def test_server_process_reports_health_metrics_and_stops_on_sigterm(tmp_path: Pa
     assert any(m.startswith("dermserve listening") for m in messages)
     assert messages[-1] == "stopped"
     assert all("request_id" in entry for entry in entries)
+
+
+def test_a_taken_port_ends_the_front_before_the_model_loads(model_base: Path) -> None:
+    """The port is bound before TensorFlow and the model load (issue 26, defect 12): a taken
+    one ends the front with one line naming the cause, exit 2, and no model loading logged."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        process = subprocess.run(
+            [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{port}",
+             "--metrics-port", "0", "--model-base", str(model_base), "--model-name", "ham10000"],
+            capture_output=True, text=True, timeout=120)
+    assert process.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}: the port is taken" in process.stderr
+    assert "Traceback" not in process.stderr
+    assert "loading ham10000" not in process.stderr and "tensorflow" not in process.stderr.lower()

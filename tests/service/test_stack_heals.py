@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Iterator
@@ -138,15 +137,19 @@ def test_a_killed_worker_is_restarted_and_nothing_else_stops(stack: LaunchedStac
 
 def test_a_child_that_keeps_dying_makes_the_launcher_give_up_loudly(tmp_path: Path) -> None:
     layout = StackLayout.on_free_ports(tmp_path / "stack", tmp_path / "no-models", [tmp_path])
-    with socket.socket() as taken, (tmp_path / "stack.log").open("wb") as log:
-        # redis-server cannot bind a port already listened on: it exits 1 at every start.
-        taken.bind(("127.0.0.1", layout.redis_port))
-        taken.listen()
+    redis_dir = tmp_path / "stack" / "var" / "redis"
+    redis_dir.mkdir(parents=True)
+    # A file where Redis keeps its AOF directory: redis-server exits 1 at every start, for a
+    # reason no check before the start can see (a taken port is refused before, see
+    # tests/devtools/test_first_hour_stack.py).
+    (redis_dir / "appendonlydir").write_text("not a directory")
+    with (tmp_path / "stack.log").open("wb") as log:
         launched = LaunchedStack(layout, log, ["--restart-delay-s", "0.05",
                                                "--crash-limit", "3"])
         assert launched.process.wait(START_TIMEOUT_S) == 1
     text = (tmp_path / "stack.log").read_text(errors="replace")
     assert "giving up: redis exited 3 times within 300 s (exit codes 1, 1, 1)" in text
+    assert "its last words: " in text  # the cause, as the child said it
 
 
 def exiting_child(code: int) -> Child:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.sync_api import Page, expect
 
 from core.backends.embedded import EmbeddedBackend
@@ -54,9 +55,12 @@ def test_a_ham10000_image_shows_seven_bars_and_its_heatmap(page: Page,
     expect(result.locator("meter")).to_have_count(7)
     overlay = result.get_by_role("img", name=re.compile("^Heatmap of where the model saw"))
     expect(overlay).to_have_attribute("src", re.compile("^data:image/png;base64,"))
-    expect(result.locator(".explain-note")).to_contain_text("Heatmap: the regions")
-    # The PNG decoded: the browser knows its size (the model's 32x32 input).
-    assert overlay.evaluate("img => img.complete && img.naturalWidth") == 32
+    expect(result.locator(".explain-note")).to_contain_text("the regions that most raised")
+    # Drawn over the upload at its own size (a 600x450 HAM10000 photo), not the model's 32x32.
+    with Image.open(ham10000_image()) as photo:
+        expected = list(photo.size)
+    assert overlay.evaluate("img => img.complete && [img.naturalWidth, img.naturalHeight]") == \
+        expected
 
 
 def test_the_toggle_switches_between_the_overlay_and_the_image(page: Page,

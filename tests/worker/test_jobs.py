@@ -232,7 +232,9 @@ def test_a_chunk_that_always_fails_gives_up_after_its_attempts(
         wait_until(lambda: not jobs.store.lease_held(job_id, 0), "the lease to go")
         reaper.reap_once()
     job = jobs.get(job_id)
-    assert (job.state, job.done, job.failed) == (JobState.SUCCEEDED, 5, 5)
+    # Every image failed: the job did not succeed, and each image keeps its reason.
+    assert (job.state, job.done, job.failed) == (JobState.FAILED, 5, 5)
+    assert job.error.startswith("ALL_IMAGES_FAILED")
     reasons = {r.error.reason for r in all_results(jobs, job_id)}
     assert reasons == {"CHUNK_ATTEMPTS_EXHAUSTED"}
     assert "RuntimeError" in all_results(jobs, job_id)[0].error.message
