@@ -16,6 +16,7 @@ from PIL import Image
 
 from core.backends.embedded import EmbeddedBackend
 from core.batching import MicroBatcher
+from core.model_config import HAM10000_DISPLAY_NAMES
 from devtools.dicom_sample import photograph_dataset, to_bytes
 from service.settings import SecuritySettings
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME, tiny_config
@@ -192,7 +193,9 @@ def test_the_cli_writes_the_overlay_and_prints_the_probabilities(
     out = capsys.readouterr().out
     assert status == 0
     assert "Melanoma" in out and "Melanocytic nevus" in out
-    assert len([line for line in out.splitlines() if line.startswith("  ")]) == 7
+    rows = [line.split()[0] for line in out.splitlines() if line.startswith("    ")]
+    assert sorted(rows) == sorted(HAM10000_DISPLAY_NAMES)  # one probability row per class
+    assert "Result: Melanoma (mel)" in out
     assert "explained nv: heatmap 8x8" in out
     with Image.open(overlay) as written:
         assert (written.format, written.size) == ("PNG", (TINY_INPUT.width, TINY_INPUT.height))
