@@ -78,3 +78,12 @@ def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered
 def test_dockerignore_keeps_models_and_secrets_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", "models", "deploy", "dermserve"} <= ignored
+
+
+def test_the_attack_suite_runs_the_front_with_the_server_images_malloc_settings() -> None:
+    """The suite's RSS limit judges the front as deployed: its malloc variables are the image's."""
+    from tools.attack.stack import FRONT_MALLOC
+
+    env = " ".join(a for i, a in stages()["server"] if i == "ENV")
+    image = dict(pair.split("=", 1) for pair in env.split() if pair.startswith("MALLOC_"))
+    assert image == FRONT_MALLOC

@@ -186,6 +186,11 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env | (extra or {})
 
 
+FRONT_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
+"""The front's malloc settings, as the server image sets them (deploy/docker/Dockerfile, which
+says why): the suite measures what is deployed."""
+
+
 def launch(stack: Stack, models: Path) -> None:
     w = stack.workdir
     redis_url = f"redis://127.0.0.1:{stack.redis_port}/0"
@@ -202,7 +207,8 @@ def launch(stack: Stack, models: Path) -> None:
                            "--tls-key", str(stack.pki.server_key),
                            "--tls-client-ca", str(stack.pki.ca),
                            "--auth-tokens-file", str(w / "tokens"),
-                           "--grace-period-s", "2", "--log-format", "json"], batch)
+                           "--grace-period-s", "2", "--log-format", "json"],
+          batch | FRONT_MALLOC)
     start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
                             "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
     # MALLOC_ARENA_MAX as the web image sets it (deploy/docker/Dockerfile).
