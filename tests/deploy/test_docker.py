@@ -80,10 +80,12 @@ def test_dockerignore_keeps_models_and_secrets_out() -> None:
     assert {".git", ".venv", "models", "deploy", "dermserve"} <= ignored
 
 
-def test_the_attack_suite_runs_the_front_with_the_server_images_malloc_settings() -> None:
-    """The suite's RSS limit judges the front as deployed: its malloc variables are the image's."""
-    from tools.attack.stack import FRONT_MALLOC
+def test_the_attack_suite_runs_front_and_page_with_their_images_malloc_settings() -> None:
+    """The suite's RSS limit judges the processes as deployed: their malloc variables are the
+    images'."""
+    from tools.attack.stack import FRONT_MALLOC, WEB_MALLOC
 
-    env = " ".join(a for i, a in stages()["server"] if i == "ENV")
-    image = dict(pair.split("=", 1) for pair in env.split() if pair.startswith("MALLOC_"))
-    assert image == FRONT_MALLOC
+    for stage, suite in (("server", FRONT_MALLOC), ("web", WEB_MALLOC)):
+        env = " ".join(a for i, a in stages()[stage] if i == "ENV")
+        image = dict(pair.split("=", 1) for pair in env.split() if pair.startswith("MALLOC_"))
+        assert image == suite, stage

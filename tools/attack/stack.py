@@ -187,8 +187,9 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 FRONT_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
-"""The front's malloc settings, as the server image sets them (deploy/docker/Dockerfile, which
-says why): the suite measures what is deployed."""
+WEB_MALLOC = {"MALLOC_ARENA_MAX": "2"}
+"""The front's and the page's malloc settings, as the server and web images set them
+(deploy/docker/Dockerfile, which says why): the suite measures what is deployed."""
 
 
 def launch(stack: Stack, models: Path) -> None:
@@ -211,9 +212,7 @@ def launch(stack: Stack, models: Path) -> None:
           batch | FRONT_MALLOC)
     start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
                             "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
-    # MALLOC_ARENA_MAX as the web image sets it (deploy/docker/Dockerfile).
-    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN,
-                                             "MALLOC_ARENA_MAX": "2"})
+    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN} | WEB_MALLOC)
 
 
 def web_command(stack: Stack) -> list[str]:
