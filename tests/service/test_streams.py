@@ -150,6 +150,10 @@ def test_a_flood_of_health_watches_leaves_authorised_calls_their_threads(tmp_pat
         # Cancelled watches give their slots back: 24 fresh ones open again (health calls are
         # left out of the request metrics, so the slots themselves are what is watched).
         assert wait_until(lambda: every_watch_opens(health, 24))
+        again = health.Watch(health_pb2.HealthCheckRequest(), timeout=CALL_TIMEOUT_S)
+        assert next(again).status in (health_pb2.HealthCheckResponse.SERVING,
+                                      health_pb2.HealthCheckResponse.NOT_SERVING)
+        again.cancel()
         assert sample(running, "dermserve_requests_total",
                       {"method": "Watch", "code": "CANCELLED"}) is None
 
