@@ -34,10 +34,10 @@ ingress-nginx's auth_request the X-Auth-Request-* names apply instead (deploy/).
 
 MAX_CONCURRENT_UPLOADS = 4
 """Uploads read and forwarded at once; the next waits for a slot (UPLOAD_WAIT_S) unread, then
-gets 503 with Retry-After. A 10 MiB upload costs the page about 55 MB while it is analysed (the
-body, the gRPC request and its serialised copy: six at once took its RSS from 55 to a 388 MB peak
-in `python -m tools.attack --quick --family web_uploads` with 8 slots), so 4 keep it within its
-512 Mi pod limit (the same run with 4: 279 MB peak)."""
+gets 503 with Retry-After. A large upload is held about three times while it is analysed (the
+body, the gRPC request and its serialised copy), so the slots bound the page's peak memory, and
+4 leave room below its 512 Mi pod limit (bench-results/NOTES.md, "The page's uploads"; `python
+-m tools.attack --quick --family web_uploads` reports the page's RSS peak)."""
 
 UPLOAD_WAIT_S = 30.0
 """Seconds an upload may wait for a slot (its body unread: uvicorn buffers 64 KiB of it) before
