@@ -58,22 +58,19 @@ DEFAULT_BACKEND_MAX_RETRIES = 2  # retries on UNAVAILABLE; more would outlive ty
 DEFAULT_INTRA_OP_THREADS = 1
 """embedded: threads TensorFlow splits one op over (0: TensorFlow's choice, one per core). One
 op per thread beats splitting on the released version, an ensemble of three networks that the
-inter-op pool already runs side by side: single-image p50 17.0 against 25.8 ms with TensorFlow's
-defaults on two cores, batch throughput from two callers 1.04x (`python -m
-devtools.threads_bench`, bench-results/threads-20261202T112721Z.json)."""
+inter-op pool already runs side by side, so splitting each op too makes the pool's threads hand
+work to each other (measured: bench-results/NOTES.md, "TensorFlow's threads")."""
 DEFAULT_INTER_OP_THREADS = 0
 """embedded: ops TensorFlow runs at once (0: TensorFlow's choice, one per core). One would run
-the ensemble's networks one after another: 1.52x the single-image p50 and 0.56x the batch
-throughput from two callers in the same run."""
+the ensemble's networks one after another (slower in the same run: bench-results/NOTES.md)."""
 
 DEFAULT_FREEZE_GRAPH = True
 """embedded: fold a version's variables into constants when it loads (core/backends/savedmodel.py
 `freeze_serving`), so TensorFlow fuses each batch normalisation, bias and activation into its
-convolution: on the released version 0.4x the CPU per image (bench-results/
-bench-20261202T181901Z.json, `raw.as_loaded`). It costs a few seconds per load and about 100 MB
-per loaded version once warm (`python -m devtools.warm_up_bench --no-freeze-graph`:
-warmup-20261202T184749Z.json against warmup-20261202T184818Z.json); a version whose frozen graph
-answers differently is served as it is."""
+convolution, which more than halves the CPU per image on the released version. It costs a few
+seconds per load and some memory per loaded version (both measured: bench-results/NOTES.md,
+"Freezing the graph"; `make bench` records `raw.as_loaded` beside the frozen figures); a version
+whose frozen graph answers differently is served as it is."""
 
 DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""
@@ -81,11 +78,9 @@ DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 # --- micro-batching ------------------------------------------------------------------------------
 DEFAULT_BATCH_MAX_SIZE = 8
 """Images in one micro-batch, at most. With one thread per op (DEFAULT_INTRA_OP_THREADS) larger
-batches cost more CPU per image on the released ensemble (raw sweep of
-bench-results/bench-20261202T113507Z.json: 21.4 ms at 4, 23.3 at 8, 27.8 at 32), and two
-batches of up to 8 in flight beat batches of up to 32 at 32 clients (`python -m
-devtools.server_ab --a=--batch-max-size=32 --b=--batch-max-size=8 --concurrency 32`: 72 and
-81 calls/s against 91 and 86). Versions are warmed up at every size up to it."""
+batches cost more CPU per image on the released ensemble, and two batches of up to 8 in flight
+beat batches of up to 32 at 32 clients (bench-results/NOTES.md, "Batch size 8"). Versions are
+warmed up at every size up to it."""
 DEFAULT_BATCH_MAX_WAIT_MS = 10.0
 """Milliseconds a batch may wait for company, at most. The wait is adaptive (core/batching.py):
 only until as many images are queued as the previous batch had, so a lone call never waits, while
