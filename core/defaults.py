@@ -58,20 +58,19 @@ DEFAULT_BACKEND_MAX_RETRIES = 2  # retries on UNAVAILABLE; more would outlive ty
 DEFAULT_INTRA_OP_THREADS = 1
 """embedded: threads TensorFlow splits one op over (0: TensorFlow's choice, one per core). One
 op per thread beats splitting on the released version, an ensemble of three networks that the
-inter-op pool already runs side by side, so splitting each op as well only adds handovers
-(measured: bench-results/NOTES.md, "TensorFlow's threads")."""
+inter-op pool already runs side by side, so splitting each op too makes the pool's threads hand
+work to each other (measured: bench-results/NOTES.md, "TensorFlow's threads")."""
 DEFAULT_INTER_OP_THREADS = 0
 """embedded: ops TensorFlow runs at once (0: TensorFlow's choice, one per core). One would run
-the ensemble's networks one after another (bench-results/NOTES.md, "TensorFlow's threads")."""
+the ensemble's networks one after another (slower in the same run: bench-results/NOTES.md)."""
 
 DEFAULT_FREEZE_GRAPH = True
 """embedded: fold a version's variables into constants when it loads (core/backends/savedmodel.py
 `freeze_serving`), so TensorFlow fuses each batch normalisation, bias and activation into its
-convolution, which cuts the CPU per image by more than half (`make bench` reports it as
-`raw.as_loaded`; docs/performance.md, bench-results/NOTES.md "Freezing the graph"). It costs a
-few seconds per load and some memory per loaded version once warm (`python -m
-devtools.warm_up_bench --no-freeze-graph` measures it); a version whose frozen graph answers
-differently is served as it is."""
+convolution, which more than halves the CPU per image on the released version. It costs a few
+seconds per load and some memory per loaded version (both measured: bench-results/NOTES.md,
+"Freezing the graph"; `make bench` records `raw.as_loaded` beside the frozen figures); a version
+whose frozen graph answers differently is served as it is."""
 
 DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 """Operators may demand more confidence than a version's own rule; 0 defers to the version."""
@@ -80,9 +79,8 @@ DEFAULT_MIN_CONFIDENCE_FLOOR = 0.0
 DEFAULT_BATCH_MAX_SIZE = 8
 """Images in one micro-batch, at most. With one thread per op (DEFAULT_INTRA_OP_THREADS) larger
 batches cost more CPU per image on the released ensemble, and two batches of up to 8 in flight
-served more calls at 32 clients than batches of up to 32 (bench-results/NOTES.md, "Batch size
-8"; `make bench`'s raw sweep shows the CPU per image by batch size). Versions are warmed up at
-every size up to it."""
+beat batches of up to 32 at 32 clients (bench-results/NOTES.md, "Batch size 8"). Versions are
+warmed up at every size up to it."""
 DEFAULT_BATCH_MAX_WAIT_MS = 10.0
 """Milliseconds a batch may wait for company, at most. The wait is adaptive (core/batching.py):
 only until as many images are queued as the previous batch had, so a lone call never waits, while

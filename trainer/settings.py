@@ -45,7 +45,8 @@ class TrainSettings:
     fine_tune_epochs: int = setting(8, unit="epochs", help="stage 2's cosine schedule")
     # Adam, cosine-decayed over the stage's epochs, starting from the trained head. Measured: 3e-4
     # wrecked the pretrained top blocks (val balanced accuracy 0.58 -> 0.17); 1e-5 barely moved
-    # them (0.54-0.57 in 8 epochs); 3e-5 for 8 epochs is the measured recipe (README, issue 10).
+    # them (0.54-0.57 in 8 epochs); 3e-5 for 8 epochs is the measured recipe (docs/model.md,
+    # issue 10).
     fine_tune_learning_rate: float = setting(3e-5, help="stage 2's peak Adam learning rate")
     # "cached": stage 2 trains the top blocks (from first_trainable, BatchNorm frozen) on the
     # cached views, about 1-2 min an epoch on 2 CPU cores; "full": every layer, on images

@@ -22,9 +22,9 @@ DEFAULT_OUTPUT_DIR = "var/batch"  # per-job directories: spooled inline images, 
 DEFAULT_CHUNK_SIZE = 64  # images per chunk: ~1-2 s of model time on CPU, so a killed worker
 # loses little work and a cancel lands within one chunk
 DEFAULT_IMAGES_PER_CALL = 8  # images per classifier call inside a chunk; the cancel flag is
-# checked between calls. The released MobileNetV2 on 2 CPU cores runs fastest per image at 8
-# (86 images/s against 69 at 16 and 58 at 32: `make bench` prints the sweep); larger batches
-# spill the caches.
+# checked between calls. 8 is the batch size the raw sweep finds cheapest per image on 2 CPU
+# cores, as in the front (bench-results/NOTES.md; `make bench` prints the sweep); larger
+# batches spill the caches.
 DEFAULT_PIPELINE_DEPTH = 2  # classifier calls in flight per chunk: one decodes while one predicts
 DEFAULT_MAX_IMAGES_PER_JOB = 100_000  # images; a large screening archive, and bounded Redis work
 DEFAULT_MAX_INLINE_IMAGES = 256  # images sent inside one SubmitBatchJob request

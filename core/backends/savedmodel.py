@@ -194,9 +194,10 @@ def freeze_serving(signature: Any, config: ModelConfig) -> Any:
     fails or answers differently (logged). With weights as constants, TensorFlow's graph
     optimiser folds each batch normalisation into its convolution and fuses bias and
     activation into it (oneDNN), which it cannot do to variables: `make bench` measures both
-    (`raw.as_loaded` beside the frozen sweep; README, "Freezing the graph"). It also skips the
-    Python walk over every captured variable (795 on the released ensemble) that a loaded
-    signature makes per call. TF Serving runs the SavedModel's variables as they are."""
+    (`raw.as_loaded` beside the frozen sweep; bench-results/NOTES.md, "Freezing the graph").
+    It also skips the Python walk over every captured variable (795 on the released ensemble)
+    that a loaded signature makes per call. TF Serving runs the SavedModel's variables as they
+    are."""
     import tensorflow as tf
 
     try:
