@@ -59,8 +59,8 @@ DEFAULT_INTRA_OP_THREADS = 1
 """embedded: threads TensorFlow splits one op over (0: TensorFlow's choice, one per core). One
 op per thread beats splitting on the released version, an ensemble of three networks that the
 inter-op pool already runs side by side: single-image p50 17.0 against 25.8 ms with TensorFlow's
-defaults on two cores, batch throughput from two callers 1.04x (`python -m
-devtools.threads_bench`, bench-results/threads-20261202T112721Z.json)."""
+defaults on two cores, batch throughput from two callers 1.04x (threads_bench in
+devtools/EXPERIMENTS.md, bench-results/threads-20261202T112721Z.json)."""
 DEFAULT_INTER_OP_THREADS = 0
 """embedded: ops TensorFlow runs at once (0: TensorFlow's choice, one per core). One would run
 the ensemble's networks one after another: 1.52x the single-image p50 and 0.56x the batch
@@ -83,8 +83,8 @@ DEFAULT_BATCH_MAX_SIZE = 8
 """Images in one micro-batch, at most. With one thread per op (DEFAULT_INTRA_OP_THREADS) larger
 batches cost more CPU per image on the released ensemble (raw sweep of
 bench-results/bench-20261202T113507Z.json: 21.4 ms at 4, 23.3 at 8, 27.8 at 32), and two
-batches of up to 8 in flight beat batches of up to 32 at 32 clients (`python -m
-devtools.server_ab --a=--batch-max-size=32 --b=--batch-max-size=8 --concurrency 32`: 72 and
+batches of up to 8 in flight beat batches of up to 32 at 32 clients (server_ab in
+devtools/EXPERIMENTS.md, --batch-max-size 32 against 8 at concurrency 32: 72 and
 81 calls/s against 91 and 86). Versions are warmed up at every size up to it."""
 DEFAULT_BATCH_MAX_WAIT_MS = 10.0
 """Milliseconds a batch may wait for company, at most. The wait is adaptive (core/batching.py):
