@@ -718,7 +718,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     server_args = list(args.server_arg)
     served = served_settings(server_args)
     # The raw model gets the TensorFlow threads the server starts with, so that the ratios
-    # measure serving and not thread settings (devtools.threads_bench compares those).
+    # measure serving and not thread settings (bench-results/NOTES.md, "TensorFlow's threads").
     configure_threads(served.intra_op_threads, served.inter_op_threads)
     raw_model = RawModel(target, config, served.freeze_graph)
     raw = raw_floor(raw_model, args.step_seconds,

@@ -56,6 +56,18 @@ def test_install_is_locked_and_stubs_are_generated() -> None:
         assert name in copied or name == "dermserve", f"{name} is not copied into the image"
 
 
+def test_dev_tooling_ships_in_neither_the_wheel_nor_the_images() -> None:
+    """devtools/ and tools/ run from the checkout: no image copies them, no wheel packs them."""
+    dev = {"devtools", "tools", "tests"}
+    for name, body in stages().items():
+        copied = {a.split()[0].rstrip("/") for i, a in body if i == "COPY"}
+        assert not copied & dev, (name, copied & dev)
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    included = {include.rstrip("*") for include in find["find"]["include"]}
+    assert not included & dev
+    assert {"devtools*", "tools*"} <= set(find["find"].get("exclude", []))
+
+
 def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered) -> None:
     all_stages = stages()
     runtime_user = [a for i, a in all_stages["runtime"] if i == "USER"]
