@@ -9,12 +9,13 @@ import logging
 
 import pytest
 
+from batch.settings import BatchApiSettings
 from core import config
 from core.settings import ServingSettings
 from service.settings import Settings
 from service.settings import build_parser as front_parser
 from web.settings import WebSettings
-from worker.settings import BatchApiSettings, WorkerSettings, parse_settings
+from worker.settings import WorkerSettings, parse_settings
 from worker.settings import build_parser as worker_parser
 
 

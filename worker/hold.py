@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from worker.store import JobStore
+from batch.store import JobStore
 
 WAIT_SLICE_S = 5  # seconds per BLPOP: well under the Redis client's socket timeout
 

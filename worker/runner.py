@@ -8,7 +8,7 @@ runs each job in this process, with the model loaded once. What the horse gave u
 a crash or SIGKILL of this process is recovered by chunk leases and the reaper (worker/reaper.py),
 and a chunk stuck in a TF call is ended by rq's job timeout (SIGALRM in this process).
 
-Redis going away: our commands retry with backoff inside redis-py (worker/store.py); rq's dequeue
+Redis going away: our commands retry with backoff inside redis-py (batch/store.py); rq's dequeue
 loop retries by itself; and if rq's loop still gives up (it quits on some errors), `serve`
 starts a fresh rq worker after a backoff, keeping the loaded model.
 """
@@ -27,6 +27,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from batch.queues import SERIALIZER, ChunkJob, ChunkQueues
+from batch.references import InputRoots
+from batch.results import ResultStore
+from batch.store import JobStore, connect
 from core.backends.base import Backend, ModelRef
 from core.backends.factory import open_backend
 from core.classifier import Classifier
@@ -38,12 +42,8 @@ from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
 from worker.hold import FirstChunkHold
 from worker.metrics import BatchStateCollector, WorkerMetrics
-from worker.queues import SERIALIZER, ChunkJob, ChunkQueues
 from worker.reaper import Reaper
-from worker.references import InputRoots
-from worker.results import ResultStore
 from worker.settings import WorkerSettings
-from worker.store import JobStore, connect
 
 log = logging.getLogger(__name__)
 

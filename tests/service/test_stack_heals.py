@@ -17,6 +17,7 @@ import grpc
 import pytest
 import redis
 
+from batch import defaults
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
@@ -24,7 +25,6 @@ from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from devtools.launched import LaunchedStack, StackLayout
 from devtools.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from tests.worker.conftest import jpeg_bytes, wait_until, write_images
-from worker import defaults
 
 START_TIMEOUT_S = 300.0  # seconds: two processes import TensorFlow on two busy cores
 IMAGES = 24

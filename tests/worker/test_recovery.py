@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from devtools.redis import RedisServer
 from tests.worker.conftest import wait_until, write_images
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
