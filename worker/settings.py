@@ -31,8 +31,7 @@ class WorkerSettings(ServingSettings, BatchApiSettings):
     """Settings of one batch worker process."""
 
     images_per_call: int = setting(
-        defaults.DEFAULT_IMAGES_PER_CALL, unit="images", aliases=("--batch-size",),
-        env_aliases=("DERMSERVE_BATCH_SIZE",),
+        defaults.DEFAULT_IMAGES_PER_CALL, unit="images",
         help="images per classifier call inside a chunk (the cancel flag is checked between "
              "calls)")
     pipeline_depth: int = setting(defaults.DEFAULT_PIPELINE_DEPTH, unit="calls",
@@ -79,12 +78,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> WorkerSettings:
     """Flags over environment over defaults."""
-    settings = config.build(WorkerSettings, list(argv), environ, PROG, DESCRIPTION)
-    if "--backend-timeout-s" in " ".join(argv) or "DERMSERVE_BACKEND_TIMEOUT_S" in environ:
-        # Until this release the worker read it as the deadline of a chunk's classifier calls.
-        config.log.warning("--backend-timeout-s caps one backend call, as in the front; a "
-                           "chunk's classifier calls take --classify-timeout-s")
-    return settings
+    return config.build(WorkerSettings, list(argv), environ, PROG, DESCRIPTION)
 
 
 def settings_from_env(environ: Mapping[str, str]) -> WorkerSettings:
