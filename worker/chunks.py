@@ -155,7 +155,7 @@ class ChunkRunner:
         self.policy = policy
         self.observer: ChunkObserver = observer or NullChunkObserver()
         self.name = name or uuid.uuid4().hex[:8]
-        self.inside_chunk = inside_chunk  # a test's hook (worker/hold.py); None in production
+        self.inside_chunk = inside_chunk  # a test's hook (tests/worker/hold.py); None in production
         self.pool = ThreadPoolExecutor(max_workers=max(1, policy.pipeline_depth),
                                        thread_name_prefix="chunk-batch")
 

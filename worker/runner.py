@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -40,7 +41,6 @@ from core.observe import Observer
 from core.readiness import write_ready_file
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
-from worker.hold import FirstChunkHold
 from worker.metrics import BatchStateCollector, WorkerMetrics
 from worker.reaper import Reaper
 from worker.settings import WorkerSettings
@@ -95,11 +95,17 @@ def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
             time.sleep(1.0)
 
 
+InsideChunk = Callable[[JobStore], Callable[[str, int], None]]
+"""Builds a hook that a chunk's runner calls once it holds a chunk's lease (job id, chunk index);
+only a test passes one (tests/worker/hold.py), to kill a worker at a known point."""
+
+
 class WorkerProcess:
     """Everything one worker process holds: clients, the runner, the reaper, the metrics."""
 
     def __init__(self, settings: WorkerSettings, classifier: Classifier,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 inside_chunk: InsideChunk | None = None) -> None:
         self.settings = settings
         self.stopping = threading.Event()
         self.store = JobStore.from_settings(connect(settings), settings)
@@ -113,8 +119,8 @@ class WorkerProcess:
                                   self.queues, classifier, InputRoots(settings.input_roots),
                                   ChunkPolicy.from_settings(settings), self.metrics,
                                   name=f"{socket.gethostname()}-{os.getpid()}",
-                                  inside_chunk=(FirstChunkHold(self.store)
-                                                if settings.test_hold_first_chunk else None))
+                                  inside_chunk=(inside_chunk(self.store)
+                                                if inside_chunk is not None else None))
         self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
                              settings.reap_grace_s, settings.max_chunk_attempts)
 
@@ -152,7 +158,8 @@ class WorkerProcess:
             return False
 
 
-def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
+def start_worker(settings: WorkerSettings, inside_chunk: InsideChunk | None = None
+                 ) -> tuple[WorkerProcess, Backend]:
     """The worker process with its backend open and a model version answering; its registry
     holds the same decode, prediction and model-event metrics as the front's, and its own."""
     registry = CollectorRegistry()
@@ -162,17 +169,17 @@ def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
     try:
         classifier = build_classifier(settings, backend, model_metrics)
         wait_for_model(classifier, settings.model_ready_timeout_s)
-        return WorkerProcess(settings, classifier, registry), backend
+        return WorkerProcess(settings, classifier, registry, inside_chunk), backend
     except BaseException:
         backend.close()
         raise
 
 
-def run_worker(settings: WorkerSettings) -> int:
-    """The `dermserve-worker` program."""
+def run_worker(settings: WorkerSettings, inside_chunk: InsideChunk | None = None) -> int:
+    """The `dermserve-worker` program (a test's entry adds `inside_chunk`: tests/worker/hold.py)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    process, backend = start_worker(settings)
+    process, backend = start_worker(settings, inside_chunk)
     try:
         process.serve()
     finally:

@@ -64,8 +64,6 @@ class WorkerSettings(ServingSettings, BatchApiSettings):
     ready_file: Path | None = setting(
         None, help="write {pid, port} here once the model answers and chunks are taken, for "
                    "the launcher that started this process (devtools/stack.py; empty: none)")
-    test_hold_first_chunk: bool = setting(
-        False, help="tests only: hold the first chunk claimed until released (worker/hold.py)")
 
     def with_overrides(self, **changes: Any) -> WorkerSettings:
         return replace(self, **changes)
