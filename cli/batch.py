@@ -33,20 +33,20 @@ from typing import Any, TextIO
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
-from core.numbers import ascii_natural
-from dermserve.v1 import batch_jobs_pb2 as pb
-from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from service.batch_jobs import image_result
-from worker.defaults import (
+from batch.defaults import (
     DEFAULT_JOBS_PAGE_SIZE,
     IMAGE_SUFFIXES,
     MANIFEST_SUFFIXES,
     MAX_JOBS_PAGE_SIZE,
     MAX_PAGE_SIZE,
 )
-from worker.references import manifest_paths
-from worker.results import EXPORTERS, ResultExporter, labels_of
+from batch.references import manifest_paths
+from batch.results import EXPORTERS, ResultExporter, labels_of
+from cli.connection import add_connection_arguments, call_metadata, error_entry, open_channel
+from core.numbers import ascii_natural
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from service.batch_jobs import image_result
 
 EXPORTERS_BY_NAME: dict[str, ResultExporter] = {
     exporter.name: exporter for exporter in EXPORTERS if exporter.name != "jsonl"}
@@ -139,7 +139,7 @@ def submit_request(args: argparse.Namespace) -> pb.SubmitBatchJobRequest:
                                      for path in local_images(paths))
     elif len(paths) == 1 and paths[0].suffix.lower() in MANIFEST_SUFFIXES:
         request.manifest.path = str(paths[0].resolve())
-    else:  # the server recognises manifests among references too (worker/references.py)
+    else:  # the server recognises manifests among references too (batch/references.py)
         request.files.paths.extend(str(path.resolve()) for path in paths)
     return request
 

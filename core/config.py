@@ -4,8 +4,6 @@
 
 - The flag is `--field-name` and the variable `DERMSERVE_FIELD_NAME`, unless the declaration
   names another flag (`flag="listen"`); the variable always follows the flag's name.
-- Renamed flags and variables stay as deprecated aliases (`aliases=`, `env_aliases=`): they keep
-  working and log a warning that names the replacement.
 - A field declared with `group(SomeSettings)` is a nested settings dataclass whose fields are
   flags too (`settings.streams.max_streams` <- `--max-streams`). Groups that several programs
   share (the model and backend here, Redis in worker/settings.py) are dataclasses the programs'
@@ -20,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import os
 import types
 import typing
@@ -30,8 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core.numbers import ascii_natural
-
-log = logging.getLogger("dermserve.settings")
 
 ENV_PREFIX = "DERMSERVE_"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -51,8 +46,6 @@ class Declaration:
     help: str = ""
     unit: str = ""
     flag: str = ""  # without the dashes; default: the field name with dashes
-    aliases: tuple[str, ...] = ()  # deprecated flags, with their dashes
-    env_aliases: tuple[str, ...] = ()  # deprecated variables
     choices: tuple[str, ...] = ()
     parse: Callable[[str], Any] | None = None  # default: judged by the field's type
     show: Callable[[Any], str] | None = None  # how --help prints the default
@@ -60,13 +53,11 @@ class Declaration:
 
 
 def setting(default: Any = dataclasses.MISSING, *, help: str, unit: str = "", flag: str = "",
-            aliases: Sequence[str] = (), env_aliases: Sequence[str] = (),
             choices: Sequence[str] = (), parse: Callable[[str], Any] | None = None,
             show: Callable[[Any], str] | None = None, secret: bool = False,
             factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field that is also a flag and a variable. `secret` keeps it out of repr."""
-    declaration = Declaration(help, unit, flag, tuple(aliases), tuple(env_aliases),
-                              tuple(choices), parse, show, secret)
+    declaration = Declaration(help, unit, flag, tuple(choices), parse, show, secret)
     metadata = {"setting": declaration}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata, repr=not secret)
@@ -191,33 +182,14 @@ def options(cls: type[Any], prefix: tuple[str, ...] = ()) -> Iterator[Option]:
 
 
 def env_names(cls: type[Any]) -> set[str]:
-    """Every variable `cls` reads, deprecated aliases included."""
-    return {name for option in options(cls)
-            for name in (option.env, *option.declaration.env_aliases)}
-
-
-class DeprecatedFlag(argparse.Action):
-    """An old flag name: sets the new one's value, and says so."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, replacement: str,
-                 **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, **kwargs)
-        self.replacement = replacement
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: str | None = None) -> None:
-        log.warning("%s is deprecated: use %s", option_string, self.replacement)
-        setattr(namespace, self.dest, values)
+    """Every variable `cls` reads."""
+    return {option.env for option in options(cls)}
 
 
 def environment_default(option: Option, environ: Mapping[str, str],
                         parser: argparse.ArgumentParser) -> Any:
-    """The option's default after the environment (its variable, else a deprecated one)."""
+    """The option's default after the environment (its variable)."""
     name, text = option.env, environ.get(option.env)
-    for alias in option.declaration.env_aliases:
-        if text is None and alias in environ:
-            name, text = alias, environ[alias]
-            log.warning("%s is deprecated: use %s", alias, option.env)
     if text is None:
         return option.default
     try:
@@ -231,9 +203,7 @@ def help_text(option: Option, default: Any) -> str:
     if option.declaration.secret and default != option.default:
         shown = "hidden"
     unit = f"{option.unit}; " if option.unit else ""
-    aliases = (f"; deprecated: {', '.join(option.declaration.aliases)}"
-               if option.declaration.aliases else "")
-    text = f"{option.declaration.help} [{unit}default {shown}; env {option.env}{aliases}]"
+    text = f"{option.declaration.help} [{unit}default {shown}; env {option.env}]"
     return text.replace("%", "%%")  # argparse %-formats help strings ("95% intervals")
 
 
@@ -247,10 +217,6 @@ def add_option(parser: argparse.ArgumentParser, option: Option, environ: Mapping
                             else {"metavar": option.flag[2:].upper().replace("-", "_")})
     parser.add_argument(option.flag, dest=option.dest, type=option.convert, default=default,
                         help=help_text(option, default), **kind)
-    for alias in option.declaration.aliases:
-        parser.add_argument(alias, dest=option.dest, type=option.convert, action=DeprecatedFlag,
-                            replacement=option.flag, default=argparse.SUPPRESS,
-                            help=argparse.SUPPRESS, **kind)
 
 
 def build_parser(cls: type[Any], environ: Mapping[str, str], prog: str,

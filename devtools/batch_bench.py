@@ -40,6 +40,10 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
+from batch.results import ResultStore
+from batch.store import JobStore
 from core.backends.base import Backend, ModelRef
 from core.backends.factory import open_backend
 from core.classifier import Classifier, require_config
@@ -47,12 +51,8 @@ from core.preprocessing import to_model_input
 from core.validation import ImageLimits, decode_image
 from devtools.redis import RedisServer
 from devtools.stand_in import export_mobilenet_sized
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
-from worker.results import ResultStore
 from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
-from worker.store import JobStore
 
 TARGET_RATIO = 0.85  # issue 13: the job's images/s over the raw best batch throughput
 DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds them either way

@@ -121,8 +121,8 @@ def front_child(args: argparse.Namespace, model_base: Path) -> Child:
 
 
 def worker_child(args: argparse.Namespace, model_base: Path) -> Child:
-    return Child("worker", [sys.executable, "-m", "worker", "--model-base", str(model_base),
-                            "--model-name", args.model_name,
+    return Child("worker", [sys.executable, "-m", args.worker_module,
+                            "--model-base", str(model_base), "--model-name", args.model_name,
                             "--worker-metrics-port", str(args.worker_metrics_port),
                             "--ready-file", str(ready_file(args, "worker"))],
                  env=batch_environment(args))
@@ -299,6 +299,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "data and <var-dir>/batch-input)")
     parser.add_argument("--pids-file", type=Path,
                         help="keep {child: pid} of the running children in this JSON file")
+    parser.add_argument("--worker-module", default="worker",
+                        help="the worker's module (a test's entry: tests.worker.hold)")
     parser.add_argument("--restart-delay-s", type=float, default=policy.initial_delay_s,
                         help="seconds before restarting a child that exited (doubles per exit)")
     parser.add_argument("--max-restart-delay-s", type=float, default=policy.max_delay_s)

@@ -1,4 +1,4 @@
-"""The BatchJobs servicer: protos in, JobService (worker/jobs.py) calls, protos out. Nothing else.
+"""The BatchJobs servicer: protos in, JobService (batch/jobs.py) calls, protos out. Nothing else.
 
 The front offers BatchJobs when it is given Redis (`--redis-url` / `DERMSERVE_REDIS_URL`, as
 `make run` and deploy/ do); without Redis there are no batch jobs to serve, and the front serves
@@ -16,14 +16,14 @@ from collections.abc import Callable, Iterator
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from batch.records import ALL_IMAGES_FAILED, JobRecord, JobState, Priority
+from batch.results import ImageError, ImageResult
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from dermserve.v1 import lesion_classifier_pb2 as lc
 from service.auth import caller_of
 from service.servicer import from_dicom_reference, to_dicom_reference
-from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from worker.records import ALL_IMAGES_FAILED, JobRecord, JobState, Priority
-from worker.results import ImageError, ImageResult
 
 PRIORITY_FROM_PROTO = {
     pb.BATCH_JOB_PRIORITY_UNSPECIFIED: Priority.NORMAL,

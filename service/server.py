@@ -324,8 +324,8 @@ def optional_services(settings: Settings) -> list[tuple[str, ServiceAdder]]:
     (or `auto` and Redis given). That side needs Redis, never TensorFlow."""
     if not settings.hosts_batch_jobs:
         return []
+    from batch.jobs import JobService
     from service.batch_jobs import batch_jobs_service
-    from worker.jobs import JobService
 
     return [batch_jobs_service(JobService.from_settings(settings))]
 

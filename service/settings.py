@@ -16,12 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from batch.settings import BatchApiSettings
 from core import config
 from core import defaults as core_defaults
 from core.config import group, parse_bool, setting
 from core.settings import ServingSettings
 from service import defaults
-from worker.settings import BatchApiSettings
 
 PROG = "dermserve-server"
 DESCRIPTION = "Run the dermserve gRPC front service."

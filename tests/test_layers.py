@@ -17,7 +17,8 @@ LAYERS = {
     "dermserve": 0,  # the generated gRPC stubs
     "core": 1,       # transport-free: errors, model contract, validation, classifier, backends
     "trainer": 2,    # training, on the core's contract and preprocessing
-    "worker": 2,     # the batch system (jobs, Redis store, chunks, rq worker)
+    "batch": 2,      # the batch domain: jobs, Redis store, queues, records, results, references
+    "worker": 3,     # the batch worker process: runner, chunks, reaper, metrics
     "service": 3,    # the gRPC front: both servicers, interceptors, health, metrics
     "cli": 4,        # the `dermserve` client
     "web": 5,        # the clinicians' page, a client of the front through cli/connection.py

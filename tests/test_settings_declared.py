@@ -1,20 +1,18 @@
 """Every entry point builds its settings one way (core/config.py): one declaration gives the
 flag, the variable and the --help line; the front and the worker share the model, backend, image
-and Redis groups, so a variable means the same in both; renamed settings keep their old names as
-deprecated aliases that warn."""
+and Redis groups, so a variable means the same in both."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
+from batch.settings import BatchApiSettings
 from core import config
 from core.settings import ServingSettings
 from service.settings import Settings
 from service.settings import build_parser as front_parser
 from web.settings import WebSettings
-from worker.settings import BatchApiSettings, WorkerSettings, parse_settings
+from worker.settings import WorkerSettings, parse_settings
 from worker.settings import build_parser as worker_parser
 
 
@@ -55,25 +53,6 @@ def test_flags_win_over_variables_over_defaults() -> None:
     assert settings.model_name == "from-flag"
 
 
-@pytest.mark.parametrize("argv, env", [
-    (["--batch-size", "3"], {}),
-    (["--batch-size=3"], {}),
-    ([], {"DERMSERVE_BATCH_SIZE": "3"}),
-])
-def test_the_old_batch_size_name_still_works_and_warns(
-        argv: list[str], env: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        settings = parse_settings(argv, env)
-    assert settings.images_per_call == 3
-    assert "deprecated" in caplog.text and "images-per-call" in caplog.text.lower().replace(
-        "_", "-")
-
-
-def test_the_new_name_wins_over_the_deprecated_variable() -> None:
-    env = {"DERMSERVE_BATCH_SIZE": "3", "DERMSERVE_IMAGES_PER_CALL": "5"}
-    assert parse_settings([], env).images_per_call == 5
-
-
 def test_a_bad_variable_is_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_settings([], {"DERMSERVE_CHUNK_SIZE": "many"})
@@ -109,3 +88,10 @@ def test_the_web_page_reads_the_clis_connection_and_the_fronts_image_limit() -> 
             "DERMSERVE_TLS_KEY"} <= web.keys()
     # Its own address has its own variable: one environment can configure the front and the page.
     assert "DERMSERVE_LISTEN" not in web and "DERMSERVE_WEB_LISTEN" in web
+
+
+def test_a_setting_has_one_name_and_no_deprecated_alias() -> None:
+    """0.1.0 keeps no renamed flags: the worker's old `--batch-size` is an unknown flag."""
+    with pytest.raises(SystemExit):
+        parse_settings(["--batch-size", "3"], {})
+    assert not any(field.startswith("alias") for field in config.Declaration.__dataclass_fields__)

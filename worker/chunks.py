@@ -26,6 +26,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, TypeVar
 
+from batch.queues import ChunkQueues
+from batch.records import ALL_IMAGES_FAILED, ChunkOutcome, ChunkState, JobRecord, JobState
+from batch.references import ImageRef, InputRoots, open_checked
+from batch.results import ImageResult, ResultStore
+from batch.store import JobStore
 from core.backends.base import ModelRef, VersionInfo
 from core.errors import (
     BackendTimeout,
@@ -37,12 +42,7 @@ from core.errors import (
 )
 from core.prediction import Prediction
 from core.validation import ImageLimits
-from worker.queues import ChunkQueues
-from worker.records import ALL_IMAGES_FAILED, ChunkOutcome, ChunkState, JobRecord, JobState
-from worker.references import ImageRef, InputRoots, open_checked
-from worker.results import ImageResult, ResultStore
 from worker.settings import WorkerSettings
-from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class ChunkRunner:
         self.policy = policy
         self.observer: ChunkObserver = observer or NullChunkObserver()
         self.name = name or uuid.uuid4().hex[:8]
-        self.inside_chunk = inside_chunk  # a test's hook (worker/hold.py); None in production
+        self.inside_chunk = inside_chunk  # a test's hook (tests/worker/hold.py); None in production
         self.pool = ThreadPoolExecutor(max_workers=max(1, policy.pipeline_depth),
                                        thread_name_prefix="chunk-batch")
 

@@ -1,46 +1,17 @@
-"""Named defaults of the batch worker and the BatchJobs API, each with its unit and why.
+"""Named defaults of the batch worker process, each with its unit and why.
 
-WorkerSettings (worker/settings.py) starts from these; flags and DERMSERVE_* variables override.
+WorkerSettings (worker/settings.py) starts from these and from batch/defaults.py; flags and
+DERMSERVE_* variables override.
 """
 
 from __future__ import annotations
 
-# --- redis ---------------------------------------------------------------------------------------
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"  # loopback, like every default address here
-DEFAULT_KEY_PREFIX = "dermserve:batch"  # every key of ours starts with it; rq keeps its own "rq:"
-DEFAULT_REDIS_SOCKET_TIMEOUT_S = 30.0
-"""Seconds one of our Redis commands may take before the connection counts as dead. rq gets a
-connection of its own, whose timeout it raises above its blocking dequeue."""
-DEFAULT_REDIS_RETRIES = 8  # attempts per command on a dropped connection (~1 minute with backoff)
-DEFAULT_API_REDIS_RETRIES = 2  # the BatchJobs API's attempts: a client waits ~1 s, then gets
-# UNAVAILABLE and retries itself, rather than hanging while the worker rides the outage out
-DEFAULT_REDIS_BACKOFF_BASE_S = 0.25  # seconds; first wait before reconnecting
-DEFAULT_REDIS_BACKOFF_CAP_S = 10.0  # seconds; longest wait, so a restarted Redis is seen soon
-
-# --- jobs ----------------------------------------------------------------------------------------
-DEFAULT_OUTPUT_DIR = "var/batch"  # per-job directories: spooled inline images, results, exports
-DEFAULT_CHUNK_SIZE = 64  # images per chunk: ~1-2 s of model time on CPU, so a killed worker
-# loses little work and a cancel lands within one chunk
+# --- chunks --------------------------------------------------------------------------------------
 DEFAULT_IMAGES_PER_CALL = 8  # images per classifier call inside a chunk; the cancel flag is
 # checked between calls. 8 is the batch size the raw sweep finds cheapest per image on 2 CPU
 # cores, as in the front (bench-results/NOTES.md; `make bench` prints the sweep); larger
 # batches spill the caches.
 DEFAULT_PIPELINE_DEPTH = 2  # classifier calls in flight per chunk: one decodes while one predicts
-DEFAULT_MAX_IMAGES_PER_JOB = 100_000  # images; a large screening archive, and bounded Redis work
-DEFAULT_MAX_INLINE_IMAGES = 256  # images sent inside one SubmitBatchJob request
-DEFAULT_MAX_INLINE_BYTES = 8 * 1024 * 1024  # bytes of inline images in one request: under the
-# front's gRPC message limit (10 MiB + 64 KiB), so this check, not gRPC, answers first
-DEFAULT_MAX_MANIFEST_BYTES = 16 * 1024 * 1024  # bytes; ~100,000 paths of 160 characters
-DEFAULT_JOB_TTL_S = 7 * 24 * 3600  # seconds a finished job stays readable: a week of nights
-DEFAULT_ACTIVE_JOB_TTL_S = 30 * 24 * 3600  # seconds; a safety net so nothing lives forever
-MAX_CLIENT_JOB_ID_LENGTH = 128  # characters; documented in the proto
-MAX_INLINE_NAME_LENGTH = 512  # characters; documented in the proto
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".dcm")  # what a directory reference contributes
-# (which files a directory lists; each file's format is still judged by its content)
-MANIFEST_SUFFIXES = (".csv", ".txt")  # a file reference with one of these lists images
-# (one path a line, or a `path` column); a file with another suffix is a manifest by its header
-MAX_REFERENCE_BYTES = 4096  # bytes of one path reference: Linux's PATH_MAX, so a longer one
-# could never be opened and is refused before it reaches the file system
 
 # --- leases and recovery -------------------------------------------------------------------------
 DEFAULT_LEASE_TTL_S = 15.0
@@ -51,7 +22,6 @@ DEFAULT_REAP_GRACE_S = 10.0  # seconds a new job is left alone, so its enqueuein
 DEFAULT_MAX_CHUNK_ATTEMPTS = 3
 """Runs of one chunk before its images are recorded as failed: a chunk that kills its worker
 every time (a poison image) must not stall the job forever."""
-DEFAULT_CHUNK_TIMEOUT_S = 600  # seconds; rq kills a chunk stuck this long (64 images take ~2 s)
 
 # --- transient backend errors --------------------------------------------------------------------
 DEFAULT_BACKEND_RETRIES = 4  # retries of one classifier call on UNAVAILABLE / DEADLINE_EXCEEDED
@@ -60,21 +30,10 @@ DEFAULT_BACKOFF_CAP_S = 8.0  # seconds; longest single wait
 DEFAULT_CLASSIFY_TIMEOUT_S = 120.0  # seconds for one classifier call of DEFAULT_IMAGES_PER_CALL
 # images (up to --pipeline-depth calls share the machine)
 
-# --- API -----------------------------------------------------------------------------------------
-DEFAULT_WATCH_INTERVAL_S = 0.5  # seconds between progress polls of a WatchBatchJob stream
-DEFAULT_PAGE_SIZE = 100  # results per ListBatchJobResults page when the client sets none
-MAX_PAGE_SIZE = 1000  # results; bounds one response at ~1 MB
-DEFAULT_JOBS_PAGE_SIZE = 50  # jobs per ListBatchJobs page when the client sets none: a screen
-MAX_JOBS_PAGE_SIZE = 500  # jobs; ~250 KB of BatchJob messages, and as many hashes read at once
-JOBS_READ_BATCH = 100  # index entries read per round trip while listing jobs (at least a page)
-MAX_JOBS_READS = 10  # round trips of one ListBatchJobs call: a state filter that matches few
-# jobs gets a short page and a token after ~1,000 jobs read, rather than a walk over all of them
-
 # --- worker process ------------------------------------------------------------------------------
 DEFAULT_WORKER_METRICS_PORT = 9465  # TCP port; next to the front's 9464
 DEFAULT_WORKER_METRICS_ADDRESS = "127.0.0.1"
 DEFAULT_MODEL_READY_TIMEOUT_S = 300.0  # seconds to wait for a first model version at start-up
-DEFAULT_QUEUE_NAME = "dermserve-batch"  # rq queue names are this plus "-high|-normal|-low"
 DEFAULT_RQ_WORKER_TTL_S = 60  # seconds; rq blocks on the queue for this minus 15, so a stop or a
 # dead connection is noticed within a minute rather than rq's default seven
 DEFAULT_RESTART_BACKOFF_CAP_S = 30.0  # seconds; longest wait before the rq loop is restarted

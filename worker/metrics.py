@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from worker.queues import ChunkQueues
-from worker.records import ChunkOutcome, JobState
-from worker.results import ImageResult
-from worker.store import JobStore
+from batch.queues import ChunkQueues
+from batch.records import ChunkOutcome, JobState
+from batch.results import ImageResult
+from batch.store import JobStore
 
 log = logging.getLogger(__name__)
 

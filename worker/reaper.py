@@ -21,12 +21,12 @@ from collections.abc import Iterable
 
 import redis
 
+from batch.queues import ChunkQueues, chunk_job_id, finalize_job_id
+from batch.records import ChunkState, JobRecord, JobState
+from batch.store import JobStore
 from core.errors import JobNotFound
 from worker.chunks import FINAL_LEASE
 from worker.defaults import DEFAULT_MAX_CHUNK_ATTEMPTS
-from worker.queues import ChunkQueues, chunk_job_id, finalize_job_id
-from worker.records import ChunkState, JobRecord, JobState
-from worker.store import JobStore
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ runs each job in this process, with the model loaded once. What the horse gave u
 a crash or SIGKILL of this process is recovered by chunk leases and the reaper (worker/reaper.py),
 and a chunk stuck in a TF call is ended by rq's job timeout (SIGALRM in this process).
 
-Redis going away: our commands retry with backoff inside redis-py (worker/store.py); rq's dequeue
+Redis going away: our commands retry with backoff inside redis-py (batch/store.py); rq's dequeue
 loop retries by itself; and if rq's loop still gives up (it quits on some errors), `serve`
 starts a fresh rq worker after a backoff, keeping the loaded model.
 """
@@ -20,6 +20,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -27,6 +28,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from rq import Queue, SimpleWorker
 from rq.job import Job
 
+from batch.queues import SERIALIZER, ChunkJob, ChunkQueues
+from batch.references import InputRoots
+from batch.results import ResultStore
+from batch.store import JobStore, connect
 from core.backends.base import Backend, ModelRef
 from core.backends.factory import open_backend
 from core.classifier import Classifier
@@ -36,14 +41,9 @@ from core.observe import Observer
 from core.readiness import write_ready_file
 from worker import defaults
 from worker.chunks import CURRENT_RUNNER, ChunkPolicy, ChunkRunner
-from worker.hold import FirstChunkHold
 from worker.metrics import BatchStateCollector, WorkerMetrics
-from worker.queues import SERIALIZER, ChunkJob, ChunkQueues
 from worker.reaper import Reaper
-from worker.references import InputRoots
-from worker.results import ResultStore
 from worker.settings import WorkerSettings
-from worker.store import JobStore, connect
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,17 @@ def wait_for_model(classifier: Classifier, timeout_s: float) -> None:
             time.sleep(1.0)
 
 
+InsideChunk = Callable[[JobStore], Callable[[str, int], None]]
+"""Builds a hook that a chunk's runner calls once it holds a chunk's lease (job id, chunk index);
+only a test passes one (tests/worker/hold.py), to kill a worker at a known point."""
+
+
 class WorkerProcess:
     """Everything one worker process holds: clients, the runner, the reaper, the metrics."""
 
     def __init__(self, settings: WorkerSettings, classifier: Classifier,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 inside_chunk: InsideChunk | None = None) -> None:
         self.settings = settings
         self.stopping = threading.Event()
         self.store = JobStore.from_settings(connect(settings), settings)
@@ -113,8 +119,8 @@ class WorkerProcess:
                                   self.queues, classifier, InputRoots(settings.input_roots),
                                   ChunkPolicy.from_settings(settings), self.metrics,
                                   name=f"{socket.gethostname()}-{os.getpid()}",
-                                  inside_chunk=(FirstChunkHold(self.store)
-                                                if settings.test_hold_first_chunk else None))
+                                  inside_chunk=(inside_chunk(self.store)
+                                                if inside_chunk is not None else None))
         self.reaper = Reaper(self.store, self.queues, settings.reap_interval_s,
                              settings.reap_grace_s, settings.max_chunk_attempts)
 
@@ -152,7 +158,8 @@ class WorkerProcess:
             return False
 
 
-def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
+def start_worker(settings: WorkerSettings, inside_chunk: InsideChunk | None = None
+                 ) -> tuple[WorkerProcess, Backend]:
     """The worker process with its backend open and a model version answering; its registry
     holds the same decode, prediction and model-event metrics as the front's, and its own."""
     registry = CollectorRegistry()
@@ -162,17 +169,17 @@ def start_worker(settings: WorkerSettings) -> tuple[WorkerProcess, Backend]:
     try:
         classifier = build_classifier(settings, backend, model_metrics)
         wait_for_model(classifier, settings.model_ready_timeout_s)
-        return WorkerProcess(settings, classifier, registry), backend
+        return WorkerProcess(settings, classifier, registry, inside_chunk), backend
     except BaseException:
         backend.close()
         raise
 
 
-def run_worker(settings: WorkerSettings) -> int:
-    """The `dermserve-worker` program."""
+def run_worker(settings: WorkerSettings, inside_chunk: InsideChunk | None = None) -> int:
+    """The `dermserve-worker` program (a test's entry adds `inside_chunk`: tests/worker/hold.py)."""
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    process, backend = start_worker(settings)
+    process, backend = start_worker(settings, inside_chunk)
     try:
         process.serve()
     finally:

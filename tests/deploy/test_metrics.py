@@ -55,7 +55,7 @@ def metric_names(expr: str) -> set[str]:
 
 
 class EmptyStore:
-    """Stands in for worker.store.JobStore: no jobs (collect() only needs the names)."""
+    """Stands in for batch.store.JobStore: no jobs (collect() only needs the names)."""
 
     def active_jobs(self) -> list[str]:
         return []
@@ -68,7 +68,7 @@ class EmptyStore:
 
 
 class EmptyQueues:
-    """Stands in for worker.queues.ChunkQueues: empty queues."""
+    """Stands in for batch.queues.ChunkQueues: empty queues."""
 
     def depth(self) -> dict[Any, int]:
         return {}

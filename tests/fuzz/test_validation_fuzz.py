@@ -1,6 +1,6 @@
 """Fuzzing the two places where untrusted input first meets dermserve: image validation
 (`core.validation.decode_image`, shared by Classify and the batch worker) and batch references
-(`worker.references`: reference paths, manifest text). Hypothesis feeds random bytes, mutated real
+(`batch.references`: reference paths, manifest text). Hypothesis feeds random bytes, mutated real
 JPEGs, PNGs and DICOM files, and random text; the only acceptable outcomes are a valid result or
 an error of dermserve's own tree that maps to a client status (never InternalError, never
 anything else).
@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from batch.references import InputRoots, manifest_paths
 from core.errors import DermserveError, InternalError
 from core.validation import ImageLimits, decode_image
 from devtools.dicom_sample import VARIANTS, photograph_dataset, to_bytes
-from worker.references import InputRoots, manifest_paths
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=os.environ.get("FUZZ_RANDOM") != "1",

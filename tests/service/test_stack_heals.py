@@ -2,7 +2,7 @@
 the job still finishes with every image exactly once, and Classify never stops answering; a child
 that keeps dying makes the launcher give up loudly. Real processes throughout: the launcher, a
 redis-server, the front and the worker on a tiny model; the kill point is the worker's
-deterministic hold (worker/hold.py), not a timing."""
+deterministic hold (tests/worker/hold.py), not a timing."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import grpc
 import pytest
 import redis
 
+from batch import defaults
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
@@ -24,14 +25,13 @@ from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from devtools.launched import LaunchedStack, StackLayout
 from devtools.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from tests.worker.conftest import jpeg_bytes, wait_until, write_images
-from worker import defaults
 
 START_TIMEOUT_S = 300.0  # seconds: two processes import TensorFlow on two busy cores
 IMAGES = 24
 HOLD_KEYS = tuple(f"{defaults.DEFAULT_KEY_PREFIX}:test:{name}" for name in ("inside", "release"))
 # Short leases and reaps, so the dead worker's chunk is re-queued within a few seconds; a small
 # chunk, so the job spans several chunks; and the hold that gives the test its kill point.
-WORKER_ENV = {"DERMSERVE_TEST_HOLD_FIRST_CHUNK": "1", "DERMSERVE_LEASE_TTL_S": "2",
+WORKER_ENV = {"DERMSERVE_LEASE_TTL_S": "2",
               "DERMSERVE_REAP_INTERVAL_S": "0.3", "DERMSERVE_REAP_GRACE_S": "0",
               "DERMSERVE_CHUNK_SIZE": "4"}
 
@@ -69,7 +69,9 @@ def stack(tmp_path: Path, model_base: Path) -> Iterator[LaunchedStack]:
     write_images(input_root / "clinic", IMAGES)
     layout = StackLayout.on_free_ports(tmp_path / "stack", model_base, [input_root])
     with (tmp_path / "stack.log").open("wb") as log:
-        launched = LaunchedStack(layout, log, ["--restart-delay-s", "0.2"], env=WORKER_ENV)
+        launched = LaunchedStack(layout, log, ["--restart-delay-s", "0.2",
+                                              "--worker-module", "tests.worker.hold"],
+                                 env=WORKER_ENV)
         try:
             yield launched
         finally:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from batch.jobs import JobService
 from core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
 from core.errors import ModelNotFound
 from devtools.redis import RedisServer
 from tests.conftest import TINY_MODEL_NAME, tiny_config
-from worker.jobs import JobService
 from worker.runner import WorkerProcess, build_classifier
 from worker.settings import WorkerSettings
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from tests.hostile_images import LARGE_SIZE, large_cmyk_jpeg, large_rotated_jpeg, peak_memory
 from tests.worker.conftest import FakeBackend
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.runner import WorkerProcess, build_classifier
 from worker.settings import WorkerSettings
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom import dcmread
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
+from batch.results import FhirNdjsonExporter, labels_of
 from devtools.dicom_sample import to_bytes
 from service.batch_jobs import image_result, result_message
 from tests.dicom_files import (
@@ -25,9 +28,6 @@ from tests.dicom_files import (
 )
 from tests.hostile_images import with_item_bomb
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
-from worker.results import FhirNdjsonExporter, labels_of
 from worker.settings import WorkerSettings
 
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from cli.batch import main as batch_main
 from core.errors import InvalidRequest
 from service.batch_jobs import add_batch_jobs_service
 from service.status import ErrorMappingInterceptor
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.settings import WorkerSettings
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from batch import defaults
+from batch.jobs import JobInput, JobService, SubmitRequest
 from core.identity import ANONYMOUS, Caller
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
@@ -19,8 +21,6 @@ from tests.service.conftest import reason_of
 from tests.worker.conftest import FakeBackend, run_worker_burst, wait_until, write_images
 from tests.worker.test_hardening import Client, Front, files, front  # noqa: F401 (fixture)
 from tests.worker.test_servicer import stub, target  # noqa: F401 (fixtures)
-from worker import defaults
-from worker.jobs import JobInput, JobService, SubmitRequest
 from worker.settings import WorkerSettings
 
 

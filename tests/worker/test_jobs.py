@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
 from core.identity import ANONYMOUS
 from tests.worker.conftest import (
@@ -18,8 +20,6 @@ from tests.worker.conftest import (
     wait_until,
     write_images,
 )
-from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.settings import WorkerSettings
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from batch.jobs import JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from devtools.redis import RedisServer
 from tests.worker.conftest import wait_until, write_images
-from worker.jobs import JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ class Workers:
 
     def start(self, hold_first_chunk: bool = False) -> subprocess.Popen[bytes]:
         """A worker; with `hold_first_chunk`, one that announces its first chunk and stays
-        inside it (worker/hold.py) until killed."""
+        inside it (tests/worker/hold.py) until killed."""
         s = self.settings
         args = ["--redis-url", s.redis_url, "--input-roots", os.pathsep.join(map(str,
                                                                                    s.input_roots)),
@@ -51,11 +51,11 @@ class Workers:
                 "--model-name", s.model_name, "--chunk-size", str(s.chunk_size),
                 "--images-per-call", str(s.images_per_call), "--lease-ttl-s", str(s.lease_ttl_s),
                 "--reap-interval-s", str(s.reap_interval_s), "--reap-grace-s", "0",
-                "--poll-interval-s", "30", "--worker-metrics-port", "0",
-                *(["--test-hold-first-chunk"] if hold_first_chunk else [])]
+                "--poll-interval-s", "30", "--worker-metrics-port", "0"]
         log = (self.logs / f"worker-{len(self.processes)}.log").open("wb")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-        process = subprocess.Popen([sys.executable, "-m", "worker", *args], cwd=REPO, env=env,
+        module = "tests.worker.hold" if hold_first_chunk else "worker"
+        process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)
         return process
@@ -107,7 +107,7 @@ def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
 
 
 def inside_a_chunk(jobs: JobService, timeout_s: int = 120) -> tuple[str, int, int]:
-    """(job id, chunk, pid) announced by a worker holding its first chunk (worker/hold.py)."""
+    """(job id, chunk, pid) announced by a worker holding its first chunk (tests/worker/hold.py)."""
     announced = jobs.store.client.blpop([f"{jobs.store.prefix}:test:inside"], timeout=timeout_s)
     assert announced, "no worker announced that it is inside a chunk"
     job_id, index, pid = announced[1].rsplit(":", 2)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from batch.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
 from core.errors import InvalidRequest, ResourceExhausted
 from tests.worker.conftest import write_images
-from worker.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
 
 
 def test_manifest_with_a_path_column_or_without_a_header() -> None:

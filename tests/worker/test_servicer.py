@@ -13,13 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
+from batch.jobs import JobService
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from devtools.redis import RedisServer
 from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
 from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
-from worker.jobs import JobService
 from worker.settings import WorkerSettings
 
 

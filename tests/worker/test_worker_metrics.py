@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from batch.records import JobState
 from tests.conftest import TINY_MODEL_NAME
 from tests.worker.conftest import jpeg_bytes
-from worker.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from worker.records import JobState
 from worker.runner import start_worker
 from worker.settings import WorkerSettings
 

@@ -28,16 +28,16 @@ from typing import ParamSpec, TypeVar
 
 import redis
 
+from batch import defaults
+from batch.queues import ChunkQueues
+from batch.records import ChunkState, JobRecord, JobState, Priority
+from batch.references import ImageRef, InputRoots, check_count, manifest_paths
+from batch.results import ImageResult, ResultStore
+from batch.settings import BatchApiSettings
+from batch.store import IndexCursor, JobStore, connect
 from core.errors import BackendUnavailable, InvalidRequest, JobNotFound, ResourceExhausted
 from core.identity import ANONYMOUS, Caller
 from core.numbers import ascii_natural
-from worker import defaults
-from worker.queues import ChunkQueues
-from worker.records import ChunkState, JobRecord, JobState, Priority
-from worker.references import ImageRef, InputRoots, check_count, manifest_paths
-from worker.results import ImageResult, ResultStore
-from worker.settings import BatchApiSettings
-from worker.store import IndexCursor, JobStore, connect
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The job store: every Redis key of a batch job, and the atomic steps on them.
 
 Redis holds state and counts only (a few hundred bytes per job plus one letter per chunk); images
-and results live in files (worker/results.py). Keys, under the prefix `P` (dermserve:batch):
+and results live in files (batch/results.py). Keys, under the prefix `P` (dermserve:batch):
 
     P:job:<id>               hash: the JobRecord fields, counts included
     P:job:<id>:chunks        hash: chunk index -> P(ending) | R(unning) | D(one)
@@ -41,11 +41,11 @@ from redis.backoff import ExponentialBackoff
 from redis.credentials import CredentialProvider
 from redis.retry import Retry
 
+from batch import defaults
+from batch.records import ChunkOutcome, ChunkState, JobRecord, JobState
+from batch.settings import BatchApiSettings, RedisSettings
 from core.errors import FailedPrecondition, JobNotFound
 from core.identity import ANONYMOUS
-from worker import defaults
-from worker.records import ChunkOutcome, ChunkState, JobRecord, JobState
-from worker.settings import BatchApiSettings, RedisSettings
 
 CLAIM = """
 local state = redis.call('HGET', KEYS[1], 'state')

@@ -19,8 +19,8 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from worker.records import Priority
-from worker.settings import BatchApiSettings
+from batch.records import Priority
+from batch.settings import BatchApiSettings
 
 RUN_CHUNK = "worker.chunks.run_chunk"
 RUN_FINALIZE = "worker.chunks.run_finalize"

@@ -1,17 +1,19 @@
 """A test-only hook that makes "kill a worker inside a chunk" deterministic.
 
-With `--test-hold-first-chunk` (DERMSERVE_TEST_HOLD_FIRST_CHUNK=1) a worker, once it has claimed
+`python -m tests.worker.hold WORKER_FLAGS...` runs a worker (the product's settings and flags)
+with the hold installed: once it has claimed
 its first chunk and holds its lease, announces `<job_id>:<index>:<pid>` on the Redis list
 `<prefix>:test:inside` and then waits, lease kept alive, until something is pushed to
 `<prefix>:test:release`. A test pops the announcement (BLPOP: no polling, no timing) and kills
-the worker exactly there. Production never sets the flag; later chunks run normally.
+the worker exactly there. The product worker has no such flag; later chunks run normally.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-from worker.store import JobStore
+from batch.store import JobStore
 
 WAIT_SLICE_S = 5  # seconds per BLPOP: well under the Redis client's socket timeout
 
@@ -30,3 +32,15 @@ class FirstChunkHold:
         self.store.announce_held(f"{job_id}:{index}:{os.getpid()}")
         while not self.store.wait_for_release(WAIT_SLICE_S):
             pass
+
+
+def main() -> None:
+    from core.exiting import exit_now
+    from worker.runner import run_worker
+    from worker.settings import parse_settings
+
+    exit_now(run_worker(parse_settings(sys.argv[1:], os.environ), FirstChunkHold))
+
+
+if __name__ == "__main__":
+    main()

@@ -33,13 +33,13 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.errors import DermserveError, InvalidRequest, ResourceExhausted
-from worker.defaults import (
+from batch.defaults import (
     DEFAULT_MAX_MANIFEST_BYTES,
     IMAGE_SUFFIXES,
     MANIFEST_SUFFIXES,
     MAX_REFERENCE_BYTES,
 )
+from core.errors import DermserveError, InvalidRequest, ResourceExhausted
 
 MANIFEST_SNIFF_BYTES = 4096  # bytes of a file read to look for a manifest's `path` header
 

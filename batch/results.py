@@ -29,10 +29,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from batch.references import ImageRef, printable
 from core import fhir
 from core.errors import DermserveError, InvalidRequest
 from core.prediction import Abstention, DicomReference, LabelProbability, Prediction
-from worker.references import ImageRef, printable
 
 EXPORT_JSONL = "results.jsonl"
 EXPORT_CSV = "results.csv"
