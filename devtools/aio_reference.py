@@ -32,10 +32,10 @@ from core import defaults
 from core.backends.base import Backend, ModelRef
 from core.backends.embedded import EmbeddedBackend
 from core.backends.savedmodel import configure_threads
+from core.image.decoding import decode_for_model
+from core.image.limits import ImageLimits
 from core.model_config import ModelConfig
 from core.prediction import build_prediction
-from core.preprocessing import decode_for_model
-from core.validation import ImageLimits
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from service.servicer import to_response
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from core import defaults
 from core.backends.savedmodel import configure_threads, serving_function
+from core.image.decoding import decode_for_model
+from core.image.limits import ImageLimits
 from core.model_config import ModelConfig
-from core.preprocessing import decode_for_model
-from core.validation import ImageLimits
 from devtools.bench import add_target_arguments, find_target, publish, summary
 
 DEFAULT_CALLS = 400  # per figure; a model call takes 10-15 ms here, so about 6 s each

@@ -35,8 +35,8 @@ from core.errors import (
     InvalidRequest,
     ModelNotFound,
 )
+from core.image.limits import ImageLimits
 from core.prediction import Prediction
-from core.validation import ImageLimits
 from worker.queues import ChunkQueues
 from worker.records import ALL_IMAGES_FAILED, ChunkOutcome, ChunkState, JobRecord, JobState
 from worker.references import ImageRef, InputRoots, open_checked
