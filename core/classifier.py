@@ -1,5 +1,6 @@
-"""The classifier core: check the images' headers -> resolve the version -> decode each image to
-that version's input -> predict -> post-process.
+"""The classifier core: open each image (core/image/opening.py: every check of its bytes and
+header) -> resolve the version -> decode each image (core/image/decoding.py) and make it that
+version's input (core/preprocessing.py) -> predict -> post-process.
 
 grpc-free: the servicer calls it for online requests and the batch worker for batch jobs, so both
 run the same checks on the same images, within the same decode budget. Errors are core.errors
@@ -23,7 +24,6 @@ import numpy as np
 from PIL import Image
 
 from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
-from core.dicom import DICOM_INFO_KEY, parse_share, quiet_pydicom
 from core.errors import (
     BackendTimeout,
     DermserveError,
@@ -32,18 +32,15 @@ from core.errors import (
     ModelNotFound,
 )
 from core.explanation import Explanation, class_index, overlay_png
+from core.image.decoding import PixelBudget, budget_share, decode_rgb, draft_for_input
+from core.image.dicom import quiet_pydicom
+from core.image.limits import ImageLimits
+from core.image.opening import dicom_source, open_image, parse_share
 from core.model_config import InputSpec, ModelConfig
 from core.observe import NullObserver, Observer
 from core.prediction import DicomReference, Prediction, build_prediction
-from core.preprocessing import draft_for_input, to_model_input
+from core.preprocessing import to_model_input
 from core.settings import ServingSettings
-from core.validation import (
-    ImageLimits,
-    PixelBudget,
-    budget_share,
-    decode_rgb,
-    open_image,
-)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +89,7 @@ class Classifier:
                       observer: Observer | None = None) -> Classifier:
         """The front's and the worker's classifier: the same checks, floor, default label and
         kind of decode budget (each image holds its share until it is the model input), and
-        pydicom quiet about the files it reads (core/dicom.py `quiet_pydicom`)."""
+        pydicom quiet about the files it reads (core/image/dicom.py `quiet_pydicom`)."""
         quiet_pydicom()
         return cls(backend, settings.model_name, settings.limits, settings.min_confidence_floor,
                    observer=observer, decode_budget=PixelBudget(settings.decode_pixel_budget),
@@ -122,7 +119,7 @@ class Classifier:
                 opened[index] = self.open(data, deadline)  # the backend's state
             except InvalidImage as exc:
                 results[index] = exc
-        sources = {index: image.info.get(DICOM_INFO_KEY) for index, image in opened.items()}
+        sources = {index: dicom_source(image) for index, image in opened.items()}
         if opened:
             results.update(self._predict(opened, images, ids, ref, deadline))
         return [with_source(results[index], sources.get(index)) for index in range(len(images))]
@@ -142,7 +139,7 @@ class Classifier:
 
     def _explain_once(self, opened: Image.Image, label: str, wanted: ModelRef, request_id: str,
                       deadline: Deadline) -> Explanation:
-        source = opened.info.get(DICOM_INFO_KEY)
+        source = dicom_source(opened)
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
         wanted_class = class_index(config, label)
@@ -176,7 +173,7 @@ class Classifier:
 
     def open(self, data: bytes, deadline: Deadline) -> Image.Image:
         """Every check of `data` that needs no pixels (its pixels stay encoded); a DICOM file
-        is parsed within the decode budget (core/dicom.py `parse_share`)."""
+        is parsed within the decode budget (core/image/opening.py `parse_share`)."""
         try:
             with self._budget_share(parse_share(data), deadline):
                 return open_image(data, self.limits, deadline.check)
@@ -263,7 +260,7 @@ class Classifier:
 
 def with_source(result: Prediction | DermserveError,
                 source: DicomReference | None) -> Prediction | DermserveError:
-    """A prediction of a DICOM image carries the image's UIDs (core/dicom.py)."""
+    """A prediction of a DICOM image carries the image's UIDs (core/image/dicom.py)."""
     if source is None or not isinstance(result, Prediction):
         return result
     return dataclasses.replace(result, dicom=source)

@@ -31,7 +31,7 @@ more than this is refused before Pillow sees the file."""
 
 DEFAULT_MAX_DICOM_ELEMENTS = 10_000
 """Data elements, sequence items and pixel data fragments a DICOM file may hold, at every level
-together, counted in its bytes before pydicom parses it (core/dicom_scan.py). A single-frame
+together, counted in its bytes before pydicom parses it (core/image/dicom_scan.py). A single-frame
 photograph holds about a hundred; pydicom builds an object for each, so a 10 MiB file of 1.3
 million empty items would cost about a gigabyte."""
 

@@ -28,7 +28,7 @@ class LabelProbability:
 
 @dataclass(frozen=True)
 class DicomReference:
-    """Where a DICOM image came from (core/dicom.py): its UIDs, never its patient."""
+    """Where a DICOM image came from (core/image/dicom.py): its UIDs, never its patient."""
 
     study_instance_uid: str
     series_instance_uid: str

@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from core.model_config import InputSpec
-from core.validation import DeadlineCheck, ImageLimits, decode_rgb, open_image, reduce_scale
 
 
 def reduced_size(size: tuple[int, int], reference_pixels: int) -> tuple[int, int]:
@@ -31,25 +30,11 @@ def reduced_size(size: tuple[int, int], reference_pixels: int) -> tuple[int, int
 def detail_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:
     """The least size an image of `size` may be decoded at without losing detail that
     `to_model_input` keeps: its reduced size, and the input's longer side each way (either
-    orientation, as EXIF may turn the image after decoding)."""
+    orientation, as EXIF may turn the image after decoding). The classifier decodes a JPEG at
+    the least scale that holds it (core/image/decoding.py `draft_for_input`)."""
     width, height = reduced_size(size, spec.reference_pixels)
     side = max(spec.width, spec.height)
     return max(width, side), max(height, side)
-
-
-def draft_for_input(image: Image.Image, spec: InputSpec) -> None:
-    """Have an opened, not yet decoded JPEG decode at the least scale (1/2, 1/4 or 1/8) that still
-    holds `detail_size`: straight to the detail `to_model_input` keeps, never below it."""
-    reduce_scale(image, detail_size(image.size, spec))
-
-
-def decode_for_model(data: bytes, limits: ImageLimits, spec: InputSpec,
-                     check_deadline: DeadlineCheck | None = None) -> np.ndarray:
-    """Validate and decode `data` into `spec`'s model input the way the classifier does, without
-    a decode budget (benchmarks, tools): every check, the reduced-scale decode, preprocessing."""
-    image = open_image(data, limits, check_deadline)
-    draft_for_input(image, spec)
-    return to_model_input(decode_rgb(image, check_deadline), spec)
 
 
 def normalise_detail(image: Image.Image, reference_pixels: int) -> Image.Image:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from core import defaults
 from core.config import group, parse_labels, setting, show_default
-from core.validation import ImageLimits
+from core.image.limits import ImageLimits
 
 BACKENDS = ("embedded", "tfserving")
 

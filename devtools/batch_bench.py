@@ -47,8 +47,9 @@ from batch.store import JobStore
 from core.backends.base import Backend, ModelRef
 from core.backends.factory import open_backend
 from core.classifier import Classifier, require_config
+from core.image.decoding import decode_image
+from core.image.limits import ImageLimits
 from core.preprocessing import to_model_input
-from core.validation import ImageLimits, decode_image
 from devtools.redis import RedisServer
 from devtools.stand_in import export_mobilenet_sized
 from worker.runner import WorkerProcess, wait_for_model

@@ -63,9 +63,10 @@ from PIL import Image
 
 from core.backends.savedmodel import FrozenSignature, configure_threads, serving_function
 from core.backends.version_dirs import scan_versions
+from core.image.decoding import decode_for_model, decode_image
+from core.image.limits import ImageLimits
 from core.model_config import InputSpec, ModelConfig
-from core.preprocessing import decode_for_model, to_model_input
-from core.validation import ImageLimits, decode_image
+from core.preprocessing import to_model_input
 from devtools import grpc_floor
 from devtools.health import wait_until_ready
 from devtools.naive_peer import PATH as PEER_PATH

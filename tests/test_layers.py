@@ -134,3 +134,12 @@ def test_no_modules_import_each_other_in_a_loop() -> None:
 ])
 def test_the_loop_check_finds_loops(graph: dict[str, set[str]], loops: bool) -> None:
     assert bool(find_cycle(graph)) is loops
+
+
+def test_the_image_modules_import_each_other_in_no_loop_even_inside_functions() -> None:
+    """core/image/ is one way through an image (issue 25): no module calls back into one that
+    imports it, not even through an import inside a function."""
+    known = {module: path for module, path in modules() if module.startswith("core.image.")}
+    graph = {module: {name for name in imported(path, module) if name in known} - {module}
+             for module, path in known.items()}
+    assert graph and find_cycle(graph) == []

@@ -101,7 +101,7 @@ def assemble_pages() -> dict[str, bytes]:
 
 
 def too_large(limit: int) -> Refused:
-    # The same reason and words as the API's own check (core/validation.py).
+    # The same reason and words as the API's own check (core/image/limits.py).
     return Refused(413, "IMAGE_TOO_LARGE", f"the image is larger than the limit of {limit} bytes")
 
 

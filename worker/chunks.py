@@ -40,8 +40,8 @@ from core.errors import (
     InvalidRequest,
     ModelNotFound,
 )
+from core.image.limits import ImageLimits
 from core.prediction import Prediction
-from core.validation import ImageLimits
 from worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)

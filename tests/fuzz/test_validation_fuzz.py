@@ -1,5 +1,5 @@
 """Fuzzing the two places where untrusted input first meets dermserve: image validation
-(`core.validation.decode_image`, shared by Classify and the batch worker) and batch references
+(`core.image.decoding.decode_image`, shared by Classify and the batch worker) and batch references
 (`batch.references`: reference paths, manifest text). Hypothesis feeds random bytes, mutated real
 JPEGs, PNGs and DICOM files, and random text; the only acceptable outcomes are a valid result or
 an error of dermserve's own tree that maps to a client status (never InternalError, never
@@ -23,7 +23,8 @@ from PIL import Image
 
 from batch.references import InputRoots, manifest_paths
 from core.errors import DermserveError, InternalError
-from core.validation import ImageLimits, decode_image
+from core.image.decoding import decode_image
+from core.image.limits import ImageLimits
 from devtools.dicom_sample import VARIANTS, photograph_dataset, to_bytes
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))

@@ -8,8 +8,8 @@ import pytest
 from core.backends.base import BatchOutput, ExplainOutput, ModelRef
 from core.classifier import Classifier
 from core.errors import BackendUnavailable, InvalidImage, ModelNotFound
+from core.image.limits import ImageLimits
 from core.prediction import Prediction
-from core.validation import ImageLimits
 from tests.service.conftest import FakeBackend, good_jpeg
 
 
@@ -98,7 +98,7 @@ def test_confidence_floor_makes_the_classifier_abstain() -> None:
 
 def test_pixel_budget_bounds_decoding_in_flight() -> None:
     from core.errors import ResourceExhausted
-    from core.validation import PixelBudget
+    from core.image.decoding import PixelBudget
 
     budget = PixelBudget(max_pixels=50_000)
     cautious = Classifier(FakeBackend(), "ham10000", ImageLimits(), decode_budget=budget)

@@ -18,8 +18,10 @@ from core.backends.embedded import EmbeddedBackend
 from core.classifier import Classifier
 from core.defaults import DEFAULT_DECODE_PIXEL_BUDGET, DEFAULT_MAX_JPEG_SCANS
 from core.errors import BackendTimeout, InvalidImage
+from core.image.decoding import PixelBudget, decode_image, decode_rgb
+from core.image.limits import ImageLimits
+from core.image.opening import open_image
 from core.preprocessing import detail_size, to_model_input
-from core.validation import ImageLimits, PixelBudget, decode_image, decode_rgb, open_image
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
 from tests.hostile_images import (
     EXIF_ORIENTATION,

@@ -1,4 +1,4 @@
-"""DICOM input (core/dicom.py): real HAM10000 images wrapped as DICOM by pydicom and pydicom's
+"""DICOM input (core/image/dicom.py): real HAM10000 images wrapped as DICOM by pydicom and pydicom's
 bundled files from other toolkits, through the core decode and over the real server."""
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from pydicom.uid import CTImageStorage
 
 from cli.main import main
 from core.errors import BackendTimeout, InvalidImage
-from core.validation import ImageLimits, decode_image, open_image
+from core.image.decoding import decode_image
+from core.image.limits import ImageLimits
+from core.image.opening import open_image
 from devtools.dicom_sample import VARIANTS, to_bytes
 from tests.dicom_files import (
     PLANTED,

@@ -13,15 +13,12 @@ import grpc
 import pytest
 
 from core.classifier import Classifier
-from core.dicom_scan import DEADLINE_EVERY, check_structure
 from core.errors import InvalidImage, ResourceExhausted
-from core.validation import (
-    DEADLINE_CHECK_BYTES,
-    ImageLimits,
-    PixelBudget,
-    decode_image,
-    junk_before_scan,
-)
+from core.image.decoding import PixelBudget, decode_image
+from core.image.dicom_scan import DEADLINE_EVERY, check_structure
+from core.image.jpeg_scan import junk_before_scan
+from core.image.limits import ImageLimits
+from core.image.opening import DEADLINE_CHECK_BYTES
 from devtools.dicom_sample import to_bytes
 from tests.dicom_files import (
     PLANTED,

@@ -1,5 +1,6 @@
-"""DICOM input: a Part 10 file's bytes in, its one colour photograph out (as validation.py's
-opened image), or InvalidImage with a stable reason. Recognised by content only: the `DICM`
+"""DICOM input: a Part 10 file's bytes in, its one colour photograph out (a JPEG frame still
+encoded, for core/image/opening.py to open like any JPEG, or the converted pixels), or
+InvalidImage with a stable reason. Recognised by content only: the `DICM`
 marker after the 128-byte preamble (PS3.10 section 7.1), never by a file name.
 
 Accepted (docs/integration.md has the conformance statement and its sources):
@@ -22,10 +23,11 @@ Everything is judged from the header before a pixel is decoded, cheapest first: 
 the modality, the transfer syntax, the frame count, the colour, the bit depth, then Rows and
 Columns against the same pixel, side and aspect limits as a JPEG or PNG, then the pixel data's
 presence and length, then the UIDs. A JPEG Baseline frame then goes through the JPEG path of
-validation.py (scan count, reduced-scale decode, decode budget, deadline), and its size must be
-the header's. Uncompressed pixels are converted by pydicom (which turns YBR into RGB) when the
-file is opened; the classifier opens a DICOM file within a decode-budget share (`parse_share`:
-the file's bytes counted as RGB pixels, twice), so parsing waits for the budget like decoding.
+core/image/ (opening.py's header and scan checks, decoding.py's reduced-scale decode, decode
+budget, deadline), and its size must be the header's (`check_frame_size`). Uncompressed pixels
+are converted by pydicom (which turns YBR into RGB) when the file is read; the classifier opens a
+DICOM file within a decode-budget share (core/image/opening.py `parse_share`: the file's bytes
+counted as RGB pixels, twice), so parsing waits for the budget like decoding.
 
 Colour: a JPEG frame's samples are YCbCr unless the DICOM header says RGB (PS3.5 section 8.2.1:
 no colour transform was applied). libjpeg assumes YCbCr for a three-component frame without an
@@ -33,11 +35,11 @@ Adobe marker, so such a frame gets an Adobe APP14 marker with transform 0 (and l
 marker, which would imply YCbCr) before Pillow sees it. A frame with an Adobe marker keeps it:
 the marker says what the encoder did.
 
-Before pydicom parses anything, core/dicom_scan.py counts the file's elements, items and
+Before pydicom parses anything, core/image/dicom_scan.py counts the file's elements, items and
 fragments in its bytes (DICOM_TOO_COMPLEX past `max_dicom_elements` or `max_dicom_depth`), so a
 file of a million empty items costs milliseconds, not a gigabyte; the scan checks the deadline
 as it goes. A file that is also a JPEG or PNG (a polyglot) is refused as AMBIGUOUS_FORMAT by
-validation.py before either reader sees it.
+core/image/opening.py before either reader sees it.
 
 Privacy: only the study, series and SOP instance UIDs, the SOP class and the modality leave this
 module (`DicomReference`). Patient name, ID and birth date are never read, so pydicom never
@@ -51,7 +53,9 @@ from __future__ import annotations
 import io
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,15 +74,13 @@ from pydicom.uid import (
     VLPhotographicImageStorage,
 )
 
-from core.dicom_scan import check_structure
 from core.errors import DermserveError, InvalidImage
+from core.image.dicom_scan import check_structure
+from core.image.limits import DeadlineCheck, ImageLimits, check_dimensions
 from core.prediction import DicomReference
-from core.validation import PEAK_BUFFERS, DeadlineCheck, ImageLimits, check_dimensions
 
 DICM_OFFSET = 128  # bytes of preamble before the marker (PS3.10 section 7.1)
 DICM_MARKER = b"DICM"
-DICOM_INFO_KEY = "dermserve.dicom"
-"""Where an opened DICOM image carries its DicomReference (PIL's `info`), for the classifier."""
 
 SOP_CLASSES = {
     VLPhotographicImageStorage: "VL Photographic Image Storage",
@@ -94,8 +96,17 @@ ADOBE_PREFIX = b"\xff\xee"
 JFIF_PREFIX = b"\xff\xe0"
 JPEG_SOI = b"\xff\xd8"
 
-OpenEncoded = Callable[[bytes], Image.Image]
-"""validation.py's header checks of an encoded JPEG or PNG; returns it still encoded."""
+
+
+@dataclass(frozen=True)
+class DicomContent:
+    """A DICOM file that passed every header check: where it came from, its size (Columns,
+    Rows), and its image: a JPEG Baseline frame still encoded (its colour made explicit) or the
+    converted uncompressed pixels."""
+
+    reference: DicomReference
+    size: tuple[int, int]
+    image: bytes | Image.Image
 
 
 PYDICOM_LOGGER = "pydicom"
@@ -121,44 +132,37 @@ def quiet_pydicom() -> None:
     logging.getLogger(PYDICOM_LOGGER).addFilter(withhold_details)
 
 
-PARSE_BYTES_PER_PIXEL = 3
-"""How the budget counts a DICOM file while it is opened: its bytes as 8-bit RGB pixels, the
-most pixels uncompressed pixel data of that size holds."""
-
-
-def parse_share(data: bytes) -> int:
-    """The PixelBudget share of opening `data` as DICOM: pydicom's objects, and for uncompressed
-    pixel data its converted array and image (PEAK_BUFFERS copies); 0 for other formats, whose
-    opening decodes nothing."""
-    if not is_dicom(data):
-        return 0
-    return len(data) // PARSE_BYTES_PER_PIXEL * PEAK_BUFFERS
-
-
 def is_dicom(data: bytes) -> bool:
     """A DICOM Part 10 file by content: `DICM` after the 128-byte preamble."""
     return data[DICM_OFFSET:DICM_OFFSET + len(DICM_MARKER)] == DICM_MARKER
 
 
-def open_dicom(data: bytes, limits: ImageLimits, open_encoded: OpenEncoded,
-               check_deadline: DeadlineCheck | None = None) -> Image.Image:
-    """Every check that needs no pixels, then the image: a JPEG frame still encoded (decoded
-    later, within the decode budget) or the converted uncompressed pixels. The returned image
-    carries its DicomReference in `info[DICOM_INFO_KEY]`."""
+def read_dicom(data: bytes, limits: ImageLimits,
+               check_deadline: DeadlineCheck | None = None) -> DicomContent:
+    """Every check that needs no pixels, then the image: a JPEG frame still encoded (opened and
+    decoded later, within the decode budget) or the converted uncompressed pixels."""
     check_structure(data, limits.max_dicom_elements, limits.max_dicom_depth, check_deadline)
     if check_deadline is not None:
         check_deadline()
     dataset = parse(data)
-    try:
+    with corrupt_unless_ours():
         reference = check_header(dataset, limits)
-        image = (open_jpeg_frame(dataset, open_encoded) if transfer_syntax(dataset) ==
-                 JPEGBaseline8Bit else native_image(dataset))
-    except DermserveError:  # our refusals, and the deadline passing while the frame opens
+        image = (jpeg_frame(dataset) if transfer_syntax(dataset) == JPEGBaseline8Bit else
+                 native_image(dataset))
+        return DicomContent(reference, (int(dataset.get("Columns", 0)),
+                                        int(dataset.get("Rows", 0))), image)
+
+
+@contextmanager
+def corrupt_unless_ours() -> Iterator[None]:
+    """Our refusals (and the deadline passing) go through; anything else raised while a DICOM
+    file's elements or its frame are read is CORRUPT_IMAGE."""
+    try:
+        yield
+    except DermserveError:
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom raises many kinds on broken elements
         raise InvalidImage("the DICOM file is corrupt", "CORRUPT_IMAGE") from exc
-    image.info[DICOM_INFO_KEY] = reference
-    return image
 
 
 def parse(data: bytes) -> Dataset:
@@ -240,20 +244,23 @@ def check_pixel_data(dataset: Dataset, columns: int, rows: int) -> None:
         raise InvalidImage("the DICOM pixel data is truncated", "CORRUPT_IMAGE")
 
 
-def open_jpeg_frame(dataset: Dataset, open_encoded: OpenEncoded) -> Image.Image:
-    """The frame as an opened JPEG (pixels still encoded), its colour made explicit, its size
-    the header's: the limits were judged on Rows and Columns."""
+def jpeg_frame(dataset: Dataset) -> bytes:
+    """The frame, still encoded, its colour made explicit."""
     frames = generate_frames(dataset.PixelData, number_of_frames=1)
     frame = next(frames, b"")
     if not frame.startswith(JPEG_SOI):
         raise InvalidImage("the DICOM pixel data is not a JPEG frame", "CORRUPT_IMAGE")
     if dataset.PhotometricInterpretation == "RGB":
         frame = declared_rgb(frame)
-    image = open_encoded(frame)
-    if image.size != (dataset.Columns, dataset.Rows):
+    return frame
+
+
+def check_frame_size(frame: Image.Image, size: tuple[int, int]) -> None:
+    """The opened frame's size must be the header's: the limits were judged on Rows and
+    Columns."""
+    if frame.size != size:
         raise InvalidImage("the JPEG frame's size differs from the DICOM header's",
                            "CORRUPT_IMAGE")
-    return image
 
 
 def declared_rgb(frame: bytes) -> bytes:
