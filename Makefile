@@ -49,7 +49,7 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check core batch service worker trainer cli web devtools tests tools
+	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests tools
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 

@@ -40,4 +40,5 @@ def test_the_stack_starts_the_web_page_as_a_client_of_its_front() -> None:
                                            web_listen="127.0.0.1:8080"))
     assert process.command[1:3] == ["-m", "web"]
     settings = WebSettings.from_sources(process.command[3:], {})
-    assert (settings.listen_address, settings.target) == ("127.0.0.1:8080", "127.0.0.1:50051")
+    assert (settings.listen_address, settings.connection.target) == ("127.0.0.1:8080",
+                                                                   "127.0.0.1:50051")
