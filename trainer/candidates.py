@@ -82,7 +82,7 @@ def _network(spec: str, num_classes: int, position: int) -> Any:
 def candidate_network(spec: str, num_classes: int) -> tuple[Any, TrainSettings]:
     """One workdir's network, or the ensemble of `a+b+...` (`...^flip`: with in-graph flip TTA),
     and the (first) member's settings."""
-    from trainer.ensemble import ensemble_network
+    from trainer.ensemble_network import ensemble_network
 
     flip = spec.endswith(FLIP_SUFFIX)
     parts = spec.removesuffix(FLIP_SUFFIX).split(ENSEMBLE_SEPARATOR)

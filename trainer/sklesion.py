@@ -37,8 +37,8 @@ from trainer.data import (
     load_records,
 )
 from trainer.external import Measurer, Sources, own_test_records, write_results
-from trainer.two_origin import NEUTRAL_CONTEXT as UNKNOWN_METADATA
-from trainer.two_origin import SKLESION_SIZE
+from trainer.two_origin_network import NEUTRAL_CONTEXT as UNKNOWN_METADATA
+from trainer.two_origin_network import SKLESION_SIZE
 
 logger = logging.getLogger(__name__)
 

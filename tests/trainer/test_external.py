@@ -329,7 +329,7 @@ def test_comparison_tables_have_one_row_per_version_and_check() -> None:
 
 def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> None:
     from core.model_config import ModelConfig
-    from trainer.ensemble import ensemble_network
+    from trainer.ensemble_network import ensemble_network
     from trainer.export import ServingModule, save_version
     from trainer.network import build_network
     from trainer.served import ServedVersion
