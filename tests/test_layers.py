@@ -175,3 +175,11 @@ def test_the_loop_check_follows_imports_inside_functions(tmp_path: Path) -> None
     probe.write_text("def f():\n    from core.validation import check\n", encoding="utf-8")
     assert "core.validation" in imported(probe, "core.probe")
     assert "core.validation" not in imported(probe, "core.probe", top_level_only=True)
+
+
+def test_the_release_run_imports_no_research_script() -> None:
+    """trainer/research/ is run by hand; the package `dermserve-train` runs never needs it."""
+    found = [f"{module} imports {name}" for module, path in modules()
+             if module.startswith("trainer") and not module.startswith("trainer.research")
+             for name in imported(path, module) if name.startswith("trainer.research")]
+    assert found == []

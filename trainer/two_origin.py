@@ -17,7 +17,7 @@ weight must be chosen on validation only.
 - The version's members are rebuilt from its stored variables (`rebuild_version_network`) and
   checked against its recorded sample predictions, so no training workdir is needed.
 - sklesion sees the model input resized in the graph to its 254x254 and its neutral metadata
-  vector (unknown sex and site, missing age), as `trainer.sklesion` measured it.
+  vector (unknown sex and site, missing age), as `trainer.research.sklesion` measured it.
 - The features (for the OOD score) are the version's members', as before.
 - Explain: Grad-CAM of the combined score, on each member's last feature map (the MobileNetV2
   members' and the Xception's), averaged as for an ensemble (`trainer.export.grad_cam`).
@@ -113,8 +113,8 @@ def check_reproduces(network: Any, version_dir: Path, data_dir: Path) -> float:
 
 def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> Any:
     """Pipeline hooks whose `train` returns the two-origin network (nothing is trained)."""
+    from trainer.data import ham_priors
     from trainer.pipeline import NetworkHooks
-    from trainer.sklesion import ham_priors
     from trainer.train import configure_threads, predict_network
 
     def train(split: Any, settings: TrainSettings, workdir: Path) -> Any:

@@ -11,7 +11,7 @@ so **its own-test figures are optimistic**: judge it on the external check.
 
 `trainer.two_origin` builds the combination as one network that the service serves.
 
-    python -m trainer.sklesion --model var/sklesion/sklesion/model.keras \\
+    python -m trainer.research.sklesion --model var/sklesion/sklesion/model.keras \\
         --version-dir models/ham10000/3 --data-dir ../shared/data/ham10000 \\
         --external-dir ../shared/data/isic2017 --out var/exp/sklesion.json
 """
@@ -32,9 +32,9 @@ from trainer.data import (
     EXTERNAL_CHECK_SPLITS,
     HAM10000_LABELS,
     Record,
+    ham_priors,
     label_indices,
     load_labelled_folder,
-    load_records,
 )
 from trainer.external import Measurer, Sources, own_test_records, write_results
 from trainer.two_origin_network import NEUTRAL_CONTEXT as UNKNOWN_METADATA
@@ -43,12 +43,6 @@ from trainer.two_origin_network import SKLESION_SIZE
 logger = logging.getLogger(__name__)
 
 BATCH = 16
-
-
-def ham_priors(data_dir: Path) -> np.ndarray:
-    """HAM10000's class frequencies (the priors sklesion's probabilities follow)."""
-    y = label_indices(load_records(data_dir), HAM10000_LABELS)
-    return np.bincount(y, minlength=len(HAM10000_LABELS)) / len(y)
 
 
 def sklesion_probabilities(model: Any, records: Sequence[Record]) -> np.ndarray:
@@ -89,7 +83,8 @@ def figures(y: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.sklesion", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m trainer.research.sklesion",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="sklesion's model.keras")
     parser.add_argument("--version-dir", type=Path, required=True,

@@ -1,4 +1,4 @@
-"""Do two versions serve the same answers? `python -m trainer.compare --version-dir A
+"""Do two versions serve the same answers? `python -m trainer.research.compare --version-dir A
 --version-dir B --data-dir DIR [--images N]` classifies the first N test images of A's split
 (`assets.extra/split.json`) with both versions' `serving_default`, through the service's
 preprocessing, and prints the largest absolute differences of their probabilities and OOD scores
@@ -42,7 +42,7 @@ def compare(first: Path, second: Path, data_dir: Path, count: int) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m trainer.compare", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer.research.compare", description=__doc__)
     parser.add_argument("--version-dir", type=Path, action="append", required=True,
                         help="a version directory (give exactly two)")
     parser.add_argument("--data-dir", type=Path, required=True, help="HAM10000 (with images/)")

@@ -10,7 +10,7 @@ measures test and external figures. Nothing here is published; the candidate cho
 published through `dermserve-train` / `python -m trainer.ensemble`, which measures it again in
 full (robustness table, CPU cost, sanity images).
 
-    python -m trainer.candidates --data-dir ../shared/data/ham10000 \\
+    python -m trainer.research.candidates --data-dir ../shared/data/ham10000 \\
         --external-dir ../shared/data/isic2017 --out var/candidates.json \\
         var/exp/isic-s1:head var/exp/isic-s1 var/exp/isic-s1+var/exp/isic-s2+var/exp/isic-s3
 """
@@ -130,7 +130,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer.candidates", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m trainer.research.candidates",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("candidates", nargs="+",
                         help="WORKDIR, WORKDIR:head (its stage-1 network), A+B+C (ensemble); "
