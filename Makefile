@@ -49,7 +49,7 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests tools
+	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
@@ -61,7 +61,7 @@ ATTACK_DIR ?= var/attack
 FUZZ_EXAMPLES ?= 20000
 
 attack: install proto redis-server  ## hostile corpus vs a TLS+token stack on loopback; JSON summary in var/attack/
-	$(PY) -m tools.attack --workdir $(ATTACK_DIR)/stack --out $(ATTACK_DIR)/summary.json
+	$(PY) -m devtools.attack --workdir $(ATTACK_DIR)/stack --out $(ATTACK_DIR)/summary.json
 
 fuzz: install proto  ## long random Hypothesis run over image and reference validation (FUZZ_EXAMPLES per target)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/fuzz

@@ -27,13 +27,11 @@ ALLOWED: dict[str, set[str]] = {
     "web": {"core", "protocol", "client", "dermserve"},
     "devtools": {"core", "protocol", "client", "batch", "trainer", "worker", "service", "cli",
                  "web", "dermserve"},
-    "tools": {"core", "protocol", "client", "batch", "trainer", "worker", "service", "cli",
-              "web", "devtools", "dermserve"},
 }
 """Package -> the repo packages it may import: the stubs (dermserve) and the transport-free core
 at the bottom; the batch domain on the core; protocol (proto <-> domain) on both; the client
 connection on protocol; the front, the worker and the trainer on what they serve; the CLI and
-the web page on the client side only. Only the checkout's dev tools (devtools, tools) see
+the web page on the client side only. Only the checkout's dev tools (devtools) see
 everything."""
 CLIENT_FORBIDDEN = ("batch.jobs", "batch.store", "batch.queues")
 """The Redis side of the batch domain: a client (cli, web, client) reads a job's results and

@@ -1,7 +1,7 @@
 """The stack under attack, on loopback ephemeral ports: a redis-server, the front service (TLS,
 mutual TLS and bearer tokens, a plaintext health-only port, BatchJobs on, its Prometheus exporter
 on loopback), one batch worker, and the clinicians' page (a client of the front with mutual TLS
-and a delegating token, trusting the authenticating proxy stand-in's address, tools/attack/
+and a delegating token, trusting the authenticating proxy stand-in's address, devtools/attack/
 proxy.py), all real processes on a tiny throwaway model, with the service's default limits.
 Everything lives under one work directory: the input root the worker
 may read (`input/`) and, beside it, files it must never read (`outside/`)."""
@@ -24,11 +24,11 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.tls import channel_credentials
+from devtools.attack.pki import Pki, client_certificate, make_pki
+from devtools.attack.proxy import PROXY_ADDRESS
 from devtools.health import wait_until_serving
 from devtools.ports import free_port
 from devtools.redis import redis_command
-from tools.attack.pki import Pki, client_certificate, make_pki
-from tools.attack.proxy import PROXY_ADDRESS
 
 MODEL_NAME = "ham10000"
 TOKENS = {f"attack-{client}": f"attack-suite-token-{client}" for client in "abcde"}

@@ -11,10 +11,10 @@ from dermserve.v1 import batch_jobs_pb2 as jobs_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as jobs_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from tools.attack import corpus
-from tools.attack.calls import AUTH, CALL_TIMEOUT_S, Metadata, all_results, bearer, finish_job
-from tools.attack.record import Record
-from tools.attack.stack import JOBS_ONLY_TOKEN, OPERATOR_TOKEN, TOKENS, Stack
+from devtools.attack import corpus
+from devtools.attack.calls import AUTH, CALL_TIMEOUT_S, Metadata, all_results, bearer, finish_job
+from devtools.attack.record import Record
+from devtools.attack.stack import JOBS_ONLY_TOKEN, OPERATOR_TOKEN, TOKENS, Stack
 
 Submit = jobs_pb.SubmitBatchJobRequest
 

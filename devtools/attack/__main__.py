@@ -1,4 +1,4 @@
-"""`python -m tools.attack` / `make attack`: run the hostile corpus; exit 1 unless it passed."""
+"""`python -m devtools.attack` / `make attack`: run the hostile corpus; exit 1 unless it passed."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import json
 import sys
 from pathlib import Path
 
-from tools.attack.families import FAMILIES
-from tools.attack.runner import run_suite, write_summary
+from devtools.attack.families import FAMILIES
+from devtools.attack.runner import run_suite, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.attack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.attack", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small corpus (make test)")
     parser.add_argument("--workdir", type=Path, default=Path("var/attack"),
                         help="where the stack, its certificates and logs live (wiped first)")

@@ -10,7 +10,7 @@ from dermserve.v1 import batch_jobs_pb2 as jobs_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as jobs_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from tools.attack.stack import TOKEN
+from devtools.attack.stack import TOKEN
 
 CALL_TIMEOUT_S = 10.0  # seconds; a generous deadline for any one hostile call
 JOB_TIMEOUT_S = 120.0  # seconds a hostile batch job may take to end (a few images each)

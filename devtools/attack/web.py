@@ -1,5 +1,5 @@
 """Web page families: the clinicians' page (dermserve-web) behind the authenticating proxy
-stand-in (tools/attack/proxy.py), attacked over raw sockets (tools/attack/rawhttp.py).
+stand-in (devtools/attack/proxy.py), attacked over raw sockets (devtools/attack/rawhttp.py).
 
 - `web_framing`: smuggling in unread bodies, Content-Length with Transfer-Encoding, numbers
   that are not ASCII digits, oversized ids and heads, a Host not allowed, cross-site POSTs;
@@ -28,12 +28,12 @@ from functools import partial
 
 from dermserve.v1 import batch_jobs_pb2 as jobs_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as jobs_grpc
-from tools.attack import corpus
-from tools.attack.calls import CALL_TIMEOUT_S, bearer, finish_job, wait_for
-from tools.attack.proxy import PROXY_ADDRESS, USER_HEADER, AuthProxy
-from tools.attack.rawhttp import Answer, connect, exchange, parse, read_all, request
-from tools.attack.record import Record
-from tools.attack.stack import WEB_OPERATOR_GROUP, WEB_TOKEN, Stack
+from devtools.attack import corpus
+from devtools.attack.calls import CALL_TIMEOUT_S, bearer, finish_job, wait_for
+from devtools.attack.proxy import PROXY_ADDRESS, USER_HEADER, AuthProxy
+from devtools.attack.rawhttp import Answer, connect, exchange, parse, read_all, request
+from devtools.attack.record import Record
+from devtools.attack.stack import WEB_OPERATOR_GROUP, WEB_TOKEN, Stack
 
 PAGE = {"X-Dermserve-Page": "1"}
 AS_MALLORY = {**PAGE, USER_HEADER: "mallory"}

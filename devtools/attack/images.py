@@ -13,11 +13,11 @@ from typing import TypeVar
 from dermserve.v1 import batch_jobs_pb2 as jobs_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as jobs_grpc
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from devtools.attack import corpus, proc
+from devtools.attack.calls import AUTH, CALL_TIMEOUT_S, all_results, classify, finish_job
+from devtools.attack.record import Record
+from devtools.attack.stack import Stack
 from tests.hostile_images import scan_count
-from tools.attack import corpus, proc
-from tools.attack.calls import AUTH, CALL_TIMEOUT_S, all_results, classify, finish_job
-from tools.attack.record import Record
-from tools.attack.stack import Stack
 
 T = TypeVar("T")
 BOMB_REFUSAL_LIMIT_S = 2.0

@@ -1,6 +1,6 @@
 """The attack families, in the order they run. Each takes the running stack, a `Record` and
 `quick`, makes bounded attempts, and records their outcomes and the promises they test
-(tools/attack/record.py). The auth bypass attempts are here; the others live by subject in
+(devtools/attack/record.py). The auth bypass attempts are here; the others live by subject in
 images.py, streams.py, jobs.py and web.py."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from functools import partial
 import grpc
 
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from tools.attack import corpus, images, jobs, streams, web
-from tools.attack.calls import Metadata, bearer, classify
-from tools.attack.record import Record
-from tools.attack.stack import JOBS_ONLY_TOKEN, TOKEN, Stack
+from devtools.attack import corpus, images, jobs, streams, web
+from devtools.attack.calls import Metadata, bearer, classify
+from devtools.attack.record import Record
+from devtools.attack.stack import JOBS_ONLY_TOKEN, TOKEN, Stack
 
 REFUSED = {"UNAUTHENTICATED", "PERMISSION_DENIED", "UNAVAILABLE", "UNIMPLEMENTED"}
 """What an auth bypass may end with: refused, or no connection at all (TLS)."""

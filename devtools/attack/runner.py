@@ -3,7 +3,7 @@ and the reasons given per family, the front's and the worker's RSS before, after
 peak, any INTERNAL (seen by a client, or counted by the server), crashes, what the logs show, and
 the p99 of unary Classify calls that a probe makes while the abuse runs.
 
-Verdict (`passed`): no INTERNAL, no crash, no failed promise (tools/attack/record.py), RSS growth
+Verdict (`passed`): no INTERNAL, no crash, no failed promise (devtools/attack/record.py), RSS growth
 under RSS_GROWTH_LIMIT_MB per process, no forged or oversized log line, no ERROR logged, every
 probe call answered, and the timing promises: unary p99 under P99_LIMIT_S and CPU bombs refused
 fast. The quick test (tests/attack/) asserts all but the timing ones, which measure the machine
@@ -23,11 +23,11 @@ from typing import Any
 import grpc
 
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from tools.attack import corpus, proc
-from tools.attack.calls import classify
-from tools.attack.families import FAMILIES
-from tools.attack.record import FAILED, Record, refusal
-from tools.attack.stack import Stack, start_stack
+from devtools.attack import corpus, proc
+from devtools.attack.calls import classify
+from devtools.attack.families import FAMILIES
+from devtools.attack.record import FAILED, Record, refusal
+from devtools.attack.stack import Stack, start_stack
 
 RSS_GROWTH_LIMIT_MB = proc.GROWTH_LIMIT_MB
 P99_LIMIT_S = 1.0
