@@ -26,9 +26,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.tls import channel_credentials
 from devtools.attack.pki import Pki, client_certificate, make_pki
 from devtools.attack.proxy import PROXY_ADDRESS
-from devtools.health import wait_until_serving
-from devtools.ports import free_port
-from devtools.redis import redis_command
+from devtools.stack.health import wait_until_serving
+from devtools.stack.ports import free_port
+from devtools.stack.redis import redis_command
 
 MODEL_NAME = "ham10000"
 TOKENS = {f"attack-{client}": f"attack-suite-token-{client}" for client in "abcde"}

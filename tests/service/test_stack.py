@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.stack import choose_model_base
+from devtools.stack.launcher import choose_model_base
 
 
 def args(model_base: Path, demo_base: Path) -> argparse.Namespace:
@@ -33,7 +33,7 @@ def test_the_placeholder_is_served_loudly_otherwise(tmp_path: Path,
 
 
 def test_the_stack_starts_the_web_page_as_a_client_of_its_front() -> None:
-    from devtools.stack import web_child
+    from devtools.stack.launcher import web_child
     from web.settings import WebSettings
 
     process = web_child(argparse.Namespace(listen="127.0.0.1:50051",

@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwrig
 
 from client.connection import ConnectionSettings
 from core.backends.base import Backend
-from devtools.web_page import launch_chromium
+from devtools.bench.web_page import launch_chromium
 from service.metrics import Metrics
 from service.server import ServiceAdder, create_server
 from service.settings import Settings

@@ -16,7 +16,7 @@ import pytest
 from batch.jobs import JobService
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from devtools.redis import RedisServer
+from devtools.stack.redis import RedisServer
 from protocol.wire import REASON_METADATA_KEY
 from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
 from service.status import ErrorMappingInterceptor

@@ -3,9 +3,9 @@ on Ctrl-C or SIGTERM. The stack is a redis-server on loopback with its data unde
 on, so a restart keeps the jobs), the front service hosting Classify and BatchJobs, one batch
 worker, and the clinicians' web page (dermserve-web, on 127.0.0.1:8080), a client of the front.
 
-The children run under devtools/supervisor.py: one that dies (SIGKILL, the OOM killer, a crash)
-is logged and restarted with backoff while the others keep serving; the front's clients and the
-worker reconnect by themselves. A child that keeps dying makes the launcher give up loudly: it
+The children run under devtools/stack/supervisor.py: one that dies (SIGKILL, the OOM killer, a
+crash) is logged and restarted with backoff while the others keep serving; the front's clients and
+the worker reconnect by themselves. A child that keeps dying makes the launcher give up loudly: it
 stops the rest and exits 1 naming the child and its exit codes.
 
 Before anything starts, every port the stack needs is tried: one that another process holds ends
@@ -17,7 +17,7 @@ through the pid file <var-dir>/run/stack.pid) stops the children in order and en
 "stopped" line.
 
 The front must see the same Redis, input roots and output directory as the worker: both get
-`batch_environment()`. Ports and directories are flags, so tests and the soak (devtools/soak.py)
+`batch_environment()`. Ports and directories are flags, so tests and the soak (devtools/soak/run.py)
 run their own stack next to a developer's.
 """
 
@@ -40,10 +40,10 @@ import grpc
 
 from core import defaults as core_defaults
 from core.readiness import read_ready_file
-from devtools.console import Console, PrefixFormatter
-from devtools.health import wait_until_serving
-from devtools.redis import redis_command
-from devtools.supervisor import STOP_TIMEOUT_S, Child, CrashLoop, RestartPolicy, Supervisor
+from devtools.stack.console import Console, PrefixFormatter
+from devtools.stack.health import wait_until_serving
+from devtools.stack.redis import redis_command
+from devtools.stack.supervisor import STOP_TIMEOUT_S, Child, CrashLoop, RestartPolicy, Supervisor
 from service import defaults
 from web import defaults as web_defaults
 from worker import defaults as worker_defaults

@@ -1,4 +1,5 @@
-"""`python -m devtools.batch_bench`: a 2,000-image batch job end to end with one worker, against
+"""`python -m devtools.bench.batch_bench`: a 2,000-image batch job end to end with one worker,
+against
 the raw batch throughput of the same SavedModel measured in the same run. Prints JSON.
 
     raw:  the images are decoded and preprocessed once, up front; then only the backend's
@@ -50,8 +51,8 @@ from core.classifier import Classifier, require_config
 from core.image.decoding import decode_image
 from core.image.limits import ImageLimits
 from core.preprocessing import to_model_input
-from devtools.redis import RedisServer
-from devtools.stand_in import export_mobilenet_sized
+from devtools.stack.redis import RedisServer
+from devtools.stack.stand_in import export_mobilenet_sized
 from worker.runner import WorkerProcess, wait_for_model
 from worker.settings import WorkerSettings
 
@@ -217,7 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     defaults = WorkerSettings()
-    parser = argparse.ArgumentParser(prog="python -m devtools.batch_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.batch_bench",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--data-dir", type=Path, help="HAM10000 images folder (optional)")

@@ -1,5 +1,5 @@
-"""The `make run` launcher (devtools/stack.py) as a child of a soak or a test: its own ports and
-directories, its children's pids read from its --pids-file, and a clean stop."""
+"""The `make run` launcher (devtools/stack/launcher.py) as a child of a soak or a test: its own
+ports and directories, its children's pids read from its --pids-file, and a clean stop."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import IO
 
 import grpc
 
-from devtools.health import wait_until_serving
-from devtools.ports import free_ports
-from devtools.supervisor import STOP_TIMEOUT_S
+from devtools.stack.health import wait_until_serving
+from devtools.stack.ports import free_ports
+from devtools.stack.supervisor import STOP_TIMEOUT_S
 
 LAUNCHER_STOP_TIMEOUT_S = 2 * STOP_TIMEOUT_S + 10.0
 """Seconds the launcher may take to stop: its children's stop timeout, then their SIGKILL."""

@@ -10,7 +10,8 @@ dermserve serves goes through it.
 
     POST /classify (body: JPEG or PNG bytes) -> 200 {"probabilities": [...]}
 
-`python -m devtools.naive_peer --model-dir models/ham10000/2 --port N` (devtools.bench starts it).
+`python -m devtools.bench.naive_peer --model-dir models/ham10000/2 --port N` (devtools.bench.harness
+starts it).
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class PeerServer(ThreadingHTTPServer):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m devtools.naive_peer", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.naive_peer",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-dir", type=Path, required=True, help="one SavedModel version")
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from devtools.soak_chaos import FRONT_RESTART, ChaosEvent
-from devtools.soak_load import OK, Call, RssSample
+from devtools.soak.chaos import FRONT_RESTART, ChaosEvent
+from devtools.soak.load import OK, Call, RssSample
 
 BUCKET_S = 10.0  # seconds per latency bucket in the report and the plot
 RSS_GROWTH_TARGET_MB = 100.0  # MB a process may grow from the end of warm-up to the end
@@ -162,8 +162,8 @@ def resummarize_rss(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m devtools.soak_report REPORT.json`: redo the RSS summary and the plot."""
-    parser = argparse.ArgumentParser(prog="python -m devtools.soak_report",
+    """`python -m devtools.soak.report REPORT.json`: redo the RSS summary and the plot."""
+    parser = argparse.ArgumentParser(prog="python -m devtools.soak.report",
                                      description=main.__doc__)
     parser.add_argument("report", type=Path)
     path = parser.parse_args(argv).report

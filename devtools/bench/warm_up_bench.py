@@ -1,4 +1,4 @@
-"""`python -m devtools.warm_up_bench`: what warming a version up at every batch size costs and
+"""`python -m devtools.bench.warm_up_bench`: what warming a version up at every batch size costs and
 buys, in one process on one version (a line of `make bench`). Prints and writes JSON.
 
     load:      LoadedVersion.load with the one-image warm-up (the graph frozen, as the embedded
@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from core import defaults
-from devtools.bench import add_target_arguments, find_target, write_report
+from devtools.bench.harness import add_target_arguments, find_target, write_report
 
 MIB = 2 ** 20
 
@@ -98,7 +98,8 @@ def hot_swaps(serving: list[Any], version_dir: Path,
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.warm_up_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.warm_up_bench",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser, image_help="unused (blank images are sent)")
     parser.add_argument("--max-batch", type=int, default=defaults.DEFAULT_BATCH_MAX_SIZE,

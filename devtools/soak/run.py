@@ -1,8 +1,8 @@
 """`make soak` (`python -m devtools.soak`): the whole local stack under mixed load while faults hit
 it, on loopback, for a bounded time; a JSON report and a PNG plot come out.
 
-The stack is `make run`'s own launcher and supervisor (devtools/stack.py) on free ports, on a
-copy of the model base in a temporary directory. The load: unary Classify at --concurrency,
+The stack is `make run`'s own launcher and supervisor (devtools/stack/launcher.py) on free ports, on
+a copy of the model base in a temporary directory. The load: unary Classify at --concurrency,
 --streams ClassifyStreams, ListModels every second, and one batch job of --job-images HAM10000
 images submitted at the start. The faults, in order, at fixed fractions of --duration-s (each
 waits for the stack to recover from the previous one):
@@ -13,7 +13,7 @@ waits for the stack to recover from the previous one):
     55%  remove the old model version (loaded: it unloads under traffic)
     75%  restart the front (SIGTERM: it drains and exits; the supervisor restarts it)
 
-The report (devtools/soak_report.py) gives calls by method and status code, the unary error
+The report (devtools/soak/report.py) gives calls by method and status code, the unary error
 rate outside the front's own restart window (from its SIGTERM until the clients' channel says
 SERVING again; target zero), p50/p99 per 10 s, RSS of every process after warm-up and at the end
 (target: growth under 100 MB), the batch job checked for every image exactly once, and when each
@@ -37,11 +37,11 @@ from typing import Any
 
 from core import defaults as core_defaults
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
-from devtools import soak_job
-from devtools.launched import LaunchedStack, StackLayout
-from devtools.soak_chaos import Chaos, ChaosEvent, versions_on_disk
-from devtools.soak_load import CallLog, Load, RssSampler, open_channel
-from devtools.soak_report import build_report, plot
+from devtools.soak import job as soak_job
+from devtools.soak.chaos import Chaos, ChaosEvent, versions_on_disk
+from devtools.soak.load import CallLog, Load, RssSampler, open_channel
+from devtools.soak.report import build_report, plot
+from devtools.stack.launched import LaunchedStack, StackLayout
 
 log = logging.getLogger("dermserve.soak")
 

@@ -1,5 +1,5 @@
-"""The one redis-server launcher: the local stack (devtools/stack.py) runs its command line as a
-child it supervises, and the benchmarks and the tests start a `RedisServer` that they can stop
+"""The one redis-server launcher: the local stack (devtools/stack/launcher.py) runs its command line
+as a child it supervises, and the benchmarks and the tests start a `RedisServer` that they can stop
 and start again on the same port and directory (AOF on, so a restart keeps the data)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from devtools.ports import free_port
+from devtools.stack.ports import free_port
 
 READY_TIMEOUT_S = 60.0  # seconds for a new redis-server to answer PING on two busy cores
 POLL_S = 0.05  # seconds between PINGs while it starts

@@ -1,6 +1,6 @@
 """Explain against Classify on the same image and version, over gRPC, in one run.
 
-`python -m devtools.explain_bench --out FILE` (a line of `make bench`): starts the real server
+`python -m devtools.bench.explain_bench --out FILE` (a line of `make bench`): starts the real server
 (embedded backend) on 127.0.0.1 in a child process, then one client calls Classify and Explain
 alternately on the same image, pinned to the same version, `--calls` times each after a warm-up.
 Alternating pairs means a change in the machine's load during the run weighs on both alike; the
@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image
 
 from core.backends.version_dirs import scan_versions
-from devtools.bench import add_target_arguments, write_report
-from devtools.health import wait_until_ready
-from devtools.ports import free_port
+from devtools.bench.harness import add_target_arguments, write_report
+from devtools.stack.health import wait_until_ready
+from devtools.stack.ports import free_port
 
 DEFAULT_CALLS = 40  # pairs measured; an Explain of the released model takes ~0.1-0.5 s here
 WARM_UP_PAIRS = 5  # pairs before measuring, so neither signature's graph set-up is measured
@@ -124,7 +124,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.explain_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.explain_bench",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_target_arguments(parser,
                          image_help="the image both calls send (default: a synthetic 600x450 JPEG)")

@@ -20,10 +20,10 @@ import redis
 
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from devtools.health import wait_until_serving
-from devtools.launched import LaunchedStack
-from devtools.redis import pings
-from devtools.soak_load import CallLog
+from devtools.soak.load import CallLog
+from devtools.stack.health import wait_until_serving
+from devtools.stack.launched import LaunchedStack
+from devtools.stack.redis import pings
 
 RECOVERY_TIMEOUT_S = 300.0
 """Seconds a fault may take to heal before the soak records it as not recovered: a front or

@@ -1,8 +1,8 @@
 """The web page driven in Debian's headless Chromium (Playwright with `executable_path`; nothing
 downloads a browser): screenshots for the docs, and the page's load time.
 
-    python -m devtools.web_page screenshots --out docs/ [--prefix web]   (make screenshots)
-    python -m devtools.web_page bench --out bench-results/web-<UTC>.json   (make bench-web)
+    python -m devtools.bench.web_page screenshots --out docs/ [--prefix web]   (make screenshots)
+    python -m devtools.bench.web_page bench --out bench-results/web-<UTC>.json   (make bench-web)
 
 Each starts its own redis-server, front (embedded backend, the released model unless --model-base
 says otherwise; hosting BatchJobs), worker and web server on free loopback ports, and stops them
@@ -48,9 +48,9 @@ from playwright.sync_api import (
 from core import defaults as core_defaults
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
-from devtools.health import wait_until_serving
-from devtools.ports import free_ports
-from devtools.redis import RedisServer
+from devtools.stack.health import wait_until_serving
+from devtools.stack.ports import free_ports
+from devtools.stack.redis import RedisServer
 
 CHROMIUM = "chromium"  # Debian's package and binary name
 START_TIMEOUT_S = 180.0  # seconds: TensorFlow's import and the model's load on busy CPUs
@@ -246,7 +246,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.web_page", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.web_page", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=("screenshots", "bench"))
     parser.add_argument("--out", type=Path, required=True,

@@ -1,6 +1,6 @@
 """Benchmark one SavedModel version: the raw floor in process, decoding across real image sizes,
 Classify over gRPC on loopback, a naive peer, and the ratios between them, all in one run.
-`python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.batch_bench).
+`python -m devtools.bench --out FILE` (or `make bench`, which also runs devtools.bench.batch_bench).
 
 1. raw floor: the `serving_default` signature called in this process on preprocessed input,
    run as the server runs it (`served_settings`: its TensorFlow threads, and its graph frozen
@@ -20,10 +20,10 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
    window beside a raw one, ABBA order: `paired_rounds`), then at 8 (p50/p95/p99, calls/s, and
    the CPU the server and the clients spent per call), then each matrix input at 1 (p50) and 8
    (calls/s);
-4. the naive peer (devtools/naive_peer.py, a reference, not product code: an HTTP handler that
+4. the naive peer (devtools/bench/naive_peer.py, a reference, not product code: an HTTP handler that
    calls the Keras model's `predict` per request, no batching, TensorFlow's default threads)
    at concurrency 1, 8 and 32 with the benchmark image, and at 8 with the phone photo;
-5. the gRPC floor (devtools/grpc_floor.py, a reference, not product code: a Classify that
+5. the gRPC floor (devtools/bench/grpc_floor.py, a reference, not product code: a Classify that
    answers a canned response at once) at concurrency 1 and 32: the round trip and the CPU per
    call of Python gRPC alone, which any front written on it pays;
 6. ratios against the targets (issue 13), each the median over the paired rounds: p50 at
@@ -67,10 +67,10 @@ from core.image.decoding import decode_for_model, decode_image
 from core.image.limits import ImageLimits
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import to_model_input
-from devtools import grpc_floor
-from devtools.health import wait_until_ready
-from devtools.naive_peer import PATH as PEER_PATH
-from devtools.ports import free_port
+from devtools.bench import grpc_floor
+from devtools.bench.naive_peer import PATH as PEER_PATH
+from devtools.stack.health import wait_until_ready
+from devtools.stack.ports import free_port
 from service.settings import Settings
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the issue's targets
@@ -563,7 +563,7 @@ def wait_peer(port: int, image: bytes, peer: subprocess.Popen[bytes]) -> None:
 
 def naive_peer(target: Target, phone_photo: bytes, seconds: float) -> dict[str, Any]:
     port = free_port()
-    command = [sys.executable, "-m", "devtools.naive_peer",
+    command = [sys.executable, "-m", "devtools.bench.naive_peer",
                "--model-dir", str(target.version_dir), "--port", str(port)]
     peer = subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                             stderr=subprocess.DEVNULL)

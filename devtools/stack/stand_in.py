@@ -2,10 +2,10 @@
 `make run` works and `make bench` can time serving before the released model lands in models/.
 Their answers mean nothing.
 
-    python -m devtools.stand_in --out var/demo-models      (or `make demo-model`): a tiny
+    python -m devtools.stack.stand_in --out var/demo-models      (or `make demo-model`): a tiny
         placeholder (a random linear map of pooled colours), quick to export and to load;
-    python -m devtools.stand_in --mobilenet-sized [--weights H5]: a MobileNetV2 at the released
-        model's input size, the released model's compute without its skill, for benchmarks.
+    python -m devtools.stack.stand_in --mobilenet-sized [--weights H5]: a MobileNetV2 at the
+        released model's input size, the released model's compute without its skill, for benchmarks.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def export_mobilenet_sized(out: Path, model_name: str, version: int = 1,
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m devtools.stand_in", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devtools.stack.stand_in", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("var/demo-models"))
     parser.add_argument("--model-name", default="ham10000")
     parser.add_argument("--mobilenet-sized", action="store_true",

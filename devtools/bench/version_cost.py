@@ -7,7 +7,7 @@ issue 29's budget is a Classify p50 of at most 200 ms and a batch job of at leas
 Each version is served alone from a model base of its own (a symlink), so neither the front nor
 the worker loads the other, and the versions are measured one after the other in the same run.
 
-    python -m devtools.version_cost --model-base models --versions 3 4 \\
+    python -m devtools.bench.version_cost --model-base models --versions 3 4 \\
         --image ../shared/data/ham10000/images/ISIC_0024306.jpg \\
         --data-dir ../shared/data/ham10000/images --out bench-results/version-cost-X.json
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from core.backends.version_dirs import scan_versions
-from devtools import batch_bench
-from devtools.bench import Target, bench_image, running_front, summary
+from devtools.bench import batch_bench
+from devtools.bench.harness import Target, bench_image, running_front, summary
 
 DEFAULT_SECONDS = 20.0  # of Classify calls at concurrency 1 per version, after the warm-up
 DEFAULT_JOB_IMAGES = 300  # per version's batch job: enough chunks to reach a steady rate
@@ -101,7 +101,8 @@ def report_lines(result: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m devtools.version_cost", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.version_cost",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model-base", type=Path, default=Path("models"))
     parser.add_argument("--model-name", default="ham10000")

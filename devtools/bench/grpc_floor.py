@@ -7,7 +7,8 @@ parses the request and answers one canned response of a real answer's size (seve
 their display names, a model, a request id). No interceptors, no validation, no decoding, no
 model; other methods answer UNIMPLEMENTED.
 
-`python -m devtools.grpc_floor --port N` (devtools.bench starts it and stops it with SIGTERM).
+`python -m devtools.bench.grpc_floor --port N` (devtools.bench.harness starts it and stops it with
+SIGTERM).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def serve(port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m devtools.grpc_floor", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.bench.grpc_floor",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     serve(parser.parse_args(argv).port)

@@ -1,4 +1,5 @@
-"""A small process supervisor for the local stack (`make run`, devtools/stack.py) and the soak.
+"""A small process supervisor for the local stack (`make run`, devtools/stack/launcher.py) and the
+soak.
 
 Each child that exits without being asked to (a SIGKILL, the OOM killer, a crash, or a clean exit
 nobody requested) is logged and started again after a backoff, while the other children keep
@@ -11,8 +12,8 @@ naming the child and its exit codes.
 Polled, not event-driven: `check()` is called every `POLL_S` by the launcher's loop, which is
 also where Ctrl-C and SIGTERM land, so a restart and a stop never race each other.
 
-With a Console (devtools/console.py) each child runs in a process group of its own and its output
-is piped through the console, prefixed with its name. Its own group: a Ctrl-C in the terminal
+With a Console (devtools/stack/console.py) each child runs in a process group of its own and its
+output is piped through the console, prefixed with its name. Its own group: a Ctrl-C in the terminal
 reaches the launcher only, which stops the children in order (`stop()`): everything but the
 children marked `last` at once, then those (Redis), so that a worker stopping mid-chunk can still
 hand its chunk back to Redis.
@@ -31,7 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devtools.console import Console
+from devtools.stack.console import Console
 
 log = logging.getLogger("dermserve.stack")
 
