@@ -49,7 +49,7 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check core batch service worker trainer cli web devtools tests tools
+	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
@@ -61,7 +61,7 @@ ATTACK_DIR ?= var/attack
 FUZZ_EXAMPLES ?= 20000
 
 attack: install proto redis-server  ## hostile corpus vs a TLS+token stack on loopback; JSON summary in var/attack/
-	$(PY) -m tools.attack --workdir $(ATTACK_DIR)/stack --out $(ATTACK_DIR)/summary.json
+	$(PY) -m devtools.attack --workdir $(ATTACK_DIR)/stack --out $(ATTACK_DIR)/summary.json
 
 fuzz: install proto  ## long random Hypothesis run over image and reference validation (FUZZ_EXAMPLES per target)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_RANDOM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --timeout 0 tests/fuzz
@@ -78,7 +78,7 @@ BENCH_SERVER_ARGS ?=
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
 $(DEMO_MODEL): | $(VENV)/.installed
-	$(PY) -m devtools.stand_in --out $(DEMO_BASE)
+	$(PY) -m devtools.stack.stand_in --out $(DEMO_BASE)
 
 demo-model: $(DEMO_MODEL)  ## export the UNTRAINED 192x192 placeholder model into var/demo-models/
 
@@ -92,29 +92,29 @@ stop:  ## stop the stack that `make run` started (from another terminal), as Ctr
 bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
-	$(PY) -m devtools.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
-	$(PY) -m devtools.warm_up_bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/warmup-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.bench.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.bench.warm_up_bench --model-base $(SERVE_BASE) --out $(BENCH_DIR)/warmup-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# Batch jobs: a 2,000-image job with one worker vs the raw model. The placeholder's cost is not
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
-	$(PY) -m devtools.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
+	$(PY) -m devtools.bench.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# What each of the two latest versions costs a user (Classify p50 at 1, a batch job), side by side.
-	$(PY) -m devtools.version_cost --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
+	$(PY) -m devtools.bench.version_cost --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --out $(BENCH_DIR)/version-cost-$$(date -u +%Y%m%dT%H%M%SZ).json
 
-# The web page in Debian's headless Chromium, on its own front and web server (devtools/web_page.py).
+# The web page in Debian's headless Chromium, on its own front and web server (devtools/bench/web_page.py).
 WEB_IMAGES ?= $(DATA_DIR)/images
 screenshots: install proto  ## screenshots of the web page into docs/ (released model, HAM10000 images, a rejection, a batch job)
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: screenshots of the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
-	$(PY) -m devtools.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
+	$(PY) -m devtools.bench.web_page screenshots --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out docs/
 
 bench-web: install proto  ## the web page's load time (Navigation Timing, cold contexts) and upload-to-result time; JSON into bench-results/
-	$(PY) -m devtools.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
+	$(PY) -m devtools.bench.web_page bench --model-base $(SERVE_BASE) --images $(WEB_IMAGES) --out $(BENCH_DIR)/web-$$(date -u +%Y%m%dT%H%M%SZ).json
 
-# A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak.py).
+# A soak: the whole stack under mixed load for SOAK_S seconds while faults hit it (devtools/soak/run.py).
 SOAK_S ?= 600
 SOAK_OUT ?= $(BENCH_DIR)
-# HAM10000 images in the soak's batch job, 0 for all of them (devtools/soak.py says why).
+# HAM10000 images in the soak's batch job, 0 for all of them (devtools/soak/run.py says why).
 SOAK_JOB_IMAGES ?= 0
 soak: install proto  ## SOAK_S (600) seconds of mixed load and faults on a loopback stack; JSON + PNG into SOAK_OUT (bench-results/)
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: soaking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi

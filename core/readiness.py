@@ -1,5 +1,5 @@
-"""A ready file: how a process tells the launcher that started it (devtools/stack.py) that it,
-and not some other process on the same port, is up. It holds {"pid": ..., "port": ...}; the
+"""A ready file: how a process tells the launcher that started it (devtools/stack/launcher.py) that
+it, and not some other process on the same port, is up. It holds {"pid": ..., "port": ...}; the
 launcher compares the pid with the child it started and the port with the one it asked for, so a
 stranger answering that port is never announced as dermserve."""
 

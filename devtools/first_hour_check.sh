@@ -28,7 +28,7 @@ until grep -q "^Stop: Ctrl-C" "$LOG"; do
   fi
   sleep 1  # a poll of another process's output: the banner is its only signal
 done
-.venv/bin/python -c 'import grpc, sys; from devtools.health import wait_until_serving
+.venv/bin/python -c 'import grpc, sys; from devtools.stack.health import wait_until_serving
 sys.exit(0 if wait_until_serving(grpc.insecure_channel("127.0.0.1:50051"), 10, lambda: False) else 1)'
 step "make run says SERVING" $? "banner after $(( $(date +%s) - started )) s, health SERVING"
 

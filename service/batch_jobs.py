@@ -14,16 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import grpc
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.v1 import lesion_classifier_pb2 as lc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from batch.records import ALL_IMAGES_FAILED, JobRecord, JobState, Priority
-from batch.results import ImageError, ImageResult
-from dermserve.v1 import batch_jobs_pb2 as pb
-from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from dermserve.v1 import lesion_classifier_pb2 as lc
+from protocol.results import result_message
 from service.auth import caller_of
-from service.servicer import from_dicom_reference, to_dicom_reference
 
 PRIORITY_FROM_PROTO = {
     pb.BATCH_JOB_PRIORITY_UNSPECIFIED: Priority.NORMAL,
@@ -87,44 +86,6 @@ def job_message(record: JobRecord, jsonl_path: str = "", csv_path: str = "",
         if stamp is not None:
             getattr(message, field).CopyFrom(stamp)
     return message
-
-
-def result_message(result: ImageResult) -> pb.BatchImageResult:
-    message = pb.BatchImageResult(index=result.index, reference=result.reference)
-    if result.error is not None:
-        message.error.CopyFrom(lc.ImageError(code=result.error.code, reason=result.error.reason,
-                                             message=result.error.message))
-        return message
-    message.probabilities.extend(
-        lc.LabelProbability(label=label, display_name=name, probability=p)
-        for label, name, p in result.probabilities)
-    message.top_label = result.top_label
-    message.abstained = result.abstained
-    if result.abstained:
-        message.abstention_reason = lc.AbstentionReason.Value(
-            f"ABSTENTION_REASON_{result.abstention}")
-    message.ood_score = result.ood_score
-    message.model.CopyFrom(lc.ModelVersionRef(name=result.model_name,
-                                              version=result.model_version))
-    if result.dicom is not None:
-        message.dicom.CopyFrom(to_dicom_reference(result.dicom))
-    return message
-
-
-def image_result(message: pb.BatchImageResult) -> ImageResult:
-    """The inverse of `result_message`: what a client got back, as the job stored it (the CLI
-    writes its CSV from these with the job's own exporter)."""
-    if message.HasField("error"):
-        error = message.error
-        return ImageResult(message.index, message.reference,
-                           error=ImageError(error.code, error.reason, error.message))
-    reason = lc.AbstentionReason.Name(message.abstention_reason)
-    return ImageResult(
-        message.index, message.reference, message.model.name, message.model.version,
-        tuple((p.label, p.display_name, p.probability) for p in message.probabilities),
-        reason.removeprefix("ABSTENTION_REASON_") if message.abstained else "NONE",
-        message.ood_score,
-        dicom=from_dicom_reference(message.dicom) if message.HasField("dicom") else None)
 
 
 class BatchJobsServicer(pb_grpc.BatchJobsServicer):

@@ -6,8 +6,10 @@ variables override them.
 
 from __future__ import annotations
 
+from protocol import wire
+
 # --- network -------------------------------------------------------------------------------------
-DEFAULT_LISTEN_ADDRESS = "127.0.0.1:50051"
+DEFAULT_LISTEN_ADDRESS = wire.DEFAULT_ADDRESS
 """Loopback by default: auth and TLS are off by default, so the service must not face a network
 until an operator chooses an address (deploy/ listens on 0.0.0.0 with auth on)."""
 

@@ -6,7 +6,6 @@ ClassifyStream each image's error becomes that image's `error` and the stream go
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import uuid
@@ -14,15 +13,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 
 from core import fhir
 from core.backends.base import ModelRef, VersionInfo, VersionState
 from core.classifier import Classifier
 from core.errors import DermserveError, InvalidRequest
 from core.explanation import Explanation
-from core.prediction import Abstention, DicomReference, Prediction
-from dermserve.v1 import lesion_classifier_pb2 as pb
-from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from core.prediction import Abstention, Prediction
+from protocol.results import to_dicom_reference
 from service import defaults
 from service.classify_stream import PendingObserver, StreamDrain, StreamSession
 from service.logs import request_id_var
@@ -175,15 +175,6 @@ def to_response(prediction: Prediction) -> pb.ClassifyResponse:
         abstention_reason=ABSTENTION_REASONS[prediction.abstention],
         ood_score=prediction.ood_score,
         dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom))
-
-
-def to_dicom_reference(dicom: DicomReference) -> pb.DicomReference:
-    return pb.DicomReference(**dataclasses.asdict(dicom))
-
-
-def from_dicom_reference(message: pb.DicomReference) -> DicomReference:
-    return DicomReference(message.study_instance_uid, message.series_instance_uid,
-                          message.sop_instance_uid, message.sop_class_uid, message.modality)
 
 
 def to_explain_response(explanation: Explanation) -> pb.ExplainResponse:

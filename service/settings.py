@@ -128,7 +128,7 @@ class Settings(ServingSettings, BatchApiSettings):
     log_level: str = setting("INFO", choices=LOG_LEVELS, help="log level")
     ready_file: Path | None = setting(
         None, help="write {pid, port} here once SERVING, for the launcher that started this "
-                   "process (devtools/stack.py; empty: none)")
+                   "process (devtools/stack/launcher.py; empty: none)")
 
     @property
     def hosts_batch_jobs(self) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import grpc
 
 from core.errors import ClientGone, DermserveError, InternalError
+from protocol.wire import REASON_METADATA_KEY
 from service.handlers import (
     Behaviour,
     CallbackBehaviour,
@@ -35,9 +36,6 @@ from service.handlers import (
 from service.logs import request_id_var
 
 log = logging.getLogger(__name__)
-
-REASON_METADATA_KEY = "dermserve-reason"
-"""Trailing metadata key carrying DermserveError.reason; documented in the proto."""
 
 GENERIC_INTERNAL_MESSAGE = "internal error; quote incident {incident} to the operators"
 

@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
-from devtools import ports  # noqa: E402
+from devtools.stack import ports  # noqa: E402
 
 TINY_MODEL_NAME = "ham10000"
 TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)

@@ -1,4 +1,4 @@
-"""Throwaway certificates for tests (tools/attack/pki.py makes them with openssl)."""
+"""Throwaway certificates for tests (devtools/attack/pki.py makes them with openssl)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tools.attack import pki
-from tools.attack.pki import Pki
+from devtools.attack import pki
+from devtools.attack.pki import Pki
 
 __all__ = ["Pki", "make_pki"]
 

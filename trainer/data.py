@@ -176,6 +176,13 @@ def label_indices(records: Sequence[Record], labels: Sequence[str]) -> np.ndarra
         raise DataError(f"dx code {exc.args[0]!r} is not in the label list") from exc
 
 
+def ham_priors(data_dir: Path) -> np.ndarray:
+    """HAM10000's class frequencies (the priors sklesion's probabilities follow, which the
+    two-origin model divides them by)."""
+    y = label_indices(load_records(data_dir), HAM10000_LABELS)
+    return np.bincount(y, minlength=len(HAM10000_LABELS)) / len(y)
+
+
 @dataclass(frozen=True)
 class Split:
     """Train, validation and test records, grouped by lesion; `seed` reproduces it."""

@@ -74,9 +74,9 @@ def explainable_network(network: Any) -> Any | None:
     (one network: one map; an ensemble or a two-origin network: one per member), sharing its
     variables; None when it
     has none (then the version is exported without the `explain` signature)."""
-    from trainer.ensemble import ensemble_with_feature_maps
+    from trainer.ensemble_network import ensemble_with_feature_maps
     from trainer.network import with_feature_map
-    from trainer.two_origin import two_origin_with_feature_maps
+    from trainer.two_origin_network import two_origin_with_feature_maps
 
     return (with_feature_map(network) or ensemble_with_feature_maps(network)
             or two_origin_with_feature_maps(network))

@@ -17,7 +17,7 @@ weight must be chosen on validation only.
 - The version's members are rebuilt from its stored variables (`rebuild_version_network`) and
   checked against its recorded sample predictions, so no training workdir is needed.
 - sklesion sees the model input resized in the graph to its 254x254 and its neutral metadata
-  vector (unknown sex and site, missing age), as `trainer.sklesion` measured it.
+  vector (unknown sex and site, missing age), as `trainer.research.sklesion` measured it.
 - The features (for the OOD score) are the version's members', as before.
 - Explain: Grad-CAM of the combined score, on each member's last feature map (the MobileNetV2
   members' and the Xception's), averaged as for an ensemble (`trainer.export.grad_cam`).
@@ -43,119 +43,12 @@ import numpy as np
 
 from trainer.errors import VersionMismatch
 from trainer.settings import TrainSettings
+from trainer.two_origin_network import Mixing, sklesion_branch, two_origin_network
 
 logger = logging.getLogger(__name__)
 
-TWO_ORIGIN_NAME = "dermserve_two_origin"
-SKLESION_NAME = "sklesion"
-SKLESION_SIZE = 254  # pixels, square: sklesion's input
-SKLESION_BACKBONE = "xception"
-SKLESION_FEATURE_MAP = "block14_sepconv2_act"  # the Xception's last convolutional activation
 DEFAULT_SKLESION_WEIGHT = 0.5
-"""sklesion's share of the geometric mean: equal shares, fixed before any measurement."""
-NEUTRAL_CONTEXT = np.array([0, 0, 1,            # sex: unknown
-                            0, 0, 0, 0, 1,      # body site: unknown
-                            51.90180032733224 / 90.0, 1.0], np.float32)
-"""sklesion's metadata vector for an image without context (its `model_props.pkl`): the one-hot
-'unknown' sex and site, and a missing age (its mean over its maximum, and the missing flag)."""
 REPRODUCE_TOLERANCE = 1e-4  # largest probability difference a rebuilt version may show
-
-
-def _wired(model: Any, replacements: dict[str, Any], inputs: list[Any]) -> dict[str, Any]:
-    """Call `model`'s layers on `inputs` in its own order, calling `replacements[name]` in place
-    of the layer `name`; returns every layer's output by name."""
-    config = model.get_config()
-    input_names = [tensor._keras_history.operation.name for tensor in model.inputs]
-    outputs: dict[str, Any] = dict(zip(input_names, inputs, strict=True))
-    for layer in config["layers"]:
-        if not layer["inbound_nodes"]:
-            continue
-        args = layer["inbound_nodes"][0]["args"]
-        arguments = [_resolved(arg, outputs) for arg in args]
-        call = replacements.get(layer["name"], model.get_layer(layer["name"]))
-        outputs[layer["name"]] = call(*arguments)
-    return outputs
-
-
-def _resolved(arg: Any, outputs: dict[str, Any]) -> Any:
-    if isinstance(arg, list):
-        return [_resolved(item, outputs) for item in arg]
-    name, _, index = arg["config"]["keras_history"]
-    value = outputs[name]
-    return value[index] if isinstance(value, (list, tuple)) else value
-
-
-def sklesion_branch(model: Any, spec_side: int) -> Any:
-    """A Keras model `images (N, side, side, 3) in [-1, 1] -> [probabilities (N, 7), feature map
-    (N, 8, 8, 2048)]`: sklesion (`model`, as loaded from its model.keras) on the images resized
-    to its 254x254, with the neutral metadata vector, sharing its layers."""
-    import keras
-    from keras import ops
-
-    xception = model.get_layer(SKLESION_BACKBONE)
-    with_map = keras.Model(xception.inputs,
-                           [xception.output, xception.get_layer(SKLESION_FEATURE_MAP).output],
-                           name=f"{SKLESION_BACKBONE}_with_map")
-    images = keras.Input((spec_side, spec_side, 3), name="image")
-    pixels = keras.layers.Resizing(SKLESION_SIZE, SKLESION_SIZE, interpolation="bilinear",
-                                   name="sklesion_resize")((images + 1.0) * 127.5)
-    context = ops.zeros_like(images[:, 0, 0, :1]) + ops.convert_to_tensor(NEUTRAL_CONTEXT)
-    feature_map: list[Any] = []
-
-    def backbone(tensor: Any) -> Any:
-        pooled, last_map = with_map(tensor)
-        feature_map.append(last_map)
-        return pooled
-
-    wired = _wired(model, {SKLESION_BACKBONE: backbone}, [pixels, context])
-    probabilities = wired[model.layers[-1].name]
-    return keras.Model(images, [probabilities, feature_map[0]], name=SKLESION_NAME)
-
-
-@dataclasses.dataclass(frozen=True)
-class Mixing:
-    """How the two origins are combined: sklesion's share and its training priors."""
-
-    weight: float
-    priors: tuple[float, ...]
-
-
-def two_origin_network(version: Any, sklesion: Any, mixing: Mixing,
-                       feature_maps: bool = False) -> Any:
-    """`version` (an ensemble or one network of the contract) and `sklesion` (a
-    `sklesion_branch`) combined as the module docstring says; with `feature_maps`, every
-    member's last feature map follows logits and features (the version's maps must then be among
-    `version`'s outputs)."""
-    import keras
-    from keras import ops
-
-    inputs = keras.Input(tuple(version.inputs[0].shape[1:]), name="image")
-    logits, features, *version_maps = version(inputs, training=False)
-    probabilities, sklesion_map = sklesion(inputs, training=False)
-    log_priors = ops.convert_to_tensor(np.log(np.asarray(mixing.priors, np.float32)))
-    corrected = ops.log(ops.clip(probabilities, 1e-7, 1.0)) - log_priors
-    combined = ((1.0 - mixing.weight) * ops.log_softmax(logits, axis=-1)
-                + mixing.weight * ops.log_softmax(corrected, axis=-1))
-    outputs = [combined, features]
-    if feature_maps:
-        outputs += [*version_maps, sklesion_map]
-    network = keras.Model(inputs, outputs, name=TWO_ORIGIN_NAME)
-    network.mixing = mixing  # what two_origin_with_feature_maps rebuilds it with
-    return network
-
-
-def two_origin_with_feature_maps(network: Any) -> Any | None:
-    """A two-origin network rebuilt over the same layers with every member's last feature map as
-    extra outputs (for Grad-CAM); None if `network` is not one."""
-    from trainer.ensemble import ENSEMBLE_NAME, ensemble_with_feature_maps
-
-    if getattr(network, "name", None) != TWO_ORIGIN_NAME:
-        return None
-    version = ensemble_with_feature_maps(network.get_layer(ENSEMBLE_NAME))
-    if version is None:
-        return None
-    return two_origin_network(version, network.get_layer(SKLESION_NAME), network.mixing,
-                              feature_maps=True)
 
 
 def rebuild_version_network(version_dir: Path, settings: TrainSettings, num_classes: int) -> Any:
@@ -163,7 +56,7 @@ def rebuild_version_network(version_dir: Path, settings: TrainSettings, num_clas
     (possibly float16) variables; refuses one that does not reproduce the version's sample."""
     import tensorflow as tf
 
-    from trainer.ensemble import ensemble_network
+    from trainer.ensemble_network import ensemble_network
     from trainer.export import explainable_network
     from trainer.network import build_network
 
@@ -220,8 +113,8 @@ def check_reproduces(network: Any, version_dir: Path, data_dir: Path) -> float:
 
 def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> Any:
     """Pipeline hooks whose `train` returns the two-origin network (nothing is trained)."""
+    from trainer.data import ham_priors
     from trainer.pipeline import NetworkHooks
-    from trainer.sklesion import ham_priors
     from trainer.train import configure_threads, predict_network
 
     def train(split: Any, settings: TrainSettings, workdir: Path) -> Any:

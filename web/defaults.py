@@ -37,7 +37,7 @@ MAX_CONCURRENT_UPLOADS = 4
 gets 503 with Retry-After. A large upload is held about three times while it is analysed (the
 body, the gRPC request and its serialised copy), so the slots bound the page's peak memory, and
 4 leave room below its 512 Mi pod limit (bench-results/NOTES.md, "The page's uploads"; `python
--m tools.attack --quick --family web_uploads` reports the page's RSS peak)."""
+-m devtools.attack --quick --family web_uploads` reports the page's RSS peak)."""
 
 UPLOAD_WAIT_S = 30.0
 """Seconds an upload may wait for a slot (its body unread: uvicorn buffers 64 KiB of it) before

@@ -24,16 +24,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cli.connection import call_metadata, error_entry, open_channel
-from core.identity import ON_BEHALF_OF_KEY, ON_BEHALF_ROLE_KEY, OPERATOR_ROLE
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client.connection import call_metadata, error_entry, open_channel
+from core.identity import ON_BEHALF_OF_KEY, ON_BEHALF_ROLE_KEY, OPERATOR_ROLE
 from web import defaults
 from web.identity import WebUser
 from web.settings import WebSettings
@@ -147,7 +147,7 @@ class FrontClient:
 
     def __init__(self, settings: WebSettings) -> None:
         self.settings = settings
-        self.channel = open_channel(settings)
+        self.channel = open_channel(settings.connection)
         self.classifier = pb_grpc.LesionClassifierStub(self.channel)
         self.jobs = batch_grpc.BatchJobsStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
@@ -155,7 +155,7 @@ class FrontClient:
         self._lock = threading.Lock()
 
     def _call(self, method: Any, request: Message, user: WebUser | None = None) -> Any:
-        metadata = (*(call_metadata(self.settings) or ()), *user_metadata(user))
+        metadata = (*(call_metadata(self.settings.connection) or ()), *user_metadata(user))
         with front_errors():
             return method(request, timeout=self.settings.timeout_s, metadata=metadata or None)
 

@@ -151,7 +151,7 @@ class WebServer:
 
 def check(settings: WebSettings) -> None:
     """Refuse settings that would give every signed-in user one identity."""
-    if settings.behind_proxy and not settings.token:
+    if settings.behind_proxy and not settings.connection.token:
         raise SystemExit("dermserve-web: --trusted-proxies needs --token (DERMSERVE_TOKEN), a "
                          "token the front lets delegate (delegate=users in its tokens file)")
 
@@ -170,7 +170,7 @@ def serve(settings: WebSettings) -> None:
     client = FrontClient(settings)
     server, port = create_web_server(settings, client)
     log.info("dermserve-web on http://%s (front %s)", settings.listen_address.rsplit(":", 1)[0]
-             + f":{port}", settings.target)
+             + f":{port}", settings.connection.target)
     try:
         server.serve_forever()
     finally:

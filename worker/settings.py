@@ -63,7 +63,8 @@ class WorkerSettings(ServingSettings, BatchApiSettings):
     burst: bool = setting(False, help="exit once the queues are empty")
     ready_file: Path | None = setting(
         None, help="write {pid, port} here once the model answers and chunks are taken, for "
-                   "the launcher that started this process (devtools/stack.py; empty: none)")
+                   "the launcher that started this process (devtools/stack/launcher.py; "
+                   "empty: none)")
 
     def with_overrides(self, **changes: Any) -> WorkerSettings:
         return replace(self, **changes)

@@ -146,7 +146,7 @@ class LoadedVersion:
         where the version can) before the version answers anyone. TensorFlow sets up kernels
         and keeps buffers per input shape: on version 3 the first batch of 32 grew the process
         by about 560 MB and the other 31 sizes by about 135 MB more (`python -m
-        devtools.warm_up_bench`), so a server that met its batch sizes one by one under load
+        devtools.bench.warm_up_bench`), so a server that met its batch sizes one by one under load
         kept growing for minutes, and each first call at a new size paid that set-up. Largest
         first, so the allocator reserves its peak once. TF Serving's counterpart is a version's
         assets.extra/tf_serving_warmup_requests."""

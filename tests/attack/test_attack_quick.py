@@ -1,4 +1,4 @@
-"""The attack suite's quick mode (tools/attack/) against a real TLS + token stack: a front
+"""The attack suite's quick mode (devtools/attack/) against a real TLS + token stack: a front
 process, a worker process and a redis-server on loopback. `make attack` runs the full corpus.
 
 Every family must end without an INTERNAL and without a failed promise; crashes, memory growth,
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from tools.attack.families import FAMILIES
-from tools.attack.runner import RSS_GROWTH_LIMIT_MB, run_suite
+from devtools.attack.families import FAMILIES
+from devtools.attack.runner import RSS_GROWTH_LIMIT_MB, run_suite
 
 
 @pytest.fixture(scope="module")

@@ -57,15 +57,15 @@ def test_install_is_locked_and_stubs_are_generated() -> None:
 
 
 def test_dev_tooling_ships_in_neither_the_wheel_nor_the_images() -> None:
-    """devtools/ and tools/ run from the checkout: no image copies them, no wheel packs them."""
-    dev = {"devtools", "tools", "tests"}
+    """devtools/ runs from the checkout: no image copies it, no wheel packs it."""
+    dev = {"devtools", "tests"}
     for name, body in stages().items():
         copied = {a.split()[0].rstrip("/") for i, a in body if i == "COPY"}
         assert not copied & dev, (name, copied & dev)
     find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
     included = {include.rstrip("*") for include in find["find"]["include"]}
     assert not included & dev
-    assert {"devtools*", "tools*"} <= set(find["find"].get("exclude", []))
+    assert {"devtools*"} <= set(find["find"].get("exclude", []))
 
 
 def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered) -> None:
@@ -95,7 +95,7 @@ def test_dockerignore_keeps_models_and_secrets_out() -> None:
 def test_the_attack_suite_runs_front_and_page_with_their_images_malloc_settings() -> None:
     """The suite's RSS limit judges the processes as deployed: their malloc variables are the
     images'."""
-    from tools.attack.stack import FRONT_MALLOC, WEB_MALLOC
+    from devtools.attack.stack import FRONT_MALLOC, WEB_MALLOC
 
     for stage, suite in (("server", FRONT_MALLOC), ("web", WEB_MALLOC)):
         env = " ".join(a for i, a in stages()[stage] if i == "ENV")

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from client.connection import ConnectionSettings
 from core import config
 from service.auth import TokenTable
 from tests.deploy.conftest import Rendered
@@ -42,14 +43,15 @@ def web_settings(rendered: Rendered) -> tuple[WebSettings, dict[str, Any], dict[
 def test_web_flags_parse_bind_the_http_port_and_target_the_front(rendered: Rendered) -> None:
     settings, _, main = web_settings(rendered)
     assert host_port(settings.listen_address)[1] == container_port(main, "http")
-    front_host, front_port = host_port(settings.target)
+    front_host, front_port = host_port(settings.connection.target)
     front = rendered.get("Service", front_host)
     assert front_port in {p["port"] for p in front["spec"]["ports"]}
 
 
 def test_web_calls_the_front_with_mutual_tls_and_a_token_from_secrets(rendered: Rendered) -> None:
     settings, spec, main = web_settings(rendered)
-    for path in (settings.tls_ca, settings.tls_cert, settings.tls_key):
+    for path in (settings.connection.tls_ca, settings.connection.tls_cert,
+                 settings.connection.tls_key):
         assert path is not None
         assert_secret_file(rendered, spec, main, str(path))
     token = {e["name"]: e for e in main["env"]}["DERMSERVE_TOKEN"]["valueFrom"]["secretKeyRef"]
@@ -61,7 +63,8 @@ def test_web_calls_the_front_with_mutual_tls_and_a_token_from_secrets(rendered: 
 def probe_status(path: str, front_port: int) -> int:
     """The status the real web server answers on `path`, before a front with nothing behind
     `front_port` (free)."""
-    settings = WebSettings(listen_address="127.0.0.1:0", target=f"127.0.0.1:{front_port}",
+    settings = WebSettings(listen_address="127.0.0.1:0",
+                           connection=ConnectionSettings(target=f"127.0.0.1:{front_port}"),
                            timeout_s=2.0)
     client = FrontClient(settings)
     server, port = create_web_server(settings, client)

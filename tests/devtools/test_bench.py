@@ -20,8 +20,9 @@ from PIL import Image
 
 from core.model_config import HAM10000_DISPLAY_NAMES
 from dermserve.v1 import lesion_classifier_pb2 as pb
-from devtools import bench, grpc_floor
-from devtools.naive_peer import PeerServer, handler_for
+from devtools.bench import grpc_floor
+from devtools.bench import harness as bench
+from devtools.bench.naive_peer import PeerServer, handler_for
 
 INPUT_SIZE = (32, 24)  # width, height of the fake model's input
 
@@ -182,7 +183,7 @@ def test_the_server_costs_say_where_a_call_spends_its_time() -> None:
 
 def test_the_warm_up_benchmark_reports_load_warm_up_and_growth_in_use(
         model_base: Path, tmp_path: Path) -> None:
-    from devtools import warm_up_bench
+    from devtools.bench import warm_up_bench
 
     out = tmp_path / "warmup.json"
     assert warm_up_bench.main(["--model-base", str(model_base), "--max-batch", "3",
@@ -286,7 +287,7 @@ def test_the_printed_costs_at_32_name_each_threads_share() -> None:
 
 def test_the_version_cost_serves_each_version_alone_and_reports_both_budgets(
         model_base: Path, tmp_path: Path) -> None:
-    from devtools import version_cost
+    from devtools.bench import version_cost
 
     out = tmp_path / "cost.json"
     assert version_cost.main(["--model-base", str(model_base), "--versions", "1", "2",

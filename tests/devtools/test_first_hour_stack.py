@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 
 from core.readiness import write_ready_file
-from devtools.console import Console
-from devtools.launched import LaunchedStack, StackLayout
-from devtools.ports import free_ports
-from devtools.stack import child_is_up, running
-from devtools.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
+from devtools.stack.console import Console
+from devtools.stack.launched import LaunchedStack, StackLayout
+from devtools.stack.launcher import child_is_up, running
+from devtools.stack.ports import free_ports
+from devtools.stack.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from tests.worker.conftest import write_images
 
 START_TIMEOUT_S = 300.0  # seconds: two processes import TensorFlow on two busy cores

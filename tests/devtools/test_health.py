@@ -1,4 +1,5 @@
-"""The benchmarks' readiness waits (devtools/health.py) against a real front on tiny versions."""
+"""The benchmarks' readiness waits (devtools/stack/health.py) against a real front on tiny
+versions."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from core.backends.embedded import EmbeddedBackend
 from dermserve.v1 import lesion_classifier_pb2 as pb
-from devtools.health import versions_to_load, wait_until_loaded, wait_until_serving
+from devtools.stack.health import versions_to_load, wait_until_loaded, wait_until_serving
 from tests.conftest import TINY_MODEL_NAME, export_tiny
 from tests.service.conftest import running_server
 

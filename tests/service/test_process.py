@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from devtools.ports import free_ports
+from devtools.stack.ports import free_ports
 from tests.service.conftest import wait_until
 
 START_TIMEOUT_S = 30.0  # seconds; the interpreter and grpc import on two busy cores

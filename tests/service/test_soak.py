@@ -1,5 +1,5 @@
-"""A short soak (devtools/soak.py) on a tiny model and a small batch job: every fault happens and
-heals, the job lists and exports every image exactly once, no unary Classify fails outside the
+"""A short soak (devtools/soak/run.py) on a tiny model and a small batch job: every fault happens
+and heals, the job lists and exports every image exactly once, no unary Classify fails outside the
 front's own restart window, and the report and its plot are written. It asserts what happened,
 never how long anything took (the faults are due at fractions of the run, and each waits for the
 stack to heal from the one before)."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.soak import SCHEDULE, parse_args, soak, write_outputs
+from devtools.soak.run import SCHEDULE, parse_args, soak, write_outputs
 from tests.worker.conftest import write_images
 
 IMAGES = 40

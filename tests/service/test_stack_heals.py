@@ -22,8 +22,8 @@ from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from devtools.launched import LaunchedStack, StackLayout
-from devtools.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
+from devtools.stack.launched import LaunchedStack, StackLayout
+from devtools.stack.supervisor import Child, CrashLoop, RestartPolicy, Supervisor
 from tests.worker.conftest import jpeg_bytes, wait_until, write_images
 
 START_TIMEOUT_S = 300.0  # seconds: two processes import TensorFlow on two busy cores

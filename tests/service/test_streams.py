@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from core.tls import channel_credentials
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from devtools.attack.pki import client_certificate
 from service.classify_stream import STREAM_WINDOW
 from service.logs import TEXT_FORMAT, RequestIdFilter
 from service.settings import SecuritySettings, Settings, StreamSettings
@@ -37,7 +38,6 @@ from tests.service.conftest import (
     server_settings,
     wait_until,
 )
-from tools.attack.pki import client_certificate
 
 TOKENS = [f"tok-{i}" for i in range(10)]
 CALL_TIMEOUT_S = 30.0  # seconds; far longer than any wait below, so a hang fails the test

@@ -329,7 +329,7 @@ def test_comparison_tables_have_one_row_per_version_and_check() -> None:
 
 def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> None:
     from core.model_config import ModelConfig
-    from trainer.ensemble import ensemble_network
+    from trainer.ensemble_network import ensemble_network
     from trainer.export import ServingModule, save_version
     from trainer.network import build_network
     from trainer.served import ServedVersion
@@ -395,8 +395,8 @@ def test_the_trainer_trains_under_jax_and_publishes_under_tensorflow(tmp_path: P
 
 
 def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Path) -> None:
-    from trainer.candidates import main as candidates_main
     from trainer.data import split_by_lesion as split_lesions
+    from trainer.research.candidates import main as candidates_main
     from trainer.settings import TrainSettings
     from trainer.train import train_network
 
@@ -428,7 +428,7 @@ def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Pa
 
 
 def test_prior_correction_and_the_geometric_mean_of_two_models() -> None:
-    from trainer.sklesion import UNKNOWN_METADATA, figures, geometric_mean, prior_corrected
+    from trainer.research.sklesion import UNKNOWN_METADATA, figures, geometric_mean, prior_corrected
 
     priors = np.array([0.5, 0.25, 0.25])
     probabilities = np.array([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]])

@@ -24,7 +24,7 @@ def tiny_sklesion(path: Path) -> Any:
     """sklesion's layout in miniature, saved and loaded back as its model.keras is."""
     import keras
 
-    from trainer.two_origin import SKLESION_FEATURE_MAP, SKLESION_SIZE
+    from trainer.two_origin_network import SKLESION_FEATURE_MAP, SKLESION_SIZE
 
     keras.utils.set_random_seed(3)
     inner = keras.Input((SKLESION_SIZE, SKLESION_SIZE, 3))
@@ -42,7 +42,7 @@ def tiny_sklesion(path: Path) -> Any:
 
 
 def _tiny_version(version_dir: Path) -> tuple[Any, TrainSettings]:
-    from trainer.ensemble import ensemble_network
+    from trainer.ensemble_network import ensemble_network
     from trainer.export import ServingModule, round_weights, save_version
     from trainer.network import build_network
 
@@ -86,11 +86,11 @@ def test_the_two_origin_network_is_the_prior_corrected_geometric_mean_served_and
     from core.model_config import EXPLAIN_SIGNATURE
     from trainer.export import ServingModule, save_version
     from trainer.served import ServedVersion
-    from trainer.two_origin import (
+    from trainer.two_origin import rebuild_version_network
+    from trainer.two_origin_network import (
         NEUTRAL_CONTEXT,
         SKLESION_SIZE,
         Mixing,
-        rebuild_version_network,
         sklesion_branch,
         two_origin_network,
     )

@@ -7,13 +7,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from client.connection import ConnectionSettings
 from core.backends.base import Backend
-from devtools.web_page import launch_chromium
+from devtools.bench.web_page import launch_chromium
 from service.metrics import Metrics
 from service.server import ServiceAdder, create_server
 from service.settings import Settings
@@ -34,8 +35,14 @@ class Web:
 
 
 def web_settings(front_port: int, **changes: object) -> WebSettings:
-    base = WebSettings(listen_address="127.0.0.1:0", target=f"127.0.0.1:{front_port}")
-    return replace(base, **changes)  # type: ignore[arg-type]
+    """The page's settings before a front on `front_port`; `changes` may name connection
+    settings (token, tls_ca, ...) beside the page's own."""
+    names = {item.name for item in fields(ConnectionSettings)}
+    connection = replace(ConnectionSettings(target=f"127.0.0.1:{front_port}"),
+                         **{k: v for k, v in changes.items() if k in names})  # type: ignore[arg-type]
+    base = WebSettings(listen_address="127.0.0.1:0", connection=connection)
+    return replace(base, **{k: v for k, v in changes.items()  # type: ignore[arg-type]
+                            if k not in names})
 
 
 @contextmanager

@@ -1,4 +1,4 @@
-"""The page's HTTP server against hostile clients, over raw sockets (tools/attack/rawhttp.py)
+"""The page's HTTP server against hostile clients, over raw sockets (devtools/attack/rawhttp.py)
 and the real front: framing (an unread body is no second request, Content-Length with
 Transfer-Encoding refused), strict numbers, long ids, the Host allow-list, CSRF, heads held
 open, uploads held or cut short, the bound on uploads in flight, and the security headers and
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from devtools.attack.rawhttp import Answer, connect, exchange, parse, read_all, request
 from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web
 from tests.worker.conftest import wait_until
-from tools.attack.rawhttp import Answer, connect, exchange, parse, read_all, request
 from web.front import FrontClient
 from web.guards import SECURITY_HEADERS
 from web.identity import WebUser

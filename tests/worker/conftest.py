@@ -16,7 +16,7 @@ from PIL import Image
 from batch.jobs import JobService
 from core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
 from core.errors import ModelNotFound
-from devtools.redis import RedisServer
+from devtools.stack.redis import RedisServer
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from worker.runner import WorkerProcess, build_classifier
 from worker.settings import WorkerSettings

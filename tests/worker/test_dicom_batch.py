@@ -16,7 +16,7 @@ from batch.jobs import JobInput, JobService, SubmitRequest
 from batch.records import JobState
 from batch.results import FhirNdjsonExporter, labels_of
 from devtools.dicom_sample import to_bytes
-from service.batch_jobs import image_result, result_message
+from protocol.results import image_result, result_message
 from tests.dicom_files import (
     HAM_IMAGE_NAMES,
     PLANTED,

@@ -19,6 +19,7 @@ import redis
 from core.tls import channel_credentials
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from devtools.attack.pki import client_certificate
 from service.auth import TokenTable
 from service.metrics import Metrics
 from service.server import create_server
@@ -27,7 +28,6 @@ from tests.pki import make_pki
 from tests.service.conftest import reason_of, server_settings
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from tests.worker.test_front import batch_services
-from tools.attack.pki import client_certificate
 from worker.settings import WorkerSettings
 
 TOKENS = """

@@ -17,7 +17,7 @@ import pytest
 
 from batch.jobs import JobInput, JobService, SubmitRequest
 from batch.records import JobState
-from devtools.redis import RedisServer
+from devtools.stack.redis import RedisServer
 from tests.worker.conftest import wait_until, write_images
 from worker.settings import WorkerSettings
 

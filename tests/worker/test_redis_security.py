@@ -20,8 +20,8 @@ from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from batch.queues import SERIALIZER
 from batch.records import JobState
 from batch.store import connect
-from devtools.ports import free_port
-from devtools.redis import redis_binary
+from devtools.stack.ports import free_port
+from devtools.stack.redis import redis_binary
 from tests.pki import Pki, make_pki
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, wait_until
 from worker.settings import WorkerSettings

@@ -16,9 +16,10 @@ import pytest
 from batch.jobs import JobService
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from devtools.redis import RedisServer
+from devtools.stack.redis import RedisServer
+from protocol.wire import REASON_METADATA_KEY
 from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
-from service.status import REASON_METADATA_KEY, ErrorMappingInterceptor
+from service.status import ErrorMappingInterceptor
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from worker.settings import WorkerSettings
 

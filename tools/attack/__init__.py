@@ -1,3 +1,0 @@
-"""dermserve's attack suite: a hostile corpus run against a TLS + token stack on loopback
-(`make attack`; `python -m tools.attack --help`). A development tool, never imported by the
-runtime packages."""
