@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from dermserve.v1 import batch_jobs_pb2 as pb
-from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from google.protobuf.json_format import MessageToDict
 
 from batch.defaults import (
@@ -46,6 +44,8 @@ from batch.references import manifest_paths
 from batch.results import EXPORTERS, ResultExporter, labels_of
 from client.connection import add_connection_arguments, call_metadata, error_entry, open_channel
 from core.numbers import ascii_natural
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
 from protocol.results import image_result
 
 EXPORTERS_BY_NAME: dict[str, ResultExporter] = {

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from dermserve.v1 import lesion_classifier_pb2 as pb
-from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from google.protobuf.json_format import MessageToDict
 
 from cli.batch import add_batch_commands, quiet_on_closed_pipe
 from cli.reading import VersionFacts, reading
 from client.connection import add_connection_arguments, call_metadata, error_entry, open_channel
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 
 Command = Callable[[argparse.Namespace], int]
 RESULT_FORMATS = {"table": pb.RESULT_FORMAT_UNSPECIFIED, "json": pb.RESULT_FORMAT_UNSPECIFIED,

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from dermserve.v1 import batch_jobs_pb2 as pb
-from dermserve.v1 import lesion_classifier_pb2 as lc
-
 from batch.results import ImageError, ImageResult
 from core.prediction import DicomReference
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2 as lc
 
 
 def to_dicom_reference(dicom: DicomReference) -> lc.DicomReference:

@@ -14,13 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import grpc
-from dermserve.v1 import batch_jobs_pb2 as pb
-from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from dermserve.v1 import lesion_classifier_pb2 as lc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
 from batch.records import ALL_IMAGES_FAILED, JobRecord, JobState, Priority
+from dermserve.v1 import batch_jobs_pb2 as pb
+from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.v1 import lesion_classifier_pb2 as lc
 from protocol.results import result_message
 from service.auth import caller_of
 

@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from dermserve.v1 import lesion_classifier_pb2 as pb
-from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 
 from core import fhir
 from core.backends.base import ModelRef, VersionInfo, VersionState
@@ -22,6 +20,8 @@ from core.classifier import Classifier
 from core.errors import DermserveError, InvalidRequest
 from core.explanation import Explanation
 from core.prediction import Abstention, Prediction
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from protocol.results import to_dicom_reference
 from service import defaults
 from service.classify_stream import PendingObserver, StreamDrain, StreamSession

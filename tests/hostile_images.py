@@ -6,14 +6,16 @@ stay a few MB encoded; decoding one at full size costs 160 MB in Pillow, a copy 
 from __future__ import annotations
 
 import io
+import os
 import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
+
+from devtools import proc
 
 LARGE_SIZE = (7744, 5164)  # 39.99 megapixels
 EXIF_ORIENTATION = 0x0112
@@ -68,29 +70,23 @@ def scan_count(data: bytes) -> int:
 
 @dataclass
 class PeakMemory:
-    baseline_kib: int = 0
-    peak_kib: int = 0
+    baseline_bytes: int = 0
+    peak_bytes: int = 0
 
     @property
     def growth_bytes(self) -> int:
-        return (self.peak_kib - self.baseline_kib) * 1024
-
-
-def status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise LookupError(field)
+        return self.peak_bytes - self.baseline_bytes
 
 
 @contextmanager
 def peak_memory() -> Iterator[PeakMemory]:
     """This process's peak resident memory over the block, above what it held at the start
-    (Linux: writing 5 to clear_refs resets the high-water mark to the current RSS)."""
-    Path("/proc/self/clear_refs").write_text("5")
-    meter = PeakMemory(baseline_kib=status_kib("VmRSS"))
+    (devtools/proc.py: the reset makes the current RSS the high-water mark)."""
+    pid = os.getpid()
+    proc.reset_peak(pid)
+    meter = PeakMemory(baseline_bytes=proc.rss_bytes(pid) or 0)
     yield meter
-    meter.peak_kib = status_kib("VmHWM")
+    meter.peak_bytes = proc.peak_bytes(pid) or 0
 
 
 def jpeg_junk_prefix(junk_bytes: int, fill: int = 0x00) -> bytes:

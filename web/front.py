@@ -24,16 +24,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
-from dermserve.v1 import batch_jobs_pb2 as batch_pb
-from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
-from dermserve.v1 import lesion_classifier_pb2 as pb
-from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.connection import call_metadata, error_entry, open_channel
 from core.identity import ON_BEHALF_OF_KEY, ON_BEHALF_ROLE_KEY, OPERATOR_ROLE
+from dermserve.v1 import batch_jobs_pb2 as batch_pb
+from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
+from dermserve.v1 import lesion_classifier_pb2 as pb
+from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from web import defaults
 from web.identity import WebUser
 from web.settings import WebSettings

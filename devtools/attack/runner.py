@@ -100,7 +100,7 @@ def run_suite(workdir: Path, quick: bool, families: Iterable[str] = tuple(FAMILI
 
 
 def pid_alive(pid: int) -> bool:
-    return Path(f"/proc/{pid}/status").exists()
+    return proc.exists(pid)
 
 
 def server_outcomes(stack: Stack) -> dict[str, float]:

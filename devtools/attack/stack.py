@@ -24,6 +24,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.tls import channel_credentials
+from devtools import proc
 from devtools.attack.pki import Pki, client_certificate, make_pki
 from devtools.attack.proxy import PROXY_ADDRESS
 from devtools.stack.health import wait_until_serving
@@ -172,9 +173,7 @@ def wait_stopped(pid: int) -> None:
     """Until every thread of `pid` is in the stopped state ('T' in /proc), or raise."""
     deadline = time.monotonic() + PAUSE_TIMEOUT_S
     while time.monotonic() < deadline:
-        states = [(task / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                  for task in Path(f"/proc/{pid}/task").iterdir()]
-        if all(state in "Tt" for state in states):
+        if proc.all_threads_stopped(pid):
             return
         time.sleep(0.01)  # polls a condition the kernel sets; no timing is assumed
     raise RuntimeError(f"process {pid} did not stop in {PAUSE_TIMEOUT_S} s")

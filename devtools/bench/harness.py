@@ -67,6 +67,7 @@ from core.image.decoding import decode_for_model, decode_image
 from core.image.limits import ImageLimits
 from core.model_config import InputSpec, ModelConfig
 from core.preprocessing import to_model_input
+from devtools import proc
 from devtools.bench import grpc_floor
 from devtools.bench.naive_peer import PATH as PEER_PATH
 from devtools.stack.health import wait_until_ready
@@ -301,41 +302,6 @@ def drive(new_client: Callable[[], Callable[[], object]], concurrency: int, seco
     return pooled([measure(new_client, concurrency, seconds, server)])
 
 
-def stat_cpu_s(stat: Path) -> float | None:
-    """User + system CPU seconds in a /proc `stat` file (a process's or a thread's); None when
-    it cannot be read (not Linux, or the process or thread is gone)."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float | None:
-    """User + system CPU seconds of process `pid` (Linux /proc); None elsewhere."""
-    return stat_cpu_s(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu_s(pid: int) -> dict[str, float]:
-    """User + system CPU seconds of process `pid`'s live threads, summed by thread name (Linux
-    /proc; {} elsewhere): TensorFlow names its pools (tf_Compute), gRPC its event engine, and
-    every Python thread is "python". A thread that ends takes its seconds with it."""
-    spent: dict[str, float] = {}
-    try:
-        threads = list(Path(f"/proc/{pid}/task").iterdir())
-    except OSError:
-        return spent
-    for thread in threads:
-        try:
-            name = (thread / "comm").read_text().strip()
-        except OSError:
-            continue  # the thread ended between the listing and the read
-        seconds = stat_cpu_s(thread / "stat")
-        if seconds is not None:
-            spent[name] = spent.get(name, 0.0) + seconds
-    return spent
-
-
 THREAD_CPU_PREFIX = "cpu_s:"  # counters of one thread name's CPU seconds: "cpu_s:tf_Compute"
 
 
@@ -377,10 +343,10 @@ class ServerProbe:
 
     def counters(self) -> dict[str, float]:
         found = server_totals(self.metrics_port)
-        cpu = process_cpu_s(self.pid)
+        cpu = proc.cpu_s(self.pid)
         if cpu is not None:
             found["cpu_s"] = cpu
-        for name, seconds in thread_cpu_s(self.pid).items():
+        for name, seconds in proc.thread_cpu_s(self.pid).items():
             found[THREAD_CPU_PREFIX + name] = seconds
         return found
 

@@ -12,7 +12,7 @@ buys, in one process on one version (a line of `make bench`). Prints and writes 
                loaded beside the version, then the old one dropped and its memory reclaimed):
                RSS with both loaded and after each unload.
 
-RSS is this process's resident set (/proc/self/statm). TensorFlow keeps buffers and kernels per
+RSS is this process's resident set (devtools/proc.py). TensorFlow keeps buffers and kernels per
 input shape, so without the warm-up the "in use" growth happens while serving instead.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 from collections.abc import Sequence
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from core import defaults
+from devtools import proc
 from devtools.bench.harness import add_target_arguments, find_target, write_report
 
 MIB = 2 ** 20
@@ -37,8 +37,7 @@ MIB = 2 ** 20
 
 def rss_mib() -> float:
     """This process's resident set now, in MiB."""
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize() / MIB
+    return (proc.rss_bytes(os.getpid()) or 0) / MIB
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import grpc
 
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
+from devtools import proc
 
 CALL_TIMEOUT_S = 30.0  # seconds per Classify or ListModels call: far above p99 under this load
 STREAM_IMAGES = 32  # images per ClassifyStream before it is closed and another opened
@@ -163,15 +164,9 @@ class RssSample:
 
 
 def rss_mb(pid: int) -> float | None:
-    """VmRSS of `pid` from /proc, in MB (10^6 bytes); None once it is gone."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024 / 1e6
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+    """The resident set of `pid`, in MB (10^6 bytes); None once it is gone."""
+    rss = proc.rss_bytes(pid)
+    return None if rss is None else rss / 1e6
 
 
 class RssSampler:

@@ -40,6 +40,7 @@ import grpc
 
 from core import defaults as core_defaults
 from core.readiness import read_ready_file
+from devtools import proc
 from devtools.stack.console import Console, PrefixFormatter
 from devtools.stack.health import wait_until_serving
 from devtools.stack.redis import redis_command
@@ -364,20 +365,15 @@ def running_pid(args: argparse.Namespace) -> int | None:
     """The pid of the launcher running from this var dir, if its pid file names a live one."""
     try:
         pid = int(pid_file(args).read_text(encoding="utf-8"))
-        command = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    return pid if b"devtools.stack" in command else None
+    return pid if "devtools.stack" in (proc.command_line(pid) or []) else None
 
 
 def running(pid: int) -> bool:
-    """Whether `pid` is a live process: an exited one its parent has not reaped yet (a zombie,
-    state Z) has stopped too."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    """Whether `pid` is a live process: an exited one its parent has not reaped yet (a zombie)
+    has stopped too."""
+    return proc.is_running(pid)
 
 
 def stop_running(args: argparse.Namespace) -> int:
