@@ -285,7 +285,7 @@ def analysis_json(prediction: Prediction, issued: datetime | None = None,
     """The report first, then its observations, the device and the study (if DICOM), as plain
     JSON objects: what `analysis_resources` validates. The batch export writes these directly:
     validating 11 resources per image with fhir.resources took longer than classifying the
-    image (docs/integration.md); tests/service/test_fhir.py validates every shape they take.
+    image (docs/integration.md); tests/core/test_fhir.py validates every shape they take.
     `seed` names the image (see `resource_ids`); without one the ids are random."""
     when = instant(issued or datetime.now(UTC))
     ids = resource_ids(seed)

@@ -2,7 +2,7 @@
 Redis answers only TLS clients with a password and admits only the front and the workers; the
 front and the workers reach Redis and TF Serving over TLS with secrets mounted from Secrets;
 the front demands client certificates; TF Serving's REST port (Predict included) admits no one
-but the kubelet. tests/worker/test_redis_security.py runs the same redis.conf and ACL for real."""
+but the kubelet. tests/batch/test_redis_security.py runs the same redis.conf and ACL for real."""
 
 from __future__ import annotations
 
