@@ -24,7 +24,7 @@ $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON_VERSION)
+	$(UV) sync --frozen --all-extras --python $(PYTHON_VERSION)
 	touch $@
 
 install: $(VENV)/.installed redis-server chromium  ## create the virtualenv and install Python packages, redis-server and chromium
@@ -37,19 +37,18 @@ redis-server:
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-# Stubs are generated, never committed, and regenerated whenever a .proto changes, so they cannot go stale.
+# Stubs are generated into dermserve/v1/, never committed, and regenerated whenever a .proto changes,
+# so they cannot go stale. dermserve/ itself is a committed package, which the editable install
+# maps whole, so the stubs generated inside it import without a .pth file.
 $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
-	rm -rf dermserve && mkdir -p dermserve/v1
+	rm -rf dermserve/v1 && mkdir -p dermserve/v1
 	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
-	touch dermserve/__init__.py dermserve/v1/__init__.py $@
-	@# The editable install maps only the packages that existed at `uv sync` time, which on a fresh
-	@# clone excludes the generated dermserve/; this .pth lets console scripts (dermserve) import it.
-	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "dermserve-stubs.pth").write_text("$(CURDIR)\n")'
+	touch dermserve/v1/__init__.py $@
 
 proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
-	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests
+	$(VENV)/bin/ruff check dermserve devtools tests
 	$(VENV)/bin/mypy
 	cd protos && ../$(TOOLS)/node_modules/.bin/buf lint
 
@@ -140,19 +139,19 @@ PUBLISH_FLAGS = --model-base $(MODEL_BASE) $(if $(wildcard $(SANITY_DIR)),--sani
 
 train: install  ## the release run: one network per ENSEMBLE_SEEDS (resumable, in $(TRAIN_WORKDIR)-s<seed>), their ensemble evaluated and published into $(MODEL_BASE)
 	@first=$(firstword $(ENSEMBLE_SEEDS)); for seed in $(ENSEMBLE_SEEDS); do \
-	  $(PY) -m trainer --train-only $(DATA_FLAGS) --weights-path $(WEIGHTS) --split-seed 1 --seed $$seed \
+	  $(PY) -m dermserve.trainer --train-only $(DATA_FLAGS) --weights-path $(WEIGHTS) --split-seed 1 --seed $$seed \
 	    --workdir $(TRAIN_WORKDIR)-s$$seed $$( [ $$seed = $$first ] || echo --cache-source $(TRAIN_WORKDIR)-s$$first ) \
 	    $(TRAIN_FLAGS) || exit; done
-	$(PY) -m trainer.ensemble $(foreach seed,$(ENSEMBLE_SEEDS),--member $(TRAIN_WORKDIR)-s$(seed)) \
+	$(PY) -m dermserve.trainer.ensemble $(foreach seed,$(ENSEMBLE_SEEDS),--member $(TRAIN_WORKDIR)-s$(seed)) \
 	  $(DATA_FLAGS) $(PUBLISH_FLAGS) --workdir $(TRAIN_WORKDIR)-ensemble $(TRAIN_FLAGS)
 
 EXTERNAL_OUT ?= $(BENCH_DIR)/external-$$(date -u +%Y%m%dT%H%M%SZ).json
 external-check: install  ## measure every version in $(MODEL_BASE) on both external checks (ISIC 2017, BCN-84), its own test at 3 scales, at 84 px and in the crops rendition, and its CPU cost (JSON + Markdown tables)
-	$(PY) -m trainer.external $(foreach v,$(sort $(wildcard $(MODEL_BASE)/ham10000/[0-9]*)),--version-dir $(v) --name "version $(notdir $(v))") \
+	$(PY) -m dermserve.trainer.external $(foreach v,$(sort $(wildcard $(MODEL_BASE)/ham10000/[0-9]*)),--version-dir $(v) --name "version $(notdir $(v))") \
 	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --bcn-dir $(BCN_DIR) --out $(EXTERNAL_OUT)
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
-	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dermserve/v1 .pytest_cache .mypy_cache .ruff_cache
 
 # Offline-capable command-line tools the checks need, installed from the package registries into .tools/.
 $(TOOLS)/node_modules/.bin/buf:

@@ -1,4 +1,3 @@
 """Developer and operator tools, outside the runtime packages: the local stack (`make run`), the
 redis-server launcher shared by the stack, the benchmarks and the tests, the untrained stand-in
-model exporter, and the benchmarks (`make bench`). Nothing in core/, service/, worker/ or trainer/
-imports from here."""
+model exporter, and the benchmarks (`make bench`). Nothing in dermserve/ imports from here."""

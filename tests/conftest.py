@@ -11,7 +11,7 @@ import pytest
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
 from devtools.stack import ports  # noqa: E402
 
 TINY_MODEL_NAME = "ham10000"
@@ -20,7 +20,7 @@ TINY_INPUT = InputSpec(height=32, width=32, reference_pixels=64 * 48)
 
 def tiny_config(seed: int = 0, min_confidence: float = 0.0) -> ModelConfig:
     """A ModelConfig for the tiny stand-in network (no skill; contract tests only)."""
-    from core.model_config import AbstentionRule
+    from dermserve.core.model_config import AbstentionRule
 
     return ModelConfig(
         labels=tuple(HAM10000_DISPLAY_NAMES),
@@ -34,7 +34,7 @@ def tiny_config(seed: int = 0, min_confidence: float = 0.0) -> ModelConfig:
 
 def export_tiny(base: Path, version: int, seed: int | None = None) -> Path:
     """Export a tiny version `version` of TINY_MODEL_NAME under `base`; returns its directory."""
-    from trainer.export import export_tiny_version
+    from dermserve.trainer.export import export_tiny_version
 
     version_dir = base / TINY_MODEL_NAME / str(version)
     export_tiny_version(version_dir, tiny_config(seed if seed is not None else version),

@@ -29,7 +29,7 @@ EVIDENCE_GAIN = 20.0  # logit per unit of mean channel activation: a patch decid
 def region_network() -> object:
     import keras
 
-    from trainer.network import FEATURES_LAYER
+    from dermserve.trainer.network import FEATURES_LAYER
 
     labels = tiny_config().labels
     inputs = keras.Input((TINY_INPUT.height, TINY_INPUT.width, 3))
@@ -52,7 +52,7 @@ def region_network() -> object:
 
 def export_region_version(base: Path, version: int) -> Path:
     """Export the region network as version `version` of TINY_MODEL_NAME under `base`."""
-    from trainer.export import ServingModule, save_version
+    from dermserve.trainer.export import ServingModule, save_version
 
     config = tiny_config(version)
     version_dir = base / TINY_MODEL_NAME / str(version)

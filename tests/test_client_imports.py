@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SERVER_SIDE = ("service", "worker", "batch.jobs", "batch.store", "batch.queues", "redis", "rq",
-               "tensorflow", "keras")
+SERVER_SIDE = ("dermserve.service", "dermserve.worker", "dermserve.batch.jobs",
+               "dermserve.batch.store", "dermserve.batch.queues", "redis", "rq", "tensorflow",
+               "keras")
 
 
 def loaded_by(module: str) -> set[str]:
@@ -29,7 +30,8 @@ def server_side(modules: set[str]) -> list[str]:
                   if any(name == part or name.startswith(part + ".") for part in SERVER_SIDE))
 
 
-@pytest.mark.parametrize("entry", ["cli.main", "cli.batch", "web.__main__"])
+@pytest.mark.parametrize("entry", ["dermserve.cli.main", "dermserve.cli.batch",
+                                   "dermserve.web.__main__"])
 def test_a_client_loads_nothing_of_the_server_side(entry: str) -> None:
     modules = loaded_by(entry)
     assert entry in modules
@@ -38,4 +40,5 @@ def test_a_client_loads_nothing_of_the_server_side(entry: str) -> None:
 
 def test_the_check_sees_the_server_side() -> None:
     """It can fail: the front's batch servicer pulls in Redis and the batch queue."""
-    assert {"redis", "batch.store"} <= set(server_side(loaded_by("service.batch_jobs")))
+    assert {"redis", "dermserve.batch.store"} <= set(
+        server_side(loaded_by("dermserve.service.batch_jobs")))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.model_config import ModelConfig
-from core.preprocessing import normalise_detail, to_model_input
+from dermserve.core.model_config import ModelConfig
+from dermserve.core.preprocessing import normalise_detail, to_model_input
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
 
 

@@ -13,27 +13,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "dermserve"
+"""The one installed package: its subpackages are the layers below; devtools sits beside it."""
 
 ALLOWED: dict[str, set[str]] = {
     "dermserve": set(),
+    "v1": set(),
     "core": set(),
     "batch": {"core"},
-    "protocol": {"core", "batch", "dermserve"},
-    "client": {"core", "protocol", "dermserve"},
+    "protocol": {"core", "batch", "v1"},
+    "client": {"core", "protocol", "v1"},
     "trainer": {"core"},
     "worker": {"core", "batch"},
-    "service": {"core", "protocol", "batch", "dermserve"},
-    "cli": {"core", "protocol", "client", "batch", "dermserve"},
-    "web": {"core", "protocol", "client", "dermserve"},
+    "service": {"core", "protocol", "batch", "v1"},
+    "cli": {"core", "protocol", "client", "batch", "v1"},
+    "web": {"core", "protocol", "client", "v1"},
     "devtools": {"core", "protocol", "client", "batch", "trainer", "worker", "service", "cli",
-                 "web", "dermserve"},
+                 "web", "v1"},
 }
-"""Package -> the repo packages it may import: the stubs (dermserve) and the transport-free core
-at the bottom; the batch domain on the core; protocol (proto <-> domain) on both; the client
-connection on protocol; the front, the worker and the trainer on what they serve; the CLI and
-the web page on the client side only. Only the checkout's dev tools (devtools) see
+"""Layer -> the layers it may import. The layers are dermserve's subpackages (the namespace's
+own `__init__` is "dermserve") and devtools, which is not installed. The stubs (v1) and the
+transport-free core are at the bottom; the batch domain on the core; protocol (proto <-> domain)
+on both; the client connection on protocol; the front, the worker and the trainer on what they
+serve; the CLI and the web page on the client side only. Only the checkout's dev tools see
 everything."""
-CLIENT_FORBIDDEN = ("batch.jobs", "batch.store", "batch.queues")
+CLIENT_FORBIDDEN = ("dermserve.batch.jobs", "dermserve.batch.store", "dermserve.batch.queues")
 """The Redis side of the batch domain: a client (cli, web, client) reads a job's results and
 manifests with the pure batch modules (records, references, results), never the queue."""
 CORE_FORBIDDEN = {"rq", "redis", "grpc_health", "grpc_reflection", "starlette", "uvicorn",
@@ -43,14 +47,29 @@ libraries (TensorFlow itself is the model runtime the backends load)."""
 NOT_PACKAGES = {"tests", "protos", "deploy", "docs", "models", "bench-results", "var", "build"}
 
 
-def packages() -> list[str]:
+def top_level_packages() -> list[str]:
     """Every top-level Python package of the checkout (a folder with `__init__.py`)."""
     return sorted(path.parent.name for path in ROOT.glob("*/__init__.py")
                   if path.parent.name not in NOT_PACKAGES)
 
 
+def packages() -> list[str]:
+    """The layers: dermserve's subpackages, the namespace itself, and every other top-level
+    package of the checkout (devtools; a second installed namespace would show up here)."""
+    inside = [path.parent.name for path in (ROOT / NAMESPACE).glob("*/__init__.py")]
+    return sorted({*inside, *top_level_packages()})
+
+
+def layer_of(name: str) -> str | None:
+    """The layer of a module name, None for a module from outside the checkout."""
+    first, _, rest = name.partition(".")
+    if first == NAMESPACE:
+        return rest.partition(".")[0] or NAMESPACE
+    return first if first in top_level_packages() else None
+
+
 def modules() -> Iterator[tuple[str, Path]]:
-    for package in packages():
+    for package in top_level_packages():
         for path in sorted((ROOT / package).rglob("*.py")):
             parts = path.relative_to(ROOT).with_suffix("").parts
             if parts[-1] == "__init__":
@@ -82,20 +101,26 @@ def test_every_package_is_known() -> None:
     assert set(packages()) - set(ALLOWED) == set()
 
 
+def test_one_installed_namespace() -> None:
+    """Everything installed is under dermserve/: no generic top-level package (a `core` or a
+    `cli` would collide with other distributions in site-packages); devtools is never installed."""
+    assert top_level_packages() == [NAMESPACE, "devtools"]
+
+
 def layer_violations() -> list[str]:
     found = []
-    known = set(ALLOWED)
     for module, path in modules():
-        own = module.split(".")[0]
+        own = layer_of(module)
+        assert own is not None
         for name in sorted(imported(path, module)):
-            other = name.split(".")[0]
-            if other == own:
+            other = layer_of(name)
+            if other == own or other == NAMESPACE:
                 continue
-            if other in known and other not in ALLOWED[own]:
+            if other is not None and other not in ALLOWED[own]:
                 found.append(f"{module} imports {name} ({own} may not import {other})")
             if own in {"cli", "web", "client", "protocol"} and name.startswith(CLIENT_FORBIDDEN):
                 found.append(f"{module} imports {name}: a client never reaches Redis")
-            if own == "core" and other in CORE_FORBIDDEN:
+            if own == "core" and name.partition(".")[0] in CORE_FORBIDDEN:
                 found.append(f"{module} imports {name}: the core stays transport-free")
     return found
 
@@ -107,9 +132,9 @@ def test_every_package_imports_only_what_it_may() -> None:
 def test_the_layer_check_sees_an_import_inside_a_function(tmp_path: Path) -> None:
     """The check itself works: a function-level import of the front by a client is seen."""
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from service.server import serve\n", encoding="utf-8")
-    assert "service.server" in imported(probe, "cli.probe")
-    assert "service" not in ALLOWED["cli"]
+    probe.write_text("def f():\n    from dermserve.service.server import serve\n", encoding="utf-8")
+    assert "dermserve.service.server" in imported(probe, "dermserve.cli.probe")
+    assert layer_of("dermserve.service.server") not in ALLOWED["cli"]
 
 
 def module_graph(top_level_only: bool = False) -> dict[str, set[str]]:
@@ -170,14 +195,16 @@ def test_the_loop_check_finds_loops(graph: dict[str, set[str]], loops: bool) -> 
 
 def test_the_loop_check_follows_imports_inside_functions(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from core.validation import check\n", encoding="utf-8")
-    assert "core.validation" in imported(probe, "core.probe")
-    assert "core.validation" not in imported(probe, "core.probe", top_level_only=True)
+    probe.write_text("def f():\n    from .image import check\n", encoding="utf-8")
+    assert "dermserve.core.image" in imported(probe, "dermserve.core.probe")
+    assert "dermserve.core.image" not in imported(probe, "dermserve.core.probe",
+                                                  top_level_only=True)
 
 
 def test_the_release_run_imports_no_research_script() -> None:
-    """trainer/research/ is run by hand; the package `dermserve-train` runs never needs it."""
+    """dermserve/trainer/research/ is run by hand; what `dermserve-train` runs never needs it."""
     found = [f"{module} imports {name}" for module, path in modules()
-             if module.startswith("trainer") and not module.startswith("trainer.research")
-             for name in imported(path, module) if name.startswith("trainer.research")]
+             if module.startswith("dermserve.trainer")
+             and not module.startswith("dermserve.trainer.research")
+             for name in imported(path, module) if name.startswith("dermserve.trainer.research")]
     assert found == []

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.embedded import EmbeddedBackend
 from tests.service.conftest import Running, encode, pb, running_server, wait_until
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,19 +1,19 @@
-"""Every entry point builds its settings one way (core/config.py): one declaration gives the
-flag, the variable and the --help line; the front and the worker share the model, backend, image
+"""Every entry point builds its settings one way (dermserve/core/config.py): one declaration gives
+the flag, the variable and the --help line; the front and the worker share the model, backend, image
 and Redis groups, so a variable means the same in both."""
 
 from __future__ import annotations
 
 import pytest
 
-from batch.settings import BatchApiSettings
-from core import config
-from core.settings import ServingSettings
-from service.settings import Settings
-from service.settings import build_parser as front_parser
-from web.settings import WebSettings
-from worker.settings import WorkerSettings, parse_settings
-from worker.settings import build_parser as worker_parser
+from dermserve.batch.settings import BatchApiSettings
+from dermserve.core import config
+from dermserve.core.settings import ServingSettings
+from dermserve.service.settings import Settings
+from dermserve.service.settings import build_parser as front_parser
+from dermserve.web.settings import WebSettings
+from dermserve.worker.settings import WorkerSettings, parse_settings
+from dermserve.worker.settings import build_parser as worker_parser
 
 
 def web_parser(environ: dict[str, str]) -> object:

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.tls import channel_credentials
+from dermserve.core.tls import channel_credentials
 from devtools import proc
 from devtools.attack.pki import Pki, client_certificate, make_pki
 from devtools.attack.proxy import PROXY_ADDRESS
@@ -128,8 +128,8 @@ class Stack:
 
 def export_model(base: Path) -> None:
     """A tiny version 1 (32x32 input, no skill): the attack needs answers, not accuracy."""
-    from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
-    from trainer.export import export_tiny_version
+    from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+    from dermserve.trainer.export import export_tiny_version
 
     config = ModelConfig(labels=tuple(HAM10000_DISPLAY_NAMES),
                          display_names=HAM10000_DISPLAY_NAMES,
@@ -198,7 +198,7 @@ def launch(stack: Stack, models: Path) -> None:
     start(stack, "redis", redis_command(stack.redis_port, w / "redis"))
     batch = {"DERMSERVE_REDIS_URL": redis_url, "DERMSERVE_INPUT_ROOTS": str(stack.input_root),
              "DERMSERVE_BATCH_OUTPUT_DIR": str(w / "results")}
-    start(stack, "front", [sys.executable, "-m", "service",
+    start(stack, "front", [sys.executable, "-m", "dermserve.service",
                            "--listen", f"127.0.0.1:{stack.port}",
                            "--health-listen", f"127.0.0.1:{stack.health_port}",
                            "--metrics-port", str(stack.metrics_port), "--backend", "embedded",
@@ -209,14 +209,14 @@ def launch(stack: Stack, models: Path) -> None:
                            "--auth-tokens-file", str(w / "tokens"),
                            "--grace-period-s", "2", "--log-format", "json"],
           batch | FRONT_MALLOC)
-    start(stack, "worker", [sys.executable, "-m", "worker", "--model-base", str(models),
+    start(stack, "worker", [sys.executable, "-m", "dermserve.worker", "--model-base", str(models),
                             "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
     start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN} | WEB_MALLOC)
 
 
 def web_command(stack: Stack) -> list[str]:
     timeout = str(WEB_HEADER_TIMEOUT_S)
-    return [sys.executable, "-m", "web", "--web-listen", f"127.0.0.1:{stack.web_port}",
+    return [sys.executable, "-m", "dermserve.web", "--web-listen", f"127.0.0.1:{stack.web_port}",
             "--target", stack.target, "--tls-ca", str(stack.pki.ca),
             "--tls-cert", str(stack.pki.client_cert), "--tls-key", str(stack.pki.client_key),
             "--trusted-proxies", f"{PROXY_ADDRESS}/32", "--operator-group", WEB_OPERATOR_GROUP,

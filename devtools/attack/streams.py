@@ -13,6 +13,12 @@ from functools import partial
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from dermserve.service.classify_stream import STREAM_WINDOW
+from dermserve.service.defaults import (
+    DEFAULT_GRPC_WORKERS,
+    DEFAULT_MAX_HEALTH_WATCHES,
+    DEFAULT_MAX_STREAMS_PER_CLIENT,
+)
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from devtools.attack import corpus, proc
@@ -27,12 +33,6 @@ from devtools.attack.calls import (
 )
 from devtools.attack.record import Record
 from devtools.attack.stack import TOKENS, Stack
-from service.classify_stream import STREAM_WINDOW
-from service.defaults import (
-    DEFAULT_GRPC_WORKERS,
-    DEFAULT_MAX_HEALTH_WATCHES,
-    DEFAULT_MAX_STREAMS_PER_CLIENT,
-)
 
 HELD_TIMEOUT_S = 110.0
 """Deadline of a stream the attack holds open: long enough for a family to finish on a loaded

@@ -11,9 +11,9 @@ the raw batch throughput of the same SavedModel measured in the same run. Prints
           bracket the job, and a setup that was lucky once does not set the reference alone.
           The ratio against the best figure of the first sweep alone is reported too.
     job:  a redis-server on a free loopback port, the job submitted through JobService as a
-          folder reference, one worker (the same WorkerProcess as `python -m worker`, in burst
-          mode, on the model already loaded) until the job is SUCCEEDED and its CSV and JSONL
-          exports are written. Timed from submission to the end.
+          folder reference, one worker (the same WorkerProcess as `python -m dermserve.worker`,
+          in burst mode, on the model already loaded) until the job is SUCCEEDED and its CSV and
+          JSONL exports are written. Timed from submission to the end.
 
 Images are HAM10000 JPEGs from --data-dir (repeated to reach --images), or synthetic 600x450
 JPEGs when none are given. The model is the latest version under --model-base; before a model is
@@ -41,20 +41,20 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from batch.jobs import JobInput, JobService, SubmitRequest
-from batch.records import JobState
-from batch.results import ResultStore
-from batch.store import JobStore
-from core.backends.base import Backend, ModelRef
-from core.backends.factory import open_backend
-from core.classifier import Classifier, require_config
-from core.image.decoding import decode_image
-from core.image.limits import ImageLimits
-from core.preprocessing import to_model_input
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.batch.results import ResultStore
+from dermserve.batch.store import JobStore
+from dermserve.core.backends.base import Backend, ModelRef
+from dermserve.core.backends.factory import open_backend
+from dermserve.core.classifier import Classifier, require_config
+from dermserve.core.image.decoding import decode_image
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.preprocessing import to_model_input
+from dermserve.worker.runner import WorkerProcess, wait_for_model
+from dermserve.worker.settings import WorkerSettings
 from devtools.stack.redis import RedisServer
 from devtools.stack.stand_in import export_mobilenet_sized
-from worker.runner import WorkerProcess, wait_for_model
-from worker.settings import WorkerSettings
 
 TARGET_RATIO = 0.85  # issue 13: the job's images/s over the raw best batch throughput
 DISTINCT_IMAGES = 64  # different files behind the 2,000; the OS cache holds them either way

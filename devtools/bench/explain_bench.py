@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from core.backends.version_dirs import scan_versions
+from dermserve.core.backends.version_dirs import scan_versions
 from devtools.bench.harness import add_target_arguments, write_report
 from devtools.stack.health import wait_until_ready
 from devtools.stack.ports import free_port
@@ -39,7 +39,7 @@ CALL_TIMEOUT_S = 60.0  # seconds per call: generous on a loaded machine, never a
 
 
 def start_server(model_base: Path, model_name: str, port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{port}",
+    command = [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{port}",
                "--metrics-port", "0", "--backend", "embedded", "--model-base", str(model_base),
                "--model-name", model_name, "--log-level", "WARNING"]
     return subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})

@@ -22,9 +22,9 @@ from typing import Any
 
 import grpc
 
-from core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.service.defaults import DEFAULT_GRPC_WORKERS
 from dermserve.v1 import lesion_classifier_pb2 as pb
-from service.defaults import DEFAULT_GRPC_WORKERS
 
 WORKERS = DEFAULT_GRPC_WORKERS  # threads, as the front's: the same hand-off per call
 

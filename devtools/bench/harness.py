@@ -12,8 +12,8 @@ Classify over gRPC on loopback, a naive peer, and the ratios between them, all i
 2. decoding, for a matrix of inputs generated from the benchmark image (a 200x150 HAM10000
    image, a 600x450 and a 1024x768 dermatoscope frame, a 4032x3024 phone photo, a 600x450 PNG):
    bytes, and the median cost of validation + decoding + preprocessing at full scale (what
-   dermserve did before) and at reduced scale (`Image.draft`, what it does: core/preprocessing.py
-   `decode_for_model`);
+   dermserve did before) and at reduced scale (`Image.draft`, what it does:
+   dermserve/core/preprocessing.py `decode_for_model`);
 3. Classify: the real server with its default settings (embedded backend + micro-batching;
    `--server-arg=--batch-max-size=N` and the like change them) in a child process, on 127.0.0.1:
    the benchmark image at concurrency 1 and 32 in rounds paired with the raw model (each served
@@ -61,18 +61,18 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from core.backends.savedmodel import FrozenSignature, configure_threads, serving_function
-from core.backends.version_dirs import scan_versions
-from core.image.decoding import decode_for_model, decode_image
-from core.image.limits import ImageLimits
-from core.model_config import InputSpec, ModelConfig
-from core.preprocessing import to_model_input
+from dermserve.core.backends.savedmodel import FrozenSignature, configure_threads, serving_function
+from dermserve.core.backends.version_dirs import scan_versions
+from dermserve.core.image.decoding import decode_for_model, decode_image
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.model_config import InputSpec, ModelConfig
+from dermserve.core.preprocessing import to_model_input
+from dermserve.service.settings import Settings
 from devtools import proc
 from devtools.bench import grpc_floor
 from devtools.bench.naive_peer import PATH as PEER_PATH
 from devtools.stack.health import wait_until_ready
 from devtools.stack.ports import free_port
-from service.settings import Settings
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the issue's targets
 MATRIX_CONCURRENCY = 8  # clients for each matrix input's throughput
@@ -134,7 +134,7 @@ def summary(latencies: Sequence[float]) -> dict[str, float]:
 class RawModel:
     """The model alone: the `serving_default` signature called in this process on the benchmark
     image, decoded and preprocessed once; with `frozen`, its graph as the embedded backend runs
-    it (variables folded into constants: core/backends/savedmodel.py `freeze_serving`)."""
+    it (variables folded into constants: dermserve/core/backends/savedmodel.py `freeze_serving`)."""
 
     def __init__(self, target: Target, config: ModelConfig, frozen: bool = True) -> None:
         import tensorflow as tf
@@ -392,7 +392,7 @@ def served_settings(server_args: Sequence[str]) -> Settings:
 
 def start_server(target: Target, port: int, metrics_port: int,
                  extra_args: Sequence[str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{port}",
+    command = [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{port}",
                "--metrics-port", str(metrics_port), "--backend", "embedded",
                "--model-base", str(target.model_base), "--model-name", target.model_name,
                "--log-level", "WARNING", *extra_args]

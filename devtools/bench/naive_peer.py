@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core.model_config import ModelConfig
+from dermserve.core.model_config import ModelConfig
 
 PATH = "/classify"
 

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.backends.version_dirs import scan_versions
+from dermserve.core.backends.version_dirs import scan_versions
 from devtools.bench import batch_bench
 from devtools.bench.harness import Target, bench_image, running_front, summary
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from core import defaults
+from dermserve.core import defaults
 from devtools import proc
 from devtools.bench.harness import add_target_arguments, find_target, write_report
 
@@ -41,7 +41,7 @@ def rss_mib() -> float:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from core.backends.savedmodel import LoadedVersion
+    from dermserve.core.backends.savedmodel import LoadedVersion
 
     target = find_target(args.model_base, args.model_name, args.version, None)
     report: dict[str, Any] = {"benchmark": "warm_up_by_batch_size",
@@ -83,7 +83,7 @@ def hot_swaps(serving: list[Any], version_dir: Path,
     """`--swaps` hot swaps as the embedded backend makes them: a successor loaded and warmed up
     beside `serving[0]`, then the old one dropped and its memory reclaimed. RSS with both loaded
     and after each unload: what a front keeps from every release it serves."""
-    from core.backends.savedmodel import LoadedVersion, reclaim_memory
+    from dermserve.core.backends.savedmodel import LoadedVersion, reclaim_memory
 
     swaps = []
     for _ in range(args.swaps):

@@ -45,7 +45,7 @@ from playwright.sync_api import (
     sync_playwright,
 )
 
-from core import defaults as core_defaults
+from dermserve.core import defaults as core_defaults
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from devtools.stack.health import wait_until_serving
@@ -110,10 +110,11 @@ def served_page(model_base: Path, model_name: str, images: Path) -> Iterator[Ser
                "DERMSERVE_BATCH_OUTPUT_DIR": str(Path(scratch) / "results")}
         model = ["--model-base", str(model_base), "--model-name", model_name]
         processes = [
-            start(["service", "--listen", f"127.0.0.1:{front_port}", "--metrics-port", "0",
-                   "--backend", "embedded", "--log-level", "WARNING", *model], env),
-            start(["worker", "--worker-metrics-port", "0", *model], env),
-            start(["web", "--web-listen", f"127.0.0.1:{web_port}", "--target",
+            start(["dermserve.service", "--listen", f"127.0.0.1:{front_port}",
+                   "--metrics-port", "0", "--backend", "embedded", "--log-level", "WARNING",
+                   *model], env),
+            start(["dermserve.worker", "--worker-metrics-port", "0", *model], env),
+            start(["dermserve.web", "--web-listen", f"127.0.0.1:{web_port}", "--target",
                    f"127.0.0.1:{front_port}"], env)]
         try:
             with grpc.insecure_channel(f"127.0.0.1:{front_port}") as channel:

@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core import defaults as core_defaults
+from dermserve.core import defaults as core_defaults
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from devtools.soak import job as soak_job
 from devtools.soak.chaos import Chaos, ChaosEvent, versions_on_disk

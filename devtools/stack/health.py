@@ -33,8 +33,8 @@ def wait_until_serving(channel: grpc.Channel, timeout_s: float, died: Callable[[
 def versions_to_load(model_base: Path, model_name: str) -> int:
     """How many versions an embedded front will load from `model_base` (the latest N of those
     its scan finds)."""
-    from core.backends.embedded import DEFAULT_MAX_LOADED_VERSIONS
-    from core.backends.version_dirs import scan_versions
+    from dermserve.core.backends.embedded import DEFAULT_MAX_LOADED_VERSIONS
+    from dermserve.core.backends.version_dirs import scan_versions
 
     return min(len(scan_versions(model_base / model_name) or {}), DEFAULT_MAX_LOADED_VERSIONS)
 

@@ -11,8 +11,8 @@ stops the rest and exits 1 naming the child and its exit codes.
 Before anything starts, every port the stack needs is tried: one that another process holds ends
 the launch at once, naming the port and the flag that moves it. The front binds its port before
 it loads TensorFlow, and the banner is printed only once the front and the worker that this
-launcher started say they are up in their ready files (pid and port, core/readiness.py): another
-process answering the port is never announced. Ctrl-C (or `make stop` from another terminal,
+launcher started say they are up in their ready files (pid and port, dermserve/core/readiness.py):
+another process answering the port is never announced. Ctrl-C (or `make stop` from another terminal,
 through the pid file <var-dir>/run/stack.pid) stops the children in order and ends with one
 "stopped" line.
 
@@ -38,16 +38,16 @@ from types import FrameType
 
 import grpc
 
-from core import defaults as core_defaults
-from core.readiness import read_ready_file
+from dermserve.core import defaults as core_defaults
+from dermserve.core.readiness import read_ready_file
+from dermserve.service import defaults
+from dermserve.web import defaults as web_defaults
+from dermserve.worker import defaults as worker_defaults
 from devtools import proc
 from devtools.stack.console import Console, PrefixFormatter
 from devtools.stack.health import wait_until_serving
 from devtools.stack.redis import redis_command
 from devtools.stack.supervisor import STOP_TIMEOUT_S, Child, CrashLoop, RestartPolicy, Supervisor
-from service import defaults
-from web import defaults as web_defaults
-from worker import defaults as worker_defaults
 
 log = logging.getLogger("dermserve.stack")
 
@@ -113,7 +113,7 @@ def ready_file(args: argparse.Namespace, name: str) -> Path:
 
 def front_child(args: argparse.Namespace, model_base: Path) -> Child:
     # The front hosts BatchJobs, so it shares the worker's Redis, input roots and output dir.
-    return Child("front", [sys.executable, "-m", "service", "--listen", args.listen,
+    return Child("front", [sys.executable, "-m", "dermserve.service", "--listen", args.listen,
                            "--metrics-port", str(args.metrics_port),
                            "--model-base", str(model_base), "--model-name", args.model_name,
                            "--backend", "embedded",
@@ -131,7 +131,7 @@ def worker_child(args: argparse.Namespace, model_base: Path) -> Child:
 
 def web_child(args: argparse.Namespace) -> Child:
     # The page is a client of the front; it answers (not ready) until the front is SERVING.
-    return Child("web", [sys.executable, "-m", "web", "--web-listen", args.web_listen,
+    return Child("web", [sys.executable, "-m", "dermserve.web", "--web-listen", args.web_listen,
                          "--target", args.listen])
 
 
@@ -300,7 +300,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "data and <var-dir>/batch-input)")
     parser.add_argument("--pids-file", type=Path,
                         help="keep {child: pid} of the running children in this JSON file")
-    parser.add_argument("--worker-module", default="worker",
+    parser.add_argument("--worker-module", default="dermserve.worker",
                         help="the worker's module (a test's entry: tests.worker.hold)")
     parser.add_argument("--restart-delay-s", type=float, default=policy.initial_delay_s,
                         help="seconds before restarting a child that exited (doubles per exit)")

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
 
 DEMO_INPUT = InputSpec(height=192, width=192)  # the released model's input size
 DEMO_DESCRIPTION = ("UNTRAINED PLACEHOLDER for demos and smoke tests: a random linear map of "
@@ -31,7 +31,7 @@ def demo_config() -> ModelConfig:
 
 def export(out: Path, model_name: str, version: int = 1) -> Path:
     """Write version `version` under `out/model_name/`, publishing it with a rename."""
-    from trainer.export import export_tiny_version
+    from dermserve.trainer.export import export_tiny_version
 
     model_dir = out / model_name
     final = model_dir / str(version)
@@ -48,8 +48,8 @@ def export_mobilenet_sized(out: Path, model_name: str, version: int = 1,
     """A MobileNetV2 (192x192) with the contract, randomly initialised or on ImageNet `weights`
     when that file exists: the released model's compute without its skill, to benchmark serving
     and batch jobs before the released model exists."""
-    from trainer.export import ServingModule, save_version
-    from trainer.network import build_network
+    from dermserve.trainer.export import ServingModule, save_version
+    from dermserve.trainer.network import build_network
 
     config = demo_config()
     usable = weights if weights is not None and weights.is_file() else None

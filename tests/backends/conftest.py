@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.embedded import EmbeddedBackend
 from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME, export_tiny
 

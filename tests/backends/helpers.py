@@ -12,7 +12,7 @@ from types import TracebackType
 
 import numpy as np
 
-from core.backends.base import Backend, ModelRef
+from dermserve.core.backends.base import Backend, ModelRef
 
 POLL_S = 0.02
 """How often wait_until re-checks its condition."""

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.backends.base import ModelRef, VersionState
-from core.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
-from core.backends.factory import open_backend
-from core.backends.savedmodel import LoadedVersion
-from core.errors import BackendUnavailable, ModelNotFound
-from core.model_config import ModelConfig
-from service.settings import Settings
+from dermserve.core.backends.base import ModelRef, VersionState
+from dermserve.core.backends.embedded import DEFAULT_MISSING_SCANS_TO_UNLOAD, EmbeddedBackend
+from dermserve.core.backends.factory import open_backend
+from dermserve.core.backends.savedmodel import LoadedVersion
+from dermserve.core.errors import BackendUnavailable, ModelNotFound
+from dermserve.core.model_config import ModelConfig
+from dermserve.service.settings import Settings
 from tests.backends.conftest import FAST_POLL_S
 from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME

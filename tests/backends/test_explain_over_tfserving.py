@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 
-from core.backends.base import ModelRef
-from core.backends.embedded import EmbeddedBackend
-from core.backends.tfserving import TFServingBackend
-from core.errors import ExplanationUnsupported
+from dermserve.core.backends.base import ModelRef
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.tfserving import TFServingBackend
+from dermserve.core.errors import ExplanationUnsupported
 from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME, tiny_config
 from tests.explain_models import RED, export_region_version, hottest_quadrant, patched_png
@@ -24,7 +24,7 @@ from tests.service.conftest import pb, reason_of, running_server
 
 @pytest.fixture(scope="module")
 def explain_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.export import export_tiny_version
+    from dermserve.trainer.export import export_tiny_version
 
     base = tmp_path_factory.mktemp("explain-tfserving")
     export_tiny_version(base / TINY_MODEL_NAME / "1", tiny_config(1), seed=1, explain=False)

@@ -1,7 +1,7 @@
 """The embedded backend serves each version's graph with its variables folded into constants
-(core/backends/savedmodel.py `freeze_serving`): the same answers as the signature, a setting to
-serve the variables as they are, and the signature itself whenever freezing fails or changes an
-answer."""
+(dermserve/core/backends/savedmodel.py `freeze_serving`): the same answers as the signature, a
+setting to serve the variables as they are, and the signature itself whenever freezing fails or
+changes an answer."""
 
 from __future__ import annotations
 
@@ -12,17 +12,17 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.backends.base import ModelRef
-from core.backends.embedded import EmbeddedBackend
-from core.backends.factory import open_backend
-from core.backends.savedmodel import (
+from dermserve.core.backends.base import ModelRef
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.factory import open_backend
+from dermserve.core.backends.savedmodel import (
     FrozenSignature,
     LoadedVersion,
     check_same_answers,
     freeze_serving,
 )
-from core.model_config import OOD_OUTPUT, PROBABILITIES_OUTPUT
-from service.settings import Settings
+from dermserve.core.model_config import OOD_OUTPUT, PROBABILITIES_OUTPUT
+from dermserve.service.settings import Settings
 from tests.backends.test_embedded import images
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 
@@ -55,7 +55,7 @@ def test_a_signature_that_cannot_be_frozen_is_served_as_it_is(
     def signature(**inputs: Any) -> dict[str, Any]:  # no input signature to trace
         raise AssertionError("freezing must not call it")
 
-    with caplog.at_level(logging.WARNING, logger="core.backends.savedmodel"):
+    with caplog.at_level(logging.WARNING, logger="dermserve.core.backends.savedmodel"):
         assert freeze_serving(signature, tiny_config()) is signature
     assert "cannot freeze its graph" in caplog.text
 

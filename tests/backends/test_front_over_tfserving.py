@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from core.backends.tfserving import TFServingBackend
+from dermserve.core.backends.tfserving import TFServingBackend
 from tests.backends.helpers import wait_until
 from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.backends.base import ModelRef, VersionState
-from core.backends.embedded import EmbeddedBackend
-from core.backends.tfserving import TFServingBackend
-from core.errors import (
+from dermserve.core.backends.base import ModelRef, VersionState
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.tfserving import TFServingBackend
+from dermserve.core.errors import (
     BackendTimeout,
     BackendUnavailable,
     InvalidRequest,
@@ -190,7 +190,7 @@ def test_server_without_versions_is_unavailable(tmp_path: Path,
 def test_a_version_load_error_reaches_clients_as_its_code_only() -> None:
     from tensorflow_serving.apis import get_model_status_pb2
 
-    from core.backends.tfserving import public_status_error
+    from dermserve.core.backends.tfserving import public_status_error
 
     status = get_model_status_pb2.ModelVersionStatus().status
     assert public_status_error(status) == ""

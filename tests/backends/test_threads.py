@@ -1,6 +1,6 @@
-"""The embedded backend sizes TensorFlow's thread pools from the settings (core/defaults.py says
-why one thread per op): in a fresh process the sizes take; once TensorFlow has run an op they are
-fixed, and a backend opened later logs that instead of failing."""
+"""The embedded backend sizes TensorFlow's thread pools from the settings
+(dermserve/core/defaults.py says why one thread per op): in a fresh process the sizes take; once
+TensorFlow has run an op they are fixed, and a backend opened later logs that instead of failing."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from core.backends.savedmodel import configure_threads
+from dermserve.core.backends.savedmodel import configure_threads
 
 OPEN_A_FRONT_BACKEND = """
 import sys
 import tensorflow as tf
-from core.backends.factory import open_backend
-from service.settings import Settings
+from dermserve.core.backends.factory import open_backend
+from dermserve.service.settings import Settings
 
 settings = Settings.from_sources(sys.argv[1:], {})
 backend = open_backend(settings)
@@ -44,7 +44,7 @@ def test_sizes_asked_once_tensorflow_has_started_are_logged_and_change_nothing(
     tf.constant(1) + 1
     running = (tf.config.threading.get_intra_op_parallelism_threads(),
                tf.config.threading.get_inter_op_parallelism_threads())
-    with caplog.at_level(logging.WARNING, logger="core.backends.savedmodel"):
+    with caplog.at_level(logging.WARNING, logger="dermserve.core.backends.savedmodel"):
         configure_threads(*running)  # the same sizes again: nothing to say
         assert not caplog.records
         configure_threads(running[0] + 1, running[1] + 1)

@@ -41,11 +41,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from core.backends.base import ModelRef
-from core.backends.embedded import EmbeddedBackend
-from core.backends.tensor_protos import make_ndarray, make_tensor
-from core.backends.version_dirs import UNKNOWN_LABEL_REASON
-from core.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
+from dermserve.core.backends.base import ModelRef
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.tensor_protos import make_ndarray, make_tensor
+from dermserve.core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from dermserve.core.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
 
 SERVER_WORKERS = 8
 """Threads answering RPCs: enough for the concurrency the tests drive."""

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from batch.records import JobState
-from core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
-from core.identity import ANONYMOUS
+from dermserve.batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.core.errors import BackendUnavailable, FailedPrecondition, JobNotFound
+from dermserve.core.identity import ANONYMOUS
+from dermserve.worker.settings import WorkerSettings
 from tests.worker.conftest import (
     FakeBackend,
     jpeg_bytes,
@@ -20,7 +21,6 @@ from tests.worker.conftest import (
     wait_until,
     write_images,
 )
-from worker.settings import WorkerSettings
 
 
 def submit_dir(jobs: JobService, directory: Path, **kwargs: object) -> str:
@@ -104,8 +104,8 @@ def test_resubmission_with_the_same_client_job_id_returns_the_first_job(
 
 def test_the_client_job_id_a_user_chose_names_the_job_too(
         jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
-    from core.errors import InvalidRequest
-    from core.identity import Caller
+    from dermserve.core.errors import InvalidRequest
+    from dermserve.core.identity import Caller
 
     write_images(input_root / "a", 3)
     alice, bob = Caller("token:alice"), Caller("token:bob")
@@ -215,7 +215,7 @@ def test_finished_job_keys_all_expire(
 
 def test_a_chunk_that_always_fails_gives_up_after_its_attempts(
         jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
-    from worker.reaper import Reaper
+    from dermserve.worker.reaper import Reaper
 
     write_images(input_root / "poison", 5)  # chunks of 4 and 1
     job_id = submit_dir(jobs, input_root / "poison")
@@ -244,7 +244,7 @@ def test_a_chunk_that_always_fails_gives_up_after_its_attempts(
 
 def test_chunks_whose_queue_entries_were_lost_are_queued_again(
         jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
-    from worker.reaper import Reaper
+    from dermserve.worker.reaper import Reaper
 
     write_images(input_root / "lost", 9)
     job_id = submit_dir(jobs, input_root / "lost")
@@ -281,7 +281,7 @@ def test_metrics_count_images_chunks_and_jobs(
 
 def test_a_chunk_whose_inputs_vanished_fails_the_job_instead_of_looping(
         jobs: JobService, settings: WorkerSettings, input_root: Path) -> None:
-    from worker.reaper import Reaper
+    from dermserve.worker.reaper import Reaper
 
     write_images(input_root / "gone", 2)
     job_id = submit_dir(jobs, input_root / "gone")

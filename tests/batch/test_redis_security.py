@@ -16,15 +16,15 @@ import pytest
 import redis
 from rq import Queue
 
-from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from batch.queues import SERIALIZER
-from batch.records import JobState
-from batch.store import connect
+from dermserve.batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from dermserve.batch.queues import SERIALIZER
+from dermserve.batch.records import JobState
+from dermserve.batch.store import connect
+from dermserve.worker.settings import WorkerSettings
 from devtools.stack.ports import free_port
 from devtools.stack.redis import redis_binary
 from tests.pki import Pki, make_pki
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, wait_until
-from worker.settings import WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_CONF = ROOT / "deploy" / "base" / "redis" / "redis.conf"

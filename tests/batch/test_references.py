@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from batch.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
-from core.errors import InvalidRequest, ResourceExhausted
+from dermserve.batch.references import ImageRef, InputRoots, manifest_paths, open_checked, printable
+from dermserve.core.errors import InvalidRequest, ResourceExhausted
 from tests.worker.conftest import write_images
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from dermserve.cli.main import main
 from tests.service.conftest import Running, good_jpeg
 
 

@@ -1,7 +1,7 @@
-"""How `dermserve classify` reads for a clinician (cli/reading.py), against the real server over
-a FakeBackend whose version records thresholds: the headlines, the low-confidence and borderline
-cues, the OOD score against its threshold and the melanoma operating-point line; and the same
-table read in a real terminal (tmux), as a new user would see it."""
+"""How `dermserve classify` reads for a clinician (dermserve/cli/reading.py), against the real
+server over a FakeBackend whose version records thresholds: the headlines, the low-confidence and
+borderline cues, the OOD score against its threshold and the melanoma operating-point line; and the
+same table read in a real terminal (tmux), as a new user would see it."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.main import main
-from cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
-from core.model_config import AbstentionRule
+from dermserve.cli.main import main
+from dermserve.cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
+from dermserve.core.model_config import AbstentionRule
 from tests.service.conftest import (
     Running,
     ThresholdBackend,
@@ -85,8 +85,8 @@ def test_the_table_reads_in_a_real_terminal(borderline_server: Running, tmp_path
     image.write_bytes(good_jpeg())
     done = tmp_path / "done"
     session = f"dermserve-cli-{borderline_server.port}"
-    command = (f"{sys.executable} -m cli classify --target 127.0.0.1:{borderline_server.port} "
-               f"{image}; touch {done}")
+    command = (f"{sys.executable} -m dermserve.cli classify "
+               f"--target 127.0.0.1:{borderline_server.port} {image}; touch {done}")
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "40",
                     command + "; sleep 600"], check=True)
     try:

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from core.backends.base import ModelRef
-from core.batching import MicroBatcher
-from core.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
+from dermserve.core.backends.base import ModelRef
+from dermserve.core.batching import MicroBatcher
+from dermserve.core.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
 from tests.service.conftest import FakeBackend, good_jpeg, pb, running_server, server_settings
 
 REF = ModelRef("ham10000", version=2)

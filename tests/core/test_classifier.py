@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.backends.base import BatchOutput, ExplainOutput, ModelRef
-from core.classifier import Classifier
-from core.errors import BackendUnavailable, InvalidImage, ModelNotFound
-from core.image.limits import ImageLimits
-from core.prediction import Prediction
+from dermserve.core.backends.base import BatchOutput, ExplainOutput, ModelRef
+from dermserve.core.classifier import Classifier
+from dermserve.core.errors import BackendUnavailable, InvalidImage, ModelNotFound
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.prediction import Prediction
 from tests.service.conftest import FakeBackend, good_jpeg
 
 
@@ -97,8 +97,8 @@ def test_confidence_floor_makes_the_classifier_abstain() -> None:
 
 
 def test_pixel_budget_bounds_decoding_in_flight() -> None:
-    from core.errors import ResourceExhausted
-    from core.image.decoding import PixelBudget
+    from dermserve.core.errors import ResourceExhausted
+    from dermserve.core.image.decoding import PixelBudget
 
     budget = PixelBudget(max_pixels=50_000)
     cautious = Classifier(FakeBackend(), "ham10000", ImageLimits(), decode_budget=budget)

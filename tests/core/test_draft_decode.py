@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.classifier import Classifier, Deadline
-from core.image.decoding import decode_for_model, decode_image, draft_for_input
-from core.image.limits import ImageLimits
-from core.image.opening import open_image
-from core.model_config import InputSpec
-from core.preprocessing import detail_size, to_model_input
+from dermserve.core.classifier import Classifier, Deadline
+from dermserve.core.image.decoding import decode_for_model, decode_image, draft_for_input
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.image.opening import open_image
+from dermserve.core.model_config import InputSpec
+from dermserve.core.preprocessing import detail_size, to_model_input
 from tests.service.conftest import FakeBackend
 
 RELEASED_INPUT = InputSpec(height=192, width=192, reference_pixels=200 * 150)

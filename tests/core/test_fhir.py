@@ -1,5 +1,5 @@
-"""The FHIR output (core/fhir.py): every resource validates with its fhir.resources R4B model,
-a Bundle survives a JSON round trip, its references resolve, and the codes follow the mapping
+"""The FHIR output (dermserve/core/fhir.py): every resource validates with its fhir.resources R4B
+model, a Bundle survives a JSON round trip, its references resolve, and the codes follow the mapping
 documented in docs/integration.md."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
-from core import fhir
-from core.model_config import HAM10000_DISPLAY_NAMES
-from core.prediction import Abstention, DicomReference, LabelProbability, Prediction
+from dermserve.core import fhir
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.core.prediction import Abstention, DicomReference, LabelProbability, Prediction
 
 ISSUED = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
 DICOM = DicomReference("1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.2",

@@ -17,13 +17,13 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from core import config
-from core import defaults as core_defaults
-from service import settings as service_settings
+from dermserve.core import config
+from dermserve.core import defaults as core_defaults
+from dermserve.service import settings as service_settings
+from dermserve.trainer import cli as trainer_cli
+from dermserve.trainer import settings as trainer_settings
+from dermserve.worker import settings as worker_settings
 from tests.deploy.conftest import DEPLOY, Rendered
-from trainer import cli as trainer_cli
-from trainer import settings as trainer_settings
-from worker import settings as worker_settings
 
 ENV_PREFIX = "DERMSERVE_"
 
@@ -121,7 +121,7 @@ def test_server_probes_reach_a_plaintext_health_port(rendered: Rendered) -> None
     assert settings.security.tls_enabled
     server_namespace(rendered)  # fails while --health-listen is unknown
     health_listen = settings.health_listen_address
-    assert health_listen, "TLS is on and service/settings.py has no plaintext health port"
+    assert health_listen, "TLS is on and dermserve/service/settings.py has no plaintext health port"
     _, health_port = host_port(health_listen)
     assert health_port != host_port(settings.listen_address)[1]
     assert health_port == container_port(main, "health")

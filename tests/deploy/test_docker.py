@@ -45,15 +45,32 @@ def test_bases_are_pinned() -> None:
         assert re.fullmatch(r"[\w./-]+:\d+\.\d+[\w.-]*(@sha256:[0-9a-f]{64})?", base), (name, base)
 
 
-def test_install_is_locked_and_stubs_are_generated() -> None:
-    build = " ".join(a for i, a in stages()["build"] if i == "RUN")
-    assert "uv sync --frozen --no-dev" in build
-    assert "grpc_tools.protoc -Iprotos" in build and "protos/dermserve/v1/*.proto" in build
-    copied = {a.split()[0].rstrip("/") for i, a in stages()["build"] if i == "COPY"}
+def runs(stage: str) -> str:
+    return " ".join(a for i, a in stages()[stage] if i == "RUN")
+
+
+def test_stubs_are_generated_from_the_build_group_alone() -> None:
+    stubs = runs("stubs")
+    assert "uv sync --frozen --no-default-groups --group build --no-install-project" in stubs
+    assert "grpc_tools.protoc -Iprotos" in stubs and "protos/dermserve/v1/*.proto" in stubs
+
+
+def test_each_target_installs_its_extra_only_and_the_package_with_its_stubs() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for target in TARGETS:
+        build = runs(f"build-{target}")
+        assert f"uv sync --frozen --no-default-groups --extra {target} --no-editable" in build
+        assert set(re.findall(r"--extra (\S+)", build)) == {target}, target
+        assert "--group" not in build and "--all-extras" not in build
+        copies = [a for i, a in stages()[f"build-{target}"] if i == "COPY"]
+        assert "dermserve/ dermserve/" in copies
+        assert "--from=stubs /app/dermserve/v1/ dermserve/v1/" in copies
+        assert f"--from=build-{target} /app/.venv /app/.venv" in [
+            a for i, a in stages()[target] if i == "COPY"]
+        assert target in extras
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for include in packages["packages"]["find"]["include"]:
-        name = include.rstrip("*")
-        assert name in copied or name == "dermserve", f"{name} is not copied into the image"
+    assert packages["packages"]["find"]["include"] == ["dermserve*"]
 
 
 def test_dev_tooling_ships_in_neither_the_wheel_nor_the_images() -> None:
@@ -89,7 +106,8 @@ def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered
 
 def test_dockerignore_keeps_models_and_secrets_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "models", "deploy", "dermserve"} <= ignored
+    assert {".git", ".venv", "models", "deploy", "dermserve/v1"} <= ignored
+    assert "dermserve" not in ignored  # the package itself is the image's source
 
 
 def test_the_attack_suite_runs_front_and_page_with_their_images_malloc_settings() -> None:

@@ -10,6 +10,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+from dermserve.worker import settings as worker_settings
 from tests.deploy.conftest import DEPLOY, Rendered
 from tests.deploy.test_contract import (
     container,
@@ -18,7 +19,6 @@ from tests.deploy.test_contract import (
     tfserving_flags,
     worker_config,
 )
-from worker import settings as worker_settings
 
 REDIS_PORT = 6379
 TFSERVING_GRPC_PORT = 8500

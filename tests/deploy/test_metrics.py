@@ -14,9 +14,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from service.metrics import Metrics
+from dermserve.service.metrics import Metrics
+from dermserve.worker.metrics import BatchStateCollector, WorkerMetrics
 from tests.deploy.conftest import DEPLOY
-from worker.metrics import BatchStateCollector, WorkerMetrics
 
 RULES = DEPLOY / "prometheus" / "dermserve-rules.yaml"
 DASHBOARD = DEPLOY / "grafana" / "dermserve.json"

@@ -1,7 +1,7 @@
 """The web page's manifests agree with its code and with the design: its flags parse with
-web/settings.py's parser, its probes reach the routes web/server.py serves, its credentials come
-from a Secret, it may reach only the front's gRPC port (and DNS), only the Ingress controller may
-reach it, and the example Ingress routes to its Service."""
+dermserve/web/settings.py's parser, its probes reach the routes dermserve/web/server.py serves, its
+credentials come from a Secret, it may reach only the front's gRPC port (and DNS), only the Ingress
+controller may reach it, and the example Ingress routes to its Service."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from client.connection import ConnectionSettings
-from core import config
-from service.auth import TokenTable
+from dermserve.client.connection import ConnectionSettings
+from dermserve.core import config
+from dermserve.service.auth import TokenTable
+from dermserve.web.front import FrontClient
+from dermserve.web.server import create_web_server
+from dermserve.web.settings import WebSettings
 from tests.deploy.conftest import Rendered
 from tests.deploy.test_contract import container, container_port, host_port, parse_or_fail
 from tests.deploy.test_hardening import assert_secret_file, selects
-from web.front import FrontClient
-from web.server import create_web_server
-from web.settings import WebSettings
 
 WEB = {"app.kubernetes.io/name": "dermserve", "app.kubernetes.io/component": "web"}
 SERVER = {"app.kubernetes.io/name": "dermserve", "app.kubernetes.io/component": "server"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from devtools.bench import grpc_floor
 from devtools.bench import harness as bench

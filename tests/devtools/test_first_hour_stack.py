@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from core.readiness import write_ready_file
+from dermserve.core.readiness import write_ready_file
 from devtools.stack.console import Console
 from devtools.stack.launched import LaunchedStack, StackLayout
 from devtools.stack.launcher import child_is_up, running

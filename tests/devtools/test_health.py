@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.embedded import EmbeddedBackend
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from devtools.stack.health import versions_to_load, wait_until_loaded, wait_until_serving
 from tests.conftest import TINY_MODEL_NAME, export_tiny

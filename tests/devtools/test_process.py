@@ -1,5 +1,5 @@
-"""`python -m service` as a process: flags and environment, the metrics endpoint, JSON logs, and
-a graceful exit on SIGTERM. An empty model base keeps TensorFlow out of it (fast)."""
+"""`python -m dermserve.service` as a process: flags and environment, the metrics endpoint, JSON
+logs, and a graceful exit on SIGTERM. An empty model base keeps TensorFlow out of it (fast)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_server_process_reports_health_metrics_and_stops_on_sigterm(tmp_path: Pa
     env = {**os.environ, "DERMSERVE_LOG_FORMAT": "json",
            "DERMSERVE_METRICS_PORT": str(metrics_port), "DERMSERVE_HEALTH_INTERVAL_S": "0.2"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{grpc_port}",
+        [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{grpc_port}",
          "--model-base", str(tmp_path / "empty"), "--grace-period-s", "2"],
         env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -73,7 +73,7 @@ def test_a_taken_port_ends_the_front_before_the_model_loads(model_base: Path) ->
         holder.listen()
         port = holder.getsockname()[1]
         process = subprocess.run(
-            [sys.executable, "-m", "service", "--listen", f"127.0.0.1:{port}",
+            [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{port}",
              "--metrics-port", "0", "--model-base", str(model_base), "--model-name", "ham10000"],
             capture_output=True, text=True, timeout=120)
     assert process.returncode == 2

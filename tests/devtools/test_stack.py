@@ -33,12 +33,12 @@ def test_the_placeholder_is_served_loudly_otherwise(tmp_path: Path,
 
 
 def test_the_stack_starts_the_web_page_as_a_client_of_its_front() -> None:
+    from dermserve.web.settings import WebSettings
     from devtools.stack.launcher import web_child
-    from web.settings import WebSettings
 
     process = web_child(argparse.Namespace(listen="127.0.0.1:50051",
                                            web_listen="127.0.0.1:8080"))
-    assert process.command[1:3] == ["-m", "web"]
+    assert process.command[1:3] == ["-m", "dermserve.web"]
     settings = WebSettings.from_sources(process.command[3:], {})
     assert (settings.listen_address, settings.connection.target) == ("127.0.0.1:8080",
                                                                    "127.0.0.1:50051")

@@ -17,7 +17,7 @@ import grpc
 import pytest
 import redis
 
-from batch import defaults
+from dermserve.batch import defaults
 from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from dermserve.v1 import lesion_classifier_pb2 as pb

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from batch.references import InputRoots, manifest_paths
-from core.errors import DermserveError, InternalError
-from core.image.decoding import decode_image
-from core.image.limits import ImageLimits
+from dermserve.batch.references import InputRoots, manifest_paths
+from dermserve.core.errors import DermserveError, InternalError
+from dermserve.core.image.decoding import decode_image
+from dermserve.core.image.limits import ImageLimits
 from devtools.dicom_sample import VARIANTS, photograph_dataset, to_bytes
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))

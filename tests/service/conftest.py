@@ -15,14 +15,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
-from core.errors import BackendUnavailable, ModelNotFound
-from core.model_config import HAM10000_DISPLAY_NAMES, AbstentionRule, InputSpec, ModelConfig
+from dermserve.core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
+from dermserve.core.errors import BackendUnavailable, ModelNotFound
+from dermserve.core.model_config import (
+    HAM10000_DISPLAY_NAMES,
+    AbstentionRule,
+    InputSpec,
+    ModelConfig,
+)
+from dermserve.service.metrics import Metrics
+from dermserve.service.server import FrontServer, create_server
+from dermserve.service.settings import Settings
 from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from service.metrics import Metrics
-from service.server import FrontServer, create_server
-from service.settings import Settings
 
 FAKE_INPUT = InputSpec(height=16, width=16, reference_pixels=64 * 64)
 WAIT_S = 5.0  # seconds any test waits for a state change, at most

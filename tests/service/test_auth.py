@@ -11,10 +11,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from core.tls import channel_credentials
+from dermserve.core.tls import channel_credentials
+from dermserve.service.auth import FileWatch, TokenTable
+from dermserve.service.settings import SecuritySettings
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
-from service.auth import FileWatch, TokenTable
-from service.settings import SecuritySettings
 from tests.pki import Pki, make_pki
 from tests.service.conftest import (
     FakeBackend,

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backends.base import ModelRef
-from core.backends.embedded import EmbeddedBackend
-from core.classifier import Classifier
-from core.defaults import DEFAULT_DECODE_PIXEL_BUDGET, DEFAULT_MAX_JPEG_SCANS
-from core.errors import BackendTimeout, InvalidImage
-from core.image.decoding import PixelBudget, decode_image, decode_rgb
-from core.image.limits import ImageLimits
-from core.image.opening import open_image
-from core.preprocessing import detail_size, to_model_input
+from dermserve.core.backends.base import ModelRef
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.classifier import Classifier
+from dermserve.core.defaults import DEFAULT_DECODE_PIXEL_BUDGET, DEFAULT_MAX_JPEG_SCANS
+from dermserve.core.errors import BackendTimeout, InvalidImage
+from dermserve.core.image.decoding import PixelBudget, decode_image, decode_rgb
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.image.opening import open_image
+from dermserve.core.preprocessing import detail_size, to_model_input
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
 from tests.hostile_images import (
     EXIF_ORIENTATION,

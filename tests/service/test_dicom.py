@@ -1,5 +1,5 @@
-"""DICOM input (core/image/dicom.py): real HAM10000 images wrapped as DICOM by pydicom and pydicom's
-bundled files from other toolkits, through the core decode and over the real server."""
+"""DICOM input (dermserve/core/image/dicom.py): real HAM10000 images wrapped as DICOM by pydicom and
+pydicom's bundled files from other toolkits, through the core decode and over the real server."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage
 
-from cli.main import main
-from core.errors import BackendTimeout, InvalidImage
-from core.image.decoding import decode_image
-from core.image.limits import ImageLimits
-from core.image.opening import open_image
+from dermserve.cli.main import main
+from dermserve.core.errors import BackendTimeout, InvalidImage
+from dermserve.core.image.decoding import decode_image
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.image.opening import open_image
 from devtools.dicom_sample import VARIANTS, to_bytes
 from tests.dicom_files import (
     PLANTED,

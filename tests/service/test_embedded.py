@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from core.backends.embedded import EmbeddedBackend
-from core.batching import MicroBatcher
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.batching import MicroBatcher
 from tests.conftest import TINY_MODEL_NAME
 from tests.service.conftest import Running, good_jpeg, pb, running_server, wait_until
 

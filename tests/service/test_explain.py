@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.backends.embedded import EmbeddedBackend
-from core.batching import MicroBatcher
-from core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.batching import MicroBatcher
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES
+from dermserve.service.settings import SecuritySettings
 from devtools.dicom_sample import photograph_dataset, to_bytes
-from service.settings import SecuritySettings
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME, tiny_config
 from tests.explain_models import (
     GREEN,
@@ -34,7 +34,7 @@ QUADRANTS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 @pytest.fixture(scope="module")
 def explain_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from trainer.export import export_tiny_version
+    from dermserve.trainer.export import export_tiny_version
 
     base = tmp_path_factory.mktemp("explain-models")
     export_tiny_version(base / TINY_MODEL_NAME / "1", tiny_config(1), seed=1, explain=False)
@@ -184,7 +184,7 @@ def test_explain_needs_a_token_like_classify(backend: MicroBatcher, tmp_path: Pa
 
 def test_the_cli_writes_the_overlay_and_prints_the_probabilities(
         server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.main import main
+    from dermserve.cli.main import main
 
     image, overlay = tmp_path / "lesion.png", tmp_path / "overlay.png"
     image.write_bytes(patched_png((RED, "top-left"), (GREEN, "bottom-right")))
@@ -203,7 +203,7 @@ def test_the_cli_writes_the_overlay_and_prints_the_probabilities(
 
 def test_the_cli_reports_an_unknown_label(server: Running, tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.main import main
+    from dermserve.cli.main import main
 
     image = tmp_path / "lesion.png"
     image.write_bytes(patched_png((RED, "top-left")))

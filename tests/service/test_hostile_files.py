@@ -12,13 +12,13 @@ import warnings
 import grpc
 import pytest
 
-from core.classifier import Classifier
-from core.errors import InvalidImage, ResourceExhausted
-from core.image.decoding import PixelBudget, decode_image
-from core.image.dicom_scan import DEADLINE_EVERY, check_structure
-from core.image.jpeg_scan import junk_before_scan
-from core.image.limits import ImageLimits
-from core.image.opening import DEADLINE_CHECK_BYTES
+from dermserve.core.classifier import Classifier
+from dermserve.core.errors import InvalidImage, ResourceExhausted
+from dermserve.core.image.decoding import PixelBudget, decode_image
+from dermserve.core.image.dicom_scan import DEADLINE_EVERY, check_structure
+from dermserve.core.image.jpeg_scan import junk_before_scan
+from dermserve.core.image.limits import ImageLimits
+from dermserve.core.image.opening import DEADLINE_CHECK_BYTES
 from devtools.dicom_sample import to_bytes
 from tests.dicom_files import (
     PLANTED,

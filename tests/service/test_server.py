@@ -230,9 +230,9 @@ def test_abstention_is_reported_and_counted(fake_backend: FakeBackend) -> None:
 
 def test_extra_services_share_health_reflection_and_error_mapping(
         fake_backend: FakeBackend) -> None:
-    from core.errors import JobNotFound
-    from service.metrics import Metrics
-    from service.server import create_server
+    from dermserve.core.errors import JobNotFound
+    from dermserve.service.metrics import Metrics
+    from dermserve.service.server import create_server
     from tests.service.conftest import server_settings
 
     def missing_job(request: bytes, context: grpc.ServicerContext) -> bytes:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from core import defaults as core_defaults
-from service.settings import Settings
+from dermserve.core import defaults as core_defaults
+from dermserve.service.settings import Settings
 
 
 def test_defaults_are_loopback_and_off() -> None:

@@ -18,13 +18,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from core.tls import channel_credentials
+from dermserve.core.tls import channel_credentials
+from dermserve.service.classify_stream import STREAM_WINDOW
+from dermserve.service.logs import TEXT_FORMAT, RequestIdFilter
+from dermserve.service.settings import SecuritySettings, Settings, StreamSettings
+from dermserve.service.status import cancelled_by_client
 from dermserve.v1 import lesion_classifier_pb2_grpc as pb_grpc
 from devtools.attack.pki import client_certificate
-from service.classify_stream import STREAM_WINDOW
-from service.logs import TEXT_FORMAT, RequestIdFilter
-from service.settings import SecuritySettings, Settings, StreamSettings
-from service.status import cancelled_by_client
 from tests.pki import make_pki
 from tests.service.conftest import (
     WAIT_S,

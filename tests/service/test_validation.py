@@ -121,7 +121,7 @@ def test_exif_orientation_is_applied(fake_server: Running, fake_backend: FakeBac
 
 
 def test_oversized_message_is_refused_before_decoding(fake_backend: FakeBackend) -> None:
-    from core.image.limits import ImageLimits
+    from dermserve.core.image.limits import ImageLimits
     from tests.service.conftest import running_server, server_settings
 
     settings = server_settings(limits=ImageLimits(max_bytes=50_000))

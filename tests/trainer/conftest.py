@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data import HAM10000_LABELS
+from dermserve.trainer.data import HAM10000_LABELS
 
 HEADER = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 CLASS_COLOURS = {label: (30 + 30 * k, 200 - 25 * k, (70 * k) % 256)

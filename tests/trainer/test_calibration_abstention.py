@@ -8,17 +8,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.model_config import AbstentionRule
-from trainer.abstention import (
+from dermserve.core.model_config import AbstentionRule
+from dermserve.trainer.abstention import (
     check_sanity,
     choose_rule,
     noise_images,
     sanity_images,
     selective_summary,
 )
-from trainer.calibration import calibrate, fit_temperature, negative_log_likelihood, softmax
-from trainer.features import FeatureStatistics
-from trainer.metrics import expected_calibration_error
+from dermserve.trainer.calibration import (
+    calibrate,
+    fit_temperature,
+    negative_log_likelihood,
+    softmax,
+)
+from dermserve.trainer.features import FeatureStatistics
+from dermserve.trainer.metrics import expected_calibration_error
 
 
 def overconfident_logits(n: int = 3000, classes: int = 4, seed: int = 0,

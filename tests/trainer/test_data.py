@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer.conftest import HEADER, write_ham_dataset, write_metadata
-from trainer.data import (
+from dermserve.trainer.data import (
     HAM10000_LABELS,
     Record,
     Split,
@@ -17,7 +16,8 @@ from trainer.data import (
     load_records,
     split_by_lesion,
 )
-from trainer.errors import DataError
+from dermserve.trainer.errors import DataError
+from tests.trainer.conftest import HEADER, write_ham_dataset, write_metadata
 
 
 def test_loads_every_record_with_its_metadata(ham_dir: Path) -> None:

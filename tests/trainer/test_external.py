@@ -12,10 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY_INPUT
-from tests.trainer.conftest import CLASS_COLOURS, write_ham_dataset
-from trainer import metrics as m
-from trainer.data import (
+from dermserve.trainer import metrics as m
+from dermserve.trainer.data import (
     EXTERNAL_CHECK_SPLITS,
     HAM10000_LABELS,
     base_image_id,
@@ -26,8 +24,8 @@ from trainer.data import (
     split_by_lesion,
     with_extra_training,
 )
-from trainer.errors import DataError, PromotionRefused
-from trainer.external import (
+from dermserve.trainer.errors import DataError, PromotionRefused
+from dermserve.trainer.external import (
     Measurer,
     Sources,
     check_external_gate,
@@ -37,6 +35,8 @@ from trainer.external import (
     outside_calls,
     served_decision,
 )
+from tests.conftest import TINY_INPUT
+from tests.trainer.conftest import CLASS_COLOURS, write_ham_dataset
 
 MEL, NV, BKL = (HAM10000_LABELS.index(c) for c in ("mel", "nv", "bkl"))
 
@@ -63,7 +63,7 @@ def write_isic_like(root: Path, per_class_and_split: int = 3) -> Path:
 
 
 def test_shades_of_gray_removes_a_colour_cast() -> None:
-    from trainer.network import shades_of_gray
+    from dermserve.trainer.network import shades_of_gray
 
     rng = np.random.default_rng(0)
     scene = rng.uniform(0.2, 0.8, (1, 16, 16, 3)).astype(np.float32)
@@ -79,7 +79,7 @@ def test_shades_of_gray_removes_a_colour_cast() -> None:
 
 
 def test_shades_of_gray_keeps_range_and_clips_gains_on_one_coloured_images() -> None:
-    from trainer.network import MAX_COLOUR_GAIN, shades_of_gray
+    from dermserve.trainer.network import MAX_COLOUR_GAIN, shades_of_gray
 
     red = np.zeros((1, 8, 8, 3), np.float32)
     red[..., 0] = 0.9
@@ -92,7 +92,7 @@ def test_shades_of_gray_keeps_range_and_clips_gains_on_one_coloured_images() -> 
 def test_the_network_applies_colour_constancy_in_its_graph() -> None:
     import keras
 
-    from trainer.network import COLOUR_LAYER, build_network, shades_of_gray
+    from dermserve.trainer.network import COLOUR_LAYER, build_network, shades_of_gray
 
     plain = build_network(7, TINY_INPUT, "tiny", seed=0)
     corrected = build_network(7, TINY_INPUT, "tiny", seed=0, colour_constancy="shades_of_gray")
@@ -141,7 +141,7 @@ def test_extra_training_images_go_to_train_only(tmp_path: Path) -> None:
 
 
 def test_an_unknown_label_in_extra_data_is_a_data_error(tmp_path: Path) -> None:
-    from trainer.errors import DataError
+    from dermserve.trainer.errors import DataError
 
     isic = write_isic_like(tmp_path / "isic2017")
     text = (isic / "labels.csv").read_text().replace("bkl", "sk")
@@ -224,8 +224,8 @@ def test_the_external_gate_measures_what_the_latest_version_was_published_withou
         tmp_path: Path) -> None:
     """Version 3 was published before BCN-84 and before balanced accuracy was a gate figure: the
     gate measures the latest version on the checks now, through its SavedModel."""
+    from dermserve.trainer.export import export_tiny_version
     from tests.conftest import tiny_config
-    from trainer.export import export_tiny_version
 
     model_dir = tmp_path / "models" / "ham10000"
     export_tiny_version(model_dir / "1", tiny_config())
@@ -328,11 +328,11 @@ def test_comparison_tables_have_one_row_per_version_and_check() -> None:
 
 
 def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> None:
-    from core.model_config import ModelConfig
-    from trainer.ensemble_network import ensemble_network
-    from trainer.export import ServingModule, save_version
-    from trainer.network import build_network
-    from trainer.served import ServedVersion
+    from dermserve.core.model_config import ModelConfig
+    from dermserve.trainer.ensemble_network import ensemble_network
+    from dermserve.trainer.export import ServingModule, save_version
+    from dermserve.trainer.network import build_network
+    from dermserve.trainer.served import ServedVersion
 
     members = [build_network(7, TINY_INPUT, "tiny", seed=s, colour_constancy="shades_of_gray",
                              name=f"member_{s}") for s in (1, 2)]
@@ -352,7 +352,7 @@ def test_an_ensemble_is_one_network_with_the_same_contract(tmp_path: Path) -> No
     expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(served, expected, atol=1e-5)
 
-    from trainer.ensemble import ensemble_name
+    from dermserve.trainer.ensemble import ensemble_name
 
     assert ensemble_name([Path("var/s1"), Path("var/s2")], True, "mobilenet_v2") == (
         "ensemble of 2 mobilenet_v2 networks (s1, s2; mean log-probabilities, flip TTA)")
@@ -380,7 +380,7 @@ def test_the_trainer_trains_under_jax_and_publishes_under_tensorflow(tmp_path: P
               "--head-epochs", "2", "--fine-tune-epochs", "1", "--imbalance", "class_weights",
               "--colour-constancy", "shades_of_gray", "--bootstrap-samples", "20",
               "--ood-components", "4", "--noise-images", "0", "--sample-predictions", "4"]
-    run = [sys.executable, "-m", "trainer"]
+    run = [sys.executable, "-m", "dermserve.trainer"]
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     trained = subprocess.run([*run, "--train-only", *common], env=env, capture_output=True,
                              text=True, timeout=240)
@@ -395,10 +395,10 @@ def test_the_trainer_trains_under_jax_and_publishes_under_tensorflow(tmp_path: P
 
 
 def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Path) -> None:
-    from trainer.data import split_by_lesion as split_lesions
-    from trainer.research.candidates import main as candidates_main
-    from trainer.settings import TrainSettings
-    from trainer.train import train_network
+    from dermserve.trainer.data import split_by_lesion as split_lesions
+    from dermserve.trainer.research.candidates import main as candidates_main
+    from dermserve.trainer.settings import TrainSettings
+    from dermserve.trainer.train import train_network
 
     write_ham_dataset(tmp_path / "ham", lesions_per_class=5, size=(40, 30))
     isic = write_isic_like(tmp_path / "isic2017")
@@ -428,7 +428,12 @@ def test_candidates_compares_head_only_single_and_ensemble_networks(tmp_path: Pa
 
 
 def test_prior_correction_and_the_geometric_mean_of_two_models() -> None:
-    from trainer.research.sklesion import UNKNOWN_METADATA, figures, geometric_mean, prior_corrected
+    from dermserve.trainer.research.sklesion import (
+        UNKNOWN_METADATA,
+        figures,
+        geometric_mean,
+        prior_corrected,
+    )
 
     priors = np.array([0.5, 0.25, 0.25])
     probabilities = np.array([[0.5, 0.3, 0.2], [0.6, 0.2, 0.2]])

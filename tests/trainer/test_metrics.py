@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.class_weights import balanced_class_weights, sample_weights
-from trainer.metrics import (
+from dermserve.trainer.class_weights import balanced_class_weights, sample_weights
+from dermserve.trainer.metrics import (
     average_ranks,
     balanced_accuracy,
     binary_auc,

@@ -12,18 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.model_config import ModelConfig
+from dermserve.core.model_config import ModelConfig
+from dermserve.trainer.calibration import softmax
+from dermserve.trainer.cli import build_parser, settings_from
+from dermserve.trainer.data import Split, label_indices, load_records
+from dermserve.trainer.errors import PromotionRefused, SanityCheckFailed
+from dermserve.trainer.export import build_tiny_network
+from dermserve.trainer.pipeline import NetworkHooks, run
+from dermserve.trainer.served import ServedVersion, read_images
+from dermserve.trainer.settings import TrainSettings
+from dermserve.trainer.train import plain_view, predict_network, scale_pixels
 from tests.conftest import TINY_INPUT
 from tests.trainer.conftest import write_ham_dataset
-from trainer.calibration import softmax
-from trainer.cli import build_parser, settings_from
-from trainer.data import Split, label_indices, load_records
-from trainer.errors import PromotionRefused, SanityCheckFailed
-from trainer.export import build_tiny_network
-from trainer.pipeline import NetworkHooks, run
-from trainer.served import ServedVersion, read_images
-from trainer.settings import TrainSettings
-from trainer.train import plain_view, predict_network, scale_pixels
 
 
 def _tiny_config(split: Split) -> ModelConfig:
@@ -169,8 +169,8 @@ def test_cli_builds_settings_from_flags_over_environment(tmp_path: Path) -> None
 def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:
     from collections import Counter
 
-    from trainer.data import Record
-    from trainer.pipeline import statistics_sample
+    from dermserve.trainer.data import Record
+    from dermserve.trainer.pipeline import statistics_sample
 
     sizes = {"df": 3, "vasc": 5, "nv": 40, "mel": 12}
     records = [Record(f"{dx}{i}", f"L{dx}{i}", dx, tmp_path, None, "", "", "")
@@ -183,7 +183,7 @@ def test_statistics_sample_keeps_small_classes_whole(tmp_path: Path) -> None:
 
 
 def test_publish_only_refuses_to_train(tmp_path: Path, data_dir: Path) -> None:
-    from core.errors import FailedPrecondition
+    from dermserve.core.errors import FailedPrecondition
 
     settings = _settings(tmp_path, data_dir, "untrained", publish_only=True)
     with pytest.raises(FailedPrecondition, match="network.weights.h5 does not exist"):

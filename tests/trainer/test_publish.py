@@ -9,14 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.model_config import ModelConfig
-from core.preprocessing import to_model_input
-from tests.conftest import TINY_MODEL_NAME, tiny_config
-from trainer.calibration import softmax
-from trainer.errors import PromotionRefused, PublishError
-from trainer.export import ServingModule, build_tiny_network, round_weights, save_version
-from trainer.features import FeatureStatistics
-from trainer.publish import (
+from dermserve.core.model_config import ModelConfig
+from dermserve.core.preprocessing import to_model_input
+from dermserve.trainer.calibration import softmax
+from dermserve.trainer.errors import PromotionRefused, PublishError
+from dermserve.trainer.export import ServingModule, build_tiny_network, round_weights, save_version
+from dermserve.trainer.features import FeatureStatistics
+from dermserve.trainer.publish import (
     SAMPLE_RELATIVE_PATH,
     SamplePredictions,
     check_promotion,
@@ -24,7 +23,8 @@ from trainer.publish import (
     verify_reproduces,
     version_numbers,
 )
-from trainer.served import ServedVersion, read_images
+from dermserve.trainer.served import ServedVersion, read_images
+from tests.conftest import TINY_MODEL_NAME, tiny_config
 
 TEMPERATURE = 1.7
 
@@ -155,7 +155,7 @@ def test_promotion_gate_refuses_a_worse_version(model_base: Path) -> None:
 
 def test_float16_weights_halve_the_variables_and_match_the_rounded_network(
         tmp_path: Path) -> None:
-    from trainer.network import build_network
+    from dermserve.trainer.network import build_network
 
     config = tiny_config(0)
     network = build_network(len(config.labels), config.input, "tiny", None, 0.3, 0)

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
-from trainer.data import load_records, split_by_lesion
-from trainer.datareport import counts, summary, write_data_report
-from trainer.evaluate import evaluate, flat_metrics
-from trainer.modelcard import render_model_card
-from trainer.report import plain, render_markdown, target_results
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from dermserve.trainer.data import load_records, split_by_lesion
+from dermserve.trainer.datareport import counts, summary, write_data_report
+from dermserve.trainer.evaluate import evaluate, flat_metrics
+from dermserve.trainer.modelcard import render_model_card
+from dermserve.trainer.report import plain, render_markdown, target_results
 
 LABELS = tuple(HAM10000_DISPLAY_NAMES)
 

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
-from tests.trainer.conftest import write_ham_dataset
-from trainer.augment import augment, view_rng
-from trainer.data import HAM10000_LABELS, Split, load_records, split_by_lesion
-from trainer.network import build_network, lower_model, set_all_trainable, set_trainable
-from trainer.settings import TrainSettings
-from trainer.train import (
+from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig
+from dermserve.trainer.augment import augment, view_rng
+from dermserve.trainer.data import HAM10000_LABELS, Split, load_records, split_by_lesion
+from dermserve.trainer.network import build_network, lower_model, set_all_trainable, set_trainable
+from dermserve.trainer.settings import TrainSettings
+from dermserve.trainer.train import (
     FINAL_WEIGHTS,
     cache_activations,
     epoch_order,
@@ -27,6 +26,7 @@ from trainer.train import (
     scale_pixels,
     train_network,
 )
+from tests.trainer.conftest import write_ham_dataset
 
 SPEC = InputSpec(height=32, width=32, reference_pixels=64 * 48)
 
@@ -151,7 +151,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoints(split: Split, tmp_path:
 def test_predictions_match_the_exported_serving_graph(split: Split, tmp_path: Path) -> None:
     import tensorflow as tf
 
-    from trainer.export import ServingModule, save_version
+    from dermserve.trainer.export import ServingModule, save_version
 
     network = build_network(len(HAM10000_LABELS), SPEC, backbone="tiny", seed=5)
     config = ModelConfig(labels=HAM10000_LABELS, display_names=HAM10000_DISPLAY_NAMES,
@@ -190,7 +190,7 @@ def test_full_fine_tune_streams_fresh_views_and_trains_batch_norm(split: Split,
 
 
 def test_streamed_views_are_new_each_epoch_and_never_the_cached_ones(split: Split) -> None:
-    from trainer.train import streamed_batches
+    from dermserve.trainer.train import streamed_batches
 
     settings = tiny_settings()
     labels = np.zeros(len(split.train), np.int64)
@@ -210,7 +210,7 @@ def test_streamed_views_are_new_each_epoch_and_never_the_cached_ones(split: Spli
 
 def test_an_unknown_fine_tune_mode_is_refused_before_any_training(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer.cli import main
+    from dermserve.trainer.cli import main
 
     with pytest.raises(ValueError, match="fine_tune must be one of"):
         tiny_settings(fine_tune="ful")
@@ -225,7 +225,7 @@ def test_a_run_reuses_the_cache_of_a_run_on_the_same_split_plus_extra_images(
         split: Split, tmp_path: Path) -> None:
     import dataclasses
 
-    from trainer.data import with_extra_training
+    from dermserve.trainer.data import with_extra_training
 
     extra = split.test[:4]  # stand-ins for another source's training images
     bigger = with_extra_training(split, extra)

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core.model_config import ModelConfig
+from dermserve.core.model_config import ModelConfig
+from dermserve.trainer.data import HAM10000_LABELS
+from dermserve.trainer.settings import TrainSettings
 from tests.conftest import TINY_INPUT
-from trainer.data import HAM10000_LABELS
-from trainer.settings import TrainSettings
 
 PRIORS = (0.03, 0.05, 0.11, 0.01, 0.11, 0.67, 0.02)
 
@@ -24,7 +24,7 @@ def tiny_sklesion(path: Path) -> Any:
     """sklesion's layout in miniature, saved and loaded back as its model.keras is."""
     import keras
 
-    from trainer.two_origin_network import SKLESION_FEATURE_MAP, SKLESION_SIZE
+    from dermserve.trainer.two_origin_network import SKLESION_FEATURE_MAP, SKLESION_SIZE
 
     keras.utils.set_random_seed(3)
     inner = keras.Input((SKLESION_SIZE, SKLESION_SIZE, 3))
@@ -42,9 +42,9 @@ def tiny_sklesion(path: Path) -> Any:
 
 
 def _tiny_version(version_dir: Path) -> tuple[Any, TrainSettings]:
-    from trainer.ensemble_network import ensemble_network
-    from trainer.export import ServingModule, round_weights, save_version
-    from trainer.network import build_network
+    from dermserve.trainer.ensemble_network import ensemble_network
+    from dermserve.trainer.export import ServingModule, round_weights, save_version
+    from dermserve.trainer.network import build_network
 
     settings = TrainSettings(backbone="tiny", input_size=TINY_INPUT.height,
                              reference_pixels=TINY_INPUT.reference_pixels,
@@ -67,8 +67,8 @@ def images() -> np.ndarray:
 
 def test_a_published_version_is_rebuilt_from_its_stored_variables(
         tmp_path: Path, images: np.ndarray) -> None:
-    from trainer.errors import VersionMismatch
-    from trainer.two_origin import rebuild_version_network
+    from dermserve.trainer.errors import VersionMismatch
+    from dermserve.trainer.two_origin import rebuild_version_network
 
     original, settings = _tiny_version(tmp_path / "1")
     rebuilt = rebuild_version_network(tmp_path / "1", settings, 7)
@@ -83,11 +83,11 @@ def test_the_two_origin_network_is_the_prior_corrected_geometric_mean_served_and
         tmp_path: Path, images: np.ndarray) -> None:
     import tensorflow as tf
 
-    from core.model_config import EXPLAIN_SIGNATURE
-    from trainer.export import ServingModule, save_version
-    from trainer.served import ServedVersion
-    from trainer.two_origin import rebuild_version_network
-    from trainer.two_origin_network import (
+    from dermserve.core.model_config import EXPLAIN_SIGNATURE
+    from dermserve.trainer.export import ServingModule, save_version
+    from dermserve.trainer.served import ServedVersion
+    from dermserve.trainer.two_origin import rebuild_version_network
+    from dermserve.trainer.two_origin_network import (
         NEUTRAL_CONTEXT,
         SKLESION_SIZE,
         Mixing,

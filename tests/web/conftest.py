@@ -12,17 +12,17 @@ from dataclasses import dataclass, fields, replace
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
-from client.connection import ConnectionSettings
-from core.backends.base import Backend
+from dermserve.client.connection import ConnectionSettings
+from dermserve.core.backends.base import Backend
+from dermserve.service.metrics import Metrics
+from dermserve.service.server import ServiceAdder, create_server
+from dermserve.service.settings import Settings
+from dermserve.web.front import FrontClient
+from dermserve.web.server import WebServer, create_web_server
+from dermserve.web.settings import WebSettings
 from devtools.bench.web_page import launch_chromium
-from service.metrics import Metrics
-from service.server import ServiceAdder, create_server
-from service.settings import Settings
 from tests.service.conftest import FakeBackend, server_settings
 from tests.worker.conftest import input_root, redis_server, settings  # noqa: F401 (fixtures)
-from web.front import FrontClient
-from web.server import WebServer, create_web_server
-from web.settings import WebSettings
 
 WAIT_MS = 30_000  # milliseconds any page wait may take, at most (a cold model's first answer)
 

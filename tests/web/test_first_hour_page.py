@@ -16,15 +16,15 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
-from core.backends.base import ExplainOutput, ModelRef
-from core.model_config import AbstentionRule
+from dermserve.cli.reading import BORDERLINE_MARGIN, LOW_CONFIDENCE_CUE
+from dermserve.core.backends.base import ExplainOutput, ModelRef
+from dermserve.core.model_config import AbstentionRule
 from tests.service.conftest import ThresholdBackend, probability_row
 from tests.web.conftest import Web, running_web
 from tests.web.test_page import TEXT_AS_JPEG, upload
 
 ARTEFACTS = Path("var/artefacts")
-CLASSIFY_JS = Path(__file__).resolve().parents[2] / "web/static/classify.js"
+CLASSIFY_JS = Path(__file__).resolve().parents[2] / "dermserve/web/static/classify.js"
 class ExplainingFake(ThresholdBackend):
     """A ThresholdBackend whose heatmap, 4x4, is hot in its top-left corner."""
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from core.backends.embedded import EmbeddedBackend
-from core.batching import MicroBatcher
+from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.batching import MicroBatcher
 from tests.conftest import TINY_MODEL_NAME, tiny_config
 from tests.web.conftest import Web, running_web
 from tests.web.test_page import accessible_controls, expect_tab_order, ham10000_image, upload
@@ -41,7 +41,7 @@ def explaining_web(tiny_model_template: Path) -> Iterator[Web]:
 
 @pytest.fixture(scope="module")
 def unexplained_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
-    from trainer.export import export_tiny_version
+    from dermserve.trainer.export import export_tiny_version
 
     base = tmp_path_factory.mktemp("unexplained")
     export_tiny_version(base / TINY_MODEL_NAME / "1", tiny_config(1), seed=1, explain=False)

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
+from dermserve.web.front import FrontClient
+from dermserve.web.guards import SECURITY_HEADERS
+from dermserve.web.identity import WebUser
+from dermserve.web.settings import WebSettings
 from devtools.attack.rawhttp import Answer, connect, exchange, parse, read_all, request
 from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web
 from tests.worker.conftest import wait_until
-from web.front import FrontClient
-from web.guards import SECURITY_HEADERS
-from web.identity import WebUser
-from web.settings import WebSettings
 
 PAGE = {"X-Dermserve-Page": "1"}
 CSP = "content-security-policy"

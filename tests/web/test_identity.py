@@ -19,17 +19,17 @@ import grpc
 import pytest
 from playwright.sync_api import Browser, expect
 
+from dermserve.service.settings import SecuritySettings
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.web.server import check
+from dermserve.web.settings import WebSettings
+from dermserve.worker.settings import WorkerSettings
 from devtools.attack.rawhttp import connect, read_all, request
-from service.settings import SecuritySettings
 from tests.service.conftest import reason_of, server_settings
 from tests.web.conftest import WAIT_MS, Web, running_web
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from tests.worker.test_front import batch_services
-from web.server import check
-from web.settings import WebSettings
-from worker.settings import WorkerSettings
 
 TOKENS = """
 page-tok        delegate=operators name=web

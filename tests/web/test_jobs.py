@@ -13,6 +13,8 @@ from playwright.sync_api import Download, Locator, Page, expect
 
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.web.defaults import JOBS_PAGE_SIZE
+from dermserve.worker.settings import WorkerSettings
 from tests.web.conftest import running_web
 from tests.web.test_page import accessible_controls
 from tests.worker.conftest import (  # noqa: F401 (fixtures)
@@ -24,8 +26,6 @@ from tests.worker.conftest import (  # noqa: F401 (fixtures)
     write_images,
 )
 from tests.worker.test_front import batch_services
-from web.defaults import JOBS_PAGE_SIZE
-from worker.settings import WorkerSettings
 
 IMAGES = 6
 

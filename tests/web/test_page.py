@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page, expect
 
-from core.backends.base import ExplainOutput, ModelRef
-from core.errors import BackendTimeout
+from dermserve.core.backends.base import ExplainOutput, ModelRef
+from dermserve.core.errors import BackendTimeout
 from devtools.dicom_sample import photograph_dataset, to_bytes
 from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch.jobs import JobService
-from core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
-from core.errors import ModelNotFound
+from dermserve.batch.jobs import JobService
+from dermserve.core.backends.base import BatchOutput, ModelRef, VersionInfo, VersionState
+from dermserve.core.errors import ModelNotFound
+from dermserve.worker.runner import WorkerProcess, build_classifier
+from dermserve.worker.settings import WorkerSettings
 from devtools.stack.redis import RedisServer
 from tests.conftest import TINY_MODEL_NAME, tiny_config
-from worker.runner import WorkerProcess, build_classifier
-from worker.settings import WorkerSettings
 
 DEADLINE_S = 60.0  # seconds any wait in these tests may take before it fails
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from batch.store import JobStore
+from dermserve.batch.store import JobStore
 
 WAIT_SLICE_S = 5  # seconds per BLPOP: well under the Redis client's socket timeout
 
@@ -35,9 +35,9 @@ class FirstChunkHold:
 
 
 def main() -> None:
-    from core.exiting import exit_now
-    from worker.runner import run_worker
-    from worker.settings import parse_settings
+    from dermserve.core.exiting import exit_now
+    from dermserve.worker.runner import run_worker
+    from dermserve.worker.settings import parse_settings
 
     exit_now(run_worker(parse_settings(sys.argv[1:], os.environ), FirstChunkHold))
 

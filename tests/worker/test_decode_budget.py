@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from batch.jobs import JobInput, JobService, SubmitRequest
-from batch.records import JobState
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.worker.runner import WorkerProcess, build_classifier
+from dermserve.worker.settings import WorkerSettings
 from tests.hostile_images import LARGE_SIZE, large_cmyk_jpeg, large_rotated_jpeg, peak_memory
 from tests.worker.conftest import FakeBackend
-from worker.runner import WorkerProcess, build_classifier
-from worker.settings import WorkerSettings
 
 MB = 1024 * 1024
 JOB_IMAGES = 16

@@ -12,11 +12,12 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 from pydicom import dcmread
 
-from batch.jobs import JobInput, JobService, SubmitRequest
-from batch.records import JobState
-from batch.results import FhirNdjsonExporter, labels_of
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.batch.results import FhirNdjsonExporter, labels_of
+from dermserve.protocol.results import image_result, result_message
+from dermserve.worker.settings import WorkerSettings
 from devtools.dicom_sample import to_bytes
-from protocol.results import image_result, result_message
 from tests.dicom_files import (
     HAM_IMAGE_NAMES,
     PLANTED,
@@ -28,7 +29,6 @@ from tests.dicom_files import (
 )
 from tests.hostile_images import with_item_bomb
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
-from worker.settings import WorkerSettings
 
 
 def write_dicom_folder(folder: Path) -> dict[str, str]:

@@ -15,14 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from batch.jobs import JobInput, JobService, SubmitRequest
-from batch.records import JobState
-from cli.batch import main as batch_main
-from core.errors import InvalidRequest
-from service.batch_jobs import add_batch_jobs_service
-from service.status import ErrorMappingInterceptor
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.cli.batch import main as batch_main
+from dermserve.core.errors import InvalidRequest
+from dermserve.service.batch_jobs import add_batch_jobs_service
+from dermserve.service.status import ErrorMappingInterceptor
+from dermserve.worker.settings import WorkerSettings
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_status_into_a_closed_pipe_ends_quietly(
     closed before the command writes, so its write fails every time."""
     write_images(input_root / "few", 1)
     job_id = submit(jobs, input_root / "few")
-    process = subprocess.Popen([sys.executable, "-m", "cli", "batch", "status", job_id,
+    process = subprocess.Popen([sys.executable, "-m", "dermserve.cli", "batch", "status", job_id,
                                 "--target", target], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     assert process.stdout is not None

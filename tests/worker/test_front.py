@@ -11,14 +11,14 @@ from typing import Any
 import grpc
 import pytest
 
+from dermserve.service.metrics import Metrics
+from dermserve.service.server import create_server, optional_services
+from dermserve.service.settings import Settings, StreamSettings
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
-from service.metrics import Metrics
-from service.server import create_server, optional_services
-from service.settings import Settings, StreamSettings
+from dermserve.worker.settings import WorkerSettings
 from tests.service.conftest import reason_of, server_settings
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
-from worker.settings import WorkerSettings
 
 
 def front_environment(settings: WorkerSettings) -> dict[str, str]:

@@ -16,19 +16,19 @@ import grpc
 import pytest
 import redis
 
-from core.tls import channel_credentials
+from dermserve.core.tls import channel_credentials
+from dermserve.service.auth import TokenTable
+from dermserve.service.metrics import Metrics
+from dermserve.service.server import create_server
+from dermserve.service.settings import SecuritySettings
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.worker.settings import WorkerSettings
 from devtools.attack.pki import client_certificate
-from service.auth import TokenTable
-from service.metrics import Metrics
-from service.server import create_server
-from service.settings import SecuritySettings
 from tests.pki import make_pki
 from tests.service.conftest import reason_of, server_settings
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
 from tests.worker.test_front import batch_services
-from worker.settings import WorkerSettings
 
 TOKENS = """
 alice-tok  dermserve.v1.BatchJobs  name=alice

@@ -12,16 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from batch import defaults
-from batch.jobs import JobInput, JobService, SubmitRequest
-from core.identity import ANONYMOUS, Caller
+from dermserve.batch import defaults
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.core.identity import ANONYMOUS, Caller
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.worker.settings import WorkerSettings
 from tests.service.conftest import reason_of
 from tests.worker.conftest import FakeBackend, run_worker_burst, wait_until, write_images
 from tests.worker.test_hardening import Client, Front, files, front  # noqa: F401 (fixture)
 from tests.worker.test_servicer import stub, target  # noqa: F401 (fixtures)
-from worker.settings import WorkerSettings
 
 
 def listed(client: Client, **request: object) -> list[pb.BatchJob]:
@@ -180,7 +180,7 @@ def printed_ids(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 def test_cli_batch_list(target: str, jobs: JobService, input_root: Path,  # noqa: F811
                         capsys: pytest.CaptureFixture[str]) -> None:
-    from cli.batch import main
+    from dermserve.cli.batch import main
 
     write_images(input_root / "one", 1)
     ids = submit_jobs(jobs, 3)[::-1]

@@ -1,6 +1,6 @@
-"""Failure recovery with real processes: `python -m worker` subprocesses on the tiny SavedModel,
-a real redis-server with AOF. A worker SIGKILLed in the middle of a chunk, and a Redis restart in
-the middle of a job, must both end with exactly one result per image."""
+"""Failure recovery with real processes: `python -m dermserve.worker` subprocesses on the tiny
+SavedModel, a real redis-server with AOF. A worker SIGKILLed in the middle of a chunk, and a Redis
+restart in the middle of a job, must both end with exactly one result per image."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from batch.jobs import JobInput, JobService, SubmitRequest
-from batch.records import JobState
+from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.worker.settings import WorkerSettings
 from devtools.stack.redis import RedisServer
 from tests.worker.conftest import wait_until, write_images
-from worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = 240
@@ -34,7 +34,7 @@ def settings(settings: WorkerSettings, model_base: Path) -> WorkerSettings:
 
 
 class Workers:
-    """Starts `python -m worker` processes and stops every one it started."""
+    """Starts `python -m dermserve.worker` processes and stops every one it started."""
 
     def __init__(self, settings: WorkerSettings, logs: Path) -> None:
         self.settings = settings
@@ -54,7 +54,7 @@ class Workers:
                 "--poll-interval-s", "30", "--worker-metrics-port", "0"]
         log = (self.logs / f"worker-{len(self.processes)}.log").open("wb")
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-        module = "tests.worker.hold" if hold_first_chunk else "worker"
+        module = "tests.worker.hold" if hold_first_chunk else "dermserve.worker"
         process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
         self.processes.append(process)

@@ -13,15 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from batch.jobs import JobService
+from dermserve.batch.jobs import JobService
+from dermserve.protocol.wire import REASON_METADATA_KEY
+from dermserve.service.batch_jobs import add_batch_jobs_service, batch_jobs_service
+from dermserve.service.status import ErrorMappingInterceptor
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.worker.settings import WorkerSettings
 from devtools.stack.redis import RedisServer
-from protocol.wire import REASON_METADATA_KEY
-from service.batch_jobs import add_batch_jobs_service, batch_jobs_service
-from service.status import ErrorMappingInterceptor
 from tests.worker.conftest import FakeBackend, jpeg_bytes, run_worker_burst, write_images
-from worker.settings import WorkerSettings
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def target(jobs: JobService) -> Iterator[str]:
 def test_cli_submit_watch_results_and_cancel(
         target: str, settings: WorkerSettings, input_root: Path,
         capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    from cli.batch import main
+    from dermserve.cli.batch import main
 
     write_images(input_root / "folder", 6)
     assert main(["submit", str(input_root / "folder"), "--no-wait", "--job-id", "cli-1",
@@ -237,7 +237,7 @@ def test_the_cli_csv_is_the_job_csv(target: str, settings: WorkerSettings, input
                                     capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """One CSV layout: `dermserve batch results --format csv` writes the job's results.csv, error
     rows and per-class columns included (it used to write a second layout of its own)."""
-    from cli.batch import main
+    from dermserve.cli.batch import main
 
     write_images(input_root / "mixed", 3)
     (input_root / "mixed" / "img_0003.jpg").write_bytes(b"=HYPERLINK(not a jpeg)")
@@ -275,7 +275,7 @@ def test_cli_results_of_dicom_files_as_fhir_ndjson(
     validated by its R4B model; the JSONL listing carries each image's DICOM UIDs."""
     from fhir.resources.R4B import get_fhir_model_class
 
-    from cli.batch import main
+    from dermserve.cli.batch import main
     from tests.dicom_files import ham_dicom
 
     (input_root / "dicom").mkdir()

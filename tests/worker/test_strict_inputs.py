@@ -14,14 +14,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from batch.defaults import MAX_CLIENT_JOB_ID_LENGTH
-from core.config import parse_labels
-from core.numbers import ascii_natural
+from dermserve.batch.defaults import MAX_CLIENT_JOB_ID_LENGTH
+from dermserve.core.config import parse_labels
+from dermserve.core.numbers import ascii_natural
 from dermserve.v1 import batch_jobs_pb2 as pb
 from dermserve.v1 import batch_jobs_pb2_grpc as pb_grpc
+from dermserve.worker.settings import WorkerSettings
 from tests.worker.conftest import FakeBackend, run_worker_burst, write_images
 from tests.worker.test_servicer import files, reason, stub  # noqa: F401 (fixture)
-from worker.settings import WorkerSettings
 
 LONG_ID = "a" * 60_000  # alphanumeric: it passed the path check and reached Redis
 ERROR_DETAILS_LIMIT = 300  # characters; every refusal here is one sentence

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
-from batch.records import JobState
+from dermserve.batch.jobs import InlineImage, JobInput, JobService, SubmitRequest
+from dermserve.batch.records import JobState
+from dermserve.worker.runner import start_worker
+from dermserve.worker.settings import WorkerSettings
 from tests.conftest import TINY_MODEL_NAME
 from tests.worker.conftest import jpeg_bytes
-from worker.runner import start_worker
-from worker.settings import WorkerSettings
 
 
 def test_a_batch_job_is_counted_in_the_front_s_metric_names(settings: WorkerSettings,

@@ -1,0 +1,162 @@
+"""A two-origin model in one network: a published dermserve version and the sklesion Xception.
+
+Models trained elsewhere fail differently at other clinics, so their combination holds up better
+there than either member (BCN-84, `docs/trainer.md`). The combined network keeps the contract of
+`trainer.network` (`images in [-1, 1] -> [logits, features]`), so the usual pipeline calibrates,
+thresholds, exports and publishes it, and TF Serving, the embedded backend, Explain and the worker
+all serve the same graph:
+
+    logits = (1 - w) * log_softmax(version's logits) + w * log(P_sklesion / priors)
+
+softmax of which is the weighted, normalised geometric mean of the version's probabilities and
+sklesion's probabilities divided by its training priors (HAM10000's class frequencies: sklesion's
+probabilities follow them, and dividing by them is what balanced accuracy rewards). `w` is 0.5 (a
+plain geometric mean, chosen before any measurement); `--sklesion-weight` changes it, and any other
+weight must be chosen on validation only.
+
+- The version's members are rebuilt from its stored variables (`rebuild_version_network`) and
+  checked against its recorded sample predictions, so no training workdir is needed.
+- sklesion sees the model input resized in the graph to its 254x254 and its neutral metadata
+  vector (unknown sex and site, missing age), as `trainer.research.sklesion` measured it.
+- The features (for the OOD score) are the version's members', as before.
+- Explain: Grad-CAM of the combined score, on each member's last feature map (the MobileNetV2
+  members' and the Xception's), averaged as for an ensemble (`trainer.export.grad_cam`).
+
+sklesion is never downloaded at run time: fetch the wheel once at training time
+(`pip download --no-deps sklesion==0.2.2`, unzip) and pass `--sklesion-model
+sklesion/model.keras`.
+
+    python -m dermserve.trainer.two_origin --version-dir models/ham10000/3 \\
+        --sklesion-model var/sklesion/sklesion/model.keras <dermserve-train flags>
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dermserve.trainer.errors import VersionMismatch
+from dermserve.trainer.settings import TrainSettings
+from dermserve.trainer.two_origin_network import Mixing, sklesion_branch, two_origin_network
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SKLESION_WEIGHT = 0.5
+REPRODUCE_TOLERANCE = 1e-4  # largest probability difference a rebuilt version may show
+
+
+def rebuild_version_network(version_dir: Path, settings: TrainSettings, num_classes: int) -> Any:
+    """The ensemble a published version serves, as a Keras network, with the version's stored
+    (possibly float16) variables; refuses one that does not reproduce the version's sample."""
+    import tensorflow as tf
+
+    from dermserve.trainer.ensemble_network import ensemble_network
+    from dermserve.trainer.export import explainable_network
+    from dermserve.trainer.network import build_network
+
+    stored = tf.saved_model.load(str(version_dir)).network
+
+    def member(position: int) -> Any:
+        return build_network(num_classes, settings.input_spec(), settings.backbone, None,
+                             settings.dropout, settings.seed + position,
+                             settings.colour_constancy, name=f"member_{position}")
+
+    per_member = len(member(0).trainable_variables)
+    count = len(stored.trainable) // per_member
+    ensemble = ensemble_network([member(i) for i in range(count)])
+    exported = explainable_network(ensemble) or ensemble  # the variable order the export saved
+    _assign(exported.trainable_variables, stored.trainable)
+    _assign(exported.non_trainable_variables, stored.non_trainable)
+    logger.info("rebuilt %d members of %s", count, version_dir)
+    return ensemble
+
+
+def _assign(variables: Sequence[Any], stored: Sequence[Any]) -> None:
+    if len(variables) != len(stored):
+        raise VersionMismatch(f"{len(stored)} stored variables, {len(variables)} rebuilt")
+    for variable, value in zip(variables, stored, strict=True):
+        if tuple(variable.shape) != tuple(value.shape):
+            raise VersionMismatch(f"{variable.path}: stored shape {tuple(value.shape)}, "
+                                  f"rebuilt {tuple(variable.shape)}")
+        variable.assign(np.asarray(value, np.float32))
+
+
+def check_reproduces(network: Any, version_dir: Path, data_dir: Path) -> float:
+    """The largest difference between the rebuilt network's calibrated probabilities and the
+    version's recorded sample predictions (refused above REPRODUCE_TOLERANCE)."""
+    from dermserve.core.model_config import ModelConfig
+    from dermserve.trainer.calibration import softmax
+    from dermserve.trainer.data import load_records
+    from dermserve.trainer.publish import SamplePredictions
+    from dermserve.trainer.train import predict_network
+
+    config = ModelConfig.read(version_dir)
+    sample = SamplePredictions.read(version_dir)
+    by_id = {record.image_id: record for record in load_records(data_dir)}
+    records = [by_id[image_id] for image_id in sample.image_ids]
+    logits, _ = predict_network(network, records, config.input)
+    gap = float(np.abs(softmax(logits, config.temperature)
+                       - np.asarray(sample.probabilities)).max())
+    if gap > REPRODUCE_TOLERANCE:
+        raise VersionMismatch(f"the rebuilt {version_dir} differs from its recorded sample "
+                              f"predictions by {gap:.2e}")
+    logger.info("rebuilt %s reproduces its sample predictions (max difference %.1e)",
+                version_dir, gap)
+    return gap
+
+
+def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> Any:
+    """Pipeline hooks whose `train` returns the two-origin network (nothing is trained)."""
+    from dermserve.trainer.data import ham_priors
+    from dermserve.trainer.pipeline import NetworkHooks
+    from dermserve.trainer.train import configure_threads, predict_network
+
+    def train(split: Any, settings: TrainSettings, workdir: Path) -> Any:
+        import keras
+
+        configure_threads(settings.threads)
+        assert settings.data_dir is not None
+        version = rebuild_version_network(version_dir, settings, len(split.labels))
+        check_reproduces(version, version_dir, settings.data_dir)
+        sklesion = keras.models.load_model(sklesion_model, compile=False)
+        mixing = Mixing(weight, tuple(float(p) for p in ham_priors(settings.data_dir)))
+        return two_origin_network(version, sklesion_branch(sklesion, settings.input_size),
+                                  mixing)
+
+    name = (f"two-origin: version {version_dir.name} of {version_dir.parent.name} and "
+            f"sklesion 0.2.2 (Xception, prior-corrected), geometric mean with sklesion's "
+            f"share {weight:g}")
+    return NetworkHooks(train, predict_network, name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from dermserve.trainer.cli import LOG_FORMAT, build_parser, run_pipeline, settings_from
+
+    parser = build_parser()
+    parser.prog = "python -m dermserve.trainer.two_origin"
+    parser.add_argument("--version-dir", type=Path, required=True,
+                        help="the published version whose members join sklesion")
+    parser.add_argument("--sklesion-model", type=Path, required=True,
+                        help="sklesion's model.keras (from its wheel, fetched at training time)")
+    parser.add_argument("--sklesion-weight", type=float, default=DEFAULT_SKLESION_WEIGHT,
+                        help="sklesion's share of the geometric mean, in (0, 1)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    if not 0.0 < args.sklesion_weight < 1.0:
+        parser.error("--sklesion-weight must be in (0, 1)")
+    try:
+        settings = dataclasses.replace(settings_from(args), weights_path=None)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return run_pipeline(settings, two_origin_hooks(args.version_dir, args.sklesion_model,
+                                                   args.sklesion_weight))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

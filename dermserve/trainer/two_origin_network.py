@@ -1,0 +1,122 @@
+"""The two-origin network (trainer/two_origin.py says what it is and why): a published
+version's network and the sklesion Xception combined in one Keras graph, and the same rebuilt
+with every member's feature map for Grad-CAM. Apart from the command that builds and publishes it
+(trainer/two_origin.py) so that the export, which needs only the network, does not import the
+pipeline that calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+TWO_ORIGIN_NAME = "dermserve_two_origin"
+SKLESION_NAME = "sklesion"
+SKLESION_SIZE = 254  # pixels, square: sklesion's input
+SKLESION_BACKBONE = "xception"
+SKLESION_FEATURE_MAP = "block14_sepconv2_act"  # the Xception's last convolutional activation
+"""sklesion's share of the geometric mean: equal shares, fixed before any measurement."""
+NEUTRAL_CONTEXT = np.array([0, 0, 1,            # sex: unknown
+                            0, 0, 0, 0, 1,      # body site: unknown
+                            51.90180032733224 / 90.0, 1.0], np.float32)
+"""sklesion's metadata vector for an image without context (its `model_props.pkl`): the one-hot
+'unknown' sex and site, and a missing age (its mean over its maximum, and the missing flag)."""
+
+
+def _wired(model: Any, replacements: dict[str, Any], inputs: list[Any]) -> dict[str, Any]:
+    """Call `model`'s layers on `inputs` in its own order, calling `replacements[name]` in place
+    of the layer `name`; returns every layer's output by name."""
+    config = model.get_config()
+    input_names = [tensor._keras_history.operation.name for tensor in model.inputs]
+    outputs: dict[str, Any] = dict(zip(input_names, inputs, strict=True))
+    for layer in config["layers"]:
+        if not layer["inbound_nodes"]:
+            continue
+        args = layer["inbound_nodes"][0]["args"]
+        arguments = [_resolved(arg, outputs) for arg in args]
+        call = replacements.get(layer["name"], model.get_layer(layer["name"]))
+        outputs[layer["name"]] = call(*arguments)
+    return outputs
+
+
+def _resolved(arg: Any, outputs: dict[str, Any]) -> Any:
+    if isinstance(arg, list):
+        return [_resolved(item, outputs) for item in arg]
+    name, _, index = arg["config"]["keras_history"]
+    value = outputs[name]
+    return value[index] if isinstance(value, (list, tuple)) else value
+
+
+def sklesion_branch(model: Any, spec_side: int) -> Any:
+    """A Keras model `images (N, side, side, 3) in [-1, 1] -> [probabilities (N, 7), feature map
+    (N, 8, 8, 2048)]`: sklesion (`model`, as loaded from its model.keras) on the images resized
+    to its 254x254, with the neutral metadata vector, sharing its layers."""
+    import keras
+    from keras import ops
+
+    xception = model.get_layer(SKLESION_BACKBONE)
+    with_map = keras.Model(xception.inputs,
+                           [xception.output, xception.get_layer(SKLESION_FEATURE_MAP).output],
+                           name=f"{SKLESION_BACKBONE}_with_map")
+    images = keras.Input((spec_side, spec_side, 3), name="image")
+    pixels = keras.layers.Resizing(SKLESION_SIZE, SKLESION_SIZE, interpolation="bilinear",
+                                   name="sklesion_resize")((images + 1.0) * 127.5)
+    context = ops.zeros_like(images[:, 0, 0, :1]) + ops.convert_to_tensor(NEUTRAL_CONTEXT)
+    feature_map: list[Any] = []
+
+    def backbone(tensor: Any) -> Any:
+        pooled, last_map = with_map(tensor)
+        feature_map.append(last_map)
+        return pooled
+
+    wired = _wired(model, {SKLESION_BACKBONE: backbone}, [pixels, context])
+    probabilities = wired[model.layers[-1].name]
+    return keras.Model(images, [probabilities, feature_map[0]], name=SKLESION_NAME)
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixing:
+    """How the two origins are combined: sklesion's share and its training priors."""
+
+    weight: float
+    priors: tuple[float, ...]
+
+
+def two_origin_network(version: Any, sklesion: Any, mixing: Mixing,
+                       feature_maps: bool = False) -> Any:
+    """`version` (an ensemble or one network of the contract) and `sklesion` (a
+    `sklesion_branch`) combined as the module docstring says; with `feature_maps`, every
+    member's last feature map follows logits and features (the version's maps must then be among
+    `version`'s outputs)."""
+    import keras
+    from keras import ops
+
+    inputs = keras.Input(tuple(version.inputs[0].shape[1:]), name="image")
+    logits, features, *version_maps = version(inputs, training=False)
+    probabilities, sklesion_map = sklesion(inputs, training=False)
+    log_priors = ops.convert_to_tensor(np.log(np.asarray(mixing.priors, np.float32)))
+    corrected = ops.log(ops.clip(probabilities, 1e-7, 1.0)) - log_priors
+    combined = ((1.0 - mixing.weight) * ops.log_softmax(logits, axis=-1)
+                + mixing.weight * ops.log_softmax(corrected, axis=-1))
+    outputs = [combined, features]
+    if feature_maps:
+        outputs += [*version_maps, sklesion_map]
+    network = keras.Model(inputs, outputs, name=TWO_ORIGIN_NAME)
+    network.mixing = mixing  # what two_origin_with_feature_maps rebuilds it with
+    return network
+
+
+def two_origin_with_feature_maps(network: Any) -> Any | None:
+    """A two-origin network rebuilt over the same layers with every member's last feature map as
+    extra outputs (for Grad-CAM); None if `network` is not one."""
+    from dermserve.trainer.ensemble_network import ENSEMBLE_NAME, ensemble_with_feature_maps
+
+    if getattr(network, "name", None) != TWO_ORIGIN_NAME:
+        return None
+    version = ensemble_with_feature_maps(network.get_layer(ENSEMBLE_NAME))
+    if version is None:
+        return None
+    return two_origin_network(version, network.get_layer(SKLESION_NAME), network.mixing,
+                              feature_maps=True)
