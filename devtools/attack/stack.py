@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +28,12 @@ from devtools.attack.pki import Pki, client_certificate, make_pki
 from devtools.attack.proxy import PROXY_ADDRESS
 from devtools.stack.health import wait_until_serving
 from devtools.stack.ports import free_port
+from devtools.stack.process import (
+    child_environment,
+    front_command,
+    web_command,
+    worker_command,
+)
 from devtools.stack.redis import redis_command
 
 MODEL_NAME = "ham10000"
@@ -179,12 +184,6 @@ def wait_stopped(pid: int) -> None:
     raise RuntimeError(f"process {pid} did not stop in {PAUSE_TIMEOUT_S} s")
 
 
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DERMSERVE_")}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env | (extra or {})
-
-
 FRONT_MALLOC = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576"}
 WEB_MALLOC = {"MALLOC_ARENA_MAX": "2"}
 """The front's and the page's malloc settings, as the server and web images set them
@@ -198,35 +197,35 @@ def launch(stack: Stack, models: Path) -> None:
     start(stack, "redis", redis_command(stack.redis_port, w / "redis"))
     batch = {"DERMSERVE_REDIS_URL": redis_url, "DERMSERVE_INPUT_ROOTS": str(stack.input_root),
              "DERMSERVE_BATCH_OUTPUT_DIR": str(w / "results")}
-    start(stack, "front", [sys.executable, "-m", "dermserve.service",
-                           "--listen", f"127.0.0.1:{stack.port}",
-                           "--health-listen", f"127.0.0.1:{stack.health_port}",
-                           "--metrics-port", str(stack.metrics_port), "--backend", "embedded",
-                           "--model-base", str(models), "--model-name", MODEL_NAME,
-                           "--tls-cert", str(stack.pki.server_cert),
-                           "--tls-key", str(stack.pki.server_key),
-                           "--tls-client-ca", str(stack.pki.ca),
-                           "--auth-tokens-file", str(w / "tokens"),
-                           "--grace-period-s", "2", "--log-format", "json"],
+    start(stack, "front", front_command(f"127.0.0.1:{stack.port}", models, MODEL_NAME,
+                                        "--health-listen", f"127.0.0.1:{stack.health_port}",
+                                        "--tls-cert", str(stack.pki.server_cert),
+                                        "--tls-key", str(stack.pki.server_key),
+                                        "--tls-client-ca", str(stack.pki.ca),
+                                        "--auth-tokens-file", str(w / "tokens"),
+                                        "--grace-period-s", "2", "--log-format", "json",
+                                        metrics_port=stack.metrics_port),
           batch | FRONT_MALLOC)
-    start(stack, "worker", [sys.executable, "-m", "dermserve.worker", "--model-base", str(models),
-                            "--model-name", MODEL_NAME, "--worker-metrics-port", "0"], batch)
-    start(stack, "web", web_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN} | WEB_MALLOC)
+    start(stack, "worker", worker_command(models, MODEL_NAME), batch)
+    start(stack, "web", page_command(stack), {"DERMSERVE_TOKEN": WEB_TOKEN} | WEB_MALLOC)
 
 
-def web_command(stack: Stack) -> list[str]:
+def page_command(stack: Stack) -> list[str]:
+    """The page behind the proxy stand-in, over TLS to the front, with short read timeouts."""
     timeout = str(WEB_HEADER_TIMEOUT_S)
-    return [sys.executable, "-m", "dermserve.web", "--web-listen", f"127.0.0.1:{stack.web_port}",
-            "--target", stack.target, "--tls-ca", str(stack.pki.ca),
-            "--tls-cert", str(stack.pki.client_cert), "--tls-key", str(stack.pki.client_key),
-            "--trusted-proxies", f"{PROXY_ADDRESS}/32", "--operator-group", WEB_OPERATOR_GROUP,
-            "--header-timeout-s", timeout, "--body-idle-timeout-s", timeout]
+    return web_command(f"127.0.0.1:{stack.web_port}", stack.target,
+                       "--tls-ca", str(stack.pki.ca), "--tls-cert", str(stack.pki.client_cert),
+                       "--tls-key", str(stack.pki.client_key),
+                       "--trusted-proxies", f"{PROXY_ADDRESS}/32",
+                       "--operator-group", WEB_OPERATOR_GROUP,
+                       "--header-timeout-s", timeout, "--body-idle-timeout-s", timeout)
 
 
 def start(stack: Stack, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
     log = (stack.workdir / f"{name}.log").open("wb")
     stack.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                             env=child_env(env), cwd=Path.cwd())
+                                             env=child_environment(env, own_settings=True),
+                                             cwd=Path.cwd())
 
 
 def wait_ready(stack: Stack) -> None:

@@ -17,7 +17,6 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from dermserve.core.backends.version_dirs import scan_versions
 from devtools.bench.harness import add_target_arguments, write_report
 from devtools.stack.health import wait_until_ready
 from devtools.stack.ports import free_port
+from devtools.stack.process import front_command, start
 
 DEFAULT_CALLS = 40  # pairs measured; an Explain of the released model takes ~0.1-0.5 s here
 WARM_UP_PAIRS = 5  # pairs before measuring, so neither signature's graph set-up is measured
@@ -39,10 +39,8 @@ CALL_TIMEOUT_S = 60.0  # seconds per call: generous on a loaded machine, never a
 
 
 def start_server(model_base: Path, model_name: str, port: int) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{port}",
-               "--metrics-port", "0", "--backend", "embedded", "--model-base", str(model_base),
-               "--model-name", model_name, "--log-level", "WARNING"]
-    return subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return start(front_command(f"127.0.0.1:{port}", model_base, model_name,
+                               "--log-level", "WARNING"))
 
 
 def latest_version(model_base: Path, model_name: str) -> int:

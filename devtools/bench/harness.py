@@ -73,6 +73,7 @@ from devtools.bench import grpc_floor
 from devtools.bench.naive_peer import PATH as PEER_PATH
 from devtools.stack.health import wait_until_ready
 from devtools.stack.ports import free_port
+from devtools.stack.process import front_command, start
 
 CONCURRENCY_LEVELS = (1, 8, 32)  # from the targets
 MATRIX_CONCURRENCY = 8  # clients for each matrix input's throughput
@@ -392,11 +393,8 @@ def served_settings(server_args: Sequence[str]) -> Settings:
 
 def start_server(target: Target, port: int, metrics_port: int,
                  extra_args: Sequence[str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "dermserve.service", "--listen", f"127.0.0.1:{port}",
-               "--metrics-port", str(metrics_port), "--backend", "embedded",
-               "--model-base", str(target.model_base), "--model-name", target.model_name,
-               "--log-level", "WARNING", *extra_args]
-    return subprocess.Popen(command, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    return start(front_command(f"127.0.0.1:{port}", target.model_base, target.model_name,
+                               "--log-level", "WARNING", *extra_args, metrics_port=metrics_port))
 
 
 def wait_serving(channel: grpc.Channel, server: subprocess.Popen[bytes],

@@ -24,7 +24,6 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -50,6 +49,7 @@ from dermserve.v1 import batch_jobs_pb2 as batch_pb
 from dermserve.v1 import batch_jobs_pb2_grpc as batch_grpc
 from devtools.stack.health import wait_until_serving
 from devtools.stack.ports import free_ports
+from devtools.stack.process import front_command, start, web_command, worker_command
 from devtools.stack.redis import RedisServer
 
 CHROMIUM = "chromium"  # Debian's package and binary name
@@ -94,10 +94,6 @@ class Served:
     front: str
 
 
-def start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", *command], env=env)
-
-
 @contextmanager
 def served_page(model_base: Path, model_name: str, images: Path) -> Iterator[Served]:
     """A redis-server, a front hosting BatchJobs, one worker and a web server, on free loopback
@@ -105,17 +101,13 @@ def served_page(model_base: Path, model_name: str, images: Path) -> Iterator[Ser
     front_port, web_port = free_ports(2)
     with tempfile.TemporaryDirectory(prefix="dermserve-web-") as scratch:
         redis = RedisServer(Path(scratch) / "redis").start()
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "DERMSERVE_REDIS_URL": redis.url,
-               "DERMSERVE_INPUT_ROOTS": str(images.resolve()),
-               "DERMSERVE_BATCH_OUTPUT_DIR": str(Path(scratch) / "results")}
-        model = ["--model-base", str(model_base), "--model-name", model_name]
+        batch = {"DERMSERVE_REDIS_URL": redis.url, "DERMSERVE_INPUT_ROOTS": str(images.resolve()),
+                 "DERMSERVE_BATCH_OUTPUT_DIR": str(Path(scratch) / "results")}
+        front = f"127.0.0.1:{front_port}"
         processes = [
-            start(["dermserve.service", "--listen", f"127.0.0.1:{front_port}",
-                   "--metrics-port", "0", "--backend", "embedded", "--log-level", "WARNING",
-                   *model], env),
-            start(["dermserve.worker", "--worker-metrics-port", "0", *model], env),
-            start(["dermserve.web", "--web-listen", f"127.0.0.1:{web_port}", "--target",
-                   f"127.0.0.1:{front_port}"], env)]
+            start(front_command(front, model_base, model_name, "--log-level", "WARNING"), batch),
+            start(worker_command(model_base, model_name), batch),
+            start(web_command(f"127.0.0.1:{web_port}", front), batch)]
         try:
             with grpc.insecure_channel(f"127.0.0.1:{front_port}") as channel:
                 if not wait_until_serving(channel, START_TIMEOUT_S,

@@ -46,6 +46,12 @@ from dermserve.worker import defaults as worker_defaults
 from devtools import proc
 from devtools.stack.console import Console, PrefixFormatter
 from devtools.stack.health import wait_until_serving
+from devtools.stack.process import (
+    WORKER_MODULE,
+    front_command,
+    web_command,
+    worker_command,
+)
 from devtools.stack.redis import redis_command
 from devtools.stack.supervisor import STOP_TIMEOUT_S, Child, CrashLoop, RestartPolicy, Supervisor
 
@@ -113,26 +119,23 @@ def ready_file(args: argparse.Namespace, name: str) -> Path:
 
 def front_child(args: argparse.Namespace, model_base: Path) -> Child:
     # The front hosts BatchJobs, so it shares the worker's Redis, input roots and output dir.
-    return Child("front", [sys.executable, "-m", "dermserve.service", "--listen", args.listen,
-                           "--metrics-port", str(args.metrics_port),
-                           "--model-base", str(model_base), "--model-name", args.model_name,
-                           "--backend", "embedded",
-                           "--ready-file", str(ready_file(args, "front"))],
+    return Child("front", front_command(args.listen, model_base, args.model_name,
+                                        "--ready-file", str(ready_file(args, "front")),
+                                        metrics_port=args.metrics_port),
                  env=batch_environment(args))
 
 
 def worker_child(args: argparse.Namespace, model_base: Path) -> Child:
-    return Child("worker", [sys.executable, "-m", args.worker_module,
-                            "--model-base", str(model_base), "--model-name", args.model_name,
-                            "--worker-metrics-port", str(args.worker_metrics_port),
-                            "--ready-file", str(ready_file(args, "worker"))],
+    return Child("worker", worker_command(model_base, args.model_name,
+                                          "--ready-file", str(ready_file(args, "worker")),
+                                          metrics_port=args.worker_metrics_port,
+                                          module=args.worker_module),
                  env=batch_environment(args))
 
 
 def web_child(args: argparse.Namespace) -> Child:
     # The page is a client of the front; it answers (not ready) until the front is SERVING.
-    return Child("web", [sys.executable, "-m", "dermserve.web", "--web-listen", args.web_listen,
-                         "--target", args.listen])
+    return Child("web", web_command(args.web_listen, args.listen))
 
 
 def stack_children(args: argparse.Namespace) -> list[Child]:
@@ -300,7 +303,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "data and <var-dir>/batch-input)")
     parser.add_argument("--pids-file", type=Path,
                         help="keep {child: pid} of the running children in this JSON file")
-    parser.add_argument("--worker-module", default="dermserve.worker",
+    parser.add_argument("--worker-module", default=WORKER_MODULE,
                         help="the worker's module (a test's entry: tests.worker.hold)")
     parser.add_argument("--restart-delay-s", type=float, default=policy.initial_delay_s,
                         help="seconds before restarting a child that exited (doubles per exit)")
