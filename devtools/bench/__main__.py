@@ -1,5 +1,5 @@
-"""`python -m devtools.bench`: see devtools.bench.harness."""
+"""`python -m devtools.bench`: see devtools.bench.run."""
 
-from devtools.bench.harness import main
+from devtools.bench.run import main
 
 main()

@@ -7,7 +7,7 @@ parses the request and answers one canned response of a real answer's size (seve
 their display names, a model, a request id). No interceptors, no validation, no decoding, no
 model; other methods answer UNIMPLEMENTED.
 
-`python -m devtools.bench.grpc_floor --port N` (devtools.bench.harness starts it and stops it with
+`python -m devtools.bench.grpc_floor --port N` (devtools.bench.run starts it and stops it with
 SIGTERM).
 """
 

@@ -10,7 +10,7 @@ dermserve serves goes through it.
 
     POST /classify (body: JPEG or PNG bytes) -> 200 {"probabilities": [...]}
 
-`python -m devtools.bench.naive_peer --model-dir models/ham10000/2 --port N` (devtools.bench.harness
+`python -m devtools.bench.naive_peer --model-dir models/ham10000/2 --port N` (devtools.bench.run
 starts it).
 """
 
