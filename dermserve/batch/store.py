@@ -295,22 +295,6 @@ class JobStore:
     def close(self) -> None:
         self.client.close()
 
-    # --- the tests' hold on a first chunk (worker/hold.py) -----------------------------------
-    @property
-    def hold_inside_key(self) -> str:
-        return f"{self.prefix}:test:inside"
-
-    @property
-    def hold_release_key(self) -> str:
-        return f"{self.prefix}:test:release"
-
-    def announce_held(self, text: str) -> None:
-        self.client.rpush(self.hold_inside_key, text)
-
-    def wait_for_release(self, timeout_s: float) -> bool:
-        """True once a release was pushed, False after `timeout_s` without one."""
-        return bool(self.client.blpop([self.hold_release_key], timeout=timeout_s))
-
     def delete(self, job_id: str) -> None:
         owner = self.client.hget(self.job_key(job_id), "owner")
         with self.client.pipeline(transaction=True) as pipe:

@@ -18,8 +18,18 @@ from dermserve.batch.store import JobStore
 WAIT_SLICE_S = 5  # seconds per BLPOP: well under the Redis client's socket timeout
 
 
+def inside_key(store: JobStore) -> str:
+    """Where the held worker announces itself (a test BLPOPs it)."""
+    return f"{store.prefix}:test:inside"
+
+
+def release_key(store: JobStore) -> str:
+    return f"{store.prefix}:test:release"
+
+
 class FirstChunkHold:
-    """Holds the first chunk this process claims (see the module docstring)."""
+    """Holds the first chunk this process claims (see the module docstring). The keys are the
+    job store's Redis and prefix, so a test's store sees them; the product's store has no hold."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
@@ -29,8 +39,8 @@ class FirstChunkHold:
         if self.used:
             return
         self.used = True
-        self.store.announce_held(f"{job_id}:{index}:{os.getpid()}")
-        while not self.store.wait_for_release(WAIT_SLICE_S):
+        self.store.client.rpush(inside_key(self.store), f"{job_id}:{index}:{os.getpid()}")
+        while not self.store.client.blpop([release_key(self.store)], timeout=WAIT_SLICE_S):
             pass
 
 

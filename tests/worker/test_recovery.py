@@ -19,6 +19,7 @@ from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
 from dermserve.batch.records import JobState
 from dermserve.worker.settings import WorkerSettings
 from devtools.stack.redis import RedisServer
+from tests.worker import hold
 from tests.worker.conftest import wait_until, write_images
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,7 +109,7 @@ def assert_exactly_one_result_per_image(jobs: JobService, job_id: str) -> None:
 
 def inside_a_chunk(jobs: JobService, timeout_s: int = 120) -> tuple[str, int, int]:
     """(job id, chunk, pid) announced by a worker holding its first chunk (tests/worker/hold.py)."""
-    announced = jobs.store.client.blpop([f"{jobs.store.prefix}:test:inside"], timeout=timeout_s)
+    announced = jobs.store.client.blpop([hold.inside_key(jobs.store)], timeout=timeout_s)
     assert announced, "no worker announced that it is inside a chunk"
     job_id, index, pid = announced[1].rsplit(":", 2)
     return job_id, int(index), int(pid)
