@@ -4,10 +4,10 @@ peak, any INTERNAL (seen by a client, or counted by the server), crashes, what t
 the p99 of unary Classify calls that a probe makes while the abuse runs.
 
 Verdict (`passed`): no INTERNAL, no crash, no failed promise (devtools/attack/record.py), RSS growth
-under RSS_GROWTH_LIMIT_MB per process, no forged or oversized log line, no ERROR logged, every
-probe call answered, and the timing promises: unary p99 under P99_LIMIT_S and CPU bombs refused
-fast. The quick test (tests/attack/) asserts all but the timing ones, which measure the machine
-as much as the server; `make attack` judges them too.
+under RSS_GROWTH_LIMIT_MB per process, no forged or oversized log line, no ERROR logged, every probe
+call answered, and the timing promises: unary p99 under P99_LIMIT_S and CPU bombs refused fast. The
+quick test (tests/devtools/test_attack_quick.py) asserts all but the timing ones, which measure the
+machine as much as the server; `make attack` judges them too.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ from dermserve.core.errors import (
     InvalidRequest,
     ModelNotFound,
 )
-from tests.backends.helpers import Traffic, publish_version, wait_until
-from tests.backends.test_embedded import images
-from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME
+from tests.core.backends.helpers import Traffic, publish_version, wait_until
+from tests.core.backends.test_embedded import images
+from tests.core.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 
 LATEST = ModelRef(TINY_MODEL_NAME)
 DEADLINE_SLACK_S = 0.5

@@ -23,8 +23,8 @@ from dermserve.core.backends.savedmodel import (
 )
 from dermserve.core.model_config import OOD_OUTPUT, PROBABILITIES_OUTPUT
 from dermserve.service.settings import Settings
-from tests.backends.test_embedded import images
 from tests.conftest import TINY_MODEL_NAME, tiny_config
+from tests.core.backends.test_embedded import images
 
 
 def test_a_version_is_frozen_by_default_and_answers_as_its_signature(model_base: Path) -> None:

@@ -13,9 +13,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dermserve.core.backends.tfserving import TFServingBackend
-from tests.backends.helpers import wait_until
-from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME
+from tests.core.backends.helpers import wait_until
+from tests.core.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.service.conftest import Running, good_jpeg, pb, running_server
 
 BACKEND_TIMEOUT_S = 2.0

@@ -17,9 +17,9 @@ from dermserve.core.backends.savedmodel import LoadedVersion
 from dermserve.core.errors import BackendUnavailable, ModelNotFound
 from dermserve.core.model_config import ModelConfig
 from dermserve.service.settings import Settings
-from tests.backends.conftest import FAST_POLL_S
-from tests.backends.helpers import Traffic, publish_version, wait_until
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME
+from tests.core.backends.conftest import FAST_POLL_S
+from tests.core.backends.helpers import Traffic, publish_version, wait_until
 
 LATEST = ModelRef(TINY_MODEL_NAME)
 SLOW_POLL_S = 3600.0

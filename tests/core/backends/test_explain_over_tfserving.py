@@ -16,8 +16,8 @@ from dermserve.core.backends.base import ModelRef
 from dermserve.core.backends.embedded import EmbeddedBackend
 from dermserve.core.backends.tfserving import TFServingBackend
 from dermserve.core.errors import ExplanationUnsupported
-from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_INPUT, TINY_MODEL_NAME, tiny_config
+from tests.core.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.explain_models import RED, export_region_version, hottest_quadrant, patched_png
 from tests.service.conftest import pb, reason_of, running_server
 

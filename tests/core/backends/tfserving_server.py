@@ -11,13 +11,13 @@ SignatureDefs read from the version's saved_model.pb.
 
 Use it from any test:
 
-    from tests.backends.tfserving_server import start_fake_tfserving
+    from tests.core.backends.tfserving_server import start_fake_tfserving
     server = start_fake_tfserving(model_base, "ham10000")   # port=0: an ephemeral port
     backend = TFServingBackend(server.target, "ham10000")
     ...
     server.stop()
 
-or the `fake_tfserving` fixture in tests/backends/conftest.py. Knobs for failure tests:
+or the `fake_tfserving` fixture in tests/core/backends/conftest.py. Knobs for failure tests:
 `delay_s` (every RPC waits this long first), `fail_next` (that many RPCs answer UNAVAILABLE),
 and `calls` (a Counter of RPCs received, by method name).
 """

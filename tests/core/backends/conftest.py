@@ -1,7 +1,7 @@
 """Fixtures for the backend tests: an extra exported version, and backends that close themselves.
 
-`fake_tfserving` (see tests/backends/tfserving_server.py) starts a TF Serving stand-in over real
-gRPC on 127.0.0.1; other test areas can use it too, by importing `start_fake_tfserving`.
+`fake_tfserving` (see tests/core/backends/tfserving_server.py) starts a TF Serving stand-in over
+real gRPC on 127.0.0.1; other test areas can use it too, by importing `start_fake_tfserving`.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from dermserve.core.backends.embedded import EmbeddedBackend
-from tests.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 from tests.conftest import TINY_MODEL_NAME, export_tiny
+from tests.core.backends.tfserving_server import FakeTFServing, start_fake_tfserving
 
 FAST_POLL_S = 0.05
 """Poll interval for hot-reload tests: quick pick-up without spinning the shared CPUs."""
