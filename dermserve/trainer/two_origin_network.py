@@ -25,6 +25,38 @@ NEUTRAL_CONTEXT = np.array([0, 0, 1,            # sex: unknown
 'unknown' sex and site, and a missing age (its mean over its maximum, and the missing flag)."""
 
 
+SKLESION_SEXES = ("female", "male", "unknown")
+SKLESION_SITES = ("arm", "head-or-neck", "leg-or-genital", "trunk", "unknown")
+SKLESION_AGE_MEAN = 51.90180032733224  # years: its training set's mean, for a missing age
+SKLESION_AGE_MAX = 90.0  # years: its scale (age / 90)
+SITE_GROUPS = {
+    "arm": ("upper extremity", "hand"),
+    "head-or-neck": ("head/neck", "face", "scalp", "neck", "ear"),
+    "leg-or-genital": ("lower extremity", "foot", "genital"),
+    "trunk": ("trunk", "back", "abdomen", "chest", "anterior torso", "posterior torso",
+              "lateral torso"),
+}
+"""The body sites HAM10000 (`localization`) and ISIC 2019 (`anatom_site_general`) record, in
+sklesion's five groups (its `model_props.pkl` one-hot map). A site that spans groups or none
+(acral, palms/soles, oral/genital, unknown) is "unknown", as sklesion's own data has it."""
+
+
+def site_group(site: str) -> str:
+    name = site.strip().lower()
+    return next((group for group, sites in SITE_GROUPS.items() if name in sites), "unknown")
+
+
+def sklesion_context(age: float | None, sex: str, site: str) -> np.ndarray:
+    """sklesion's metadata vector: one-hot sex and site group, age over 90 and a missing flag
+    (a missing age is its training mean, as its own preprocessing does)."""
+    sex_name = sex.strip().lower() if sex.strip().lower() in SKLESION_SEXES else "unknown"
+    missing = age is None
+    years = SKLESION_AGE_MEAN if age is None else float(age)
+    return np.array([*(float(sex_name == s) for s in SKLESION_SEXES),
+                     *(float(site_group(site) == g) for g in SKLESION_SITES),
+                     years / SKLESION_AGE_MAX, float(missing)], np.float32)
+
+
 def _wired(model: Any, replacements: dict[str, Any], inputs: list[Any]) -> dict[str, Any]:
     """Call `model`'s layers on `inputs` in its own order, calling `replacements[name]` in place
     of the layer `name`; returns every layer's output by name."""
