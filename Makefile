@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
+.PHONY: help install peers proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,11 +23,23 @@ help:  ## list the targets
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# uv.lock declares the peers' groups in conflict with the project (pyproject.toml's [tool.uv]).
+UV_SYNC := $(UV) sync --frozen --preview-features package-conflicts --python $(PYTHON_VERSION)
+
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON_VERSION)
+	$(UV_SYNC)
 	touch $@
 
-install: $(VENV)/.installed redis-server chromium  ## create the virtualenv and install Python packages, redis-server and chromium
+# The KServe and MLServer reference peers (devtools/bench/peers/), each in an environment of its
+# own from uv.lock's peer-kserve / peer-mlserver group: they cannot share the project's protobuf.
+PEER_VENVS := $(VENV)-kserve $(VENV)-mlserver
+$(VENV)-%/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV)-$* $(UV_SYNC) --only-group peer-$*
+	touch $@
+
+peers: $(PEER_VENVS:%=%/.installed)  ## the KServe and MLServer reference peers' own virtualenvs (.venv-kserve, .venv-mlserver)
+
+install: $(VENV)/.installed peers redis-server chromium  ## create the virtualenvs and install Python packages, redis-server and chromium
 
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
