@@ -34,6 +34,6 @@ class Ham10000:
     def __init__(self) -> None:
         self.model = ServedModel(Path(os.environ[MODEL_DIR_ENV]))
 
-    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE)
+    @bentoml.api(batchable=True, max_batch_size=MAX_BATCH_SIZE)  # type: ignore[untyped-decorator]
     def classify(self, images: list[Image]) -> np.ndarray:
         return self.model.probabilities(np.stack([self.model.input_of(i) for i in images]))

@@ -26,13 +26,13 @@ Call = Callable[[], np.ndarray]
 """One call of a server with a fixed image: its probabilities, in the model's label order."""
 
 V2_PROTO = "devtools/bench/peers/grpc_predict_v2.proto"  # found on sys.path, as the package is
-V2_INPUT = "images"  # the BYTES input tensor's name: the peers read the first input, whatever its name
+V2_INPUT = "images"  # the BYTES input tensor; the peers read the first input, whatever its name
 
 
 @functools.cache
 def v2_modules() -> tuple[ModuleType, ModuleType]:
     """(messages, services) of the v2 protocol, compiled once per process."""
-    protos, services = grpc.protos_and_services(V2_PROTO)  # type: ignore[attr-defined]
+    protos, services = grpc.protos_and_services(V2_PROTO)
     return protos, services
 
 
