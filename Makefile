@@ -58,7 +58,14 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	@# clone excludes the generated dermserve/; this .pth lets console scripts (dermserve) import it.
 	$(PY) -c 'import pathlib, site; pathlib.Path(site.getsitepackages()[0], "dermserve-stubs.pth").write_text("$(CURDIR)\n")'
 
-proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
+# The benchmark's client of the peers' v2 inference protocol (devtools/bench/peers/), generated
+# beside its .proto, ignored by git like the stubs above.
+PEER_PROTO := devtools/bench/peers/grpc_predict_v2.proto
+PEER_STUBS := $(PEER_PROTO:.proto=_pb2.py)
+$(PEER_STUBS): $(PEER_PROTO) $(VENV)/.installed
+	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PEER_PROTO)
+
+proto: $(PROTO_STAMP) $(PEER_STUBS)  ## generate the Python gRPC stubs from protos/ (and the peers' v2 client)
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
 	$(VENV)/bin/ruff check core protocol client batch service worker trainer cli web devtools tests
@@ -164,7 +171,7 @@ external-check: install  ## measure every version in $(MODEL_BASE) on both exter
 	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --bcn-dir $(BCN_DIR) --out $(EXTERNAL_OUT)
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
-	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dermserve .pytest_cache .mypy_cache .ruff_cache devtools/bench/peers/grpc_predict_v2_pb2*
 
 # Offline-capable command-line tools the checks need, installed from the package registries into .tools/.
 $(TOOLS)/node_modules/.bin/buf:

@@ -19,7 +19,7 @@ from core.image.decoding import decode_for_model
 from core.image.limits import ImageLimits
 from core.model_config import ModelConfig
 from devtools.bench import harness
-from devtools.bench.peers import clients, launch, report
+from devtools.bench.peers import clients, grpc_predict_v2_pb2, launch, report
 from devtools.bench.peers import run as peers_run
 from devtools.bench.peers.served_model import ServedModel
 from tests.conftest import TINY_MODEL_NAME
@@ -87,7 +87,7 @@ def descriptor_fields(proto: descriptor_pb2.FileDescriptorProto) -> dict[str, An
 
 def test_the_vendored_v2_proto_matches_the_one_kserve_ships() -> None:
     ours = descriptor_pb2.FileDescriptorProto()
-    clients.v2_modules()[0].DESCRIPTOR.CopyToProto(ours)
+    grpc_predict_v2_pb2.DESCRIPTOR.CopyToProto(ours)
     dump = ("import sys; from google.protobuf import descriptor_pb2; "
             "from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb; "
             "p = descriptor_pb2.FileDescriptorProto(); pb.DESCRIPTOR.CopyToProto(p); "
@@ -125,7 +125,7 @@ def test_a_peer_that_answers_other_probabilities_is_not_timed() -> None:
     errors: dict[str, str] = {}
     agreeing, gaps = peers_run.checked(reference, [close, wrong], {"a": b"", "b": b""}, errors)
     assert [server.name for server in agreeing] == ["close"]
-    assert gaps["close"] == pytest.approx(peers_run.AGREEMENT_ATOL / 2)
+    assert gaps["close"] == pytest.approx(peers_run.AGREEMENT_ATOL / 2, rel=1e-3)  # float32
     assert "wrong" in errors and "differs from dermserve" in errors["wrong"]
 
 
@@ -149,7 +149,8 @@ def test_the_targets_name_a_peer_that_wins_and_why() -> None:
     [won] = judged["peer_wins"]
     assert (won["peer"], won["metric"]) == ("fast", "p50_ms_c1")
     assert won["peer_why"]["cores_per_call_c1"] == pytest.approx(14 / 8)
-    memory = peers_run.memory_target({"dermserve": 300, "fast": 250, "slow": 400}, 40)
+    assert not peers_run.memory_target({"dermserve": 300, "fast": 250, "slow": 400}, 40)["met"]
+    memory = peers_run.memory_target({"dermserve": 300, "fast": 250, "slow": 400}, 60)
     assert memory["best_peer"] == "fast" and memory["met"]
     result = {"rounds": 2, "seconds_per_window": 3.0,
               "machine": {"cpus": 2, "load_average_1m_before_after": [0.5, 0.6]},

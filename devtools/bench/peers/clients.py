@@ -9,40 +9,31 @@ checked against dermserve's before it is timed (run.py).
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import uuid
 from collections.abc import Callable, Sequence
-from types import ModuleType
 from typing import Any
 
 import grpc
 import numpy as np
 
 from devtools.bench.harness import CALL_TIMEOUT_S, grpc_client
+from devtools.bench.peers import grpc_predict_v2_pb2 as pb
+from devtools.bench.peers import grpc_predict_v2_pb2_grpc as pb_grpc
 
 Call = Callable[[], np.ndarray]
 """One call of a server with a fixed image: its probabilities, in the model's label order."""
 
-V2_PROTO = "devtools/bench/peers/grpc_predict_v2.proto"  # found on sys.path, as the package is
 V2_INPUT = "images"  # the BYTES input tensor; the peers read the first input, whatever its name
 
 
-@functools.cache
-def v2_modules() -> tuple[ModuleType, ModuleType]:
-    """(messages, services) of the v2 protocol, compiled once per process."""
-    protos, services = grpc.protos_and_services(V2_PROTO)
-    return protos, services
-
-
-def v2_stub(channel: grpc.Channel) -> Any:
-    return v2_modules()[1].GRPCInferenceServiceStub(channel)
+def v2_stub(channel: grpc.Channel) -> pb_grpc.GRPCInferenceServiceStub:
+    return pb_grpc.GRPCInferenceServiceStub(channel)
 
 
 def v2_client(channel: grpc.Channel, model_name: str, image: bytes) -> Call:
     """ModelInfer of `image` on `model_name`; the FP32 output as (classes,) probabilities."""
-    pb = v2_modules()[0]
     tensor = pb.ModelInferRequest.InferInputTensor(
         name=V2_INPUT, datatype="BYTES", shape=[1], contents=pb.InferTensorContents(
             bytes_contents=[image]))
@@ -55,7 +46,7 @@ def v2_client(channel: grpc.Channel, model_name: str, image: bytes) -> Call:
     return call
 
 
-def v2_probabilities(response: Any) -> np.ndarray:
+def v2_probabilities(response: pb.ModelInferResponse) -> np.ndarray:
     """The first output of a ModelInferResponse, raw (little-endian FP32) or as contents."""
     if response.raw_output_contents:
         return np.frombuffer(response.raw_output_contents[0], "<f4").copy()
@@ -64,7 +55,6 @@ def v2_probabilities(response: Any) -> np.ndarray:
 
 def v2_model_ready(channel: grpc.Channel, model_name: str, timeout_s: float) -> bool:
     """Whether the server says `model_name` is ready (waiting for the channel up to `timeout_s`)."""
-    pb = v2_modules()[0]
     answer = v2_stub(channel).ModelReady(pb.ModelReadyRequest(name=model_name),
                                          timeout=timeout_s, wait_for_ready=True)
     return bool(answer.ready)
