@@ -93,6 +93,8 @@ BENCH_DIR ?= bench-results
 BENCH_IMAGE ?= $(firstword $(wildcard $(DATA_DIR)/images/*.jpg))
 # Extra flags for the benchmarked server, e.g. BENCH_SERVER_ARGS=--server-arg=--batch-max-wait-ms=50
 BENCH_SERVER_ARGS ?=
+# Seconds per measured window of the peers run (36 windows a round, 2 rounds).
+PEERS_SECONDS ?= 3
 # The released model when $(MODEL_BASE) has a version, else the untrained placeholder (loudly).
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
@@ -108,7 +110,7 @@ run: install proto  ## start the stack on the released model (else the placehold
 stop:  ## stop the stack that `make run` started (from another terminal), as Ctrl-C does
 	@$(PY) -m devtools.stack --stop
 
-bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
+bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, KServe/MLServer/BentoML peers, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	$(PY) -m devtools.bench.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
@@ -117,6 +119,9 @@ bench: install proto  ## benchmark the raw model, decoding by input size, Classi
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.bench.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
+	@# dermserve against KServe, MLServer and BentoML on the same version (devtools/bench/peers/).
+	$(PY) -m devtools.bench.peers --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
+		--seconds $(PEERS_SECONDS) --out $(BENCH_DIR)/peers-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# What each of the two latest versions costs a user (Classify p50 at 1, a batch job), side by side.
 	$(PY) -m devtools.bench.version_cost --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --out $(BENCH_DIR)/version-cost-$$(date -u +%Y%m%dT%H%M%SZ).json

@@ -1,9 +1,9 @@
 """dermserve against the reference peers (KServe, MLServer, BentoML) on one model version, in one
 run: `python -m devtools.bench.peers --out FILE` (`make bench` runs it).
 
-1. start dermserve (its defaults: devtools/bench/harness.py `running_front`) and each peer
-   (launch.py), all on loopback at once, so that every window below runs beside the same idle
-   neighbours;
+1. start dermserve (its defaults: devtools/bench/harness.py `running_front`, serving the version
+   alone, as each peer serves it) and each peer (launch.py), all on loopback at once, so that
+   every window below runs beside the same idle neighbours;
 2. check that each peer answers the same probabilities as dermserve (at most AGREEMENT_ATOL
    apart, in label order) on every image; a peer that does not is not timed (its error is kept);
 3. paired rounds: for each image (the 200x150 HAM10000 image, a 600x450 frame and a 12 MP phone
@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
+import signal
+import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +42,7 @@ from devtools.bench import harness
 from devtools.bench.harness import CONCURRENCY_LEVELS, Window
 from devtools.bench.peers import clients, launch
 from devtools.bench.peers.report import report_lines
+from devtools.bench.version_cost import alone
 
 IMAGES = ("jpeg_200x150", "jpeg_600x450", "jpeg_4032x3024")  # harness.MATRIX_SIZES' names
 DEFAULT_SECONDS = 3.0  # seconds per window; 36 windows a round
@@ -188,7 +193,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     images = {name: matrix[name] for name in IMAGES}
     errors: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        front = stack.enter_context(harness.running_front(target, list(args.server_arg)))
+        # dermserve serves the benchmarked version alone, as each peer does (version_cost.py).
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="peers-")))
+        served = dataclasses.replace(target, model_base=alone(
+            target.model_base, target.model_name, target.version, scratch))
+        front = stack.enter_context(harness.running_front(served, list(args.server_arg)))
         ours = Server(DERMSERVE, "dermserve (this repository), gRPC Classify, micro-batching",
                       partial(clients.dermserve_client, front.channel, version=target.version,
                               labels=config.labels), launch.TreeProbe(front.probe.pid))
@@ -230,6 +239,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    # SIGTERM as Ctrl-C: the servers' context managers stop them, with every process they forked.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     args = parse_args(argv)
     result = run(args)
     harness.publish(args.out, result, report_lines(result))
