@@ -27,11 +27,14 @@ from tests.conftest import TINY_MODEL_NAME
 CALLS = 3  # per peer: enough to cross a keep-alive connection and a second batch
 
 
-def jpeg(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+GRPC_DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # what a gRPC server receives unless told otherwise
+
+
+def jpeg(size: tuple[int, int], colour: tuple[int, int, int], quality: int = 90) -> bytes:
     pixels = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8)
     image = Image.blend(Image.fromarray(pixels), Image.new("RGB", size, colour), 0.5)
     buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
+    image.save(buffer, "JPEG", quality=quality)
     return buffer.getvalue()
 
 
@@ -51,13 +54,19 @@ def test_each_peer_answers_the_models_probabilities(name: str, model_base: Path,
     version_dir = model_base / TINY_MODEL_NAME / "2"
     image = jpeg((120, 90), (170, 110, 90))
     expected = expected_probabilities(version_dir, image)
+    # Over gRPC's default message limit and under dermserve's (a 12 MP photo is about this size).
+    photo = jpeg((2600, 1950), (170, 110, 90), quality=95)
+    assert GRPC_DEFAULT_MAX_BYTES < len(photo) < 10 * 1024 * 1024
     with launch.running_peer(name, version_dir, TINY_MODEL_NAME, tmp_path) as peer:
         call = peer.new_client(image)
         answers = [call() for _ in range(CALLS)]
+        photo_answer = peer.new_client(photo)()
         assert peer.probe.counters()["cpu_s"] > 0
         assert (peer.probe.rss_bytes() or 0) > 0
     for answer in answers:
         np.testing.assert_allclose(answer, expected, atol=peers_run.AGREEMENT_ATOL)
+    np.testing.assert_allclose(photo_answer, expected_probabilities(version_dir, photo),
+                               atol=peers_run.AGREEMENT_ATOL)
 
 
 def test_the_peers_decode_and_resize_as_dermserve_does(model_base: Path) -> None:
