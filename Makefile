@@ -15,7 +15,7 @@ PROTO_STAMP := dermserve/v1/.generated
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: help install proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
+.PHONY: help install peers proto lint test attack fuzz run stop grpcurl bench bench-web soak screenshots demo-model train external-check tools redis-server chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,11 +23,23 @@ help:  ## list the targets
 $(UV):
 	python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
+# uv.lock declares the peers' groups in conflict with the project (pyproject.toml's [tool.uv]).
+UV_SYNC := $(UV) sync --frozen --preview-features package-conflicts --python $(PYTHON_VERSION)
+
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --all-extras --python $(PYTHON_VERSION)
+	$(UV_SYNC) --all-extras
 	touch $@
 
-install: $(VENV)/.installed redis-server chromium  ## create the virtualenv and install Python packages, redis-server and chromium
+# The KServe and MLServer reference peers (devtools/bench/peers/), each in an environment of its
+# own from uv.lock's peer-kserve / peer-mlserver group: they cannot share the project's protobuf.
+PEER_VENVS := $(VENV)-kserve $(VENV)-mlserver
+$(VENV)-%/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV)-$* $(UV_SYNC) --only-group peer-$*
+	touch $@
+
+peers: $(PEER_VENVS:%=%/.installed)  ## the KServe and MLServer reference peers' own virtualenvs (.venv-kserve, .venv-mlserver)
+
+install: $(VENV)/.installed peers redis-server chromium  ## create the virtualenvs and install Python packages, redis-server and chromium
 
 redis-server:
 	@command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
@@ -45,7 +57,14 @@ $(PROTO_STAMP): $(PROTO_SRC) $(VENV)/.installed
 	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTO_SRC)
 	touch dermserve/v1/__init__.py $@
 
-proto: $(PROTO_STAMP)  ## generate the Python gRPC stubs from protos/
+# The benchmark's client of the peers' v2 inference protocol (devtools/bench/peers/), generated
+# beside its .proto, ignored by git like the stubs above.
+PEER_PROTO := devtools/bench/peers/grpc_predict_v2.proto
+PEER_STUBS := $(PEER_PROTO:.proto=_pb2.py)
+$(PEER_STUBS): $(PEER_PROTO) $(VENV)/.installed
+	PATH=$(VENV)/bin:$$PATH $(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PEER_PROTO)
+
+proto: $(PROTO_STAMP) $(PEER_STUBS)  ## generate the Python gRPC stubs from protos/ (and the peers' v2 client)
 
 lint: install proto tools  ## ruff, mypy strict and buf lint
 	$(VENV)/bin/ruff check dermserve devtools tests
@@ -73,6 +92,8 @@ BENCH_DIR ?= bench-results
 BENCH_IMAGE ?= $(firstword $(wildcard $(DATA_DIR)/images/*.jpg))
 # Extra flags for the benchmarked server, e.g. BENCH_SERVER_ARGS=--server-arg=--batch-max-wait-ms=50
 BENCH_SERVER_ARGS ?=
+# Seconds per measured window of the peers run (36 windows a round, 2 rounds).
+PEERS_SECONDS ?= 3
 # The released model when $(MODEL_BASE) has a version, else the untrained placeholder (loudly).
 SERVE_BASE = $(if $(wildcard $(MODEL_BASE)/ham10000/[0-9]*/saved_model.pb),$(MODEL_BASE),$(DEMO_BASE))
 
@@ -88,7 +109,7 @@ run: install proto  ## start the stack on the released model (else the placehold
 stop:  ## stop the stack that `make run` started (from another terminal), as Ctrl-C does
 	@$(PY) -m devtools.stack --stop
 
-bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
+bench: install proto  ## benchmark the raw model, decoding by input size, Classify over gRPC, a naive peer, KServe/MLServer/BentoML peers, Explain against Classify, a 2,000-image batch job and the two latest versions' costs; JSON into bench-results/
 	@if [ "$(SERVE_BASE)" = "$(DEMO_BASE)" ]; then echo "WARNING: no released model in $(MODEL_BASE)/: benchmarking the untrained placeholder"; $(MAKE) --no-print-directory demo-model; fi
 	$(PY) -m devtools.bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) $(BENCH_SERVER_ARGS) --out $(BENCH_DIR)/bench-$$(date -u +%Y%m%dT%H%M%SZ).json
 	$(PY) -m devtools.bench.explain_bench --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) --out $(BENCH_DIR)/explain-$$(date -u +%Y%m%dT%H%M%SZ).json
@@ -97,6 +118,9 @@ bench: install proto  ## benchmark the raw model, decoding by input size, Classi
 	@# the real model's, so without a release it times an untrained MobileNetV2 stand-in instead.
 	$(PY) -m devtools.bench.batch_bench $(if $(filter $(DEMO_BASE),$(SERVE_BASE)),--stand-in --weights $(WEIGHTS),--model-base $(SERVE_BASE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --output $(BENCH_DIR)/batch-$$(date -u +%Y%m%dT%H%M%SZ).json
+	@# dermserve against KServe, MLServer and BentoML on the same version (devtools/bench/peers/).
+	$(PY) -m devtools.bench.peers --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
+		--seconds $(PEERS_SECONDS) --out $(BENCH_DIR)/peers-$$(date -u +%Y%m%dT%H%M%SZ).json
 	@# What each of the two latest versions costs a user (Classify p50 at 1, a batch job), side by side.
 	$(PY) -m devtools.bench.version_cost --model-base $(SERVE_BASE) $(if $(BENCH_IMAGE),--image $(BENCH_IMAGE)) \
 		$(if $(wildcard $(DATA_DIR)/images),--data-dir $(DATA_DIR)/images) --out $(BENCH_DIR)/version-cost-$$(date -u +%Y%m%dT%H%M%SZ).json
@@ -151,7 +175,7 @@ external-check: install  ## measure every version in $(MODEL_BASE) on both exter
 	  --data-dir $(DATA_DIR) --renditions-dir $(CROPS_DIR) --external-dir $(ISIC_DIR) --bcn-dir $(BCN_DIR) --out $(EXTERNAL_OUT)
 
 clean:  ## remove generated files and caches (keeps the virtualenv)
-	rm -rf dermserve/v1 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf dermserve/v1 .pytest_cache .mypy_cache .ruff_cache devtools/bench/peers/grpc_predict_v2_pb2*
 
 # Offline-capable command-line tools the checks need, installed from the package registries into .tools/.
 $(TOOLS)/node_modules/.bin/buf:

@@ -93,3 +93,29 @@ def all_threads_stopped(pid: int) -> bool:
                    for thread in psutil.Process(pid).threads())
     except GONE:
         return False
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes under `pid` (children, theirs, ...); [] once it is gone."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except GONE:
+        return []
+
+
+def tree_cpu_s(pid: int) -> float | None:
+    """CPU seconds of `pid` and its live descendants (servers that fork workers: MLServer,
+    BentoML); None once `pid` is gone."""
+    own = cpu_s(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_s(child) or 0.0 for child in descendants(pid))
+
+
+def tree_rss_bytes(pid: int) -> int | None:
+    """The resident sets of `pid` and its live descendants, summed (pages they share counted
+    once per process, as each process's RSS counts them); None once `pid` is gone."""
+    own = rss_bytes(pid)
+    if own is None:
+        return None
+    return own + sum(rss_bytes(child) or 0 for child in descendants(pid))

@@ -106,7 +106,7 @@ def test_targets_run_as_the_manifests_user_with_their_command(rendered: Rendered
 
 def test_dockerignore_keeps_models_and_secrets_out() -> None:
     ignored = set((ROOT / ".dockerignore").read_text().split())
-    assert {".git", ".venv", "models", "deploy", "dermserve/v1"} <= ignored
+    assert {".git", ".venv", ".venv-*", "models", "deploy", "dermserve/v1"} <= ignored
     assert "dermserve" not in ignored  # the package itself is the image's source
 
 
