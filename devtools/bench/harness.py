@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -337,6 +338,23 @@ def grpc_client(channel: grpc.Channel, image: bytes, version: int) -> Callable[[
     stub = pb_grpc.LesionClassifierStub(channel)
     request = pb.ClassifyRequest(image=image, model=pb.ModelSelector(version=version))
     return partial(stub.Classify, request, timeout=CALL_TIMEOUT_S)
+
+
+def http_client(port: int, path: str, body: bytes, content_type: str,
+                server: str) -> Callable[[], bytes]:
+    """POST `body` to `path` on one keep-alive HTTP connection (as a client library's session
+    holds one); each call returns the answer's body, and raises on a status other than 200."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
+
+    def call() -> bytes:
+        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
+        response = connection.getresponse()
+        answer = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{server} answered {response.status}: {answer[:200]!r}")
+        return answer
+
+    return call
 
 
 def served_settings(server_args: Sequence[str]) -> Settings:

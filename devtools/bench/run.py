@@ -39,7 +39,6 @@ share the machine's cores, as they would on one pod, so compare ratios within on
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import platform
 import statistics
@@ -56,7 +55,6 @@ from dermserve.core.backends.savedmodel import configure_threads
 from dermserve.core.model_config import ModelConfig
 from devtools.bench import grpc_floor
 from devtools.bench.harness import (
-    CALL_TIMEOUT_S,
     CONCURRENCY_LEVELS,
     DEFAULT_STEP_SECONDS,
     P50_TARGET,
@@ -72,6 +70,7 @@ from devtools.bench.harness import (
     drive,
     find_target,
     grpc_client,
+    http_client,
     matrix_images,
     pooled,
     publish,
@@ -154,19 +153,8 @@ def paired_rounds(raw: RawModel, best: tuple[int, int], decode_ms: float,
 
 
 def peer_client(port: int, image: bytes) -> Callable[[], object]:
-    """One keep-alive HTTP connection to the peer, as a client library's session would hold."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
-
-    def call() -> bytes:
-        connection.request("POST", PEER_PATH, body=image,
-                           headers={"Content-Type": "application/octet-stream"})
-        response = connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"the peer answered {response.status}")
-        return body
-
-    return call
+    """The naive peer's client: the image as the body of one keep-alive connection's POSTs."""
+    return http_client(port, PEER_PATH, image, "application/octet-stream", "the naive peer")
 
 
 def wait_peer(port: int, image: bytes, peer: subprocess.Popen[bytes]) -> None:

@@ -9,7 +9,6 @@ checked against dermserve's before it is timed (run.py).
 
 from __future__ import annotations
 
-import http.client
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -18,7 +17,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from devtools.bench.harness import CALL_TIMEOUT_S, grpc_client
+from devtools.bench.harness import CALL_TIMEOUT_S, grpc_client, http_client
 from devtools.bench.peers import grpc_predict_v2_pb2 as pb
 from devtools.bench.peers import grpc_predict_v2_pb2_grpc as pb_grpc
 
@@ -71,16 +70,10 @@ def multipart(field: str, data: bytes) -> tuple[bytes, str]:
 
 def bento_client(port: int, path: str, field: str, image: bytes) -> Call:
     """POST `image` as the one file of `field` to BentoML's `path`; its row of probabilities."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=CALL_TIMEOUT_S)
-    body, content_type = multipart(field, image)
+    post = http_client(port, path, *multipart(field, image), "BentoML")
 
     def call() -> np.ndarray:
-        connection.request("POST", path, body=body, headers={"Content-Type": content_type})
-        response = connection.getresponse()
-        answer = response.read()
-        if response.status != 200:
-            raise RuntimeError(f"BentoML answered {response.status}: {answer[:200]!r}")
-        return np.asarray(json.loads(answer), np.float32).reshape(-1)
+        return np.asarray(json.loads(post()), np.float32).reshape(-1)
 
     return call
 

@@ -26,6 +26,7 @@ from devtools.bench.harness import ServerProbe
 from devtools.bench.peers import clients
 from devtools.bench.peers.served_model import MODEL_DIR_ENV
 from devtools.stack.ports import free_ports
+from devtools.stack.process import child_environment
 
 REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 300.0  # seconds; three TensorFlow processes may start on a loaded 2-core box
@@ -130,9 +131,9 @@ PEERS: dict[str, tuple[str, Callable[[Path, str, Path], Launch]]] = {
 
 
 def peer_environment(version_dir: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2",
-            MODEL_DIR_ENV: str(version_dir.resolve()),
-            "BENTOML_DO_NOT_TRACK": "True"}  # no usage report: this machine has no internet
+    return child_environment({"PYTHONPATH": str(REPO), MODEL_DIR_ENV: str(version_dir.resolve()),
+                              # no usage report: this machine has no internet
+                              "BENTOML_DO_NOT_TRACK": "True"})
 
 
 def wait_ready(launch: Launch, process: subprocess.Popen[bytes], log: Path) -> None:
