@@ -55,15 +55,15 @@ def sklesion_probabilities(model: Any, records: Sequence[Record],
     age, sex and site when `with_context`."""
     out = []
     for start in range(0, len(records), BATCH):
+        batch = records[start:start + BATCH]
         images = []
-        for record in records[start:start + BATCH]:
+        for record in batch:
             with Image.open(record.path) as image:
                 rgb = image.convert("RGB").resize((SKLESION_SIZE, SKLESION_SIZE),
                                                   Image.Resampling.BILINEAR)
             images.append(np.asarray(rgb, np.float32))
-        batch = records[start:start + BATCH]
-        meta = (np.stack([sklesion_context(r.age, r.sex, r.localization) for r in batch])
-                if with_context else np.repeat(UNKNOWN_METADATA[None], len(images), axis=0))
+        meta = np.stack([sklesion_context(r.age, r.sex, r.localization) if with_context
+                         else UNKNOWN_METADATA for r in batch])
         out.append(np.asarray(model.predict_on_batch([np.stack(images), meta])))
     return np.concatenate(out)
 
