@@ -119,7 +119,8 @@ def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
         f"- Output: calibrated probabilities over {len(config.labels)} classes: {labels}; "
         "an out-of-distribution score (Mahalanobis distance of the pooled features to the "
         "nearest class mean, in a PCA subspace of the training features).",
-        f"- Calibration: temperature scaling, T = {config.temperature:.3f} (fitted on validation).",
+        f"- Calibration: temperature scaling, T = {config.temperature:.3f} (fitted on "
+        f"{report.get('calibration_split', 'validation')}; the melanoma threshold too).",
         f"- Abstention: answer only when the top probability >= {rule.min_confidence:.3f} and the "
         f"OOD score <= {rule.max_ood_score}; thresholds chosen on validation.",
         f"- Size: {report['model'].get('size_bytes', 'n/a')} bytes on disk.", "",

@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 REPORT_DIR = "report"
 PREDICTIONS_DIR = "predictions"
+HOLDOUT = "holdout"  # the predictions of the held-out extra images (TrainSettings.extra_holdout)
 FINAL_WEIGHTS = "network.weights.h5"  # trainer.train's finished network (invalidates caches)
 
 TrainFn = Callable[[Split, TrainSettings, Path], Any]
@@ -103,9 +104,17 @@ def training_records(settings: TrainSettings) -> tuple[list[Record], list[Record
     records = load_records(settings.data_dir)
     if settings.renditions_dir is not None:
         records += load_rendition(settings.renditions_dir, records)
-    extra = ([] if settings.extra_train_dir is None else
-             load_labelled_folder(settings.extra_train_dir, (EXTRA_TRAIN_SPLIT,)))
-    return records, extra
+    return records, extra_records(settings)[0]
+
+
+def extra_records(settings: TrainSettings) -> tuple[list[Record], list[Record]]:
+    """Another source's train rows as (trained on, held out): with `extra_holdout`, every second
+    row in its labels.csv order is held out (the classes stay in their proportions there: the
+    file is in image-id order, which follows no class), else none is."""
+    if settings.extra_train_dir is None:
+        return [], []
+    rows = load_labelled_folder(settings.extra_train_dir, (EXTRA_TRAIN_SPLIT,))
+    return (rows[0::2], rows[1::2]) if settings.extra_holdout else (rows, [])
 
 
 def prepare_split(records: Sequence[Record], settings: TrainSettings, workdir: Path,
@@ -187,7 +196,10 @@ def statistics_sample(records: Sequence[Record], limit: int, seed: int) -> tuple
 def decide(split: Split, outputs: dict[str, Outputs], settings: TrainSettings) -> Decisions:
     """Fit everything on train/validation, then measure on test."""
     labels, val, test = split.labels, outputs["val"], outputs["test"]
-    calibration = calibrate(val.logits, val.y)
+    # the held-out images of another clinic, when there are any, choose the temperature and the
+    # melanoma threshold (TrainSettings.extra_holdout says why); coverage stays HAM10000's
+    chooser = outputs.get(HOLDOUT, val)
+    calibration = calibrate(chooser.logits, chooser.y)
     temperature = calibration.temperature
     statistics = FeatureStatistics.fit(outputs["train"].features, outputs["train"].y,
                                        len(labels), components=settings.ood_components)
@@ -195,8 +207,8 @@ def decide(split: Split, outputs: dict[str, Outputs], settings: TrainSettings) -
     ood_val = statistics.ood_scores(val.features)
     rule = abstention.choose_rule(probabilities_val, ood_val, settings.ood_quantile,
                                   settings.target_coverage)
-    threshold = evaluate.melanoma_threshold(probabilities_val, val.y, labels,
-                                            settings.melanoma_sensitivity)
+    threshold = evaluate.melanoma_threshold(softmax(chooser.logits, temperature), chooser.y,
+                                            labels, settings.melanoma_sensitivity)
     groups = [r.lesion_id for r in split.test]
 
     def measure(logits: np.ndarray) -> dict[str, Any]:
@@ -283,6 +295,9 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
     split = dataclasses.replace(split, test=primary_rendition(split.test))
     parts = {**split.parts(), "train": statistics_sample(split.train, settings.ood_fit_images,
                                                           settings.seed)}
+    holdout = extra_records(settings)[1]
+    if holdout:
+        parts[HOLDOUT] = tuple(holdout)
     outputs = {name: predict_split(name, part, network, hooks, settings, split.labels,
                                    tta=settings.tta and name == "test")
                for name, part in parts.items()}
@@ -355,6 +370,14 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
     return version_dir
 
 
+def operating_split(settings: TrainSettings) -> str:
+    """What chose the temperature and the melanoma threshold, as the report says it."""
+    if settings.extra_holdout and settings.extra_train_dir is not None:
+        return (f"the held-out half of {settings.extra_train_dir}'s train split (every second "
+                "row, never trained on)")
+    return "validation"
+
+
 def external_checked(settings: TrainSettings) -> bool:
     """Whether the run measures an external check (then the external gate applies too)."""
     return settings.external_dir is not None or settings.bcn_dir is not None
@@ -413,7 +436,8 @@ def assemble_report(split: Split, decisions: Decisions, settings: TrainSettings,
                        **decisions.abstention_summary},
         "operating_point": {"melanoma_threshold": decisions.melanoma_threshold,
                             "target_sensitivity": settings.melanoma_sensitivity,
-                            "chosen_on": "validation"},
+                            "chosen_on": operating_split(settings)},
+        "calibration_split": operating_split(settings),
         "test": test,
         "test_tta": decisions.test_tta,
         "targets": report.target_results(test["metrics"], settings.input_size),

@@ -197,23 +197,25 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown view of a report dictionary."""
     test, tta = report["test"], report.get("test_tta")
     abstention = report["abstention"]
+    chooser = report.get("calibration_split", "validation")
     lines = [f"# Evaluation report: {report['model']['name']} "
              f"({report['model'].get('backbone', '')})", "",
              "Held-out test split, grouped by lesion and never used for any decision "
-             "(temperature, abstention thresholds and the melanoma operating point come from "
-             "validation). Intervals: 95% percentile bootstrap over lesions "
+             f"(the temperature and the melanoma operating point come from {chooser}, the "
+             "abstention thresholds from validation). Intervals: 95% percentile bootstrap over "
+             "lesions "
              f"({test['bootstrap']['samples']} resamples).", "",
              f"Test: {test['images']} images of {test['lesions']} lesions. "
              f"Melanoma operating point: P(mel) >= {_fmt(test['melanoma_threshold'])} "
-             f"(chosen for validation sensitivity "
-             f">= {report['operating_point']['target_sensitivity']}).", "",
+             f"(chosen for sensitivity >= {report['operating_point']['target_sensitivity']} "
+             f"on {chooser}).", "",
              "## Headline", "", *_headline_table(test, tta),
              "## Targets (issue 10, own test)", "", *_targets_table(report["targets"]),
              "## External check and robustness", "",
              *_external_section(report.get("external_check")),
              "## Per class", "", *_per_class_table(test["per_class"]),
              "![confusion matrix](confusion_matrix.png)", "", "![ROC](roc.png)", "",
-             "## Calibration", "", *_dict_table("temperature scaling (validation)",
+             "## Calibration", "", *_dict_table(f"temperature scaling ({chooser})",
                                                   report["calibration"]),
              "![reliability](reliability.png)", "",
              "## Abstention", "",

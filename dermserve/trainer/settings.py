@@ -70,10 +70,10 @@ class TrainSettings:
                              help="class imbalance handling; auto: measured on stage 1")
     imbalance_trial_epochs: int = setting(15, unit="epochs",
                                           help="stage-1 epochs per strategy when measuring")
-    # The same backbone, cut, input size and colour constancy; its training images must begin
-    # with this split's, as when it trained on the same split plus extra images. The views keep
-    # the source's augmentation seed, so seeds then differ in initialisation, dropout and batch
-    # order only, and cost no new cache.
+    # The same backbone, cut, input size and colour constancy; its training images must include
+    # this split's (the same split plus extra images, or with some extra images held out). The
+    # views keep the source's augmentation seed, so seeds then differ in initialisation, dropout
+    # and batch order only, and cost no new cache.
     cache_source: Path | None = setting(None, help="another workdir whose cached views to reuse")
     threads: int = setting(2, unit="threads", help="TensorFlow intra-op threads")
     time_budget_s: float | None = setting(
@@ -85,6 +85,13 @@ class TrainSettings:
     extra_train_dir: Path | None = setting(
         None, help="another source's labels.csv + images/ (ISIC 2017): its train rows are "
                    "training data only")
+    # HAM10000 validation cannot choose the operating point of a model with a member trained on
+    # HAM10000 elsewhere (sklesion): that member is confident on it. Images from another clinic
+    # that no member trained on can; the held-out half is that set.
+    extra_holdout: bool = setting(
+        False, help="hold every second --extra-train-dir train row (in its labels.csv order) out "
+                    "of training; the temperature and the melanoma threshold are then chosen on "
+                    "them instead of on HAM10000 validation")
     external_dir: Path | None = setting(
         None, help="ISIC 2017: its validation and test rows are the external check (measured "
                    "for the report and the promotion gate, never trained, tuned or thresholded on)")

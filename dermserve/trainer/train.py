@@ -153,23 +153,32 @@ def _cached(path: Path, build: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def reused_cache(source: Path, split: Split, name: str, count: int) -> np.ndarray | None:
-    """Rows `[:count]` of `source`'s cached `name`, if its split's `part` (train or val) begins
-    with this split's: the same images in the same order, so the same views."""
+    """`source`'s cached `name` rows of this split's `part` (train or val) images, picked by
+    image id: any subset of the source's images, in this split's order, reuses its views."""
     part = "val" if name == "val.npy" else "train"
     try:
         manifest = json.loads((source / "split.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"cache source {source} has no readable split.json: {exc}") from exc
-    theirs = [entry["image_id"] for entry in manifest["splits"][part]]
-    ours = [record.image_id for record in getattr(split, part)]
-    if theirs[:len(ours)] != ours:
-        raise ValueError(f"cache source {source}: its {part} images do not begin with this "
-                         "split's; it cannot share its cache")
+    position = {entry["image_id"]: row for row, entry in enumerate(manifest["splits"][part])}
+    ours = [record.image_id for record in getattr(split, part)][:count]
+    absent = [image_id for image_id in ours if image_id not in position]
+    if absent:
+        raise ValueError(f"cache source {source}: {len(absent)} of this split's {part} images "
+                         f"are not among its own (first: {absent[0]}); it cannot share its cache")
     path = source / "cache" / name
     if not path.exists():
         return None
     logger.info("reusing %d rows of %s", count, path)
-    return np.asarray(np.load(path, mmap_mode="r")[:count])
+    rows = np.array([position[image_id] for image_id in ours], np.int64)
+    cached = np.load(path, mmap_mode="r")
+    # a prefix is read as one slice; any other subset row by row, in sorted order for the mmap
+    if np.array_equal(rows, np.arange(len(rows))):
+        return np.asarray(cached[:len(rows)])
+    order = np.argsort(rows)
+    picked = np.empty((len(rows), *cached.shape[1:]), cached.dtype)
+    picked[order] = cached[rows[order]]
+    return picked
 
 
 def cache_activations(lower: Any, split: Split, settings: TrainSettings,

@@ -12,7 +12,11 @@ softmax of which is the weighted, normalised geometric mean of the version's pro
 sklesion's probabilities divided by its training priors (HAM10000's class frequencies: sklesion's
 probabilities follow them, and dividing by them is what balanced accuracy rewards). `w` is 0.5 (a
 plain geometric mean, chosen before any measurement); `--sklesion-weight` changes it, and any other
-weight must be chosen on validation only.
+weight must be chosen on images neither member trained on. HAM10000 validation is not such a set
+(sklesion's authors trained on HAM10000); `--choose-weight` with `--extra-holdout` picks `w` from
+SKLESION_WEIGHT_CHOICES on the held-out half of the extra training source (ISIC 2017 train), by
+balanced accuracy over the classes present there, ties broken by melanoma AUC and then by the
+share nearest 0.5 (the rule fixed before any of it was measured).
 
 - The version's members are rebuilt from its stored variables (`rebuild_version_network`) and
   checked against its recorded sample predictions, so no training workdir is needed.
@@ -48,6 +52,9 @@ from dermserve.trainer.two_origin_network import Mixing, sklesion_branch, two_or
 logger = logging.getLogger(__name__)
 
 DEFAULT_SKLESION_WEIGHT = 0.5
+SKLESION_WEIGHT_CHOICES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+"""The shares `--choose-weight` tries, fixed before any was measured."""
+WEIGHT_CHOICE_FILE = "sklesion_weight.json"  # in the workdir: a resumed run reuses the choice
 REPRODUCE_TOLERANCE = 1e-4  # largest probability difference a rebuilt version may show
 
 
@@ -111,6 +118,82 @@ def check_reproduces(network: Any, version_dir: Path, data_dir: Path) -> float:
     return gap
 
 
+def weight_trials(version_logits: np.ndarray, sklesion_logits: np.ndarray, y: np.ndarray,
+                  melanoma: int, choices: Sequence[float] = SKLESION_WEIGHT_CHOICES,
+                  ) -> list[dict[str, float]]:
+    """Balanced accuracy (argmax, classes present) and melanoma AUC of the mixture at each share:
+    `sklesion_logits` are its prior-corrected log-probabilities (the network at share 1)."""
+    from dermserve.trainer import metrics as m
+    from dermserve.trainer.calibration import softmax
+
+    shifted = version_logits - version_logits.max(axis=1, keepdims=True)
+    version = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # log_softmax
+    trials = []
+    for weight in choices:
+        combined = (1.0 - weight) * version + weight * sklesion_logits
+        trials.append({"weight": float(weight),
+                       "balanced_accuracy": m.balanced_accuracy(y, combined.argmax(axis=1),
+                                                                combined.shape[1]),
+                       "melanoma_auc": m.binary_auc(softmax(combined)[:, melanoma],
+                                                    y == melanoma)})
+    return trials
+
+
+def best_weight(trials: Sequence[dict[str, float]]) -> float:
+    """The module docstring's rule: balanced accuracy, then melanoma AUC, then nearest 0.5."""
+    best = max(trials, key=lambda t: (t["balanced_accuracy"], t["melanoma_auc"],
+                                      -abs(t["weight"] - DEFAULT_SKLESION_WEIGHT)))
+    return best["weight"]
+
+
+def choose_weight(version_dir: Path, sklesion_model: Path, settings: TrainSettings) -> float:
+    """sklesion's share chosen on the held-out extra images (the module docstring's rule); the
+    trials are written to the workdir and reused by a resumed run on the same images."""
+    import json
+
+    import keras
+
+    from dermserve.trainer.data import HAM10000_LABELS, ham_priors, label_indices
+    from dermserve.trainer.errors import DataError
+    from dermserve.trainer.pipeline import extra_records
+    from dermserve.trainer.train import configure_threads, predict_network
+
+    holdout = extra_records(settings)[1]
+    if not holdout or settings.data_dir is None:
+        raise DataError("--choose-weight needs --data-dir, --extra-train-dir and --extra-holdout: "
+                        "the held-out images choose the weight")
+    ids = [record.image_id for record in holdout]
+    path = settings.workdir / WEIGHT_CHOICE_FILE
+    if path.exists():
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if saved["image_ids"] == ids and saved["choices"] == list(SKLESION_WEIGHT_CHOICES):
+            logger.info("reusing the weight choice in %s: %g", path, saved["weight"])
+            return float(saved["weight"])
+    configure_threads(settings.threads)
+    labels = list(HAM10000_LABELS)
+    version = rebuild_version_network(version_dir, settings, len(labels))
+    sklesion = sklesion_branch(keras.models.load_model(sklesion_model, compile=False),
+                               settings.input_size)
+    alone = two_origin_network(version, sklesion,
+                               Mixing(1.0, tuple(float(p) for p in ham_priors(settings.data_dir))))
+    spec = settings.input_spec()
+    logger.info("choosing sklesion's weight on %d held-out images", len(holdout))
+    trials = weight_trials(predict_network(version, holdout, spec)[0],
+                           predict_network(alone, holdout, spec)[0],
+                           label_indices(holdout, labels), labels.index("mel"))
+    weight = best_weight(trials)
+    for trial in trials:
+        logger.info("sklesion weight %.1f: balanced accuracy %.4f, melanoma AUC %.4f",
+                    trial["weight"], trial["balanced_accuracy"], trial["melanoma_auc"])
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"weight": weight, "choices": list(SKLESION_WEIGHT_CHOICES),
+                                "rule": "balanced accuracy, then melanoma AUC, then nearest 0.5",
+                                "trials": trials, "image_ids": ids}, indent=1),
+                    encoding="utf-8")
+    logger.info("chose sklesion weight %g", weight)
+    return weight
+
+
 def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> Any:
     """Pipeline hooks whose `train` returns the two-origin network (nothing is trained)."""
     from dermserve.trainer.data import ham_priors
@@ -144,8 +227,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the published version whose members join sklesion")
     parser.add_argument("--sklesion-model", type=Path, required=True,
                         help="sklesion's model.keras (from its wheel, fetched at training time)")
-    parser.add_argument("--sklesion-weight", type=float, default=DEFAULT_SKLESION_WEIGHT,
-                        help="sklesion's share of the geometric mean, in (0, 1)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--sklesion-weight", type=float, default=DEFAULT_SKLESION_WEIGHT,
+                         help="sklesion's share of the geometric mean, in (0, 1)")
+    weights.add_argument("--choose-weight", action="store_true",
+                         help="choose sklesion's share on the --extra-holdout images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     if not 0.0 < args.sklesion_weight < 1.0:
@@ -154,8 +240,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = dataclasses.replace(settings_from(args), weights_path=None)
     except ValueError as exc:
         parser.error(str(exc))
+    weight = args.sklesion_weight
+    if args.choose_weight:
+        from dermserve.core.errors import DermserveError
+
+        try:
+            weight = choose_weight(args.version_dir, args.sklesion_model, settings)
+        except DermserveError as exc:
+            logger.error("%s", exc)
+            return 2
     return run_pipeline(settings, two_origin_hooks(args.version_dir, args.sklesion_model,
-                                                   args.sklesion_weight))
+                                                   weight))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -188,3 +188,44 @@ def test_publish_only_refuses_to_train(tmp_path: Path, data_dir: Path) -> None:
     settings = _settings(tmp_path, data_dir, "untrained", publish_only=True)
     with pytest.raises(FailedPrecondition, match="network.weights.h5 does not exist"):
         run(settings, NetworkHooks(constant_tiny, predict_network))
+
+
+def test_extra_holdout_chooses_the_temperature_and_threshold_and_is_never_trained_on(
+        tmp_path: Path, data_dir: Path) -> None:
+    from dermserve.trainer import evaluate
+    from dermserve.trainer.calibration import calibrate
+    from dermserve.trainer.data import load_labelled_folder
+    from dermserve.trainer.pipeline import extra_records
+    from tests.trainer.test_external import write_isic_like
+
+    isic = write_isic_like(tmp_path / "isic2017", per_class_and_split=4)
+    settings = _settings(tmp_path, data_dir, "held", extra_train_dir=isic, extra_holdout=True,
+                         melanoma_sensitivity=0.5)
+    rows = load_labelled_folder(isic, ("train",))
+    trained_on, held_out = extra_records(settings)
+    # every second train row of labels.csv, so each class stays on both sides
+    assert [r.image_id for r in trained_on] == [r.image_id for r in rows[0::2]]
+    assert [r.image_id for r in held_out] == [r.image_id for r in rows[1::2]]
+    assert {r.dx for r in held_out} == {"mel", "nv", "bkl"}
+
+    trainer = RememberingTrainer()
+    version = run(settings, NetworkHooks(trainer, predict_network))
+    split = Split.load(settings.workdir / "split.json",
+                       [*load_records(data_dir), *rows])
+    assert not {r.image_id for r in held_out} & {r.image_id for r in split.train}
+    assert {r.image_id for r in trained_on} <= {r.image_id for r in split.train}
+
+    # the published temperature and threshold are those of the held-out images, not validation's
+    logits, _ = predict_network(trainer.network, held_out, settings.input_spec())
+    y = label_indices(held_out, split.labels)
+    temperature = calibrate(logits, y).temperature
+    config = ModelConfig.read(version)
+    assert config.temperature == pytest.approx(temperature)
+    val_logits, _ = predict_network(trainer.network, split.val, settings.input_spec())
+    assert temperature != pytest.approx(calibrate(val_logits, label_indices(
+        split.val, split.labels)).temperature)
+    assert config.metrics["melanoma_threshold"] == pytest.approx(evaluate.melanoma_threshold(
+        softmax(logits, temperature), y, split.labels, 0.5))
+    report = json.loads((version / "assets.extra" / "report" / "report.json").read_text())
+    assert "held-out half" in report["operating_point"]["chosen_on"]
+    assert "held-out half" in (version / "assets.extra" / "MODEL_CARD.md").read_text()

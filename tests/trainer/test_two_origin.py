@@ -132,3 +132,63 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def _normalised(values: np.ndarray) -> np.ndarray:
     return values / values.sum(axis=1, keepdims=True)
+
+
+def test_the_weight_is_chosen_by_balanced_accuracy_then_melanoma_auc_then_nearest_half() -> None:
+    from dermserve.trainer.two_origin import best_weight, weight_trials
+
+    mel, nv = HAM10000_LABELS.index("mel"), HAM10000_LABELS.index("nv")
+    y = np.array([mel, mel, nv, nv])
+    # the version calls everything nv; the other origin ranks and calls melanoma right
+    version = np.zeros((4, 7))
+    version[:, nv] = 4.0
+    version[0, mel] = 3.0
+    other = np.full((4, 7), -5.0)
+    other[:, nv] = -0.1
+    other[:2, mel], other[:2, nv] = -0.1, -3.0
+    trials = weight_trials(version, other, y, mel, choices=(0.2, 0.5, 0.8))
+    by_weight = {t["weight"]: t for t in trials}
+    assert by_weight[0.2]["balanced_accuracy"] == pytest.approx(0.5)  # the version's nv for all
+    assert by_weight[0.8]["balanced_accuracy"] == pytest.approx(1.0)
+    assert best_weight(trials) == 0.8
+    # level on both: the share nearest 0.5 wins; then melanoma AUC decides before nearness
+    level = [{"weight": w, "balanced_accuracy": 0.6, "melanoma_auc": 0.7} for w in (0.3, 0.4, 0.7)]
+    assert best_weight(level) == 0.4
+    level[2]["melanoma_auc"] = 0.71
+    assert best_weight(level) == 0.7
+
+
+def test_choose_weight_tries_every_share_on_the_held_out_images_and_a_rerun_reuses_it(
+        tmp_path: Path) -> None:
+    import dataclasses
+    import json
+
+    from dermserve.trainer.two_origin import (
+        SKLESION_WEIGHT_CHOICES,
+        WEIGHT_CHOICE_FILE,
+        choose_weight,
+    )
+    from tests.trainer.conftest import write_ham_dataset
+    from tests.trainer.test_external import write_isic_like
+
+    _, settings = _tiny_version(tmp_path / "1")
+    tiny_sklesion(tmp_path / "sklesion.keras")
+    write_ham_dataset(tmp_path / "ham")
+    settings = dataclasses.replace(
+        settings, data_dir=tmp_path / "ham", workdir=tmp_path / "work",
+        extra_train_dir=write_isic_like(tmp_path / "isic2017"), extra_holdout=True)
+    weight = choose_weight(tmp_path / "1", tmp_path / "sklesion.keras", settings)
+    saved = json.loads((tmp_path / "work" / WEIGHT_CHOICE_FILE).read_text())
+    assert weight == saved["weight"] and weight in SKLESION_WEIGHT_CHOICES
+    assert [t["weight"] for t in saved["trials"]] == list(SKLESION_WEIGHT_CHOICES)
+    assert len(saved["image_ids"]) == 4  # every second of the 9 train rows
+    # a resumed run reads the choice back instead of predicting again
+    saved["weight"] = 0.3
+    (tmp_path / "work" / WEIGHT_CHOICE_FILE).write_text(json.dumps(saved))
+    assert choose_weight(tmp_path / "1", tmp_path / "sklesion.keras", settings) == 0.3
+
+    from dermserve.trainer.errors import DataError
+
+    with pytest.raises(DataError, match="--extra-holdout"):
+        choose_weight(tmp_path / "1", tmp_path / "sklesion.keras",
+                      dataclasses.replace(settings, extra_holdout=False))
