@@ -39,6 +39,7 @@ def load_members(workdirs: Sequence[Path], settings: TrainSettings,
         weights = workdir / FINAL_WEIGHTS
         if not weights.exists():
             raise FileNotFoundError(f"{weights} does not exist: train the member first")
+        check_built_as_trained(workdir, settings)
         network = build_network(num_classes, settings.input_spec(), settings.backbone, None,
                                 settings.dropout, settings.seed + position,
                                 settings.colour_constancy, name=f"member_{position}")
@@ -46,6 +47,31 @@ def load_members(workdirs: Sequence[Path], settings: TrainSettings,
         members.append(network)
         logger.info("member %d: %s", position, weights)
     return members
+
+
+MEMBER_SETTINGS = ("input_size", "reference_pixels", "backbone", "colour_constancy")
+"""What a member must be rebuilt with as it was trained: its weights load into a network of
+another input size without complaint (convolutions do not care), and would serve another model."""
+
+
+def check_built_as_trained(workdir: Path, settings: TrainSettings) -> None:
+    """Refuse a member whose training summary records other MEMBER_SETTINGS than `settings`."""
+    import json
+
+    from dermserve.trainer.errors import VersionMismatch
+    from dermserve.trainer.train import SUMMARY_FILE
+
+    path = workdir / SUMMARY_FILE
+    try:
+        trained = json.loads(path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise VersionMismatch(f"{path}: no readable training settings ({exc})") from exc
+    ours = dataclasses.asdict(settings)
+    differ = [f"{name} {trained[name]!r} (here {ours[name]!r})" for name in MEMBER_SETTINGS
+              if name in trained and trained[name] != ours[name]]
+    if differ:
+        raise VersionMismatch(f"member {workdir} was trained with {', '.join(differ)}: pass "
+                              "the same settings to the ensemble")
 
 
 def ensemble_hooks(workdirs: Sequence[Path], flip_tta: bool, backbone: str = "mobilenet_v2") -> Any:

@@ -448,3 +448,22 @@ def test_prior_correction_and_the_geometric_mean_of_two_models() -> None:
     y = np.array([MEL, NV])
     result = figures(y, _probabilities([{"mel": 0.9}, {"nv": 0.9}]))
     assert result["balanced_accuracy"] == 1.0 and result["melanoma_auc"] == 1.0
+
+
+def test_an_ensemble_refuses_a_member_trained_at_another_input_size(tmp_path: Path) -> None:
+    import json
+
+    from dermserve.trainer.ensemble import check_built_as_trained
+    from dermserve.trainer.errors import VersionMismatch
+    from dermserve.trainer.settings import TrainSettings
+
+    trained = TrainSettings(input_size=224)
+    (tmp_path / "training.json").write_text(json.dumps({"settings": {
+        "input_size": 224, "backbone": trained.backbone, "colour_constancy":
+            trained.colour_constancy, "reference_pixels": trained.reference_pixels}}))
+    check_built_as_trained(tmp_path, trained)
+    # built at the default 192 its weights would load and serve a model nobody measured
+    with pytest.raises(VersionMismatch, match="input_size 224 \\(here 192\\)"):
+        check_built_as_trained(tmp_path, TrainSettings(input_size=192))
+    with pytest.raises(VersionMismatch, match="no readable training settings"):
+        check_built_as_trained(tmp_path / "missing", trained)
