@@ -67,6 +67,12 @@ def rebuild_version_network(version_dir: Path, settings: TrainSettings, num_clas
     from dermserve.trainer.export import explainable_network
     from dermserve.trainer.network import build_network
 
+    from dermserve.core.model_config import ModelConfig
+
+    served = ModelConfig.read(version_dir).input
+    if served != settings.input_spec():
+        raise VersionMismatch(f"{version_dir} serves {served}, not {settings.input_spec()}: "
+                              "pass its --input-size and --reference-pixels")
     stored = tf.saved_model.load(str(version_dir)).network
 
     def member(position: int) -> Any:

@@ -77,6 +77,11 @@ def test_a_published_version_is_rebuilt_from_its_stored_variables(
                                np.asarray(original(scaled, training=False)[0]), atol=1e-5)
     with pytest.raises(VersionMismatch, match="stored shape"):  # another head: refused
         rebuild_version_network(tmp_path / "1", settings, 5)
+    import dataclasses
+
+    with pytest.raises(VersionMismatch, match="pass its --input-size"):  # another input size
+        rebuild_version_network(tmp_path / "1", dataclasses.replace(
+            settings, input_size=settings.input_size * 2), 7)
 
 
 def test_the_two_origin_network_is_the_prior_corrected_geometric_mean_served_and_explained(
