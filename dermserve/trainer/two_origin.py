@@ -63,11 +63,10 @@ def rebuild_version_network(version_dir: Path, settings: TrainSettings, num_clas
     (possibly float16) variables; refuses one that does not reproduce the version's sample."""
     import tensorflow as tf
 
+    from dermserve.core.model_config import ModelConfig
     from dermserve.trainer.ensemble_network import ensemble_network
     from dermserve.trainer.export import explainable_network
     from dermserve.trainer.network import build_network
-
-    from dermserve.core.model_config import ModelConfig
 
     served = ModelConfig.read(version_dir).input
     if served != settings.input_spec():
