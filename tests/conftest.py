@@ -61,6 +61,31 @@ def model_base(tiny_model_template: Path, tmp_path: Path) -> Path:
     return base
 
 
+@pytest.fixture(scope="session")
+def context_model_template(tiny_model_template: Path,
+                           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny versions 1 and 2 (image only) and version 3, whose serving_default takes the
+    patient context (tests/context_models.py); copy before mutating."""
+    import shutil
+
+    from tests.context_models import export_context_version
+
+    base = tmp_path_factory.mktemp("context-template") / "models"
+    shutil.copytree(tiny_model_template, base)
+    export_context_version(base, 3)
+    return base
+
+
+@pytest.fixture
+def context_model_base(context_model_template: Path, tmp_path: Path) -> Path:
+    """A private, mutable copy of the context model base (versions 1, 2 and 3)."""
+    import shutil
+
+    base = tmp_path / "context-models"
+    shutil.copytree(context_model_template, base)
+    return base
+
+
 @pytest.fixture
 def free_port() -> Iterator[int]:
     """A TCP port free on loopback at the time of the call."""

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 from PIL import Image
 
 from dermserve.core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, ModelNotFound
 from dermserve.core.model_config import (
     HAM10000_DISPLAY_NAMES,
@@ -61,6 +63,8 @@ class FakeBackend:
         self.failure: Exception | None = None
         self.batch_sizes: list[int] = []
         self.last_images: np.ndarray | None = None
+        self.context_versions: set[int] = set()  # versions that take patient context
+        self.contexts: list[ContextBatch | None] = []  # each predict's context rows
         self.closed = False
         self._lock = threading.Lock()
 
@@ -68,8 +72,8 @@ class FakeBackend:
         self._check_up()
         return self._info(self._pick(ref))
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
         self._check_up()
         version = self._pick(ref)
         if self.delay_s:
@@ -79,6 +83,7 @@ class FakeBackend:
         with self._lock:
             self.batch_sizes.append(len(images))
             self.last_images = images
+            self.contexts.append(context)
         probabilities = self.handler(version, images)
         return BatchOutput(self._info(version), probabilities,
                            np.zeros(len(images), np.float32))
@@ -110,7 +115,7 @@ class FakeBackend:
     def _info(self, version: int) -> VersionInfo:
         assigned = tuple(sorted(k for k, v in self.labels.items() if v == version))
         return VersionInfo("ham10000", version, VersionState.AVAILABLE, self.versions[version],
-                           assigned)
+                           assigned, takes_context=version in self.context_versions)
 
 
 MELANOMA_METRICS = {"melanoma_threshold": 0.165, "melanoma_sensitivity": 0.733,
@@ -164,6 +169,23 @@ def running_server(backend: Backend, settings: Settings | None = None,
     finally:
         channel.close()
         server.stop(0.5)
+
+
+@pytest.fixture
+def context_server(context_model_base: Path) -> Iterator[Running]:
+    """The real server over the real embedded backend (micro-batched) serving the context
+    model base: versions 1 and 2 take the image only, version 3 patient context too."""
+    from dermserve.core.backends.embedded import EmbeddedBackend
+    from dermserve.core.batching import MicroBatcher
+    from tests.conftest import TINY_MODEL_NAME
+
+    backend = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
+                              max_loaded_versions=3)
+    backend.start()
+    batcher = MicroBatcher(backend)
+    with running_server(batcher) as running:
+        yield running
+    batcher.close()
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import InternalError
 from dermserve.core.model_config import (
     CLASS_INDEX_OUTPUT,
@@ -63,6 +64,7 @@ class VersionInfo:
     config: ModelConfig | None = None
     labels_assigned: tuple[str, ...] = ()
     error: str = ""  # shown to clients (ListModels): a reason, never paths or exception text
+    takes_context: bool = False  # its serving_default has the context inputs (core/context.py)
 
 
 @dataclass(frozen=True)
@@ -107,9 +109,11 @@ class Backend(Protocol):
         """The AVAILABLE version `ref` names now (its config tells how to preprocess)."""
         ...
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
-        """Classify `images` ([N, H, W, 3] uint8, already preprocessed for that version)."""
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
+        """Classify `images` ([N, H, W, 3] uint8, already preprocessed for that version) with
+        their patient context, one row per image: a version that takes context gets it (the
+        neutral rows when None), a version that does not never sees it."""
         ...
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,

@@ -45,6 +45,7 @@ from dermserve.core.backends.base import ModelRef
 from dermserve.core.backends.embedded import EmbeddedBackend
 from dermserve.core.backends.tensor_protos import make_ndarray, make_tensor
 from dermserve.core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
 
 SERVER_WORKERS = 8
@@ -157,9 +158,17 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def _serve(self, request: Any, ref: ModelRef) -> tuple[int, dict[str, np.ndarray]]:
-        if "image" not in request.inputs:
-            raise InvalidInput("input tensor alias not found in signature: image")
-        out = self.server.backend.predict(ref, make_ndarray(request.inputs["image"]))
+        # As TF Serving: every input the signature declares must be sent, and nothing else.
+        version = self.server.backend.resolve(ref).version
+        declared = set(self.server.signature_defs(version)["serving_default"].inputs)
+        if set(request.inputs) != declared:
+            raise InvalidInput(f"inputs {sorted(request.inputs)} do not match the signature's "
+                               f"{sorted(declared)}")
+        inputs = {name: make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        context = (ContextBatch(inputs["age_years"], inputs["sex"], inputs["site"])
+                   if "age_years" in inputs else None)
+        out = self.server.backend.predict(ModelRef(ref.name, version=version), inputs["image"],
+                                          context=context)
         return out.version.version, {"probabilities": out.probabilities,
                                      "ood_score": out.ood_scores}
 
