@@ -17,6 +17,7 @@ import grpc
 from dermserve.core import fhir
 from dermserve.core.backends.base import ModelRef, VersionInfo, VersionState
 from dermserve.core.classifier import Classifier
+from dermserve.core.context import PatientContext, patient_context
 from dermserve.core.errors import DermserveError, InvalidRequest
 from dermserve.core.explanation import Explanation
 from dermserve.core.prediction import Abstention, Prediction
@@ -65,7 +66,8 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
     def _classify(self, request: pb.ClassifyRequest, request_id: str,
                   context: grpc.ServicerContext) -> pb.ClassifyResponse:
         prediction = self.classifier.classify(
-            request.image, self._ref(request.model), request_id, self._timeout(context))
+            request.image, self._ref(request.model), request_id, self._timeout(context),
+            context_of(request))
         log.debug("classified: version %d, abstention %s", prediction.model_version,
                   prediction.abstention.value)
         response = to_response(prediction)
@@ -163,6 +165,16 @@ def model_ref(selector: pb.ModelSelector, model_name: str) -> ModelRef:
     return ModelRef(model_name)
 
 
+def context_of(request: pb.ClassifyRequest) -> PatientContext | None:
+    """The request's patient context, validated (INVALID_CONTEXT), or None when it has none."""
+    if not request.HasField("context"):
+        return None
+    given = request.context
+    return patient_context(given.age_years if given.HasField("age_years") else None,
+                           given.sex if given.HasField("sex") else None,
+                           given.site if given.HasField("site") else None)
+
+
 def to_response(prediction: Prediction) -> pb.ClassifyResponse:
     return pb.ClassifyResponse(
         probabilities=[pb.LabelProbability(label=item.label, display_name=item.display_name,
@@ -174,7 +186,8 @@ def to_response(prediction: Prediction) -> pb.ClassifyResponse:
         abstained=prediction.abstained,
         abstention_reason=ABSTENTION_REASONS[prediction.abstention],
         ood_score=prediction.ood_score,
-        dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom))
+        dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom),
+        context_used=prediction.context_used)
 
 
 def to_explain_response(explanation: Explanation) -> pb.ExplainResponse:
@@ -191,7 +204,7 @@ def to_model_version(info: VersionInfo) -> pb.ModelVersion:
     message = pb.ModelVersion(
         model=pb.ModelVersionRef(name=info.name, version=info.version),
         state=VERSION_STATES[info.state], version_labels=list(info.labels_assigned),
-        error=info.error)
+        error=info.error, takes_context=info.takes_context)
     if info.config is not None:
         config = info.config
         message.labels.extend(config.labels)
