@@ -28,6 +28,7 @@ from dermserve.core.context import NO_CONTEXT, ContextBatch, PatientContext
 from dermserve.core.errors import (
     BackendTimeout,
     DermserveError,
+    ExplanationUnsupported,
     InternalError,
     InvalidImage,
     ModelNotFound,
@@ -137,23 +138,29 @@ class Classifier:
         return [with_source(results[index], sources.get(index)) for index in range(len(images))]
 
     def explain(self, image: bytes, label: str = "", ref: ModelRef | None = None,
-                request_id: str = "", timeout: float | None = None) -> Explanation:
+                request_id: str = "", timeout: float | None = None,
+                context: PatientContext | None = None) -> Explanation:
         """Classify one image and explain `label` (empty: the top class) with the version's
         Grad-CAM map, drawn over the image as the model saw it. The same checks and budget as
         classify; UNKNOWN_LABEL for a label the version lacks, EXPLANATION_UNSUPPORTED for a
-        version without the `explain` signature."""
+        version without the `explain` signature, EXPLANATION_WITHOUT_CONTEXT for an image with
+        patient context and a version that takes it (explanations do not carry it yet)."""
         deadline = Deadline(timeout)
         opened = self.open(image, deadline)
         wanted = self.wanted(ref)
         return self._again_if_unloaded(wanted, lambda again: self._explain_once(
             self.open(image, deadline) if again else opened, label, wanted, request_id,
-            deadline))
+            deadline, context or NO_CONTEXT))
 
     def _explain_once(self, opened: Image.Image, label: str, wanted: ModelRef, request_id: str,
-                      deadline: Deadline) -> Explanation:
+                      deadline: Deadline, context: PatientContext) -> Explanation:
         source = dicom_source(opened)
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
+        if version.takes_context and not context.over(dicom_context(opened)).empty:
+            raise ExplanationUnsupported(
+                "this version uses the patient context, which its explanations cannot take "
+                "yet; classify the image instead", "EXPLANATION_WITHOUT_CONTEXT")
         wanted_class = class_index(config, label)
         model_input = self.decode(opened, config.input, deadline)
         pinned = ModelRef(version.name, version=version.version)

@@ -17,10 +17,10 @@ import grpc
 from dermserve.core import fhir
 from dermserve.core.backends.base import ModelRef, VersionInfo, VersionState
 from dermserve.core.classifier import Classifier
-from dermserve.core.context import PatientContext, patient_context
 from dermserve.core.errors import DermserveError, InvalidRequest
 from dermserve.core.explanation import Explanation
 from dermserve.core.prediction import Abstention, Prediction
+from dermserve.protocol.context import from_message as context_of
 from dermserve.protocol.results import to_dicom_reference
 from dermserve.service import defaults
 from dermserve.service.classify_stream import PendingObserver, StreamDrain, StreamSession
@@ -87,7 +87,7 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
         request_id_var.set(request_id)  # scoped per call by the ErrorMappingInterceptor
         explanation = self.classifier.explain(request.image, request.label,
                                               self._ref(request.model), request_id,
-                                              self._timeout(context))
+                                              self._timeout(context), context_of(request))
         return to_explain_response(explanation)
 
     def GetModel(self, request: pb.GetModelRequest,
@@ -163,16 +163,6 @@ def model_ref(selector: pb.ModelSelector, model_name: str) -> ModelRef:
                                  "INVALID_VERSION")
         return ModelRef(model_name, label=selector.version_label)
     return ModelRef(model_name)
-
-
-def context_of(request: pb.ClassifyRequest) -> PatientContext | None:
-    """The request's patient context, validated (INVALID_CONTEXT), or None when it has none."""
-    if not request.HasField("context"):
-        return None
-    given = request.context
-    return patient_context(given.age_years if given.HasField("age_years") else None,
-                           given.sex if given.HasField("sex") else None,
-                           given.site if given.HasField("site") else None)
 
 
 def to_response(prediction: Prediction) -> pb.ClassifyResponse:

@@ -87,3 +87,23 @@ def test_classify_stream_carries_context_and_answers_a_bad_one_in_its_place(
     assert answers["bad"].error.reason == "INVALID_CONTEXT"
     assert answers["bad"].error.code == "INVALID_ARGUMENT"
     assert read_back(answers["none"].result) == (-1.0, 0, 0)
+
+
+def test_explain_refuses_context_a_version_would_use_and_ignores_it_elsewhere(
+        context_server: Running) -> None:
+    context = pb.PatientContext(age_years=45)
+    with pytest.raises(grpc.RpcError) as caught:
+        context_server.stub.Explain(pb.ExplainRequest(image=good_jpeg(), model=CONTEXT_VERSION,
+                                                      context=context), timeout=10)
+    assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert reason_of(caught.value) == "EXPLANATION_WITHOUT_CONTEXT"
+    explained = context_server.stub.Explain(
+        pb.ExplainRequest(image=good_jpeg(), model=PLAIN_VERSION, context=context), timeout=10)
+    plain = classify(context_server, PLAIN_VERSION)
+    assert explained.classification.top_label == plain.top_label
+    assert not explained.classification.context_used
+    with pytest.raises(grpc.RpcError) as bad:
+        context_server.stub.Explain(pb.ExplainRequest(
+            image=good_jpeg(), model=PLAIN_VERSION, context=pb.PatientContext(site="elbow")),
+            timeout=10)
+    assert reason_of(bad.value) == "INVALID_CONTEXT"

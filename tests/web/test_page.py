@@ -214,6 +214,8 @@ def test_the_keyboard_reaches_the_views_the_upload_and_the_model_card_in_order(
     upload(page, fake_web, ham10000_image())
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
+                page.get_by_label("Age in years"), page.get_by_label("Sex"),
+                page.get_by_label("Body site"),
                 page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("link", name=re.compile("model card"))]
     expect_tab_order(page, expected)
