@@ -46,9 +46,8 @@ module (`DicomReference`), and the patient context the model may use (`file_cont
 Age, Patient's Sex and Body Part Examined, which go to the model and nowhere else; a value that
 is malformed or outside core/context.py's vocabularies is dropped, never refused). Patient name,
 ID and birth date are never read, so pydicom never validates, logs or warns about them. No
-refusal message quotes a value from the file, and
-`quiet_pydicom` keeps pydicom from validating values while reading, from printing `warnings` and
-from logging text from the file.
+refusal message quotes a value from the file, and `quiet_pydicom` keeps pydicom from validating
+values while reading, from printing `warnings` and from logging text from the file.
 """
 
 from __future__ import annotations
