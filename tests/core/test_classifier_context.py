@@ -3,13 +3,9 @@ under the request's own values, and leaves a version without context inputs unch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from dermserve.core.backends.base import ModelRef
-from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.base import Backend, ModelRef
 from dermserve.core.classifier import Classifier
 from dermserve.core.context import NO_CONTEXT, PatientContext, Sex, patient_context
 from dermserve.core.image.limits import ImageLimits
@@ -25,12 +21,8 @@ PLAIN_VERSION = ModelRef(TINY_MODEL_NAME, version=2)
 
 
 @pytest.fixture
-def classifier(context_model_base: Path) -> Iterator[Classifier]:
-    backend = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
-                              max_loaded_versions=3)
-    backend.start()
-    yield Classifier(backend, TINY_MODEL_NAME, ImageLimits())
-    backend.close()
+def classifier(context_backend: Backend) -> Classifier:
+    return Classifier(context_backend, TINY_MODEL_NAME, ImageLimits())
 
 
 def probabilities(prediction: Prediction) -> dict[str, float]:

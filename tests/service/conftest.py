@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -172,20 +171,11 @@ def running_server(backend: Backend, settings: Settings | None = None,
 
 
 @pytest.fixture
-def context_server(context_model_base: Path) -> Iterator[Running]:
-    """The real server over the real embedded backend (micro-batched) serving the context
-    model base: versions 1 and 2 take the image only, version 3 patient context too."""
-    from dermserve.core.backends.embedded import EmbeddedBackend
-    from dermserve.core.batching import MicroBatcher
-    from tests.conftest import TINY_MODEL_NAME
-
-    backend = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
-                              max_loaded_versions=3)
-    backend.start()
-    batcher = MicroBatcher(backend)
-    with running_server(batcher) as running:
+def context_server(context_backend: Backend) -> Iterator[Running]:
+    """The real server over the context model base (tests/conftest.py `context_backend`):
+    versions 1 and 2 take the image only, version 3 patient context too."""
+    with running_server(context_backend) as running:
         yield running
-    batcher.close()
 
 
 @pytest.fixture

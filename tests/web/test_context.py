@@ -14,9 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Route, expect
 
-from dermserve.core.backends.embedded import EmbeddedBackend
-from dermserve.core.batching import MicroBatcher
-from tests.conftest import TINY_MODEL_NAME
+from dermserve.core.backends.base import Backend
 from tests.context_models import received
 from tests.service.conftest import good_jpeg
 from tests.web.conftest import Web, running_web
@@ -25,15 +23,10 @@ PAGE = {"X-Dermserve-Page": "1", "Content-Type": "application/octet-stream"}
 
 
 @pytest.fixture
-def context_web(context_model_base: Path) -> Iterator[Web]:
+def context_web(context_backend: Backend) -> Iterator[Web]:
     """The page before a front whose latest version (3) takes context."""
-    backend = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
-                              max_loaded_versions=3)
-    backend.start()
-    batcher = MicroBatcher(backend)
-    with running_web(batcher) as web:
+    with running_web(context_backend) as web:
         yield web
-    batcher.close()
 
 
 def post(web: Web, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:

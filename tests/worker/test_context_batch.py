@@ -4,18 +4,14 @@ context, a row with a bad value fails alone with INVALID_CONTEXT, and nothing is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
 from dermserve.batch.records import JobState
 from dermserve.batch.results import ImageResult
-from dermserve.core.backends.embedded import EmbeddedBackend
+from dermserve.core.backends.base import Backend
 from dermserve.worker.runner import WorkerProcess, build_classifier
 from dermserve.worker.settings import WorkerSettings
-from tests.conftest import TINY_MODEL_NAME
 from tests.context_models import received
 from tests.worker.conftest import write_images
 
@@ -29,16 +25,7 @@ MANIFEST = """path,lesion_id,age,sex,site
 """Five rows: full context, none, a bad age, a bad site, and words in other cases."""
 
 
-@pytest.fixture
-def context_backend(context_model_base: Path) -> Iterator[EmbeddedBackend]:
-    backend = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
-                              max_loaded_versions=3)
-    backend.start()
-    yield backend
-    backend.close()
-
-
-def run_manifest(jobs: JobService, settings: WorkerSettings, backend: EmbeddedBackend,
+def run_manifest(jobs: JobService, settings: WorkerSettings, backend: Backend,
                  input_root: Path, version: int) -> tuple[JobState, list[ImageResult]]:
     names = [path.name for path in write_images(input_root, 5, distinct=1)]  # one image
     (input_root / "list.csv").write_text(MANIFEST.format(*names))
@@ -54,7 +41,7 @@ def read_back(result: ImageResult) -> tuple[float, int, int]:
 
 
 def test_each_manifest_rows_context_reaches_the_model(
-        jobs: JobService, settings: WorkerSettings, context_backend: EmbeddedBackend,
+        jobs: JobService, settings: WorkerSettings, context_backend: Backend,
         input_root: Path) -> None:
     state, results = run_manifest(jobs, settings, context_backend, input_root, 3)
     assert state is JobState.SUCCEEDED and len(results) == 5
@@ -68,7 +55,7 @@ def test_each_manifest_rows_context_reaches_the_model(
 
 
 def test_a_version_without_context_inputs_ignores_the_columns(
-        jobs: JobService, settings: WorkerSettings, context_backend: EmbeddedBackend,
+        jobs: JobService, settings: WorkerSettings, context_backend: Backend,
         input_root: Path) -> None:
     """The same image on every row: rows with and without context answer alike."""
     state, results = run_manifest(jobs, settings, context_backend, input_root, 2)
