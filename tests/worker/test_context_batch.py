@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
 from dermserve.batch.records import JobState
 from dermserve.batch.results import ImageResult
@@ -21,16 +23,22 @@ MANIFEST = """path,lesion_id,age,sex,site
 {2},L3,200,female,back
 {3},L4,30,female,left elbow
 {4},L5,8,FEMALE,Upper_Extremity
+folder,L6,70,male,face
 """
-"""Five rows: full context, none, a bad age, a bad site, and words in other cases."""
+"""Six rows: full context, none, a bad age, a bad site, words in other cases, and a folder of
+two images, which both get its row's context."""
 
 
 def run_manifest(jobs: JobService, settings: WorkerSettings, backend: Backend,
-                 input_root: Path, version: int) -> tuple[JobState, list[ImageResult]]:
+                 input_root: Path, version: int,
+                 inline: bool = False) -> tuple[JobState, list[ImageResult]]:
     names = [path.name for path in write_images(input_root, 5, distinct=1)]  # one image
-    (input_root / "list.csv").write_text(MANIFEST.format(*names))
-    outcome = jobs.submit(SubmitRequest(JobInput(manifest_path=str(input_root / "list.csv")),
-                                        model_version=version))
+    write_images(input_root / "folder", 2, distinct=1)
+    text = MANIFEST.format(*names)
+    (input_root / "list.csv").write_text(text)
+    job_input = (JobInput(manifest_csv=text) if inline else
+                 JobInput(manifest_path=str(input_root / "list.csv")))
+    outcome = jobs.submit(SubmitRequest(job_input, model_version=version))
     WorkerProcess(settings, build_classifier(settings, backend)).serve()
     job = jobs.get(outcome.job.job_id)
     return job.state, jobs.list_results(job.job_id, page_size=10).results
@@ -40,11 +48,12 @@ def read_back(result: ImageResult) -> tuple[float, int, int]:
     return received({label: probability for label, _, probability in result.probabilities})
 
 
+@pytest.mark.parametrize("inline", [False, True], ids=["manifest file", "inline manifest"])
 def test_each_manifest_rows_context_reaches_the_model(
         jobs: JobService, settings: WorkerSettings, context_backend: Backend,
-        input_root: Path) -> None:
-    state, results = run_manifest(jobs, settings, context_backend, input_root, 3)
-    assert state is JobState.SUCCEEDED and len(results) == 5
+        input_root: Path, inline: bool) -> None:
+    state, results = run_manifest(jobs, settings, context_backend, input_root, 3, inline)
+    assert state is JobState.SUCCEEDED and len(results) == 7
     assert read_back(results[0]) == (45.0, 2, 19) and results[0].context_used
     assert read_back(results[1]) == (-1.0, 0, 0) and not results[1].context_used
     for bad in results[2:4]:
@@ -52,6 +61,7 @@ def test_each_manifest_rows_context_reaches_the_model(
         assert bad.error.code == "INVALID_ARGUMENT"
         assert "200" not in bad.error.message and "elbow" not in bad.error.message
     assert read_back(results[4]) == (8.0, 1, 20)
+    assert [read_back(result) for result in results[5:]] == [(70.0, 2, 7)] * 2
 
 
 def test_a_version_without_context_inputs_ignores_the_columns(
