@@ -298,15 +298,17 @@ CSV_COLUMNS = ["index", "reference", "status", "top_label", "abstained", "absten
                "model_name", "model_version", "ood_score", "error_code", "error_reason",
                "error_message"]
 DICOM_COLUMNS = ["study_instance_uid", "series_instance_uid", "sop_instance_uid"]
-"""Last, after the p_<label> columns, so that the columns before them keep their places."""
+"""After the p_<label> columns, so that the columns before them keep their places."""
+CONTEXT_COLUMN = "context_used"
+"""Last: 1 when the version used the image's patient context, else 0."""
 
 
 def csv_lines(results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
     """CSV rows: fixed columns, one `p_<label>` column per class of the model version, then the
-    DICOM UIDs (empty for a JPEG or PNG)."""
+    DICOM UIDs (empty for a JPEG or PNG) and whether the patient context was used."""
     buffer = _LineBuffer()
     writer = csv.writer(buffer)
-    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels), *DICOM_COLUMNS]
+    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels), *DICOM_COLUMNS, CONTEXT_COLUMN]
     writer.writerow([csv_cell(name) for name in header])
     yield buffer.take()
     for result in results:
@@ -333,7 +335,7 @@ def csv_row(result: ImageResult, labels: Sequence[str]) -> list[object]:
             error.message if error else "",
             *(f"{probabilities[label]:.6f}" if label in probabilities else ""
               for label in labels),
-            *dicom_cells(result.dicom)]
+            *dicom_cells(result.dicom), int(result.context_used)]
 
 
 def dicom_cells(dicom: DicomReference | None) -> list[str]:

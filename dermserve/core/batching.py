@@ -95,9 +95,10 @@ class MicroBatcher:
         return self.backend.list_versions(name, timeout)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         # Not batched: explanations are rare and each runs a backward pass of its own.
-        return self.backend.explain(ref, images, class_indices, timeout)
+        return self.backend.explain(ref, images, class_indices, timeout, context)
 
     def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
                 context: ContextBatch | None = None) -> BatchOutput:

@@ -144,7 +144,8 @@ class Classifier:
         Grad-CAM map, drawn over the image as the model saw it. The same checks and budget as
         classify; UNKNOWN_LABEL for a label the version lacks, EXPLANATION_UNSUPPORTED for a
         version without the `explain` signature, EXPLANATION_WITHOUT_CONTEXT for an image with
-        patient context and a version that takes it (explanations do not carry it yet)."""
+        patient context and a version that uses it but whose `explain` signature does not take
+        it (its explanation would not be of the answer Classify gives)."""
         deadline = Deadline(timeout)
         opened = self.open(image, deadline)
         wanted = self.wanted(ref)
@@ -157,18 +158,20 @@ class Classifier:
         source = dicom_source(opened)
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
-        if version.takes_context and not context.over(dicom_context(opened)).empty:
+        known = context.over(dicom_context(opened))
+        if version.takes_context and not version.explain_takes_context and not known.empty:
             raise ExplanationUnsupported(
-                "this version uses the patient context, which its explanations cannot take "
-                "yet; classify the image instead", "EXPLANATION_WITHOUT_CONTEXT")
+                "this version uses the patient context, which its explain signature does not "
+                "take; classify the image instead", "EXPLANATION_WITHOUT_CONTEXT")
         wanted_class = class_index(config, label)
         model_input = self.decode(opened, config.input, deadline)
         pinned = ModelRef(version.name, version=version.version)
         started = time.perf_counter()
+        rows = ContextBatch.of([known]) if version.explain_takes_context else None
         output = self.backend.explain(pinned, model_input[None], np.array([wanted_class], np.int32),
-                                      deadline.remaining())
+                                      deadline.remaining(), rows)
         self.observer.model_called(time.perf_counter() - started)
-        prediction = with_source(self._build(output, config, [request_id])[0], source)
+        prediction = with_source(self._build(output, config, [request_id], [known])[0], source)
         assert isinstance(prediction, Prediction)  # with_source keeps a Prediction one
         explained = config.labels[int(output.class_indices[0])]
         heatmap = output.heatmaps[0]

@@ -137,7 +137,7 @@ def unavailable(error: FrontError) -> dict[str, Any]:
         message = "No heatmap: this model version was exported without explanations."
     elif error.reason == EXPLANATION_WITHOUT_CONTEXT:
         message = ("No heatmap: this model version used the patient context, which its "
-                   "explanations cannot take yet.")
+                   "explanations cannot take.")
     elif error.code == "UNIMPLEMENTED":
         message = "No heatmap: this front does not offer explanations."
     else:

@@ -28,7 +28,8 @@ class VanishingBackend(FakeBackend):
         return super().predict(ref, images, timeout, context)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         self._maybe_vanish(ref)
         answer = super().predict(ref, images, timeout)  # a flat map: only the retry matters here
         return ExplainOutput(answer.version, answer.probabilities, answer.ood_scores,

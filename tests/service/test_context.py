@@ -11,7 +11,14 @@ import grpc
 import pytest
 
 from tests.context_models import received
-from tests.service.conftest import Running, good_jpeg, pb, reason_of
+from tests.service.conftest import (
+    FakeBackend,
+    Running,
+    good_jpeg,
+    pb,
+    reason_of,
+    running_server,
+)
 
 CONTEXT_VERSION = pb.ModelSelector(version=3)
 PLAIN_VERSION = pb.ModelSelector(version=2)
@@ -89,14 +96,30 @@ def test_classify_stream_carries_context_and_answers_a_bad_one_in_its_place(
     assert read_back(answers["none"].result) == (-1.0, 0, 0)
 
 
-def test_explain_refuses_context_a_version_would_use_and_ignores_it_elsewhere(
+def test_explain_carries_context_to_a_version_whose_explain_takes_it(
         context_server: Running) -> None:
-    context = pb.PatientContext(age_years=45)
-    with pytest.raises(grpc.RpcError) as caught:
-        context_server.stub.Explain(pb.ExplainRequest(image=good_jpeg(), model=CONTEXT_VERSION,
-                                                      context=context), timeout=10)
+    explained = context_server.stub.Explain(pb.ExplainRequest(
+        image=good_jpeg(), model=CONTEXT_VERSION,
+        context=pb.PatientContext(age_years=45, sex="female", site="chest")), timeout=10)
+    assert read_back(explained.classification) == (45.0, 1, 5)
+    assert explained.classification.context_used and explained.heatmap.height == 2
+
+
+def test_explain_refuses_context_a_version_uses_but_cannot_explain_with() -> None:
+    """A version whose serving_default takes context but whose explain does not: its heatmap
+    would explain another answer than Classify's."""
+    backend = FakeBackend()
+    backend.context_versions = {2}
+    with running_server(backend) as running, pytest.raises(grpc.RpcError) as caught:
+        running.stub.Explain(pb.ExplainRequest(image=good_jpeg(),
+                                               context=pb.PatientContext(sex="male")), timeout=10)
     assert caught.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert reason_of(caught.value) == "EXPLANATION_WITHOUT_CONTEXT"
+
+
+def test_explain_ignores_context_for_a_version_without_context_inputs(
+        context_server: Running) -> None:
+    context = pb.PatientContext(age_years=45)
     explained = context_server.stub.Explain(
         pb.ExplainRequest(image=good_jpeg(), model=PLAIN_VERSION, context=context), timeout=10)
     plain = classify(context_server, PLAIN_VERSION)

@@ -16,7 +16,7 @@ from playwright.sync_api import Page, Route, expect
 
 from dermserve.core.backends.base import Backend
 from tests.context_models import received
-from tests.service.conftest import good_jpeg
+from tests.service.conftest import FakeBackend, good_jpeg
 from tests.web.conftest import Web, running_web
 
 PAGE = {"X-Dermserve-Page": "1", "Content-Type": "application/octet-stream"}
@@ -50,8 +50,7 @@ def test_the_context_headers_reach_the_model(context_web: Web) -> None:
     assert status == 200
     assert read_back(answer["classification"]) == (52.0, 2, 18)
     assert answer["classification"]["context_used"] is True
-    # The version's explanations cannot take the context: the page classified and says why.
-    assert answer["explanation"]["reason"] == "EXPLANATION_WITHOUT_CONTEXT"
+    assert answer["explanation"]["available"]  # its explain signature takes the context too
     status, plain = post(context_web, {})
     assert status == 200 and read_back(plain["classification"]) == (-1.0, 0, 0)
 
@@ -89,3 +88,15 @@ def test_the_forms_fields_travel_with_the_upload(page: Page, context_web: Web,
     expect(page.locator(".result", has_text="INVALID_CONTEXT")).to_have_count(1)
 
 
+
+
+def test_a_version_that_cannot_explain_with_context_is_classified_with_it() -> None:
+    backend = FakeBackend()
+    backend.context_versions = {2}  # serving_default takes context, explain does not
+    with running_web(backend) as web:
+        status, answer = post(web, {"X-Dermserve-Sex": "female"})
+    assert status == 200 and answer["classification"]["context_used"] is True
+    assert answer["explanation"]["reason"] == "EXPLANATION_WITHOUT_CONTEXT"
+    assert "patient context" in answer["explanation"]["message"]
+    sent = [rows.sex.tolist() for rows in backend.contexts if rows is not None]
+    assert sent == [[1]]  # the Classify call; the health probes send none

@@ -92,7 +92,7 @@ class SlowExplanations(FakeBackend):
     """Classifies at once; every explanation misses its deadline."""
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None, context: object = None) -> ExplainOutput:
         raise BackendTimeout("the explanation took too long")
 
 

@@ -4,13 +4,15 @@ context, a row with a bad value fails alone with INVALID_CONTEXT, and nothing is
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import pytest
 
 from dermserve.batch.jobs import JobInput, JobService, SubmitRequest
 from dermserve.batch.records import JobState
-from dermserve.batch.results import ImageResult
+from dermserve.batch.results import ImageResult, csv_lines, labels_of
 from dermserve.core.backends.base import Backend
 from dermserve.worker.runner import WorkerProcess, build_classifier
 from dermserve.worker.settings import WorkerSettings
@@ -62,6 +64,8 @@ def test_each_manifest_rows_context_reaches_the_model(
         assert "200" not in bad.error.message and "elbow" not in bad.error.message
     assert read_back(results[4]) == (8.0, 1, 20)
     assert [read_back(result) for result in results[5:]] == [(70.0, 2, 7)] * 2
+    rows = list(csv.DictReader(io.StringIO("".join(csv_lines(results, labels_of(results))))))
+    assert [row["context_used"] for row in rows] == ["1", "0", "0", "0", "1", "1", "1"]
 
 
 def test_a_version_without_context_inputs_ignores_the_columns(

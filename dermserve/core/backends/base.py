@@ -65,6 +65,7 @@ class VersionInfo:
     labels_assigned: tuple[str, ...] = ()
     error: str = ""  # shown to clients (ListModels): a reason, never paths or exception text
     takes_context: bool = False  # its serving_default has the context inputs (core/context.py)
+    explain_takes_context: bool = False  # so has its explain signature
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,12 @@ class Backend(Protocol):
         ...
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         """Predict and explain `images` through the version's `explain` signature: the class
-        `class_indices[i]` of each image (-1: its top class). ExplanationUnsupported when the
-        version has no such signature."""
+        `class_indices[i]` of each image (-1: its top class), with their context rows where the
+        signature takes them (as predict). ExplanationUnsupported when the version has no such
+        signature."""
         ...
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:

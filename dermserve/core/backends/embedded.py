@@ -237,9 +237,10 @@ class EmbeddedBackend:
         return BatchOutput(info, probabilities, ood_scores)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         with self._acquire(ref) as (info, loaded):
-            out = loaded.explain(images, class_indices)
+            out = loaded.explain(images, class_indices, context)
         return explain_output(info, out)
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
@@ -307,7 +308,9 @@ class EmbeddedBackend:
         labels = tuple(sorted(label for label, number in self._labels.items()
                               if number == record.number))
         return VersionInfo(self.model_name, record.number, record.state, record.config, labels,
-                           record.error, record.loaded is not None and record.loaded.takes_context)
+                           record.error,
+                           record.loaded is not None and record.loaded.takes_context,
+                           record.loaded is not None and record.loaded.explain_takes_context)
 
     # --- the version policy ------------------------------------------------------------------
 

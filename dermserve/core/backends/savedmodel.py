@@ -95,6 +95,7 @@ class LoadedVersion:
         self.takes_context = takes_context(saved_model.signatures[SERVING_SIGNATURE])
         self._serve = serving_function(saved_model, config, freeze)
         self._explain = saved_model.signatures.get(EXPLAIN_SIGNATURE)
+        self.explain_takes_context = self._explain is not None and takes_context(self._explain)
         self.config = config
 
     @property
@@ -141,9 +142,11 @@ class LoadedVersion:
         return (np.asarray(out[PROBABILITIES_OUTPUT], np.float32),
                 np.asarray(out[OOD_OUTPUT], np.float32))
 
-    def explain(self, images: np.ndarray, class_indices: np.ndarray) -> dict[str, np.ndarray]:
+    def explain(self, images: np.ndarray, class_indices: np.ndarray,
+                context: ContextBatch | None = None) -> dict[str, np.ndarray]:
         """The `explain` signature's outputs (heatmap, probabilities, ood_score, class_index) for
-        uint8 images [N, H, W, 3] and int32 class indices [N] (-1: the top class)."""
+        uint8 images [N, H, W, 3], int32 class indices [N] (-1: the top class) and their context
+        rows (neutral when None; ignored unless the signature takes context)."""
         check_images(images, self.config)
         if self._explain is None:
             raise ExplanationUnsupported(
@@ -151,9 +154,11 @@ class LoadedVersion:
                 "before explanations existed); ask a version that has one")
         import tensorflow as tf
 
+        inputs = {IMAGE_INPUT: images, CLASS_INDEX_INPUT: np.asarray(class_indices, np.int32)}
+        if self.explain_takes_context:
+            inputs.update(context_or_neutral(context, len(images)).tensors())
         try:
-            out = self._explain(**{IMAGE_INPUT: tf.constant(images),
-                                   CLASS_INDEX_INPUT: tf.constant(class_indices, tf.int32)})
+            out = self._explain(**{name: tf.constant(value) for name, value in inputs.items()})
         except Exception as exc:  # a runtime failure is an internal error
             raise InternalError(f"explain call failed: {type(exc).__name__}: {exc}") from exc
         return {name: np.asarray(out[name]) for name in
@@ -291,7 +296,8 @@ def check_config(version_dir: Path, saved_model: Any, config: ModelConfig) -> No
     if spec.shape.as_list() != expected or spec.dtype.name != "uint8":
         raise InternalError(f"serving_default image is {spec.dtype.name}{spec.shape.as_list()}, "
                             f"config says uint8{expected}", "BAD_MODEL_SIGNATURE")
-    takes_context(saved_model.signatures[SERVING_SIGNATURE])  # raises when half-declared
+    for signature in saved_model.signatures.values():  # raises when one is half-declared
+        takes_context(signature)
     if (version_dir / CONFIG_RELATIVE_PATH).exists():
         on_disk = ModelConfig.read(version_dir)
         if on_disk != config:
@@ -304,8 +310,9 @@ CONTEXT_DTYPES = {name: "int32" for name in CONTEXT_INPUTS} | {AGE_INPUT: "float
 
 
 def takes_context(signature: Any) -> bool:
-    """Whether a loaded `serving_default` takes the context inputs; BAD_MODEL_SIGNATURE when it
-    declares some but not all of them, or any of the wrong dtype or shape."""
+    """Whether a loaded signature (`serving_default`, `explain`) takes the context inputs;
+    BAD_MODEL_SIGNATURE when it declares some but not all of them, or any of the wrong dtype or
+    shape."""
     specs = signature.structured_input_signature[1]
     declared = {name: (specs[name].dtype.name, specs[name].shape.as_list())
                 for name in CONTEXT_INPUTS if name in specs}

@@ -199,6 +199,19 @@ def tensor_info_spec(tensor: Any) -> tuple[str, list[int | None]]:
     return dtype, [None if dim.size == -1 else dim.size for dim in tensor.tensor_shape.dim]
 
 
+def signature_takes_context(signature: Any) -> bool:
+    """Whether a SignatureDef takes the context inputs (BAD_MODEL_SIGNATURE when half)."""
+    return check_context_inputs({name: tensor_info_spec(tensor)
+                                 for name, tensor in signature.inputs.items()
+                                 if name in CONTEXT_INPUTS})
+
+
+def context_tensors(context: ContextBatch | None, count: int) -> dict[str, Any]:
+    """The context inputs of a request for `count` images (the neutral rows when None)."""
+    return {name: make_tensor(value)
+            for name, value in context_or_neutral(context, count).tensors().items()}
+
+
 @dataclass(frozen=True)
 class _Stubs:
     prediction: Any
@@ -232,6 +245,7 @@ class TFServingBackend:
         self._configs: dict[int, ModelConfig] = {}
         self._explainable: dict[int, bool] = {}  # has an `explain` signature, by version
         self._takes_context: dict[int, bool] = {}  # serving_default has context inputs
+        self._explain_takes_context: dict[int, bool] = {}  # and explain
         self._resolved: dict[tuple[int | None, str | None], tuple[int, float]] = {}
 
     # --- the Backend interface ---------------------------------------------------------------
@@ -254,8 +268,7 @@ class TFServingBackend:
         if resolved.takes_context:
             # Pinned: another version behind "latest" might not take the context inputs.
             ref = ModelRef(self.model_name, version=resolved.version)
-            inputs.update({name: make_tensor(value) for name, value in
-                           context_or_neutral(context, len(images)).tensors().items()})
+            inputs.update(context_tensors(context, len(images)))
         request = predict_pb2.PredictRequest(
             model_spec=self._model_spec(ref, SERVING_SIGNATURE), inputs=inputs,
             output_filter=[PROBABILITIES_OUTPUT, OOD_OUTPUT])
@@ -268,7 +281,8 @@ class TFServingBackend:
         return BatchOutput(self._available(version, config), probabilities, ood_scores)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         deadline = self._deadline(timeout)
         resolved = self.resolve(ref, self._remaining(deadline))
         config = self._config(resolved.version, deadline)
@@ -279,10 +293,12 @@ class TFServingBackend:
         # Pinned: the class indices are positions in this version's labels.
         pinned = ModelRef(self.model_name, version=resolved.version)
         outputs = [HEATMAP_OUTPUT, PROBABILITIES_OUTPUT, OOD_OUTPUT, CLASS_INDEX_OUTPUT]
+        inputs = {IMAGE_INPUT: make_tensor(images),
+                  CLASS_INDEX_INPUT: make_tensor(np.asarray(class_indices, np.int32))}
+        if resolved.explain_takes_context:
+            inputs.update(context_tensors(context, len(images)))
         request = predict_pb2.PredictRequest(
-            model_spec=self._model_spec(pinned, EXPLAIN_SIGNATURE),
-            inputs={IMAGE_INPUT: make_tensor(images),
-                    CLASS_INDEX_INPUT: make_tensor(np.asarray(class_indices, np.int32))},
+            model_spec=self._model_spec(pinned, EXPLAIN_SIGNATURE), inputs=inputs,
             output_filter=outputs)
         response = self._call("Predict(explain)", lambda s: s.prediction.Predict, request,
                               deadline, invalid_argument=InvalidRequest)
@@ -321,7 +337,8 @@ class TFServingBackend:
     def _available(self, version: int, config: ModelConfig) -> VersionInfo:
         return VersionInfo(self.model_name, version, VersionState.AVAILABLE, config,
                            self._cached_labels(version),
-                           takes_context=self._takes_context.get(version, False))
+                           takes_context=self._takes_context.get(version, False),
+                           explain_takes_context=self._explain_takes_context.get(version, False))
 
     def _cached_version(self, ref: ModelRef) -> int | None:
         if ref.version is not None and ref.version in self._configs:
@@ -393,9 +410,10 @@ class TFServingBackend:
                                 f"{expected} to probabilities and ood_score (image dims "
                                 f"{dims})", "BAD_MODEL_SIGNATURE")
         self._explainable[version] = EXPLAIN_SIGNATURE in signatures.signature_def
-        self._takes_context[version] = check_context_inputs(
-            {name: tensor_info_spec(tensor) for name, tensor in signature.inputs.items()
-             if name in CONTEXT_INPUTS})
+        self._takes_context[version] = signature_takes_context(signature)
+        explain = signatures.signature_def.get(EXPLAIN_SIGNATURE)
+        self._explain_takes_context[version] = (explain is not None
+                                                and signature_takes_context(explain))
 
     def _labels_by_version(self, deadline: float) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {}
@@ -420,7 +438,8 @@ class TFServingBackend:
                 config = None
         return VersionInfo(self.model_name, version, state, config, labels.get(version, ()),
                            public_status_error(status.status),
-                           self._takes_context.get(version, False))
+                           self._takes_context.get(version, False),
+                           self._explain_takes_context.get(version, False))
 
     # --- the wire ----------------------------------------------------------------------------
 

@@ -99,3 +99,18 @@ def test_the_contracts_declaration_takes_context() -> None:
     assert not check_context_inputs({})
 
 
+
+
+def test_explain_gets_each_images_row_where_its_signature_takes_context(
+        backend: Backend) -> None:
+    info = backend.resolve(CONTEXT_VERSION)
+    assert info.explain_takes_context
+    output = backend.explain(CONTEXT_VERSION, images(3), np.full(3, -1, np.int32), 10.0, ROWS)
+    labels = info.config.labels if info.config else ()
+    assert [received(dict(zip(labels, row.tolist(), strict=True)))
+            for row in output.probabilities] == [(45.0, 2, 19), (-1.0, 0, 0), (-1.0, 1, 20)]
+    plain = backend.explain(PLAIN_VERSION, images(3), np.full(3, -1, np.int32), 10.0, ROWS)
+    assert not backend.resolve(PLAIN_VERSION).explain_takes_context
+    np.testing.assert_array_equal(
+        plain.probabilities,
+        backend.explain(PLAIN_VERSION, images(3), np.full(3, -1, np.int32), 10.0).probabilities)
