@@ -11,6 +11,7 @@ import pytest
 # Quiet TensorFlow's C++ start-up chatter before anything imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from dermserve.core.backends.base import Backend  # noqa: E402
 from dermserve.core.model_config import HAM10000_DISPLAY_NAMES, InputSpec, ModelConfig  # noqa: E402
 from devtools.stack import ports  # noqa: E402
 
@@ -51,14 +52,52 @@ def tiny_model_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+def private_copy(template: Path, destination: Path) -> Path:
+    """A mutable copy of a session's model base template at `destination`."""
+    import shutil
+
+    shutil.copytree(template, destination)
+    return destination
+
+
 @pytest.fixture
 def model_base(tiny_model_template: Path, tmp_path: Path) -> Path:
     """A private, mutable copy of the tiny model base (versions 1 and 2)."""
-    import shutil
+    return private_copy(tiny_model_template, tmp_path / "models")
 
-    base = tmp_path / "models"
-    shutil.copytree(tiny_model_template, base)
+
+@pytest.fixture(scope="session")
+def context_model_template(tiny_model_template: Path,
+                           tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny versions 1 and 2 (image only) and version 3, whose serving_default takes the
+    patient context (tests/context_models.py); copy before mutating."""
+    from tests.context_models import export_context_version
+
+    base = private_copy(tiny_model_template,
+                        tmp_path_factory.mktemp("context-template") / "models")
+    export_context_version(base, 3)
     return base
+
+
+@pytest.fixture
+def context_model_base(context_model_template: Path, tmp_path: Path) -> Path:
+    """A private, mutable copy of the context model base (versions 1, 2 and 3)."""
+    return private_copy(context_model_template, tmp_path / "context-models")
+
+
+@pytest.fixture
+def context_backend(context_model_base: Path) -> Iterator[Backend]:
+    """The real embedded backend, micro-batched, serving all three versions of the context
+    model base; closed after the test."""
+    from dermserve.core.backends.embedded import EmbeddedBackend
+    from dermserve.core.batching import MicroBatcher
+
+    embedded = EmbeddedBackend(context_model_base, TINY_MODEL_NAME, settle_s=0.05,
+                               max_loaded_versions=3)
+    embedded.start()
+    batcher = MicroBatcher(embedded)
+    yield batcher
+    batcher.close()
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import redis
 from dermserve.batch import defaults
 from dermserve.batch.queues import ChunkQueues
 from dermserve.batch.records import ChunkState, JobRecord, JobState, Priority
-from dermserve.batch.references import ImageRef, InputRoots, check_count, manifest_paths
+from dermserve.batch.references import ImageRef, InputRoots, check_count, manifest_rows
 from dermserve.batch.results import ImageResult, ResultStore
 from dermserve.batch.settings import BatchApiSettings
 from dermserve.batch.store import IndexCursor, JobStore, connect
@@ -227,10 +227,11 @@ class JobService:
                 raise ResourceExhausted("the manifest is over the server's size limit",
                                         "MANIFEST_TOO_LARGE")
             text, base = job_input.manifest_csv, None
-        paths = manifest_paths(text)
-        check_count(len(paths), self.limits.max_images)
-        return self.roots.expand(paths, self.limits.max_images, relative_to=base,
-                                 source="the manifest", max_manifest_bytes=None)
+        rows = manifest_rows(text)
+        check_count(len(rows), self.limits.max_images)
+        return self.roots.expand([row[0] for row in rows], self.limits.max_images,
+                                 relative_to=base, source="the manifest",
+                                 max_manifest_bytes=None, contexts=[row[1] for row in rows])
 
     def _create(self, job_id: str, request: SubmitRequest, refs: list[ImageRef], caller: Caller,
                 idempotency_key: str) -> JobRecord:

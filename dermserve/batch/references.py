@@ -19,12 +19,16 @@ put the file; the CLI adds the path it sent.
 
 A file reference that is a manifest (a `.csv` or `.txt` name, or a first line with a `path`
 column) contributes the images it lists, resolved against its own folder, wherever it is given:
-alone, or next to folders and images.
+alone, or next to folders and images. A manifest with a header may carry each row's patient
+context in optional `age`, `sex` and `site` columns (core/context.py's vocabularies); a row that
+names a folder gives its context to every image in it. The values are kept as written and
+checked by the worker, image by image (`RowContext.parse`), so a bad value fails its row only.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import io
 import os
@@ -39,6 +43,7 @@ from dermserve.batch.defaults import (
     MANIFEST_SUFFIXES,
     MAX_REFERENCE_BYTES,
 )
+from dermserve.core.context import PatientContext, patient_context
 from dermserve.core.errors import DermserveError, InvalidRequest, ResourceExhausted
 
 MANIFEST_SNIFF_BYTES = 4096  # bytes of a file read to look for a manifest's `path` header
@@ -49,12 +54,32 @@ FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 instead of blocking the worker until someone writes to it."""
 
 
+CONTEXT_COLUMNS = ("age", "sex", "site")
+"""A manifest's optional patient context columns, in RowContext's field order."""
+
+
+@dataclass(frozen=True)
+class RowContext:
+    """A manifest row's patient context as written (patient data: stored with the job, never
+    logged); "" is absent."""
+
+    age: str = ""
+    sex: str = ""
+    site: str = ""
+
+    def parse(self) -> PatientContext:
+        """The row's context, or InvalidContext (INVALID_CONTEXT) for that image alone."""
+        return patient_context(self.age, self.sex, self.site)
+
+
 @dataclass(frozen=True)
 class ImageRef:
-    """One image of a job: what the client called it, and the file a worker reads."""
+    """One image of a job: what the client called it, the file a worker reads, and the patient
+    context its manifest row gave (None: none)."""
 
     reference: str
     path: str
+    context: RowContext | None = None
 
 
 class InputRoots:
@@ -96,11 +121,14 @@ class InputRoots:
 
     def expand(self, texts: Iterable[str], limit: int, relative_to: Path | None = None,
                source: str = "the request",
-               max_manifest_bytes: int | None = DEFAULT_MAX_MANIFEST_BYTES) -> list[ImageRef]:
+               max_manifest_bytes: int | None = DEFAULT_MAX_MANIFEST_BYTES,
+               contexts: Sequence[RowContext | None] | None = None) -> list[ImageRef]:
         """Files, directories (their images, recursively, sorted) and manifests (the images
-        they list; not inside a manifest: `max_manifest_bytes` None) as ImageRefs."""
+        they list; not inside a manifest: `max_manifest_bytes` None) as ImageRefs, each with
+        `contexts[position]` of the text it came from."""
         refs: list[ImageRef] = []
         for position, text in enumerate(texts):
+            context = contexts[position] if contexts is not None else None
             name = f"reference {position} of {source}"
             path = self.resolve(text, relative_to, name)
             if is_directory(path, name):
@@ -110,7 +138,7 @@ class InputRoots:
             else:
                 found = [ImageRef(text, str(path))]
             for ref in found:
-                refs.append(ref)
+                refs.append(ref if context is None else dataclasses.replace(ref, context=context))
                 check_count(len(refs), limit)  # per file: a huge folder fails early
         return refs
 
@@ -144,10 +172,11 @@ class InputRoots:
 
     def _listed_in(self, path: Path, limit: int, max_bytes: int, name: str) -> list[ImageRef]:
         text, base = self.read_manifest(str(path), max_bytes, name)
-        paths = manifest_paths(text)
-        check_count(len(paths), limit)
-        return self.expand(paths, limit, relative_to=base, source=f"the manifest ({name})",
-                           max_manifest_bytes=None)
+        rows = manifest_rows(text)
+        check_count(len(rows), limit)
+        return self.expand([row[0] for row in rows], limit, relative_to=base,
+                           source=f"the manifest ({name})", max_manifest_bytes=None,
+                           contexts=[row[1] for row in rows])
 
     def read_manifest(self, text: str, max_bytes: int,
                       name: str = "the manifest") -> tuple[str, Path]:
@@ -273,6 +302,12 @@ def check_count(count: int, limit: int) -> None:
 
 def manifest_paths(csv_text: str) -> list[str]:
     """The `path` column of a CSV with a header, or the first column of one without."""
+    return [path for path, _ in manifest_rows(csv_text)]
+
+
+def manifest_rows(csv_text: str) -> list[tuple[str, RowContext | None]]:
+    """Each row's path (as manifest_paths) and its patient context from the optional `age`,
+    `sex` and `site` columns of a header (None where the manifest has none of them)."""
     try:
         rows = [row for row in csv.reader(io.StringIO(csv_text.removeprefix("\ufeff")))
                 if row and any(row)]
@@ -285,11 +320,21 @@ def manifest_paths(csv_text: str) -> list[str]:
         column = header.index("path")
         rows = rows[1:]
     else:
-        column = 0
-    paths = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
-    if not paths:
+        column, header = 0, []
+    columns = [header.index(name) if name in header else None for name in CONTEXT_COLUMNS]
+    listed = [(row[column].strip(), row_context(row, columns)) for row in rows
+              if len(row) > column and row[column].strip()]
+    if not listed:
         raise InvalidRequest("the manifest lists no images", "EMPTY_MANIFEST")
-    return paths
+    return listed
+
+
+def row_context(row: Sequence[str], columns: Sequence[int | None]) -> RowContext | None:
+    """A row's context columns (RowContext's order) as written; None when it has none."""
+    if all(index is None for index in columns):
+        return None
+    return RowContext(*(row[index].strip() if index is not None and index < len(row) else ""
+                        for index in columns))
 
 
 def open_checked(ref: ImageRef, roots: InputRoots, max_bytes: int) -> bytes:

@@ -19,6 +19,7 @@ result per image, whatever happened.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from dermserve.batch.references import ImageRef, printable
+from dermserve.batch.references import ImageRef, RowContext, printable
 from dermserve.core import fhir
 from dermserve.core.errors import DermserveError, InvalidRequest
 from dermserve.core.prediction import Abstention, DicomReference, LabelProbability, Prediction
@@ -67,6 +68,7 @@ class ImageResult:
     ood_score: float = 0.0
     error: ImageError | None = None
     dicom: DicomReference | None = None  # the DICOM object's UIDs, when the image was one
+    context_used: bool = False  # the version used the image's patient context
 
     @property
     def abstained(self) -> bool:
@@ -84,14 +86,15 @@ class ImageResult:
         # file name bytes, which no CSV, JSON or protobuf string can hold.
         return cls(index, printable(reference), prediction.model_name, prediction.model_version,
                    probabilities, prediction.abstention.value, prediction.ood_score,
-                   dicom=prediction.dicom)
+                   dicom=prediction.dicom, context_used=prediction.context_used)
 
     def prediction(self) -> Prediction:
         """A classified image's result as the classifier gave it (for the FHIR export)."""
         return Prediction(
             "", self.model_name, self.model_version,
             tuple(LabelProbability(*item) for item in self.probabilities),
-            Abstention(self.abstention), self.ood_score, self.dicom)
+            Abstention(self.abstention), self.ood_score, self.dicom,
+            context_used=self.context_used)
 
     @classmethod
     def failed(cls, index: int, reference: str, error: DermserveError) -> ImageResult:
@@ -113,7 +116,8 @@ class ImageResult:
                                        for a, b, c in raw.get("probabilities", [])),
                    abstention=raw.get("abstention", "NONE"),
                    ood_score=float(raw.get("ood_score", 0.0)), error=error,
-                   dicom=DicomReference(**raw["dicom"]) if raw.get("dicom") else None)
+                   dicom=DicomReference(**raw["dicom"]) if raw.get("dicom") else None,
+                   context_used=bool(raw.get("context_used", False)))
 
 
 def write_atomically(path: Path, lines: Iterable[str]) -> None:
@@ -158,12 +162,18 @@ class ResultStore:
         return str(path.resolve())
 
     def write_chunk_inputs(self, job_id: str, chunk: int, refs: Sequence[ImageRef]) -> None:
-        payload = json.dumps([[ref.reference, ref.path] for ref in refs])
+        """Each image's reference, path and manifest context (inside the job's directory, as its
+        images are; never logged)."""
+        payload = json.dumps([[ref.reference, ref.path] if ref.context is None else
+                              [ref.reference, ref.path, dataclasses.astuple(ref.context)]
+                              for ref in refs])
         write_atomically(self.chunk_path(job_id, chunk, ".input.json"), [payload])
 
     def read_chunk_inputs(self, job_id: str, chunk: int) -> list[ImageRef]:
         text = self.chunk_path(job_id, chunk, ".input.json").read_text(encoding="utf-8")
-        return [ImageRef(reference, path) for reference, path in json.loads(text)]
+        return [ImageRef(entry[0], entry[1],
+                         RowContext(*entry[2]) if len(entry) > 2 else None)
+                for entry in json.loads(text)]
 
     def write_chunk_results(self, job_id: str, chunk: int, results: Sequence[ImageResult]) -> None:
         write_atomically(self.chunk_path(job_id, chunk, ".jsonl"),
@@ -288,15 +298,17 @@ CSV_COLUMNS = ["index", "reference", "status", "top_label", "abstained", "absten
                "model_name", "model_version", "ood_score", "error_code", "error_reason",
                "error_message"]
 DICOM_COLUMNS = ["study_instance_uid", "series_instance_uid", "sop_instance_uid"]
-"""Last, after the p_<label> columns, so that the columns before them keep their places."""
+"""After the p_<label> columns, so that the columns before them keep their places."""
+CONTEXT_COLUMN = "context_used"
+"""Last: 1 when the version used the image's patient context, else 0."""
 
 
 def csv_lines(results: Iterable[ImageResult], labels: Sequence[str]) -> Iterator[str]:
     """CSV rows: fixed columns, one `p_<label>` column per class of the model version, then the
-    DICOM UIDs (empty for a JPEG or PNG)."""
+    DICOM UIDs (empty for a JPEG or PNG) and whether the patient context was used."""
     buffer = _LineBuffer()
     writer = csv.writer(buffer)
-    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels), *DICOM_COLUMNS]
+    header = [*CSV_COLUMNS, *(f"p_{label}" for label in labels), *DICOM_COLUMNS, CONTEXT_COLUMN]
     writer.writerow([csv_cell(name) for name in header])
     yield buffer.take()
     for result in results:
@@ -323,7 +335,7 @@ def csv_row(result: ImageResult, labels: Sequence[str]) -> list[object]:
             error.message if error else "",
             *(f"{probabilities[label]:.6f}" if label in probabilities else ""
               for label in labels),
-            *dicom_cells(result.dicom)]
+            *dicom_cells(result.dicom), int(result.context_used)]
 
 
 def dicom_cells(dicom: DicomReference | None) -> list[str]:

@@ -1,7 +1,7 @@
 """`dermserve`: the command-line client, for operators and smoke tests.
 
     dermserve classify IMAGE... [--format table|json|fhir] [--json] [--target HOST:PORT]
-                                [--version N | --label L]
+                                [--version N | --label L] [--age YEARS] [--sex S] [--site S]
                                 [--token T] [--tls] [--tls-ca F] [--tls-cert F --tls-key F]
     dermserve explain IMAGE [--label CLASS] [--output overlay.png] [--json]
                             [--version N | --version-label L]
@@ -55,6 +55,13 @@ def model_selector(version: int | None, version_label: str | None) -> pb.ModelSe
     return None
 
 
+def patient_context(args: argparse.Namespace) -> pb.PatientContext | None:
+    """--age, --sex and --site as the request's context (the server checks them), or None."""
+    given = {name: getattr(args, name) for name in ("age_years", "sex", "site")
+             if getattr(args, name) is not None}
+    return pb.PatientContext(**given) if given else None
+
+
 def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
                  args: argparse.Namespace) -> dict[str, Any]:
     entry: dict[str, Any] = {"image": str(path)}
@@ -65,7 +72,8 @@ def classify_one(stub: pb_grpc.LesionClassifierStub, path: Path,
         return entry
     try:
         response = stub.Classify(pb.ClassifyRequest(image=data, model=selector(args),
-                                                    format=RESULT_FORMATS[args.format]),
+                                                    format=RESULT_FORMATS[args.format],
+                                                    context=patient_context(args)),
                                  timeout=args.timeout, metadata=call_metadata(args))
         entry["result"] = MessageToDict(response, preserving_proto_field_name=True,
                                         always_print_fields_with_no_presence=True)
@@ -86,6 +94,8 @@ def print_entry(entry: dict[str, Any], out: TextIO,
     model = result["model"]
     print(entry["image"], file=out)
     lines = reading(result, (facts or {}).get(int(model["version"])))
+    if result.get("context_used"):
+        lines.append("The patient context (age, sex, site) was used by this version.")
     lines.append(f"Model {model['name']} v{model['version']}, request {result['request_id']}")
     for line in lines:
         print(textwrap.fill(line, READING_WIDTH, initial_indent="  ", subsequent_indent="    "),
@@ -207,6 +217,7 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     which = classify.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="pin a model version")
     which.add_argument("--label", help="use a labelled version, e.g. stable")
+    add_context_arguments(classify)
     add_connection_arguments(classify, environ)
     classify.set_defaults(func=run_classify)
     add_explain_command(commands, environ)
@@ -216,6 +227,17 @@ def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     models.set_defaults(func=run_models)
     add_batch_commands(commands, environ)
     return parser
+
+
+def add_context_arguments(parser: argparse.ArgumentParser) -> None:
+    """The optional patient context, sent with every image of the command."""
+    context = parser.add_argument_group(
+        "patient context", "optional; used only by a model version that takes it "
+        "(docs/integration.md); for a DICOM image it overrides the file's tags")
+    context.add_argument("--age", dest="age_years", type=float, metavar="YEARS",
+                         help="the age in years, 0 to 120")
+    context.add_argument("--sex", help="female or male")
+    context.add_argument("--site", help='the body site, e.g. "upper extremity", "back"')
 
 
 def add_explain_command(commands: Any, environ: Mapping[str, str]) -> None:

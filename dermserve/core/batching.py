@@ -25,6 +25,7 @@ import numpy as np
 
 from dermserve.core import defaults
 from dermserve.core.backends.base import Backend, BatchOutput, ExplainOutput, ModelRef, VersionInfo
+from dermserve.core.context import ContextBatch, context_or_neutral
 from dermserve.core.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -48,6 +49,7 @@ class Pending:
     ref: ModelRef
     images: np.ndarray
     expires: float | None
+    context: ContextBatch | None = None  # one row per image; None: the caller sent none
     done: threading.Event = field(default_factory=threading.Event)
     output: BatchOutput | None = None
     error: DermserveError | None = None
@@ -93,13 +95,14 @@ class MicroBatcher:
         return self.backend.list_versions(name, timeout)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         # Not batched: explanations are rare and each runs a backward pass of its own.
-        return self.backend.explain(ref, images, class_indices, timeout)
+        return self.backend.explain(ref, images, class_indices, timeout, context)
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
-        pending = self._submit(ref, images, timeout)
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
+        pending = self._submit(ref, images, timeout, context)
         if not pending.done.wait(timeout):
             with self._cond:
                 pending.abandoned = True
@@ -121,9 +124,10 @@ class MicroBatcher:
         self.backend.close()
 
     # --- queue ---------------------------------------------------------------------------------
-    def _submit(self, ref: ModelRef, images: np.ndarray, timeout: float | None) -> Pending:
+    def _submit(self, ref: ModelRef, images: np.ndarray, timeout: float | None,
+                context: ContextBatch | None) -> Pending:
         expires = None if timeout is None else time.monotonic() + timeout
-        pending = Pending((ref.name, ref.version, ref.label), ref, images, expires)
+        pending = Pending((ref.name, ref.version, ref.label), ref, images, expires, context)
         with self._cond:
             if self._closed:
                 raise BackendUnavailable("the service is shutting down", "SHUTTING_DOWN")
@@ -192,7 +196,8 @@ class MicroBatcher:
             images = batch[0].images if len(batch) == 1 else np.concatenate(
                 [item.images for item in batch])
             self.observer.batch_formed(len(images))
-            output = self.backend.predict(batch[0].ref, images, batch_timeout(batch))
+            output = self.backend.predict(batch[0].ref, images, batch_timeout(batch),
+                                          batch_context(batch))
             check_rows(output, len(images))
         except DermserveError as exc:
             fail_all(batch, exc)
@@ -202,6 +207,15 @@ class MicroBatcher:
             fail_all(batch, InternalError("the model backend failed"))
             return
         split(batch, output)
+
+
+def batch_context(batch: list[Pending]) -> ContextBatch | None:
+    """The batch's context rows, a caller without context getting the neutral rows; None when
+    no caller sent any."""
+    if all(item.context is None for item in batch):
+        return None
+    return ContextBatch.joined([context_or_neutral(item.context, len(item.images))
+                                for item in batch])
 
 
 def batch_timeout(batch: list[Pending]) -> float | None:

@@ -24,9 +24,11 @@ import numpy as np
 from PIL import Image
 
 from dermserve.core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo
+from dermserve.core.context import NO_CONTEXT, ContextBatch, PatientContext
 from dermserve.core.errors import (
     BackendTimeout,
     DermserveError,
+    ExplanationUnsupported,
     InternalError,
     InvalidImage,
     ModelNotFound,
@@ -35,7 +37,7 @@ from dermserve.core.explanation import Explanation, class_index, overlay_png
 from dermserve.core.image.decoding import PixelBudget, budget_share, decode_rgb, draft_for_input
 from dermserve.core.image.dicom import quiet_pydicom
 from dermserve.core.image.limits import ImageLimits
-from dermserve.core.image.opening import dicom_source, open_image, parse_share
+from dermserve.core.image.opening import dicom_context, dicom_source, open_image, parse_share
 from dermserve.core.model_config import InputSpec, ModelConfig
 from dermserve.core.observe import NullObserver, Observer
 from dermserve.core.prediction import DicomReference, Prediction, build_prediction
@@ -45,6 +47,8 @@ from dermserve.core.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 Results = dict[int, Prediction | DermserveError]
+Contexts = dict[int, PatientContext]
+"""Each opened image's patient context (the request's over its DICOM file's), by position."""
 T = TypeVar("T")
 """Each image's prediction or error, by its position in the call."""
 
@@ -96,22 +100,29 @@ class Classifier:
                    default_version_label=settings.default_version_label)
 
     def classify(self, image: bytes, ref: ModelRef | None = None, request_id: str = "",
-                 timeout: float | None = None) -> Prediction:
+                 timeout: float | None = None,
+                 context: PatientContext | None = None) -> Prediction:
         """Classify one image; every failure is raised as a DermserveError."""
-        result = self.classify_many([image], ref, [request_id], timeout)[0]
+        result = self.classify_many([image], ref, [request_id], timeout, [context])[0]
         if isinstance(result, DermserveError):
             raise result
         return result
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
                       request_ids: Sequence[str] | None = None,
-                      timeout: float | None = None) -> list[Prediction | DermserveError]:
-        """Classify several images in one backend call. An image that fails validation gets its
-        error in its place; a backend failure concerns them all and is raised."""
+                      timeout: float | None = None,
+                      contexts: Sequence[PatientContext | None] | None = None,
+                      ) -> list[Prediction | DermserveError]:
+        """Classify several images in one backend call, each with its patient context (None:
+        none given; a DICOM file's own tags fill what the request leaves unknown). An image that
+        fails validation gets its error in its place; a backend failure concerns them all and
+        is raised."""
         deadline = Deadline(timeout)
         ids = list(request_ids) if request_ids is not None else [""] * len(images)
-        if len(ids) != len(images):
-            raise InternalError(f"{len(images)} images but {len(ids)} request ids")
+        given = list(contexts) if contexts is not None else [None] * len(images)
+        if len(ids) != len(images) or len(given) != len(images):
+            raise InternalError(f"{len(images)} images but {len(ids)} request ids and "
+                                f"{len(given)} contexts")
         results: Results = {}
         opened: dict[int, Image.Image] = {}
         for index, data in enumerate(images):
@@ -120,36 +131,47 @@ class Classifier:
             except InvalidImage as exc:
                 results[index] = exc
         sources = {index: dicom_source(image) for index, image in opened.items()}
+        known = {index: (given[index] or NO_CONTEXT).over(dicom_context(image))
+                 for index, image in opened.items()}
         if opened:
-            results.update(self._predict(opened, images, ids, ref, deadline))
+            results.update(self._predict(opened, images, ids, known, ref, deadline))
         return [with_source(results[index], sources.get(index)) for index in range(len(images))]
 
     def explain(self, image: bytes, label: str = "", ref: ModelRef | None = None,
-                request_id: str = "", timeout: float | None = None) -> Explanation:
+                request_id: str = "", timeout: float | None = None,
+                context: PatientContext | None = None) -> Explanation:
         """Classify one image and explain `label` (empty: the top class) with the version's
         Grad-CAM map, drawn over the image as the model saw it. The same checks and budget as
         classify; UNKNOWN_LABEL for a label the version lacks, EXPLANATION_UNSUPPORTED for a
-        version without the `explain` signature."""
+        version without the `explain` signature, EXPLANATION_WITHOUT_CONTEXT for an image with
+        patient context and a version that uses it but whose `explain` signature does not take
+        it (its explanation would not be of the answer Classify gives)."""
         deadline = Deadline(timeout)
         opened = self.open(image, deadline)
         wanted = self.wanted(ref)
         return self._again_if_unloaded(wanted, lambda again: self._explain_once(
             self.open(image, deadline) if again else opened, label, wanted, request_id,
-            deadline))
+            deadline, context or NO_CONTEXT))
 
     def _explain_once(self, opened: Image.Image, label: str, wanted: ModelRef, request_id: str,
-                      deadline: Deadline) -> Explanation:
+                      deadline: Deadline, context: PatientContext) -> Explanation:
         source = dicom_source(opened)
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
+        known = context.over(dicom_context(opened))
+        if version.takes_context and not version.explain_takes_context and not known.empty:
+            raise ExplanationUnsupported(
+                "this version uses the patient context, which its explain signature does not "
+                "take; classify the image instead", "EXPLANATION_WITHOUT_CONTEXT")
         wanted_class = class_index(config, label)
         model_input = self.decode(opened, config.input, deadline)
         pinned = ModelRef(version.name, version=version.version)
         started = time.perf_counter()
+        rows = ContextBatch.of([known]) if version.explain_takes_context else None
         output = self.backend.explain(pinned, model_input[None], np.array([wanted_class], np.int32),
-                                      deadline.remaining())
+                                      deadline.remaining(), rows)
         self.observer.model_called(time.perf_counter() - started)
-        prediction = with_source(self._build(output, config, [request_id])[0], source)
+        prediction = with_source(self._build(output, config, [request_id], [known])[0], source)
         assert isinstance(prediction, Prediction)  # with_source keeps a Prediction one
         explained = config.labels[int(output.class_indices[0])]
         heatmap = output.heatmaps[0]
@@ -204,11 +226,11 @@ class Classifier:
             yield
 
     def _predict(self, opened: dict[int, Image.Image], images: Sequence[bytes], ids: list[str],
-                 ref: ModelRef | None, deadline: Deadline) -> Results:
+                 contexts: Contexts, ref: ModelRef | None, deadline: Deadline) -> Results:
         wanted = self.wanted(ref)
         return self._again_if_unloaded(wanted, lambda again: self._predict_once(
             {index: self.open(images[index], deadline) for index in opened} if again else opened,
-            ids, wanted, deadline))
+            ids, contexts, wanted, deadline))
 
     def _again_if_unloaded(self, wanted: ModelRef, attempt: Callable[[bool], T]) -> T:
         """`attempt(False)`, then `attempt(True)` once if the version it resolved was unloaded
@@ -223,8 +245,8 @@ class Classifier:
             log.info("resolved version of %s went away; resolving again", wanted.describe())
             return attempt(True)
 
-    def _predict_once(self, opened: dict[int, Image.Image], ids: list[str], wanted: ModelRef,
-                      deadline: Deadline) -> Results:
+    def _predict_once(self, opened: dict[int, Image.Image], ids: list[str], contexts: Contexts,
+                      wanted: ModelRef, deadline: Deadline) -> Results:
         version = self.backend.resolve(wanted, deadline.remaining())
         config = require_config(version)
         results: Results = {}
@@ -236,22 +258,27 @@ class Classifier:
                 results[index] = exc
         if arrays:
             pinned = ModelRef(version.name, version=version.version)
+            rows = [contexts.get(index, NO_CONTEXT) for index in arrays]
+            # Only a version that takes context gets it; the others answer as they always did.
+            context = ContextBatch.of(rows) if version.takes_context else None
             started = time.perf_counter()
             output = self.backend.predict(pinned, np.stack(list(arrays.values())),
-                                          deadline.remaining())
+                                          deadline.remaining(), context)
             self.observer.model_called(time.perf_counter() - started)
-            predictions = self._build(output, config, [ids[index] for index in arrays])
+            predictions = self._build(output, config, [ids[index] for index in arrays], rows)
             results.update(zip(arrays, predictions, strict=True))
         return results
 
-    def _build(self, output: BatchOutput, config: ModelConfig,
-               request_ids: list[str]) -> list[Prediction]:
+    def _build(self, output: BatchOutput, config: ModelConfig, request_ids: list[str],
+               contexts: Sequence[PatientContext] | None = None) -> list[Prediction]:
         answering = output.version
         config = answering.config or config
+        rows = list(contexts) if contexts is not None else [NO_CONTEXT] * len(request_ids)
         predictions = [
             build_prediction(request_id, answering.name, answering.version, config,
                              output.probabilities[row], float(output.ood_scores[row]),
-                             self.min_confidence_floor)
+                             self.min_confidence_floor,
+                             context_used=answering.takes_context and not rows[row].empty)
             for row, request_id in enumerate(request_ids)]
         for prediction in predictions:
             self.observer.predicted(prediction)

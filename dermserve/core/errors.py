@@ -3,7 +3,8 @@
     DermserveError                      reason: stable, machine-readable, UPPER_SNAKE
     ├── InvalidInput                    -> INVALID_ARGUMENT
     │   ├── InvalidImage                   the image bytes fail validation
-    │   └── InvalidRequest                 a field other than the image is wrong
+    │   ├── InvalidRequest                 a field other than the image is wrong
+    │   └── InvalidContext                 the patient context (age, sex, site) is wrong
     ├── NotFound                        -> NOT_FOUND
     │   ├── ModelNotFound                  no such model, version or label
     │   └── JobNotFound                    no such batch job
@@ -67,6 +68,13 @@ class InvalidRequest(InvalidInput):
     """A request field other than the image is malformed or out of range."""
 
     default_reason = "INVALID_REQUEST"
+
+
+class InvalidContext(InvalidInput):
+    """The optional patient context is out of range or outside its vocabulary (core/context.py);
+    its message never quotes the value."""
+
+    default_reason = "INVALID_CONTEXT"
 
 
 class NotFound(DermserveError):

@@ -48,6 +48,7 @@ class Prediction:
     abstention: Abstention
     ood_score: float
     dicom: DicomReference | None = None  # set when the image was a DICOM object
+    context_used: bool = False  # the version took patient context, and this image had some
 
     @property
     def top_label(self) -> str:
@@ -71,7 +72,7 @@ def decide_abstention(top_probability: float, ood_score: float, rule: Abstention
 
 def build_prediction(request_id: str, model_name: str, model_version: int, config: ModelConfig,
                      probabilities: np.ndarray, ood_score: float,
-                     min_confidence_floor: float = 0.0) -> Prediction:
+                     min_confidence_floor: float = 0.0, context_used: bool = False) -> Prediction:
     """Pair one row of probabilities with the version's labels and apply its abstention rule."""
     pairs = sorted(
         (LabelProbability(label, config.display_name(label), float(p))
@@ -80,4 +81,4 @@ def build_prediction(request_id: str, model_name: str, model_version: int, confi
     abstention = decide_abstention(pairs[0].probability, ood_score, config.abstention,
                                    min_confidence_floor)
     return Prediction(request_id, model_name, model_version, tuple(pairs), abstention,
-                      float(ood_score))
+                      float(ood_score), context_used=context_used)

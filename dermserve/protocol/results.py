@@ -40,6 +40,7 @@ def result_message(result: ImageResult) -> pb.BatchImageResult:
                                               version=result.model_version))
     if result.dicom is not None:
         message.dicom.CopyFrom(to_dicom_reference(result.dicom))
+    message.context_used = result.context_used
     return message
 
 
@@ -56,4 +57,5 @@ def image_result(message: pb.BatchImageResult) -> ImageResult:
         tuple((p.label, p.display_name, p.probability) for p in message.probabilities),
         reason.removeprefix("ABSTENTION_REASON_") if message.abstained else "NONE",
         message.ood_score,
-        dicom=from_dicom_reference(message.dicom) if message.HasField("dicom") else None)
+        dicom=from_dicom_reference(message.dicom) if message.HasField("dicom") else None,
+        context_used=message.context_used)

@@ -20,6 +20,7 @@ from dermserve.core.classifier import Classifier
 from dermserve.core.errors import DermserveError, InvalidRequest
 from dermserve.core.explanation import Explanation
 from dermserve.core.prediction import Abstention, Prediction
+from dermserve.protocol.context import from_message as context_of
 from dermserve.protocol.results import to_dicom_reference
 from dermserve.service import defaults
 from dermserve.service.classify_stream import PendingObserver, StreamDrain, StreamSession
@@ -65,7 +66,8 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
     def _classify(self, request: pb.ClassifyRequest, request_id: str,
                   context: grpc.ServicerContext) -> pb.ClassifyResponse:
         prediction = self.classifier.classify(
-            request.image, self._ref(request.model), request_id, self._timeout(context))
+            request.image, self._ref(request.model), request_id, self._timeout(context),
+            context_of(request))
         log.debug("classified: version %d, abstention %s", prediction.model_version,
                   prediction.abstention.value)
         response = to_response(prediction)
@@ -85,7 +87,7 @@ class LesionClassifierServicer(pb_grpc.LesionClassifierServicer):
         request_id_var.set(request_id)  # scoped per call by the ErrorMappingInterceptor
         explanation = self.classifier.explain(request.image, request.label,
                                               self._ref(request.model), request_id,
-                                              self._timeout(context))
+                                              self._timeout(context), context_of(request))
         return to_explain_response(explanation)
 
     def GetModel(self, request: pb.GetModelRequest,
@@ -174,7 +176,8 @@ def to_response(prediction: Prediction) -> pb.ClassifyResponse:
         abstained=prediction.abstained,
         abstention_reason=ABSTENTION_REASONS[prediction.abstention],
         ood_score=prediction.ood_score,
-        dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom))
+        dicom=None if prediction.dicom is None else to_dicom_reference(prediction.dicom),
+        context_used=prediction.context_used)
 
 
 def to_explain_response(explanation: Explanation) -> pb.ExplainResponse:
@@ -191,7 +194,7 @@ def to_model_version(info: VersionInfo) -> pb.ModelVersion:
     message = pb.ModelVersion(
         model=pb.ModelVersionRef(name=info.name, version=info.version),
         state=VERSION_STATES[info.state], version_labels=list(info.labels_assigned),
-        error=info.error)
+        error=info.error, takes_context=info.takes_context)
     if info.config is not None:
         config = info.config
         message.labels.extend(config.labels)

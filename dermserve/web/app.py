@@ -5,7 +5,8 @@ script or style, so the Content-Security-Policy allows only this origin.
 Routes:
     GET  /  /jobs  /model            the pages (classify, batch jobs, model card)
     GET  /static/<file>              their scripts and styles
-    POST /api/analyze                one image's bytes in, its result as JSON (413 over the limit)
+    POST /api/analyze                one image's bytes in, its result as JSON (413 over the limit);
+                                     optional patient context in X-Dermserve-Age/-Sex/-Site
     GET  /api/config                 the upload limit and the notice, for the page
     GET  /api/model?version=N        a version's model card summary
     GET  /api/jobs?page_token=T      a page of the user's batch jobs, newest first
@@ -36,6 +37,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from dermserve.core.context import patient_context
+from dermserve.core.errors import InvalidContext
+from dermserve.protocol.context import to_message
+from dermserve.v1 import lesion_classifier_pb2 as pb
 from dermserve.web import defaults
 from dermserve.web.front import FrontClient, FrontError
 from dermserve.web.guards import Guards, code_of, scope_user
@@ -126,6 +131,24 @@ def version_of(request: Request) -> int | None:
         raise Refused(400, "INVALID_VERSION", "a version is a positive integer of at most "
                                               f"{defaults.MAX_VERSION_DIGITS} digits")
     return version
+
+
+CONTEXT_HEADERS = {"age_years": "x-dermserve-age", "sex": "x-dermserve-sex",
+                   "site": "x-dermserve-site"}
+"""Where the form's optional patient context travels with an upload: headers, which no access
+log or proxy keeps the way it keeps a URL."""
+
+
+def context_of(request: Request) -> pb.PatientContext | None:
+    """The upload's patient context, checked here (400 INVALID_CONTEXT before the image is
+    read) by the core's one validation, or None when the form gave none."""
+    given = {name: checked_text(request.headers.get(header, ""), defaults.MAX_CONTEXT_CHARS,
+                                "INVALID_CONTEXT", "a patient context value")
+             for name, header in CONTEXT_HEADERS.items()}
+    try:
+        return to_message(patient_context(**given))
+    except InvalidContext as exc:
+        raise Refused(400, exc.reason, exc.client_message) from None
 
 
 def checked_text(text: str, limit: int, reason: str, what: str) -> str:
@@ -255,9 +278,10 @@ class PageApp:
         await self.upload_slot()
         self.uploads += 1
         try:
+            context = context_of(request)
             image = await read_body(request, limit, self.settings)
             result = await run_in_threadpool(self.client.analyze, image,
-                                             scope_user(request.scope))
+                                             scope_user(request.scope), context)
         finally:
             self.uploads -= 1
             self.slots.release()

@@ -68,6 +68,7 @@ MAX_HEADER_BYTES = 16 * 1024
 GRACEFUL_SHUTDOWN_S = 20
 """Seconds SIGTERM waits for requests in flight, within the pod's termination grace period."""
 
+MAX_CONTEXT_CHARS = 64  # characters of a patient context header: the longest site is 15
 MAX_JOB_ID_CHARS = 128
 """Characters of a job id the page forwards, echoes or logs: the front's own limit on client job
 ids (server ids are shorter); a longer one is refused with 400 before it goes anywhere."""

@@ -124,6 +124,7 @@ def explanation_json(response: pb.ExplainResponse) -> dict[str, Any]:
             "values": [round(v, 4) for v in response.heatmap.values]}  # drawn over the upload
 
 
+EXPLANATION_WITHOUT_CONTEXT = "EXPLANATION_WITHOUT_CONTEXT"  # core/classifier.py `explain`
 EXPLANATION_OPTIONAL = {"UNIMPLEMENTED", "FAILED_PRECONDITION", "INTERNAL", "DEADLINE_EXCEEDED"}
 """Codes of a failed Explain after which Classify is still worth asking: the front or the version
 has no explanations, or computing one failed where a plain classification may not. An image the
@@ -134,6 +135,9 @@ def unavailable(error: FrontError) -> dict[str, Any]:
     """Why there is no heatmap, in words."""
     if error.reason == EXPLANATION_UNSUPPORTED:
         message = "No heatmap: this model version was exported without explanations."
+    elif error.reason == EXPLANATION_WITHOUT_CONTEXT:
+        message = ("No heatmap: this model version used the patient context, which its "
+                   "explanations cannot take.")
     elif error.code == "UNIMPLEMENTED":
         message = "No heatmap: this front does not offer explanations."
     else:
@@ -159,16 +163,19 @@ class FrontClient:
         with front_errors():
             return method(request, timeout=self.settings.timeout_s, metadata=metadata or None)
 
-    def analyze(self, image: bytes, user: WebUser | None = None) -> dict[str, Any]:
-        """Classify one image and explain it when the front and the version can."""
+    def analyze(self, image: bytes, user: WebUser | None = None,
+                context: pb.PatientContext | None = None) -> dict[str, Any]:
+        """Classify one image (with the patient context the form gave) and explain it when the
+        front and the version can."""
         try:
-            explained = self._call(self.classifier.Explain, pb.ExplainRequest(image=image), user)
+            explained = self._call(self.classifier.Explain,
+                                   pb.ExplainRequest(image=image, context=context), user)
             classification, explanation = explained.classification, explanation_json(explained)
         except FrontError as exc:
             if exc.code not in EXPLANATION_OPTIONAL:
                 raise
             classification = self._call(self.classifier.Classify,
-                                        pb.ClassifyRequest(image=image), user)
+                                        pb.ClassifyRequest(image=image, context=context), user)
             explanation = unavailable(exc)
         model = self.model(classification.model.version)
         return {"classification": classification_json(classification),

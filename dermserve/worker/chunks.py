@@ -32,6 +32,7 @@ from dermserve.batch.references import ImageRef, InputRoots, open_checked
 from dermserve.batch.results import ImageResult, ResultStore
 from dermserve.batch.store import JobStore
 from dermserve.core.backends.base import ModelRef, VersionInfo
+from dermserve.core.context import PatientContext
 from dermserve.core.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -56,7 +57,9 @@ class BatchClassifier(Protocol):
 
     def classify_many(self, images: Sequence[bytes], ref: ModelRef | None = None,
                       request_ids: Sequence[str] | None = None,
-                      timeout: float | None = None) -> list[Prediction | DermserveError]: ...
+                      timeout: float | None = None,
+                      contexts: Sequence[PatientContext | None] | None = None,
+                      ) -> list[Prediction | DermserveError]: ...
 
     def describe(self, ref: ModelRef | None = None, timeout: float | None = None
                  ) -> VersionInfo: ...
@@ -280,14 +283,17 @@ class ChunkRunner:
                         roots: InputRoots) -> list[ImageResult]:
         results: dict[int, ImageResult] = {}
         images: dict[int, bytes] = {}
+        contexts: list[PatientContext | None] = []
         for offset, image_ref in enumerate(refs):
-            try:
+            try:  # a row's bad context fails that row, as a bad file does (the job goes on)
+                context = None if image_ref.context is None else image_ref.context.parse()
                 images[offset] = read_image(image_ref, roots, self.policy.limits.max_bytes)
+                contexts.append(context)
             except DermserveError as exc:
                 results[offset] = ImageResult.failed(first + offset, image_ref.reference, exc)
         if images:
             answers = self._retrying(lambda: self.classifier.classify_many(
-                list(images.values()), ref, None, self.policy.classify_timeout_s))
+                list(images.values()), ref, None, self.policy.classify_timeout_s, contexts))
             for offset, answer in zip(images, answers, strict=True):
                 results[offset] = to_result(first + offset, refs[offset].reference, answer)
         return [results[offset] for offset in range(len(refs))]

@@ -95,3 +95,27 @@ def test_printable_keeps_utf8_and_percent_encodes_other_bytes() -> None:
     latin1 = os.fsdecode(b"caf\xe9 \xc3\xa9t\xe9.jpg")
     assert printable(latin1) == "caf%E9 \u00e9t%E9.jpg"
     assert printable("d\u00e9j\u00e0 100%.jpg") == "d\u00e9j\u00e0 100%.jpg"
+
+
+def test_manifest_rows_carry_the_optional_context_columns_as_written() -> None:
+    from dermserve.batch.references import RowContext, manifest_rows
+
+    rows = manifest_rows("site,path,age\nback,a.jpg,45\n,b.jpg,\nface,c.jpg\n")
+    assert rows == [("a.jpg", RowContext("45", "", "back")), ("b.jpg", RowContext()),
+                    ("c.jpg", RowContext("", "", "face"))]
+    assert manifest_rows("path,lesion_id\na.jpg,L1\n") == [("a.jpg", None)]
+    assert manifest_rows("a.jpg\n") == [("a.jpg", None)]  # no header: no context columns
+
+
+def test_chunk_inputs_keep_each_rows_context(tmp_path: Path) -> None:
+    from dermserve.batch.references import RowContext
+    from dermserve.batch.results import ResultStore
+
+    store = ResultStore(tmp_path)
+    refs = [ImageRef("a.jpg", "/in/a.jpg", RowContext("45", "male", "trunk")),
+            ImageRef("b.jpg", "/in/b.jpg")]
+    store.write_chunk_inputs("job", 0, refs)
+    assert store.read_chunk_inputs("job", 0) == refs
+    # A chunk written before contexts existed still reads.
+    store.chunk_path("job", 1, ".input.json").write_text('[["a.jpg", "/in/a.jpg"]]')
+    assert store.read_chunk_inputs("job", 1) == [ImageRef("a.jpg", "/in/a.jpg")]

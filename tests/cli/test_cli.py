@@ -51,3 +51,21 @@ def test_unreachable_service_is_reported(tmp_path: Path, free_port: int,
                    "--target", f"127.0.0.1:{free_port}"])
     assert status == 1
     assert json.loads(capsys.readouterr().out)[0]["error"]["code"] == "UNAVAILABLE"
+
+
+def test_classify_sends_the_patient_context(context_server: Running, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.context_models import received
+
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(good_jpeg())
+    target = ["--target", f"127.0.0.1:{context_server.port}", "--version", "3"]
+    assert main(["classify", str(image), "--json", "--age", "62", "--sex", "female",
+                 "--site", "back", *target]) == 0
+    result = json.loads(capsys.readouterr().out)[0]["result"]
+    probabilities = {item["label"]: item["probability"] for item in result["probabilities"]}
+    assert received(probabilities) == (62.0, 1, 4) and result["context_used"] is True
+    assert main(["classify", str(image), "--age", "62", *target]) == 0
+    assert "patient context (age, sex, site) was used" in capsys.readouterr().out
+    assert main(["classify", str(image), "--json", "--site", "elbow", *target]) == 1
+    assert json.loads(capsys.readouterr().out)[0]["error"]["reason"] == "INVALID_CONTEXT"

@@ -12,7 +12,15 @@ import pytest
 from dermserve.core.backends.base import ModelRef
 from dermserve.core.batching import MicroBatcher
 from dermserve.core.errors import BackendTimeout, BackendUnavailable, ResourceExhausted
-from tests.service.conftest import FakeBackend, good_jpeg, pb, running_server, server_settings
+from tests.core.backends.helpers import wait_until
+from tests.service.conftest import (
+    WAIT_S,
+    FakeBackend,
+    good_jpeg,
+    pb,
+    running_server,
+    server_settings,
+)
 
 REF = ModelRef("ham10000", version=2)
 
@@ -204,3 +212,42 @@ def test_concurrent_rpcs_are_merged_through_the_server() -> None:
     # 32 calls plus the health monitor's one probe image, in fewer backend calls than images.
     assert sum(backend.batch_sizes) == 33
     assert max(backend.batch_sizes) > 1
+
+
+def test_calls_with_and_without_context_share_a_batch_each_with_its_rows() -> None:
+    """While the model runs a first call, three more queue: with context, without, with. They
+    form one batch whose context has each caller's rows, the neutral row for the one without."""
+    from dermserve.core.context import ContextBatch, patient_context
+
+    backend = FakeBackend(handler=marking_handler)
+    entered, release = threading.Event(), threading.Event()
+    first_call = backend.handler
+
+    def gated(version: int, batch: np.ndarray) -> np.ndarray:
+        if not entered.is_set():
+            entered.set()
+            release.wait(WAIT_S)
+        return first_call(version, batch)
+
+    backend.handler = gated
+    batcher = MicroBatcher(backend, max_batch_size=8, max_wait_ms=0, workers=1)
+    rows = {1: ContextBatch.of([patient_context(30, "female", "back")]), 2: None,
+            3: ContextBatch.of([patient_context(70, "male", "face")])}
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(batcher.predict, REF, images(1, 0), WAIT_S)
+            assert entered.wait(WAIT_S)
+            calls = [pool.submit(batcher.predict, REF, images(1, value), WAIT_S, rows[value])
+                     for value in (1, 2, 3)]
+            wait_until(lambda: batcher._queued_images == 3, WAIT_S, "three queued calls")
+            release.set()
+            values = [float(call.result().probabilities[0, 0]) for call in calls]
+            first.result()
+    finally:
+        batcher.close()
+    assert backend.batch_sizes == [1, 3] and values == [1.0, 2.0, 3.0]
+    assert backend.contexts[0] is None  # nobody sent context: none is made up
+    joined = backend.contexts[1]
+    assert joined is not None
+    assert joined.age_years.tolist() == [30.0, -1.0, 70.0]
+    assert joined.sex.tolist() == [1, 0, 2] and joined.site.tolist() == [4, 0, 7]

@@ -7,6 +7,7 @@ import pytest
 
 from dermserve.core.backends.base import BatchOutput, ExplainOutput, ModelRef
 from dermserve.core.classifier import Classifier
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, InvalidImage, ModelNotFound
 from dermserve.core.image.limits import ImageLimits
 from dermserve.core.prediction import Prediction
@@ -21,13 +22,14 @@ class VanishingBackend(FakeBackend):
         super().__init__(versions=(1, 2))
         self.vanish = vanish
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
         self._maybe_vanish(ref)
-        return super().predict(ref, images, timeout)
+        return super().predict(ref, images, timeout, context)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         self._maybe_vanish(ref)
         answer = super().predict(ref, images, timeout)  # a flat map: only the retry matters here
         return ExplainOutput(answer.version, answer.probabilities, answer.ood_scores,

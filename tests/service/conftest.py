@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from dermserve.core.backends.base import Backend, BatchOutput, ModelRef, VersionInfo, VersionState
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, ModelNotFound
 from dermserve.core.model_config import (
     HAM10000_DISPLAY_NAMES,
@@ -61,6 +62,8 @@ class FakeBackend:
         self.failure: Exception | None = None
         self.batch_sizes: list[int] = []
         self.last_images: np.ndarray | None = None
+        self.context_versions: set[int] = set()  # versions that take patient context
+        self.contexts: list[ContextBatch | None] = []  # each predict's context rows
         self.closed = False
         self._lock = threading.Lock()
 
@@ -68,8 +71,8 @@ class FakeBackend:
         self._check_up()
         return self._info(self._pick(ref))
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
         self._check_up()
         version = self._pick(ref)
         if self.delay_s:
@@ -79,6 +82,7 @@ class FakeBackend:
         with self._lock:
             self.batch_sizes.append(len(images))
             self.last_images = images
+            self.contexts.append(context)
         probabilities = self.handler(version, images)
         return BatchOutput(self._info(version), probabilities,
                            np.zeros(len(images), np.float32))
@@ -110,7 +114,7 @@ class FakeBackend:
     def _info(self, version: int) -> VersionInfo:
         assigned = tuple(sorted(k for k, v in self.labels.items() if v == version))
         return VersionInfo("ham10000", version, VersionState.AVAILABLE, self.versions[version],
-                           assigned)
+                           assigned, takes_context=version in self.context_versions)
 
 
 MELANOMA_METRICS = {"melanoma_threshold": 0.165, "melanoma_sensitivity": 0.733,
@@ -164,6 +168,14 @@ def running_server(backend: Backend, settings: Settings | None = None,
     finally:
         channel.close()
         server.stop(0.5)
+
+
+@pytest.fixture
+def context_server(context_backend: Backend) -> Iterator[Running]:
+    """The real server over the context model base (tests/conftest.py `context_backend`):
+    versions 1 and 2 take the image only, version 3 patient context too."""
+    with running_server(context_backend) as running:
+        yield running
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ CLASSIFY_JS = Path(__file__).resolve().parents[2] / "dermserve/web/static/classi
 class ExplainingFake(ThresholdBackend):
     """A ThresholdBackend whose heatmap, 4x4, is hot in its top-left corner."""
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None, context: object = None) -> ExplainOutput:
         output = self.predict(ref, images, timeout)
         heat = np.zeros((len(images), 4, 4), np.float32)
         heat[:, 0, 0] = 1.0

@@ -82,6 +82,8 @@ def test_the_keyboard_reaches_every_control_in_order_and_each_has_a_name(
     upload(page, explaining_web, ham10000_image())
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
+                page.get_by_label("Age in years"), page.get_by_label("Sex"),
+                page.get_by_label("Body site"),
                 page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("checkbox", name="Show heatmap overlay"),
                 page.get_by_role("link", name=re.compile("model card"))]

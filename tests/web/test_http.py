@@ -168,9 +168,10 @@ class CountingFront(FrontClient):
         super().__init__(settings)
         self.forwarded: list[int] = []
 
-    def analyze(self, image: bytes, user: WebUser | None = None) -> dict[str, Any]:
+    def analyze(self, image: bytes, user: WebUser | None = None,
+                context: Any = None) -> dict[str, Any]:
         self.forwarded.append(len(image))
-        return super().analyze(image, user)
+        return super().analyze(image, user, context)
 
 
 class BrokenFront(FrontClient):

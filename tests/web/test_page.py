@@ -92,7 +92,7 @@ class SlowExplanations(FakeBackend):
     """Classifies at once; every explanation misses its deadline."""
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None, context: object = None) -> ExplainOutput:
         raise BackendTimeout("the explanation took too long")
 
 
@@ -214,6 +214,8 @@ def test_the_keyboard_reaches_the_views_the_upload_and_the_model_card_in_order(
     upload(page, fake_web, ham10000_image())
     expected = [page.get_by_role("link", name="Classify images"),
                 page.get_by_role("link", name="Batch jobs"),
+                page.get_by_label("Age in years"), page.get_by_label("Sex"),
+                page.get_by_label("Body site"),
                 page.get_by_label(re.compile("Drop JPEG, PNG or DICOM images")),
                 page.get_by_role("link", name=re.compile("model card"))]
     expect_tab_order(page, expected)

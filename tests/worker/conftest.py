@@ -108,8 +108,8 @@ class FakeBackend:
             raise ModelNotFound(f"no {ref.describe()}")
         return self._info(version)
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: object = None) -> BatchOutput:
         self.calls += 1
         if self.on_predict is not None:
             self.on_predict(self.calls)

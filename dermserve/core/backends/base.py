@@ -10,6 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import InternalError
 from dermserve.core.model_config import (
     CLASS_INDEX_OUTPUT,
@@ -63,6 +64,8 @@ class VersionInfo:
     config: ModelConfig | None = None
     labels_assigned: tuple[str, ...] = ()
     error: str = ""  # shown to clients (ListModels): a reason, never paths or exception text
+    takes_context: bool = False  # its serving_default has the context inputs (core/context.py)
+    explain_takes_context: bool = False  # so has its explain signature
 
 
 @dataclass(frozen=True)
@@ -107,16 +110,20 @@ class Backend(Protocol):
         """The AVAILABLE version `ref` names now (its config tells how to preprocess)."""
         ...
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
-        """Classify `images` ([N, H, W, 3] uint8, already preprocessed for that version)."""
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
+        """Classify `images` ([N, H, W, 3] uint8, already preprocessed for that version) with
+        their patient context, one row per image: a version that takes context gets it (the
+        neutral rows when None), a version that does not never sees it."""
         ...
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         """Predict and explain `images` through the version's `explain` signature: the class
-        `class_indices[i]` of each image (-1: its top class). ExplanationUnsupported when the
-        version has no such signature."""
+        `class_indices[i]` of each image (-1: its top class), with their context rows where the
+        signature takes them (as predict). ExplanationUnsupported when the version has no such
+        signature."""
         ...
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:

@@ -58,6 +58,7 @@ from dermserve.core.backends.version_dirs import (
     read_version_labels,
     scan_versions,
 )
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, InternalError, ModelNotFound
 from dermserve.core.model_config import ModelConfig
 
@@ -229,16 +230,17 @@ class EmbeddedBackend:
         with self._lock:
             return self._info(self._select(ref))
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
         with self._acquire(ref) as (info, loaded):
-            probabilities, ood_scores = loaded.predict(images)
+            probabilities, ood_scores = loaded.predict(images, context)
         return BatchOutput(info, probabilities, ood_scores)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         with self._acquire(ref) as (info, loaded):
-            out = loaded.explain(images, class_indices)
+            out = loaded.explain(images, class_indices, context)
         return explain_output(info, out)
 
     def list_versions(self, name: str, timeout: float | None = None) -> list[VersionInfo]:
@@ -306,7 +308,9 @@ class EmbeddedBackend:
         labels = tuple(sorted(label for label, number in self._labels.items()
                               if number == record.number))
         return VersionInfo(self.model_name, record.number, record.state, record.config, labels,
-                           record.error)
+                           record.error,
+                           record.loaded is not None and record.loaded.takes_context,
+                           record.loaded is not None and record.loaded.explain_takes_context)
 
     # --- the version policy ------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import gc
 import logging
 from collections.abc import Callable, Sequence
@@ -19,6 +20,12 @@ from typing import Any, cast
 
 import numpy as np
 
+from dermserve.core.context import (
+    AGE_INPUT,
+    CONTEXT_INPUTS,
+    ContextBatch,
+    context_or_neutral,
+)
 from dermserve.core.errors import (
     DermserveError,
     ExplanationUnsupported,
@@ -85,8 +92,10 @@ class LoadedVersion:
 
     def __init__(self, saved_model: Any, config: ModelConfig, freeze: bool = True) -> None:
         self._saved_model = saved_model  # keeps the variables the signatures capture alive
+        self.takes_context = takes_context(saved_model.signatures[SERVING_SIGNATURE])
         self._serve = serving_function(saved_model, config, freeze)
         self._explain = saved_model.signatures.get(EXPLAIN_SIGNATURE)
+        self.explain_takes_context = self._explain is not None and takes_context(self._explain)
         self.config = config
 
     @property
@@ -116,21 +125,28 @@ class LoadedVersion:
             raise InternalError(f"cannot load {version_dir}: {type(exc).__name__}: {exc}",
                                 "MODEL_LOAD_FAILED") from exc
 
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Return (probabilities [N, K], ood_scores [N]) for uint8 images [N, H, W, 3]."""
+    def predict(self, images: np.ndarray,
+                context: ContextBatch | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Return (probabilities [N, K], ood_scores [N]) for uint8 images [N, H, W, 3] and
+        their context rows (neutral when None; ignored unless the version takes context)."""
         check_images(images, self.config)
         import tensorflow as tf
 
+        inputs = {IMAGE_INPUT: images}
+        if self.takes_context:
+            inputs.update(context_or_neutral(context, len(images)).tensors())
         try:
-            out = self._serve(**{IMAGE_INPUT: tf.constant(images)})
+            out = self._serve(**{name: tf.constant(value) for name, value in inputs.items()})
         except Exception as exc:  # a runtime failure is an internal error
             raise InternalError(f"model call failed: {type(exc).__name__}: {exc}") from exc
         return (np.asarray(out[PROBABILITIES_OUTPUT], np.float32),
                 np.asarray(out[OOD_OUTPUT], np.float32))
 
-    def explain(self, images: np.ndarray, class_indices: np.ndarray) -> dict[str, np.ndarray]:
+    def explain(self, images: np.ndarray, class_indices: np.ndarray,
+                context: ContextBatch | None = None) -> dict[str, np.ndarray]:
         """The `explain` signature's outputs (heatmap, probabilities, ood_score, class_index) for
-        uint8 images [N, H, W, 3] and int32 class indices [N] (-1: the top class)."""
+        uint8 images [N, H, W, 3], int32 class indices [N] (-1: the top class) and their context
+        rows (neutral when None; ignored unless the signature takes context)."""
         check_images(images, self.config)
         if self._explain is None:
             raise ExplanationUnsupported(
@@ -138,9 +154,11 @@ class LoadedVersion:
                 "before explanations existed); ask a version that has one")
         import tensorflow as tf
 
+        inputs = {IMAGE_INPUT: images, CLASS_INDEX_INPUT: np.asarray(class_indices, np.int32)}
+        if self.explain_takes_context:
+            inputs.update(context_or_neutral(context, len(images)).tensors())
         try:
-            out = self._explain(**{IMAGE_INPUT: tf.constant(images),
-                                   CLASS_INDEX_INPUT: tf.constant(class_indices, tf.int32)})
+            out = self._explain(**{name: tf.constant(value) for name, value in inputs.items()})
         except Exception as exc:  # a runtime failure is an internal error
             raise InternalError(f"explain call failed: {type(exc).__name__}: {exc}") from exc
         return {name: np.asarray(out[name]) for name in
@@ -173,17 +191,20 @@ class LoadedVersion:
 
 class FrozenSignature:
     """The serving signature with its variables folded into constants: called and answering like
-    the signature (keyword `image`, a dict of outputs). `call_flat` runs the frozen graph on an
-    image tensor and returns its outputs flat. Thread-safe, as concrete functions are."""
+    the signature (keyword inputs, a dict of outputs). `call_flat` runs the frozen graph on the
+    input tensors in `input_names` order and returns its outputs flat. Thread-safe, as concrete
+    functions are."""
 
-    def __init__(self, call_flat: Callable[[Any], Sequence[Any]], output_structure: Any) -> None:
+    def __init__(self, call_flat: Callable[[list[Any]], Sequence[Any]], output_structure: Any,
+                 input_names: Sequence[str] = (IMAGE_INPUT,)) -> None:
         self._call_flat = call_flat
         self._output_structure = output_structure
+        self._input_names = tuple(input_names)
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         import tensorflow as tf
 
-        flat = self._call_flat(inputs[IMAGE_INPUT])
+        flat = self._call_flat([inputs[name] for name in self._input_names])
         return cast(dict[str, Any], tf.nest.pack_sequence_as(self._output_structure, flat))
 
 
@@ -211,17 +232,19 @@ def freeze_serving(signature: Any, config: ModelConfig) -> Any:
             convert_variables_to_constants_v2,
         )
 
-        spec = signature.structured_input_signature[1][IMAGE_INPUT]
-        traced = tf.function(lambda image: signature(**{IMAGE_INPUT: image}),
-                             input_signature=[tf.TensorSpec(spec.shape, spec.dtype)])
+        specs = signature.structured_input_signature[1]
+        names = sorted(specs)
+        traced = tf.function(lambda *tensors: signature(**dict(zip(names, tensors, strict=True))),
+                             input_signature=[tf.TensorSpec(specs[name].shape, specs[name].dtype)
+                                              for name in names])
         concrete = traced.get_concrete_function()
         graph = convert_variables_to_constants_v2(concrete)
         # Its flat call, not `graph(image)`: a frozen function has no structured signature, so
         # its public call first fails to bind, formats the image tensor into the error it then
         # discards (py-spy on a server at concurrency 1 showed it), and only then calls this. A
         # TensorFlow that renames it fails the check below, and the version serves unfrozen.
-        frozen = FrozenSignature(lambda image: graph._call_flat([image], graph.captured_inputs),
-                                 concrete.structured_outputs)
+        frozen = FrozenSignature(lambda tensors: graph._call_flat(tensors, graph.captured_inputs),
+                                 concrete.structured_outputs, names)
         check_same_answers(signature, frozen, config)
     except Exception as exc:  # noqa: BLE001 - TF raises anything; the signature still serves
         logger.warning("serving the version's variables as they are: cannot freeze its graph "
@@ -241,8 +264,12 @@ def check_same_answers(signature: Any, frozen: FrozenSignature, config: ModelCon
     spec = config.input
     noise = np.random.default_rng(0).integers(
         0, 256, (FREEZE_CHECK_IMAGES, spec.height, spec.width, 3), np.uint8)
-    images = tf.constant(noise)
-    expected, got = signature(**{IMAGE_INPUT: images}), frozen(**{IMAGE_INPUT: images})
+    inputs = {IMAGE_INPUT: tf.constant(noise)}
+    if takes_context(signature):  # two different rows, so that a context mix-up shows
+        ages = np.linspace(20.0, 70.0, FREEZE_CHECK_IMAGES, dtype=np.float32)
+        rows = dataclasses.replace(ContextBatch.neutral(FREEZE_CHECK_IMAGES), age_years=ages)
+        inputs.update({name: tf.constant(value) for name, value in rows.tensors().items()})
+    expected, got = signature(**inputs), frozen(**inputs)
     for name in (PROBABILITIES_OUTPUT, OOD_OUTPUT):
         difference = float(np.max(np.abs(np.asarray(expected[name]) - np.asarray(got[name]))))
         if not difference <= FREEZE_CHECK_TOLERANCE:
@@ -269,11 +296,39 @@ def check_config(version_dir: Path, saved_model: Any, config: ModelConfig) -> No
     if spec.shape.as_list() != expected or spec.dtype.name != "uint8":
         raise InternalError(f"serving_default image is {spec.dtype.name}{spec.shape.as_list()}, "
                             f"config says uint8{expected}", "BAD_MODEL_SIGNATURE")
+    for signature in saved_model.signatures.values():  # raises when one is half-declared
+        takes_context(signature)
     if (version_dir / CONFIG_RELATIVE_PATH).exists():
         on_disk = ModelConfig.read(version_dir)
         if on_disk != config:
             raise InternalError(f"{CONFIG_RELATIVE_PATH} differs from the metadata signature",
                                 "BAD_MODEL_CONFIG")
+
+
+CONTEXT_DTYPES = {name: "int32" for name in CONTEXT_INPUTS} | {AGE_INPUT: "float32"}
+"""What each context input must be (docs/model-contract.md), each of shape [N]."""
+
+
+def takes_context(signature: Any) -> bool:
+    """Whether a loaded signature (`serving_default`, `explain`) takes the context inputs;
+    BAD_MODEL_SIGNATURE when it declares some but not all of them, or any of the wrong dtype or
+    shape."""
+    specs = signature.structured_input_signature[1]
+    declared = {name: (specs[name].dtype.name, specs[name].shape.as_list())
+                for name in CONTEXT_INPUTS if name in specs}
+    return check_context_inputs(declared)
+
+
+def check_context_inputs(declared: dict[str, tuple[str, list[int | None]]]) -> bool:
+    """`declared` (name: (dtype, shape)) of a signature's context inputs, checked against the
+    contract; True when all three are there, False when none is (either backend calls it)."""
+    if not declared:
+        return False
+    expected = {name: (dtype, [None]) for name, dtype in CONTEXT_DTYPES.items()}
+    if declared != expected:
+        raise InternalError(f"serving_default declares context inputs {declared}, the contract "
+                            f"says all of {expected}", "BAD_MODEL_SIGNATURE")
+    return True
 
 
 def check_images(images: np.ndarray, config: ModelConfig) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -55,9 +56,10 @@ from dermserve.core.backends.base import (
     explain_output,
     load_failure,
 )
-from dermserve.core.backends.savedmodel import check_images
+from dermserve.core.backends.savedmodel import check_context_inputs, check_images
 from dermserve.core.backends.tensor_protos import make_ndarray, make_tensor
 from dermserve.core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from dermserve.core.context import CONTEXT_INPUTS, ContextBatch, context_or_neutral
 from dermserve.core.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -188,6 +190,28 @@ def public_status_error(status: Any) -> str:
     return load_failure(code.name if code is not None else "UNKNOWN", "TF Serving's log")
 
 
+_DTYPE_NAMES = {types_pb2.DT_FLOAT: "float32", types_pb2.DT_INT32: "int32"}
+
+
+def tensor_info_spec(tensor: Any) -> tuple[str, list[int | None]]:
+    """A SignatureDef input's (dtype, shape) as TensorFlow names them (None: any size)."""
+    dtype = _DTYPE_NAMES.get(tensor.dtype, types_pb2.DataType.Name(tensor.dtype))
+    return dtype, [None if dim.size == -1 else dim.size for dim in tensor.tensor_shape.dim]
+
+
+def signature_takes_context(signature: Any) -> bool:
+    """Whether a SignatureDef takes the context inputs (BAD_MODEL_SIGNATURE when half)."""
+    return check_context_inputs({name: tensor_info_spec(tensor)
+                                 for name, tensor in signature.inputs.items()
+                                 if name in CONTEXT_INPUTS})
+
+
+def context_tensors(context: ContextBatch | None, count: int) -> dict[str, Any]:
+    """The context inputs of a request for `count` images (the neutral rows when None)."""
+    return {name: make_tensor(value)
+            for name, value in context_or_neutral(context, count).tensors().items()}
+
+
 @dataclass(frozen=True)
 class _Stubs:
     prediction: Any
@@ -220,6 +244,8 @@ class TFServingBackend:
         self._closed = False
         self._configs: dict[int, ModelConfig] = {}
         self._explainable: dict[int, bool] = {}  # has an `explain` signature, by version
+        self._takes_context: dict[int, bool] = {}  # serving_default has context inputs
+        self._explain_takes_context: dict[int, bool] = {}  # and explain
         self._resolved: dict[tuple[int | None, str | None], tuple[int, float]] = {}
 
     # --- the Backend interface ---------------------------------------------------------------
@@ -232,15 +258,19 @@ class TFServingBackend:
             version = self._ask_metadata(ref, deadline)
         return self._available(version, self._config(version, deadline))
 
-    def predict(self, ref: ModelRef, images: np.ndarray,
-                timeout: float | None = None) -> BatchOutput:
+    def predict(self, ref: ModelRef, images: np.ndarray, timeout: float | None = None,
+                context: ContextBatch | None = None) -> BatchOutput:
         deadline = self._deadline(timeout)
         resolved = self.resolve(ref, self._remaining(deadline))
         config = self._config(resolved.version, deadline)
         check_images(images, config)
+        inputs = {IMAGE_INPUT: make_tensor(images)}
+        if resolved.takes_context:
+            # Pinned: another version behind "latest" might not take the context inputs.
+            ref = ModelRef(self.model_name, version=resolved.version)
+            inputs.update(context_tensors(context, len(images)))
         request = predict_pb2.PredictRequest(
-            model_spec=self._model_spec(ref, SERVING_SIGNATURE),
-            inputs={IMAGE_INPUT: make_tensor(images)},
+            model_spec=self._model_spec(ref, SERVING_SIGNATURE), inputs=inputs,
             output_filter=[PROBABILITIES_OUTPUT, OOD_OUTPUT])
         response = self._call("Predict", lambda s: s.prediction.Predict, request, deadline,
                               invalid_argument=InvalidRequest, not_found=self._not_found(ref))
@@ -251,7 +281,8 @@ class TFServingBackend:
         return BatchOutput(self._available(version, config), probabilities, ood_scores)
 
     def explain(self, ref: ModelRef, images: np.ndarray, class_indices: np.ndarray,
-                timeout: float | None = None) -> ExplainOutput:
+                timeout: float | None = None,
+                context: ContextBatch | None = None) -> ExplainOutput:
         deadline = self._deadline(timeout)
         resolved = self.resolve(ref, self._remaining(deadline))
         config = self._config(resolved.version, deadline)
@@ -262,10 +293,12 @@ class TFServingBackend:
         # Pinned: the class indices are positions in this version's labels.
         pinned = ModelRef(self.model_name, version=resolved.version)
         outputs = [HEATMAP_OUTPUT, PROBABILITIES_OUTPUT, OOD_OUTPUT, CLASS_INDEX_OUTPUT]
+        inputs = {IMAGE_INPUT: make_tensor(images),
+                  CLASS_INDEX_INPUT: make_tensor(np.asarray(class_indices, np.int32))}
+        if resolved.explain_takes_context:
+            inputs.update(context_tensors(context, len(images)))
         request = predict_pb2.PredictRequest(
-            model_spec=self._model_spec(pinned, EXPLAIN_SIGNATURE),
-            inputs={IMAGE_INPUT: make_tensor(images),
-                    CLASS_INDEX_INPUT: make_tensor(np.asarray(class_indices, np.int32))},
+            model_spec=self._model_spec(pinned, EXPLAIN_SIGNATURE), inputs=inputs,
             output_filter=outputs)
         response = self._call("Predict(explain)", lambda s: s.prediction.Predict, request,
                               deadline, invalid_argument=InvalidRequest)
@@ -303,7 +336,9 @@ class TFServingBackend:
 
     def _available(self, version: int, config: ModelConfig) -> VersionInfo:
         return VersionInfo(self.model_name, version, VersionState.AVAILABLE, config,
-                           self._cached_labels(version))
+                           self._cached_labels(version),
+                           takes_context=self._takes_context.get(version, False),
+                           explain_takes_context=self._explain_takes_context.get(version, False))
 
     def _cached_version(self, ref: ModelRef) -> int | None:
         if ref.version is not None and ref.version in self._configs:
@@ -375,6 +410,10 @@ class TFServingBackend:
                                 f"{expected} to probabilities and ood_score (image dims "
                                 f"{dims})", "BAD_MODEL_SIGNATURE")
         self._explainable[version] = EXPLAIN_SIGNATURE in signatures.signature_def
+        self._takes_context[version] = signature_takes_context(signature)
+        explain = signatures.signature_def.get(EXPLAIN_SIGNATURE)
+        self._explain_takes_context[version] = (explain is not None
+                                                and signature_takes_context(explain))
 
     def _labels_by_version(self, deadline: float) -> dict[int, tuple[str, ...]]:
         found: dict[int, list[str]] = {}
@@ -398,7 +437,9 @@ class TFServingBackend:
             except ModelNotFound:  # unloaded since GetModelStatus answered
                 config = None
         return VersionInfo(self.model_name, version, state, config, labels.get(version, ()),
-                           public_status_error(status.status))
+                           public_status_error(status.status),
+                           self._takes_context.get(version, False),
+                           self._explain_takes_context.get(version, False))
 
     # --- the wire ----------------------------------------------------------------------------
 

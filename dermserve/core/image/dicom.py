@@ -42,16 +42,19 @@ as it goes. A file that is also a JPEG or PNG (a polyglot) is refused as AMBIGUO
 core/image/opening.py before either reader sees it.
 
 Privacy: only the study, series and SOP instance UIDs, the SOP class and the modality leave this
-module (`DicomReference`). Patient name, ID and birth date are never read, so pydicom never
-validates, logs or warns about them. No refusal message quotes a value from the file, and
-`quiet_pydicom` keeps pydicom from validating values while reading, from printing `warnings` and
-from logging text from the file.
+module (`DicomReference`), and the patient context the model may use (`file_context`: Patient's
+Age, Patient's Sex and Body Part Examined, which go to the model and nowhere else; a value that
+is malformed or outside core/context.py's vocabularies is dropped, never refused). Patient name,
+ID and birth date are never read, so pydicom never validates, logs or warns about them. No
+refusal message quotes a value from the file, and `quiet_pydicom` keeps pydicom from validating
+values while reading, from printing `warnings` and from logging text from the file.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -74,6 +77,7 @@ from pydicom.uid import (
     VLPhotographicImageStorage,
 )
 
+from dermserve.core.context import NO_CONTEXT, PatientContext, lenient_context
 from dermserve.core.errors import DermserveError, InvalidImage
 from dermserve.core.image.dicom_scan import check_structure
 from dermserve.core.image.limits import DeadlineCheck, ImageLimits, check_dimensions
@@ -107,6 +111,7 @@ class DicomContent:
     reference: DicomReference
     size: tuple[int, int]
     image: bytes | Image.Image
+    context: PatientContext = NO_CONTEXT
 
 
 PYDICOM_LOGGER = "pydicom"
@@ -150,7 +155,8 @@ def read_dicom(data: bytes, limits: ImageLimits,
         image = (jpeg_frame(dataset) if transfer_syntax(dataset) == JPEGBaseline8Bit else
                  native_image(dataset))
         return DicomContent(reference, (int(dataset.get("Columns", 0)),
-                                        int(dataset.get("Rows", 0))), image)
+                                        int(dataset.get("Rows", 0))), image,
+                            file_context(dataset))
 
 
 @contextmanager
@@ -189,6 +195,32 @@ def check_header(dataset: Dataset, limits: ImageLimits) -> DicomReference:
     study, series, instance = (instance_uid(dataset, keyword) for keyword in INSTANCE_UIDS)
     return DicomReference(study, series, instance, str(dataset.SOPClassUID),
                           str(dataset.Modality))
+
+
+AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}  # years per unit
+AGE_STRING = re.compile(r"(\d{3})([DWMY])")
+"""The Age String VR (PS3.5 section 6.2): three digits and a unit, e.g. 045Y or 006M."""
+
+
+def file_context(dataset: Dataset) -> PatientContext:
+    """Patient's Age (0010,1010), Patient's Sex (0010,0040) and Body Part Examined (0018,0015),
+    each dropped when malformed; a request's own fields override them (core/classifier.py)."""
+    sex = {"F": "female", "M": "male"}.get(text_of(dataset, "PatientSex").upper(), "")
+    return lenient_context(age_years(text_of(dataset, "PatientAge")), sex,
+                           text_of(dataset, "BodyPartExamined"))
+
+
+def text_of(dataset: Dataset, keyword: str) -> str:
+    try:
+        return str(dataset.get(keyword, "") or "").strip()
+    except Exception:  # noqa: BLE001 - a broken element is as good as a missing one here
+        return ""
+
+
+def age_years(text: str) -> float | None:
+    """An Age String in years, or None when it is not one."""
+    match = AGE_STRING.fullmatch(text.upper())
+    return None if match is None else int(match.group(1)) * AGE_UNITS[match.group(2)]
 
 
 def instance_uid(dataset: Dataset, keyword: str) -> str:

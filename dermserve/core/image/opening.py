@@ -51,6 +51,7 @@ import zlib
 
 from PIL import Image, UnidentifiedImageError
 
+from dermserve.core.context import NO_CONTEXT, PatientContext
 from dermserve.core.errors import InvalidImage
 from dermserve.core.image import dicom
 from dermserve.core.image.jpeg_scan import JPEG_MAGIC, count_scans, junk_before_scan
@@ -78,6 +79,8 @@ DEADLINE_CHECK_BYTES = 64 * 1024
 
 DICOM_INFO_KEY = "dermserve.dicom"
 """Where an opened DICOM image carries its DicomReference (PIL's `info`): `dicom_source`."""
+DICOM_CONTEXT_KEY = "dermserve.dicom_context"
+"""Where it carries the patient context its tags give: `dicom_context`."""
 
 PARSE_BYTES_PER_PIXEL = 3
 """How the budget counts a DICOM file while it is opened: its bytes as 8-bit RGB pixels, the
@@ -206,7 +209,14 @@ def open_dicom(data: bytes, limits: ImageLimits,
     else:
         image = content.image
     image.info[DICOM_INFO_KEY] = content.reference
+    image.info[DICOM_CONTEXT_KEY] = content.context
     return image
+
+
+def dicom_context(image: Image.Image) -> PatientContext:
+    """The patient context an opened DICOM image's own tags give (NO_CONTEXT for any other)."""
+    context = image.info.get(DICOM_CONTEXT_KEY)
+    return context if isinstance(context, PatientContext) else NO_CONTEXT
 
 
 def dicom_source(image: Image.Image) -> DicomReference | None:

@@ -190,8 +190,22 @@ async function showResult(node, answer, file) {
     reference += "; DICOM study " + result.dicom.study_instance_uid + ", instance " +
       result.dicom.sop_instance_uid;
   }
+  reference += result.context_used ? "; the patient context was used" :
+    (Object.keys(contextHeaders()).length ? "; this version does not use the patient context" : "");
   node.querySelector(".request").textContent = reference;
   node.querySelector(".body").hidden = false;
+}
+
+function contextHeaders() {
+  // The form's patient context, in headers (never in the URL, which logs keep); empty: unknown.
+  const headers = {};
+  const fields = { "X-Dermserve-Age": "context-age", "X-Dermserve-Sex": "context-sex",
+    "X-Dermserve-Site": "context-site" };
+  for (const [header, id] of Object.entries(fields)) {
+    const value = document.getElementById(id).value.trim();
+    if (value) headers[header] = value;
+  }
+  return headers;
 }
 
 async function analyze(file) {
@@ -206,7 +220,8 @@ async function analyze(file) {
     const response = await fetch("/api/analyze", {
       // X-Dermserve-Page: the server refuses a POST without it (a cross-site form cannot send it).
       method: "POST", body: file,
-      headers: { "Content-Type": "application/octet-stream", "X-Dermserve-Page": "1" },
+      headers: Object.assign({ "Content-Type": "application/octet-stream",
+        "X-Dermserve-Page": "1" }, contextHeaders()),
     });
     const answer = await response.json();
     if (!response.ok) {

@@ -67,9 +67,9 @@ def test_a_frozen_graph_that_answers_differently_is_refused(model_base: Path) ->
     signature = saved_model.signatures["serving_default"]  # alive while saved_model is
     config = tiny_config()
     structure = {OOD_OUTPUT: 0, PROBABILITIES_OUTPUT: 1}  # flattened in sorted key order
-    impossible = FrozenSignature(lambda image: [  # no probability or score is ever -1
-        tf.fill([tf.shape(image)[0]], -1.0),
-        tf.fill([tf.shape(image)[0], len(config.labels)], -1.0)], structure)
+    impossible = FrozenSignature(lambda inputs: [  # no probability or score is ever -1
+        tf.fill([tf.shape(inputs[0])[0]], -1.0),
+        tf.fill([tf.shape(inputs[0])[0], len(config.labels)], -1.0)], structure)
     with pytest.raises(ValueError, match="differs"):
         check_same_answers(signature, impossible, config)
     faithful = freeze_serving(signature, config)

@@ -45,6 +45,7 @@ from dermserve.core.backends.base import ModelRef
 from dermserve.core.backends.embedded import EmbeddedBackend
 from dermserve.core.backends.tensor_protos import make_ndarray, make_tensor
 from dermserve.core.backends.version_dirs import UNKNOWN_LABEL_REASON
+from dermserve.core.context import ContextBatch
 from dermserve.core.errors import BackendUnavailable, DermserveError, InvalidInput, ModelNotFound
 
 SERVER_WORKERS = 8
@@ -156,18 +157,29 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.outputs[name].CopyFrom(make_tensor(outputs[name]))
         return response
 
+    def _inputs(self, request: Any, ref: ModelRef, signature: str,
+                ) -> tuple[ModelRef, dict[str, np.ndarray], ContextBatch | None]:
+        """As TF Serving: every input the signature declares must be sent, and nothing else."""
+        version = self.server.backend.resolve(ref).version
+        declared = set(self.server.signature_defs(version)[signature].inputs)
+        if set(request.inputs) != declared:
+            raise InvalidInput(f"inputs {sorted(request.inputs)} do not match the signature's "
+                               f"{sorted(declared)}")
+        inputs = {name: make_ndarray(tensor) for name, tensor in request.inputs.items()}
+        context = (ContextBatch(inputs["age_years"], inputs["sex"], inputs["site"])
+                   if "age_years" in inputs else None)
+        return ModelRef(ref.name, version=version), inputs, context
+
     def _serve(self, request: Any, ref: ModelRef) -> tuple[int, dict[str, np.ndarray]]:
-        if "image" not in request.inputs:
-            raise InvalidInput("input tensor alias not found in signature: image")
-        out = self.server.backend.predict(ref, make_ndarray(request.inputs["image"]))
+        pinned, inputs, context = self._inputs(request, ref, "serving_default")
+        out = self.server.backend.predict(pinned, inputs["image"], context=context)
         return out.version.version, {"probabilities": out.probabilities,
                                      "ood_score": out.ood_scores}
 
     def _explain(self, request: Any, ref: ModelRef) -> tuple[int, dict[str, np.ndarray]]:
-        if {"image", "class_index"} - set(request.inputs):
-            raise InvalidInput("input tensor alias not found in signature: image, class_index")
-        out = self.server.backend.explain(ref, make_ndarray(request.inputs["image"]),
-                                          make_ndarray(request.inputs["class_index"]))
+        pinned, inputs, context = self._inputs(request, ref, "explain")
+        out = self.server.backend.explain(pinned, inputs["image"], inputs["class_index"],
+                                          context=context)
         return out.version.version, {"heatmap": out.heatmaps, "probabilities": out.probabilities,
                                      "ood_score": out.ood_scores,
                                      "class_index": out.class_indices}
