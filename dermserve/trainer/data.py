@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from dermserve.core.context import ContextBatch, lenient_context
 from dermserve.core.model_config import HAM10000_DISPLAY_NAMES
 from dermserve.trainer.errors import DataError
 
@@ -61,6 +62,13 @@ class Record:
     sex: str
     localization: str
     dx_type: str
+
+
+def record_contexts(records: Sequence[Record]) -> ContextBatch:
+    """The records' age, sex and site as a version's context inputs, as a caller would send them
+    (a value the metadata gets wrong, or a site outside the documented ones, is unknown)."""
+    return ContextBatch.of([lenient_context(record.age, record.sex, record.localization)
+                            for record in records])
 
 
 def _offenders(items: Iterable[str]) -> str:

@@ -1,14 +1,15 @@
 """Export a network as a dermserve SavedModel version: the serving contract lives here.
 
 Signatures (documented in docs/model-contract.md):
-  serving_default(image: uint8 [N, H, W, 3] RGB, already `core.preprocessing.to_model_input`)
+  serving_default(image: uint8 [N, H, W, 3] RGB, already `core.preprocessing.to_model_input`;
+                  and age_years, sex, site [N] when the network takes the patient context)
       -> probabilities: float32 [N, K] calibrated (softmax of logits / temperature)
       -> ood_score:     float32 [N]    Mahalanobis distance of the pooled features to the nearest
                                        class mean, in a PCA subspace of the training features when
                                        the statistics carry a projection (0 without statistics)
   metadata(probe: int32 [N])
       -> labels: string [N, K], config: string [N] (the ModelConfig JSON)
-  explain(image: as serving_default, class_index: int32 [N], -1 for the top class)
+  explain(image and context: as serving_default, class_index: int32 [N], -1 for the top class)
       -> heatmap: float32 [N, h, w] Grad-CAM of that class on the last convolutional feature
                   map, in [0, 1]; probabilities and ood_score as serving_default;
                   class_index: int32 [N], the class explained
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from dermserve.core.context import AGE_INPUT, SEX_INPUT, SITE_INPUT
 from dermserve.core.model_config import (
     CLASS_INDEX_INPUT,
     CLASS_INDEX_OUTPUT,
@@ -40,6 +42,7 @@ from dermserve.core.model_config import (
     ModelConfig,
 )
 from dermserve.trainer.features import FeatureStatistics
+from dermserve.trainer.two_origin_network import network_takes_context
 
 __all__ = ["FeatureStatistics", "ServingModule", "build_tiny_network", "explainable_network",
            "export_tiny_version", "grad_cam", "mahalanobis_min", "mahalanobis_min_squared",
@@ -144,7 +147,9 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
     """Wraps a network `float images in [-1, 1] -> (logits, pooled features)` with the contract.
     `weights_dtype="float16"` stores the variables at half size (round the network first with
     `round_weights` so that training-side predictions match the export). `explain=False` leaves
-    the `explain` signature out (as versions exported before it existed)."""
+    the `explain` signature out (as versions exported before it existed). A network that takes
+    the patient context (`two_origin_network.network_takes_context`) gets the context inputs in both
+    `serving_default` and `explain`."""
 
     def __init__(self, network: Any, config: ModelConfig,
                  statistics: FeatureStatistics | None = None,
@@ -171,12 +176,23 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
             self.residual_variance = tf.constant(statistics.residual_variance or 1.0, tf.float32)
         spec = tf.TensorSpec([None, config.input.height, config.input.width, 3], tf.uint8,
                              name=IMAGE_INPUT)
-        self.serve = tf.function(self._serve, input_signature=[spec])
+        class_index = tf.TensorSpec([None], tf.int32, name=CLASS_INDEX_INPUT)
+        self.takes_context = network_takes_context(network)
+        if self.takes_context:  # the argument names are the signature's input names
+            context = [tf.TensorSpec([None], tf.float32, name=AGE_INPUT),
+                       tf.TensorSpec([None], tf.int32, name=SEX_INPUT),
+                       tf.TensorSpec([None], tf.int32, name=SITE_INPUT)]
+            self.serve = tf.function(self._serve_with_context,
+                                     input_signature=[spec, *context])
+            explain_function = tf.function(self._explain_with_context,
+                                           input_signature=[spec, class_index, *context])
+        else:
+            self.serve = tf.function(self._serve, input_signature=[spec])
+            explain_function = tf.function(self._explain, input_signature=[spec, class_index])
         self.metadata = tf.function(
             self._metadata, input_signature=[tf.TensorSpec([None], tf.int32, name=PROBE_INPUT)])
         if self.explainable:  # saving traces every tf.function the module holds
-            self.explain = tf.function(self._explain, input_signature=[
-                spec, tf.TensorSpec([None], tf.int32, name=CLASS_INDEX_INPUT)])
+            self.explain = explain_function
 
     def signatures(self) -> dict[str, Any]:
         """The concrete functions to save, by signature name."""
@@ -186,11 +202,19 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
             signatures[EXPLAIN_SIGNATURE] = self.explain.get_concrete_function()
         return signatures
 
-    def _serve(self, image: tf.Tensor) -> dict[str, tf.Tensor]:
-        scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
-        logits, features = self.network(scaled, training=False)[:2]
+    def _serve(self, image: tf.Tensor, *context: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits, features = self.network(_network_inputs(image, context), training=False)[:2]
         probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
         return {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: self._ood_score(features)}
+
+    def _serve_with_context(self, image: tf.Tensor, age_years: tf.Tensor, sex: tf.Tensor,
+                            site: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._serve(image, age_years, sex, site)
+
+    def _explain_with_context(self, image: tf.Tensor, class_index: tf.Tensor,
+                              age_years: tf.Tensor, sex: tf.Tensor,
+                              site: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._explain(image, class_index, age_years, sex, site)
 
     def _ood_score(self, features: tf.Tensor) -> tf.Tensor:
         residual = tf.zeros(tf.shape(features)[:1], tf.float32)
@@ -202,7 +226,8 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         squared = mahalanobis_min_squared(features, self.class_means, self.precision)
         return tf.sqrt(tf.maximum(squared + residual, 0.0))
 
-    def _explain(self, image: tf.Tensor, class_index: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _explain(self, image: tf.Tensor, class_index: tf.Tensor,
+                 *context: tf.Tensor) -> dict[str, tf.Tensor]:
         """Grad-CAM of the class score: the network's logit (for an ensemble, the members' mean
         log-probability, which is what its logits output holds); the temperature only scales
         it, which normalisation removes."""
@@ -211,7 +236,8 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
             # Watching the input records every op after it, so the maps (intermediate tensors)
             # have gradients whatever the variables' trainable flags or storage dtype.
             tape.watch(scaled)
-            logits, features, *feature_maps = self.network(scaled, training=False)
+            logits, features, *feature_maps = self.network(
+                [scaled, *context] if context else scaled, training=False)
             top = tf.argmax(logits, axis=-1, output_type=tf.int32)
             chosen = tf.where(class_index < 0, top, class_index)
             score = tf.gather(logits, chosen, axis=1, batch_dims=1)
@@ -224,6 +250,12 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         count = tf.shape(probe)[0]
         return {LABELS_OUTPUT: tf.tile(self.labels[None, :], [count, 1]),
                 CONFIG_OUTPUT: tf.fill([count], self.config_json)}
+
+
+def _network_inputs(image: tf.Tensor, context: tuple[tf.Tensor, ...]) -> Any:
+    """The network's input: the image scaled to [-1, 1], then the context inputs if any."""
+    scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
+    return [scaled, *context] if context else scaled
 
 
 def save_version(module: ServingModule, config: ModelConfig, version_dir: Path) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from dermserve.core.context import ContextBatch
 from dermserve.trainer import metrics as m
 from dermserve.trainer.data import (
     EXTERNAL_CHECK_SPLITS,
@@ -48,6 +49,7 @@ from dermserve.trainer.data import (
     load_labelled_folder,
     load_lesion_labelled_folder,
     load_records,
+    record_contexts,
 )
 from dermserve.trainer.evaluate import MELANOMA
 from dermserve.trainer.served import ServedVersion
@@ -197,10 +199,14 @@ def own_test_records(version_dir: Path, sources: Sources) -> tuple[list[Record],
 class Measurer:
     """Classifies images through one version's SavedModel, as the service does."""
 
-    def __init__(self, version_dir: Path, served: ServedVersion | None = None) -> None:
+    def __init__(self, version_dir: Path, served: ServedVersion | None = None,
+                 use_context: bool = True) -> None:
         """`served`: the version's `trainer.served.ServedVersion` when the caller has loaded it
-        already (loading a SavedModel costs seconds, an ensemble's more)."""
+        already (loading a SavedModel costs seconds, an ensemble's more). `use_context`: a
+        version that takes context is sent each record's age, sex and site, as a caller with the
+        metadata would (neutral rows otherwise, as a caller without it)."""
         self.served = served if served is not None else ServedVersion(version_dir)
+        self.use_context = use_context
         self.labels = self.served.config.labels
         threshold = self.served.config.metrics.get("melanoma_threshold")
         self.melanoma_threshold = None if threshold is None else float(threshold)
@@ -209,9 +215,20 @@ class Measurer:
                       pixels: int | None = None) -> np.ndarray:
         chunks = []
         for start in range(0, len(records), 256):
-            images = [_read(r.path, scale, pixels) for r in records[start:start + 256]]
-            chunks.append(self.served.classify(images)[0])
+            chunk = records[start:start + 256]
+            images = [_read(r.path, scale, pixels) for r in chunk]
+            chunks.append(self.served.classify(images, self._contexts(chunk))[0])
         return np.concatenate(chunks)
+
+    @property
+    def context_mode(self) -> str:
+        """How patient context reaches the version: "given", "neutral" or "not taken"."""
+        if not self.served.takes_context:
+            return "not taken"
+        return "given" if self.use_context else "neutral"
+
+    def _contexts(self, records: Sequence[Record]) -> ContextBatch | None:
+        return record_contexts(records) if self.context_mode == "given" else None
 
     def cost(self, image_path: Path) -> dict[str, float]:
         """Median single-image signature latency (ms) and batch throughput (images/s) here."""
@@ -272,14 +289,15 @@ def measure_checks(measurer: Measurer, sources: Sources,
 
 
 def measure_version(version_dir: Path, sources: Sources, bootstrap: int = DEFAULT_BOOTSTRAP,
-                    with_cost: bool = True, served: ServedVersion | None = None
-                    ) -> dict[str, Any]:
-    """Every figure of this module for one version (see the module docstring); `served` as for
-    Measurer."""
-    measurer = Measurer(version_dir, served)
+                    with_cost: bool = True, served: ServedVersion | None = None,
+                    use_context: bool = True) -> dict[str, Any]:
+    """Every figure of this module for one version (see the module docstring); `served` and
+    `use_context` as for Measurer."""
+    measurer = Measurer(version_dir, served, use_context)
     labels, threshold = measurer.labels, measurer.melanoma_threshold
     result: dict[str, Any] = {"version_dir": str(version_dir), "labels": list(labels),
-                              "melanoma_threshold": threshold}
+                              "melanoma_threshold": threshold,
+                              "context": measurer.context_mode}
     result.update(measure_checks(measurer, sources, bootstrap))
     primary, second = own_test_records(version_dir, sources)
     y = label_indices(primary, labels)
@@ -448,13 +466,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="the 224x224 crops of the HAM10000 images")
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--no-cost", action="store_true", help="skip the latency measurement")
+    parser.add_argument("--neutral-context", action="store_true",
+                        help="send a version that takes context neutral rows (a caller without "
+                             "the patient's age, sex and site) instead of each image's own")
     parser.add_argument("--out", type=Path, required=True, help="JSON; a .md table beside it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     sources = Sources(args.data_dir, args.external_dir, args.renditions_dir, args.bcn_dir)
     results = []
     for position, version_dir in enumerate(args.version_dir):
-        result = measure_version(version_dir, sources, args.bootstrap, not args.no_cost)
+        result = measure_version(version_dir, sources, args.bootstrap, not args.no_cost,
+                                 use_context=not args.neutral_context)
         result["name"] = args.name[position] if position < len(args.name) else str(version_dir)
         results.append(result)
     write_results(args.out, results, comparison_markdown(results))

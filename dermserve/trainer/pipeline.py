@@ -31,6 +31,7 @@ from dermserve.trainer.data import (
     load_labelled_folder,
     load_records,
     load_rendition,
+    record_contexts,
     split_by_lesion,
     with_extra_training,
 )
@@ -322,6 +323,7 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
     sample = SamplePredictions([split.test[i].image_id for i in chosen],
                                probabilities_test[chosen].tolist(), ood_test[chosen].tolist())
     sample_paths = [split.test[i].path for i in chosen]
+    sample_contexts = record_contexts([split.test[i] for i in chosen])
     report_data = assemble_report(split, decisions, settings, network_name)
     plot_inputs = report.PlotInputs(
         split.labels, test.y, probabilities_test, outputs["val"].y, softmax(outputs["val"].logits),
@@ -360,7 +362,7 @@ def _publish(split: Split, outputs: dict[str, Outputs], decisions: Decisions,
                 "anyway)")
 
     version_dir = publish(model_dir, write, [
-        lambda version_dir: verify_reproduces(version_dir, sample_paths),
+        lambda version_dir: verify_reproduces(version_dir, sample_paths, sample_contexts),
         check_sanity_and_report])
     logger.info("published version %s with held-out balanced accuracy %.4f", version_dir.name,
                 decisions.test["metrics"]["balanced_accuracy"]["value"])

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dermserve.core.context import ContextBatch
 from dermserve.core.model_config import CONFIG_RELATIVE_PATH, ModelConfig
 from dermserve.trainer.errors import PromotionRefused, PublishError
 
@@ -142,10 +143,12 @@ def publish(model_dir: Path, write: Step, checks: Sequence[Step] = ()) -> Path:
 
 
 def verify_reproduces(version_dir: Path, image_paths: Sequence[Path],
+                      contexts: ContextBatch | None = None,
                       probability_tolerance: float = DEFAULT_PROBABILITY_TOLERANCE,
                       ood_relative_tolerance: float = DEFAULT_OOD_RELATIVE_TOLERANCE) -> None:
     """Load the candidate like the service does and compare with its recorded sample, whose
-    images are at `image_paths` (in the order of its `image_ids`)."""
+    images are at `image_paths` (in the order of its `image_ids`) and whose patient context is
+    `contexts` (used only when the version takes context; the sample was predicted with it)."""
     from dermserve.trainer.served import ServedVersion, read_images
 
     sample = SamplePredictions.read(version_dir)
@@ -155,7 +158,7 @@ def verify_reproduces(version_dir: Path, image_paths: Sequence[Path],
                            f"{CONFIG_RELATIVE_PATH}")
     if [Path(p).stem for p in image_paths] != sample.image_ids:
         raise PublishError(f"{version_dir}: sample images do not match the recorded image ids")
-    probabilities, ood = served.classify(read_images(image_paths))
+    probabilities, ood = served.classify(read_images(image_paths), contexts)
     gap = float(np.max(np.abs(probabilities - np.asarray(sample.probabilities))))
     if gap > probability_tolerance:
         raise PublishError(f"{version_dir}: reloaded probabilities differ from the recorded ones "

@@ -35,7 +35,7 @@ from dermserve.core.model_config import InputSpec
 from dermserve.core.preprocessing import to_model_input
 from dermserve.trainer.augment import augment, view_rng
 from dermserve.trainer.class_weights import balanced_class_weights
-from dermserve.trainer.data import Record, Split, label_indices
+from dermserve.trainer.data import Record, Split, label_indices, record_contexts
 from dermserve.trainer.metrics import balanced_accuracy
 from dermserve.trainer.network import (
     build_network,
@@ -109,8 +109,9 @@ def _prefetched(make: Callable[[range], np.ndarray], count: int,
         yield pending.result()
 
 
-def compiled_forward(model: Any) -> Callable[[np.ndarray], Any]:
-    """`model(x, training=False)` compiled once: a tf.function under TensorFlow (a Keras model
+def compiled_forward(model: Any) -> Callable[[Any], Any]:
+    """`model(x, training=False)` (x an array, or a list of them for a model of several inputs)
+    compiled once: a tf.function under TensorFlow (a Keras model
     called eagerly per batch is ~10x slower), Keras' own jitted predict step under JAX."""
     import keras
 
@@ -557,17 +558,27 @@ def _write_summary(workdir: Path, settings: TrainSettings, strategy: str, head: 
 def predict_network(network: Any, records: Sequence[Record], spec: InputSpec,
                     batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Logits and pooled features of `records`' images, read with PIL and passed through
-    `to_model_input` as the service does. tta averages the logits over the plain view and its
-    horizontal and vertical flips; the features always come from the plain view."""
-    forward = compiled_forward(network)
+    `to_model_input` as the service does, with their age, sex and site when the network takes
+    context. tta averages the logits over the plain view and its horizontal and vertical flips;
+    the features always come from the plain view."""
+    from dermserve.trainer.two_origin_network import network_takes_context
+
+    compiled = compiled_forward(network)
+    contexts = record_contexts(records) if network_takes_context(network) else None
     logits, features = [], []
     for start in range(0, len(records), batch_size):
         images = np.stack([plain_view(r, spec) for r in records[start:start + batch_size]])
-        batch_logits, batch_features = forward(scale_pixels(images))
+        rows = None if contexts is None else contexts.rows(start, start + batch_size)
+
+        def forward(views: np.ndarray, rows: Any = rows) -> Any:
+            scaled = scale_pixels(views)
+            return compiled(scaled if rows is None else [scaled, *rows.tensors().values()])
+
+        batch_logits, batch_features = forward(images)
         batch_logits = np.asarray(batch_logits)
         if tta:
             for flipped in (images[:, :, ::-1], images[:, ::-1]):
-                batch_logits = batch_logits + np.asarray(forward(scale_pixels(flipped))[0])
+                batch_logits = batch_logits + np.asarray(forward(flipped)[0])
             batch_logits = batch_logits / 3
         logits.append(batch_logits)
         features.append(np.asarray(batch_features))

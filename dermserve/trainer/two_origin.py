@@ -151,9 +151,11 @@ def best_weight(trials: Sequence[dict[str, float]]) -> float:
     return best["weight"]
 
 
-def choose_weight(version_dir: Path, sklesion_model: Path, settings: TrainSettings) -> float:
+def choose_weight(version_dir: Path, sklesion_model: Path, settings: TrainSettings,
+                  with_context: bool = False) -> float:
     """sklesion's share chosen on the held-out extra images (the module docstring's rule); the
-    trials are written to the workdir and reused by a resumed run on the same images."""
+    trials are written to the workdir and reused by a resumed run on the same images.
+    `with_context`: sklesion is given the images' age, sex and site, as the served model will."""
     import json
 
     import keras
@@ -171,14 +173,15 @@ def choose_weight(version_dir: Path, sklesion_model: Path, settings: TrainSettin
     path = settings.workdir / WEIGHT_CHOICE_FILE
     if path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved["image_ids"] == ids and saved["choices"] == list(SKLESION_WEIGHT_CHOICES):
+        if (saved["image_ids"] == ids and saved["choices"] == list(SKLESION_WEIGHT_CHOICES)
+                and saved.get("with_context", False) == with_context):
             logger.info("reusing the weight choice in %s: %g", path, saved["weight"])
             return float(saved["weight"])
     configure_threads(settings.threads)
     labels = list(HAM10000_LABELS)
     version = rebuild_version_network(version_dir, settings, len(labels))
     sklesion = sklesion_branch(keras.models.load_model(sklesion_model, compile=False),
-                               settings.input_size)
+                               settings.input_size, with_context=with_context)
     alone = two_origin_network(version, sklesion,
                                Mixing(1.0, tuple(float(p) for p in ham_priors(settings.data_dir))))
     spec = settings.input_spec()
@@ -193,14 +196,18 @@ def choose_weight(version_dir: Path, sklesion_model: Path, settings: TrainSettin
     settings.workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"weight": weight, "choices": list(SKLESION_WEIGHT_CHOICES),
                                 "rule": "balanced accuracy, then melanoma AUC, then nearest 0.5",
-                                "trials": trials, "image_ids": ids}, indent=1),
+                                "trials": trials, "with_context": with_context,
+                                "image_ids": ids}, indent=1),
                     encoding="utf-8")
     logger.info("chose sklesion weight %g", weight)
     return weight
 
 
-def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> Any:
-    """Pipeline hooks whose `train` returns the two-origin network (nothing is trained)."""
+def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float,
+                     with_context: bool = False) -> Any:
+    """Pipeline hooks whose `train` returns the two-origin network (nothing is trained).
+    `with_context`: sklesion takes the patient's age, sex and site, and so does the exported
+    version's serving_default and explain (see docs/model-contract.md)."""
     from dermserve.trainer.data import ham_priors
     from dermserve.trainer.pipeline import NetworkHooks
     from dermserve.trainer.train import configure_threads, predict_network
@@ -214,12 +221,14 @@ def two_origin_hooks(version_dir: Path, sklesion_model: Path, weight: float) -> 
         check_reproduces(version, version_dir, settings.data_dir)
         sklesion = keras.models.load_model(sklesion_model, compile=False)
         mixing = Mixing(weight, tuple(float(p) for p in ham_priors(settings.data_dir)))
-        return two_origin_network(version, sklesion_branch(sklesion, settings.input_size),
-                                  mixing)
+        return two_origin_network(
+            version, sklesion_branch(sklesion, settings.input_size, with_context=with_context),
+            mixing)
 
     name = (f"two-origin: version {version_dir.name} of {version_dir.parent.name} and "
             f"sklesion 0.2.2 (Xception, prior-corrected), geometric mean with sklesion's "
-            f"share {weight:g}")
+            f"share {weight:g}" + (", sklesion given the patient's age, sex and site"
+                                   if with_context else ""))
     return NetworkHooks(train, predict_network, name)
 
 
@@ -237,6 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          help="sklesion's share of the geometric mean, in (0, 1)")
     weights.add_argument("--choose-weight", action="store_true",
                          help="choose sklesion's share on the --extra-holdout images")
+    parser.add_argument("--with-context", action="store_true",
+                        help="give sklesion the patient's age, sex and site: the version's "
+                             "serving_default and explain take the context inputs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     if not 0.0 < args.sklesion_weight < 1.0:
@@ -250,12 +262,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dermserve.core.errors import DermserveError
 
         try:
-            weight = choose_weight(args.version_dir, args.sklesion_model, settings)
+            weight = choose_weight(args.version_dir, args.sklesion_model, settings,
+                                   args.with_context)
         except DermserveError as exc:
             logger.error("%s", exc)
             return 2
     return run_pipeline(settings, two_origin_hooks(args.version_dir, args.sklesion_model,
-                                                   weight))
+                                                   weight, args.with_context))
 
 
 if __name__ == "__main__":  # pragma: no cover

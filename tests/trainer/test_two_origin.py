@@ -197,3 +197,128 @@ def test_choose_weight_tries_every_share_on_the_held_out_images_and_a_rerun_reus
     with pytest.raises(DataError, match="--extra-holdout"):
         choose_weight(tmp_path / "1", tmp_path / "sklesion.keras",
                       dataclasses.replace(settings, extra_holdout=False))
+
+
+def test_the_context_vector_in_the_graph_is_sklesions_own_for_every_served_code() -> None:
+    from dermserve.core.context import SEX_CODES, SITE_CODES, UNKNOWN_AGE
+    from dermserve.trainer.two_origin_network import (
+        SKLESION_SEXES,
+        SKLESION_SITES,
+        context_vector,
+        sklesion_context,
+    )
+
+    sex_names = {code: sex.value for sex, code in SEX_CODES.items()}
+    site_names = {code: site.value for site, code in SITE_CODES.items()}
+    rows = [(age, sex, site) for age in (UNKNOWN_AGE, 0.0, 42.5, 90.0)
+            for sex in (0, *sex_names, 9) for site in (-3, 0, *site_names, len(site_names) + 1)]
+    ages, sexes, sites = (np.array(column) for column in zip(*rows, strict=True))
+    served = np.asarray(context_vector(ages.astype(np.float32), sexes.astype(np.int32),
+                                       sites.astype(np.int32)))
+    expected = np.stack([sklesion_context(None if age < 0 else age, sex_names.get(sex, "unknown"),
+                                          site_names.get(site, "unknown"))
+                         for age, sex, site in rows])
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    # every age, sex and site group is reached, so the comparison covers the whole vector
+    assert len({tuple(row) for row in expected}) == 4 * len(SKLESION_SEXES) * len(SKLESION_SITES)
+
+
+def test_a_two_origin_version_with_context_is_served_and_explained_with_the_patient_context(
+        tmp_path: Path, images: np.ndarray) -> None:
+    import tensorflow as tf
+
+    from dermserve.core.backends.savedmodel import LoadedVersion
+    from dermserve.core.context import CONTEXT_INPUTS, ContextBatch, lenient_context
+    from dermserve.core.model_config import EXPLAIN_SIGNATURE, SERVING_SIGNATURE
+    from dermserve.trainer.export import ServingModule, save_version
+    from dermserve.trainer.served import ServedVersion
+    from dermserve.trainer.two_origin import rebuild_version_network
+    from dermserve.trainer.two_origin_network import (
+        Mixing,
+        network_takes_context,
+        sklesion_branch,
+        two_origin_network,
+    )
+
+    _, settings = _tiny_version(tmp_path / "1")
+    version = rebuild_version_network(tmp_path / "1", settings, 7)
+    sklesion = tiny_sklesion(tmp_path / "model.keras")
+    network = two_origin_network(version, sklesion_branch(sklesion, 32, with_context=True),
+                                 Mixing(0.5, PRIORS))
+    assert network_takes_context(network)
+    given = ContextBatch.of([lenient_context(70, "male", "face"), None,
+                             lenient_context(8, "female", "lower extremity")])
+    neutral = ContextBatch.neutral(3)
+    scaled = images.astype(np.float32) / 127.5 - 1
+
+    def network_probabilities(context: ContextBatch) -> np.ndarray:
+        logits = network([scaled, *context.tensors().values()], training=False)[0]
+        return _softmax(np.asarray(logits))
+
+    with_context, without = network_probabilities(given), network_probabilities(neutral)
+    assert np.abs(with_context[[0, 2]] - without[[0, 2]]).max() > 1e-4  # the context counts
+    np.testing.assert_allclose(with_context[1], without[1], atol=1e-6)  # an empty row is neutral
+
+    config = ModelConfig(labels=HAM10000_LABELS, display_names={}, input=TINY_INPUT)
+    save_version(ServingModule(network, config), config, tmp_path / "2")
+    served = ServedVersion(tmp_path / "2")
+    assert served.takes_context
+    np.testing.assert_allclose(served.classify_arrays(images, given)[0], with_context, atol=1e-5)
+    np.testing.assert_allclose(served.classify_arrays(images)[0], without, atol=1e-5)
+
+    loaded = tf.saved_model.load(str(tmp_path / "2"))
+    for name in (SERVING_SIGNATURE, EXPLAIN_SIGNATURE):
+        assert set(CONTEXT_INPUTS) <= set(
+            loaded.signatures[name].structured_input_signature[1]), name
+    backend_version = LoadedVersion(loaded, config)  # as the embedded backend loads it
+    assert backend_version.takes_context and backend_version.explain_takes_context
+    explained = backend_version.explain(images, np.array([-1, 4, 0], np.int32), given)
+    np.testing.assert_allclose(explained["probabilities"], with_context, atol=1e-5)
+    heatmap = explained["heatmap"]
+    assert heatmap.shape[0] == 3 and heatmap.min() >= 0 and heatmap.max() <= 1
+
+    # publishing checks the recorded sample with the sample images' own context
+    from PIL import Image
+
+    from dermserve.trainer.errors import PublishError
+    from dermserve.trainer.external import Measurer
+    from dermserve.trainer.publish import SamplePredictions, verify_reproduces
+    from dermserve.trainer.served import read_images
+
+    paths = []
+    for n, image in enumerate(images):
+        paths.append(tmp_path / f"ISIC_{n:07d}.png")
+        Image.fromarray(image).save(paths[-1])
+    probabilities, ood = served.classify(read_images(paths), given)
+    SamplePredictions([p.stem for p in paths], probabilities.tolist(),
+                      ood.tolist()).write(tmp_path / "2")
+    verify_reproduces(tmp_path / "2", paths, given)
+    with pytest.raises(PublishError, match="reloaded probabilities differ"):
+        verify_reproduces(tmp_path / "2", paths)  # neutral rows: not what was recorded
+
+    assert Measurer(tmp_path / "2", served).context_mode == "given"
+    assert Measurer(tmp_path / "2", served, use_context=False).context_mode == "neutral"
+    assert Measurer(tmp_path / "1").context_mode == "not taken"
+
+
+def test_predict_network_sends_each_record_its_own_context(tmp_path: Path) -> None:
+    from dermserve.trainer.data import load_records, record_contexts
+    from dermserve.trainer.train import plain_view, predict_network, scale_pixels
+    from dermserve.trainer.two_origin import rebuild_version_network
+    from dermserve.trainer.two_origin_network import Mixing, sklesion_branch, two_origin_network
+    from tests.trainer.conftest import write_ham_dataset
+
+    _, settings = _tiny_version(tmp_path / "1")
+    version = rebuild_version_network(tmp_path / "1", settings, 7)
+    network = two_origin_network(
+        version, sklesion_branch(tiny_sklesion(tmp_path / "model.keras"), 32, with_context=True),
+        Mixing(0.5, PRIORS))
+    write_ham_dataset(tmp_path / "ham")
+    records = load_records(tmp_path / "ham")
+    assert len({(r.age, r.sex, r.localization) for r in records}) > 1
+    logits, _ = predict_network(network, records, settings.input_spec(), batch_size=4)
+
+    views = np.stack([plain_view(r, settings.input_spec()) for r in records])
+    expected = network([scale_pixels(views), *record_contexts(records).tensors().values()],
+                       training=False)[0]
+    np.testing.assert_allclose(logits, np.asarray(expected), atol=1e-5)
