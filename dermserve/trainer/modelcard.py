@@ -74,6 +74,10 @@ def _external_lines(check: dict[str, Any] | None) -> list[str]:
         return ["Not measured for this version (published without `--external-dir` or "
                 "`--bcn-dir`): its performance on other clinics' images is unknown.", ""]
     lines = ["Never trained, tuned, thresholded or epoch-picked on.", ""]
+    if (check or {}).get("context") == "given":
+        lines += ["This version takes patient context: each image was sent its own recorded age, "
+                  "sex and body site, as a caller with the metadata sends them (`python -m "
+                  "dermserve.trainer.external --neutral-context` measures it without).", ""]
     for key in measured:
         lines += _check_lines(key, (check or {})[key])
     robustness = (check or {}).get("robustness", {})

@@ -94,3 +94,19 @@ def test_model_card_states_licence_and_limits() -> None:
     for phrase in ("Not a diagnostic device", "CC BY-NC 4.0", "200x150", "192x192",
                    "Balanced accuracy (mean per-class recall): 1.000 (95% CI 1.000-1.000)"):
         assert phrase in card, phrase
+
+
+def test_the_model_card_says_when_the_external_checks_sent_the_patient_context() -> None:
+    y, probabilities, groups = _perfect()
+    result = evaluate(y, probabilities, groups, LABELS, 0.5, bootstrap_samples=10)
+    config = ModelConfig(LABELS, HAM10000_DISPLAY_NAMES, InputSpec(192, 192))
+    bcn = {"images": 4, "lesions": 2, "melanoma_auc": {"value": 0.8, "ci95": [0.7, 0.9]},
+           "balanced_accuracy": {"value": 0.4, "ci95": [0.3, 0.5]}, "recall_argmax": {"mel": 0.5},
+           "melanoma_threshold": 0.3, "melanoma_sensitivity": 0.5, "nevus_specificity": 0.9}
+    cards = {mode: render_model_card(config, {
+        "model": {"name": "ham10000", "backbone": "two-origin", "size_bytes": 123},
+        "data": {"seed": 1, "images": {}, "lesions": {}}, "test": result, "sanity": [],
+        "external_check": {"external_bcn84": bcn, "context": mode}})
+        for mode in ("given", "neutral", "not taken")}
+    assert "each image was sent its own recorded age, sex and body site" in cards["given"]
+    assert "recorded age" not in cards["neutral"] and "recorded age" not in cards["not taken"]
