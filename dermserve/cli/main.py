@@ -4,7 +4,7 @@
                                 [--version N | --label L] [--age YEARS] [--sex S] [--site S]
                                 [--token T] [--tls] [--tls-ca F] [--tls-cert F --tls-key F]
     dermserve explain IMAGE [--label CLASS] [--output overlay.png] [--json]
-                            [--version N | --version-label L]
+                            [--version N | --version-label L] [--age YEARS] [--sex S] [--site S]
     dermserve models [--json]
     dermserve batch ...          (cli/batch.py)
 
@@ -155,7 +155,8 @@ def run_explain(args: argparse.Namespace) -> int:
     path = Path(args.image)
     try:
         request = pb.ExplainRequest(image=path.read_bytes(), label=args.label or "",
-                                    model=model_selector(args.version, args.version_label))
+                                    model=model_selector(args.version, args.version_label),
+                                    context=patient_context(args))
     except OSError as exc:
         print(f"{path}: LOCAL UNREADABLE_FILE: {exc}", file=sys.stderr)
         return 1
@@ -252,6 +253,7 @@ def add_explain_command(commands: Any, environ: Mapping[str, str]) -> None:
     which = explain.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="pin a model version")
     which.add_argument("--version-label", help="use a labelled version, e.g. stable")
+    add_context_arguments(explain)
     add_connection_arguments(explain, environ)
     explain.set_defaults(func=run_explain)
 

@@ -69,3 +69,21 @@ def test_classify_sends_the_patient_context(context_server: Running, tmp_path: P
     assert "patient context (age, sex, site) was used" in capsys.readouterr().out
     assert main(["classify", str(image), "--json", "--site", "elbow", *target]) == 1
     assert json.loads(capsys.readouterr().out)[0]["error"]["reason"] == "INVALID_CONTEXT"
+
+
+def test_explain_sends_the_patient_context(context_server: Running, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.context_models import received
+
+    image = tmp_path / "lesion.jpg"
+    image.write_bytes(good_jpeg())
+    target = ["--target", f"127.0.0.1:{context_server.port}", "--version", "3"]
+    assert main(["explain", str(image), "--json", "--age", "71", "--sex", "male",
+                 "--site", "back", *target]) == 0
+    response = json.loads(capsys.readouterr().out)
+    probabilities = {item["label"]: item["probability"]
+                     for item in response["classification"]["probabilities"]}
+    assert received(probabilities) == (71.0, 2, 4)
+    assert response["classification"]["context_used"] is True
+    assert main(["explain", str(image), "--json", "--site", "elbow", *target]) == 1
+    assert "INVALID_CONTEXT" in capsys.readouterr().err
