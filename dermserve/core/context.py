@@ -43,6 +43,9 @@ SITE_INPUT = "site"
 """int32 [N]: AnatomicSite.code (0 unknown)."""
 CONTEXT_INPUTS = (AGE_INPUT, SEX_INPUT, SITE_INPUT)
 """A version whose `serving_default` has these three inputs besides `image` takes context."""
+CONTEXT_INPUT_DTYPES = {AGE_INPUT: "float32", SEX_INPUT: "int32", SITE_INPUT: "int32"}
+"""Each context input's dtype, by name: the one table the exported signature, the Keras
+network's inputs and ContextBatch's arrays are all built from."""
 UNKNOWN_AGE = -1.0  # the age input's value for an unknown age
 UNKNOWN_CODE = 0  # the sex and site inputs' value for unknown
 UNKNOWN_WORDS = frozenset({"", "unknown"})
@@ -179,9 +182,11 @@ class ContextBatch:
         rows = [context or NO_CONTEXT for context in contexts]
         return cls(
             np.array([UNKNOWN_AGE if c.age_years is None else c.age_years for c in rows],
-                     np.float32),
-            np.array([UNKNOWN_CODE if c.sex is None else c.sex.code for c in rows], np.int32),
-            np.array([UNKNOWN_CODE if c.site is None else c.site.code for c in rows], np.int32))
+                     CONTEXT_INPUT_DTYPES[AGE_INPUT]),
+            np.array([UNKNOWN_CODE if c.sex is None else c.sex.code for c in rows],
+                     CONTEXT_INPUT_DTYPES[SEX_INPUT]),
+            np.array([UNKNOWN_CODE if c.site is None else c.site.code for c in rows],
+                     CONTEXT_INPUT_DTYPES[SITE_INPUT]))
 
     @classmethod
     def neutral(cls, count: int) -> ContextBatch:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dermserve.core.context import AGE_INPUT, SEX_INPUT, SITE_INPUT
+from dermserve.core.context import CONTEXT_INPUT_DTYPES, CONTEXT_INPUTS
 from dermserve.core.model_config import (
     CLASS_INDEX_INPUT,
     CLASS_INDEX_OUTPUT,
@@ -179,9 +179,8 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         class_index = tf.TensorSpec([None], tf.int32, name=CLASS_INDEX_INPUT)
         self.takes_context = network_takes_context(network)
         if self.takes_context:  # the argument names are the signature's input names
-            context = [tf.TensorSpec([None], tf.float32, name=AGE_INPUT),
-                       tf.TensorSpec([None], tf.int32, name=SEX_INPUT),
-                       tf.TensorSpec([None], tf.int32, name=SITE_INPUT)]
+            context = [tf.TensorSpec([None], tf.as_dtype(CONTEXT_INPUT_DTYPES[name]), name=name)
+                       for name in CONTEXT_INPUTS]
             self.serve = tf.function(self._serve_with_context,
                                      input_signature=[spec, *context])
             explain_function = tf.function(self._explain_with_context,
@@ -203,7 +202,7 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         return signatures
 
     def _serve(self, image: tf.Tensor, *context: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits, features = self.network(_network_inputs(image, context), training=False)[:2]
+        logits, features = self.network(_joined(_scaled(image), context), training=False)[:2]
         probabilities = tf.nn.softmax(logits / self.temperature, axis=-1)
         return {PROBABILITIES_OUTPUT: probabilities, OOD_OUTPUT: self._ood_score(features)}
 
@@ -231,13 +230,13 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
         """Grad-CAM of the class score: the network's logit (for an ensemble, the members' mean
         log-probability, which is what its logits output holds); the temperature only scales
         it, which normalisation removes."""
-        scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
+        scaled = _scaled(image)
         with tf.GradientTape() as tape:
             # Watching the input records every op after it, so the maps (intermediate tensors)
             # have gradients whatever the variables' trainable flags or storage dtype.
             tape.watch(scaled)
-            logits, features, *feature_maps = self.network(
-                [scaled, *context] if context else scaled, training=False)
+            logits, features, *feature_maps = self.network(_joined(scaled, context),
+                                                           training=False)
             top = tf.argmax(logits, axis=-1, output_type=tf.int32)
             chosen = tf.where(class_index < 0, top, class_index)
             score = tf.gather(logits, chosen, axis=1, batch_dims=1)
@@ -252,9 +251,13 @@ class ServingModule(tf.Module):  # type: ignore[misc]  # tf is untyped
                 CONFIG_OUTPUT: tf.fill([count], self.config_json)}
 
 
-def _network_inputs(image: tf.Tensor, context: tuple[tf.Tensor, ...]) -> Any:
-    """The network's input: the image scaled to [-1, 1], then the context inputs if any."""
-    scaled = tf.cast(image, tf.float32) / 127.5 - 1.0
+def _scaled(image: tf.Tensor) -> tf.Tensor:
+    """The uint8 model input scaled to [-1, 1], the scale the networks train on (train.py)."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def _joined(scaled: tf.Tensor, context: tuple[tf.Tensor, ...]) -> Any:
+    """The network's input: the scaled image, then the context inputs if the network takes them."""
     return [scaled, *context] if context else scaled
 
 

@@ -94,9 +94,9 @@ def context_inputs() -> list[Any]:
     """Keras inputs named and typed as the served context inputs, in CONTEXT_INPUTS order."""
     import keras
 
-    from dermserve.core.context import AGE_INPUT, CONTEXT_INPUTS
+    from dermserve.core.context import CONTEXT_INPUT_DTYPES, CONTEXT_INPUTS
 
-    return [keras.Input((), dtype="float32" if name == AGE_INPUT else "int32", name=name)
+    return [keras.Input((), dtype=CONTEXT_INPUT_DTYPES[name], name=name)
             for name in CONTEXT_INPUTS]
 
 
