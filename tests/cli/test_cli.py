@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,37 +54,42 @@ def test_unreachable_service_is_reported(tmp_path: Path, free_port: int,
     assert json.loads(capsys.readouterr().out)[0]["error"]["code"] == "UNAVAILABLE"
 
 
-def test_classify_sends_the_patient_context(context_server: Running, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.context_models import received
-
+@pytest.fixture
+def context_call(context_server: Running, tmp_path: Path) -> tuple[str, list[str]]:
+    """A JPEG, and the flags that send it to the context-echoing server's version 3."""
     image = tmp_path / "lesion.jpg"
     image.write_bytes(good_jpeg())
-    target = ["--target", f"127.0.0.1:{context_server.port}", "--version", "3"]
-    assert main(["classify", str(image), "--json", "--age", "62", "--sex", "female",
+    return str(image), ["--target", f"127.0.0.1:{context_server.port}", "--version", "3"]
+
+
+def context_received(classification: dict[str, Any]) -> tuple[float, int, int]:
+    """The (age, sex, site) inputs the echoing model read, from a classification's JSON."""
+    from tests.context_models import received
+
+    return received({item["label"]: item["probability"]
+                     for item in classification["probabilities"]})
+
+
+def test_classify_sends_the_patient_context(context_call: tuple[str, list[str]],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    image, target = context_call
+    assert main(["classify", image, "--json", "--age", "62", "--sex", "female",
                  "--site", "back", *target]) == 0
     result = json.loads(capsys.readouterr().out)[0]["result"]
-    probabilities = {item["label"]: item["probability"] for item in result["probabilities"]}
-    assert received(probabilities) == (62.0, 1, 4) and result["context_used"] is True
-    assert main(["classify", str(image), "--age", "62", *target]) == 0
+    assert context_received(result) == (62.0, 1, 4) and result["context_used"] is True
+    assert main(["classify", image, "--age", "62", *target]) == 0
     assert "patient context (age, sex, site) was used" in capsys.readouterr().out
-    assert main(["classify", str(image), "--json", "--site", "elbow", *target]) == 1
+    assert main(["classify", image, "--json", "--site", "elbow", *target]) == 1
     assert json.loads(capsys.readouterr().out)[0]["error"]["reason"] == "INVALID_CONTEXT"
 
 
-def test_explain_sends_the_patient_context(context_server: Running, tmp_path: Path,
+def test_explain_sends_the_patient_context(context_call: tuple[str, list[str]],
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.context_models import received
-
-    image = tmp_path / "lesion.jpg"
-    image.write_bytes(good_jpeg())
-    target = ["--target", f"127.0.0.1:{context_server.port}", "--version", "3"]
-    assert main(["explain", str(image), "--json", "--age", "71", "--sex", "male",
+    image, target = context_call
+    assert main(["explain", image, "--json", "--age", "71", "--sex", "male",
                  "--site", "back", *target]) == 0
-    response = json.loads(capsys.readouterr().out)
-    probabilities = {item["label"]: item["probability"]
-                     for item in response["classification"]["probabilities"]}
-    assert received(probabilities) == (71.0, 2, 4)
-    assert response["classification"]["context_used"] is True
-    assert main(["explain", str(image), "--json", "--site", "elbow", *target]) == 1
+    classification = json.loads(capsys.readouterr().out)["classification"]
+    assert context_received(classification) == (71.0, 2, 4)
+    assert classification["context_used"] is True
+    assert main(["explain", image, "--json", "--site", "elbow", *target]) == 1
     assert "INVALID_CONTEXT" in capsys.readouterr().err
