@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from dermserve.core.model_config import ModelConfig
+from dermserve.trainer.report import chosen_on
 
 MODEL_CARD = "MODEL_CARD.md"
 HAM10000_CITATION = (
@@ -124,7 +125,7 @@ def render_model_card(config: ModelConfig, report: dict[str, Any]) -> str:
         "an out-of-distribution score (Mahalanobis distance of the pooled features to the "
         "nearest class mean, in a PCA subspace of the training features).",
         f"- Calibration: temperature scaling, T = {config.temperature:.3f} (fitted on "
-        f"{report.get('calibration_split', 'validation')}; the melanoma threshold too).",
+        f"{chosen_on(report)}; the melanoma threshold too).",
         f"- Abstention: answer only when the top probability >= {rule.min_confidence:.3f} and the "
         f"OOD score <= {rule.max_ood_score}; thresholds chosen on validation.",
         f"- Size: {report['model'].get('size_bytes', 'n/a')} bytes on disk.", "",

@@ -99,13 +99,14 @@ class Decisions:
     sanity: list[dict[str, Any]] = field(default_factory=list)
 
 
-def training_records(settings: TrainSettings) -> tuple[list[Record], list[Record]]:
-    """(HAM10000 records, in every rendition given; other sources' training-only records)."""
+def training_records(settings: TrainSettings) -> tuple[list[Record], list[Record], list[Record]]:
+    """(HAM10000 records, in every rendition given; other sources' training-only records; their
+    held-out rows, `extra_records`)."""
     assert settings.data_dir is not None
     records = load_records(settings.data_dir)
     if settings.renditions_dir is not None:
         records += load_rendition(settings.renditions_dir, records)
-    return records, extra_records(settings)[0]
+    return records, *extra_records(settings)
 
 
 def extra_records(settings: TrainSettings) -> tuple[list[Record], list[Record]]:
@@ -282,7 +283,7 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
         raise FailedPrecondition(f"--publish-only: {workdir / FINAL_WEIGHTS} does not exist "
                                  "(training has not finished)", "NOT_TRAINED")
     workdir.mkdir(parents=True, exist_ok=True)
-    records, extra = training_records(settings)
+    records, extra, holdout = training_records(settings)
     split = prepare_split(records, settings, workdir, extra)
     datareport.write_data_report(split, workdir / REPORT_DIR, str(settings.data_dir))
     network = hooks.train(split, settings, workdir)
@@ -296,7 +297,6 @@ def run(settings: TrainSettings, hooks: NetworkHooks | None = None) -> Path:
     split = dataclasses.replace(split, test=primary_rendition(split.test))
     parts = {**split.parts(), "train": statistics_sample(split.train, settings.ood_fit_images,
                                                           settings.seed)}
-    holdout = extra_records(settings)[1]
     if holdout:
         parts[HOLDOUT] = tuple(holdout)
     outputs = {name: predict_split(name, part, network, hooks, settings, split.labels,
@@ -439,7 +439,6 @@ def assemble_report(split: Split, decisions: Decisions, settings: TrainSettings,
         "operating_point": {"melanoma_threshold": decisions.melanoma_threshold,
                             "target_sensitivity": settings.melanoma_sensitivity,
                             "chosen_on": operating_split(settings)},
-        "calibration_split": operating_split(settings),
         "test": test,
         "test_tta": decisions.test_tta,
         "targets": report.target_results(test["metrics"], settings.input_size),

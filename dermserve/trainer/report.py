@@ -193,11 +193,17 @@ def _targets_table(targets: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def chosen_on(report: dict[str, Any]) -> str:
+    """Which split chose the temperature and the melanoma operating point (validation unless
+    the report says otherwise)."""
+    return str(report.get("operating_point", {}).get("chosen_on", "validation"))
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown view of a report dictionary."""
     test, tta = report["test"], report.get("test_tta")
     abstention = report["abstention"]
-    chooser = report.get("calibration_split", "validation")
+    chooser = chosen_on(report)
     lines = [f"# Evaluation report: {report['model']['name']} "
              f"({report['model'].get('backbone', '')})", "",
              "Held-out test split, grouped by lesion and never used for any decision "
