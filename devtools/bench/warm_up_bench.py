@@ -1,6 +1,7 @@
 """`python -m devtools.bench.warm_up_bench`: what warming a version up at every batch size costs and
 buys, in one process on one version (a line of `make bench`). Prints and writes JSON.
 
+    import:    RSS once TensorFlow is imported, before any version (every TF server pays it);
     load:      LoadedVersion.load with the one-image warm-up (the graph frozen, as the embedded
                backend loads it, unless --no-freeze-graph): seconds and RSS after;
     warm-up:   the warm-up at every size from --max-batch down to 1 (what the front does at load
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"benchmark": "warm_up_by_batch_size",
                               "version_dir": str(target.version_dir),
                               "max_batch": args.max_batch, "rss_mib_at_start": rss_mib()}
+    import tensorflow  # noqa: F401 - its own share, apart from the version's (every peer pays it)
+
+    report["rss_mib_after_importing_tensorflow"] = rss_mib()
     started = time.perf_counter()
     version = LoadedVersion.load(target.version_dir, freeze=args.freeze_graph)
     report["load"] = {"seconds": time.perf_counter() - started, "rss_mib": rss_mib(),

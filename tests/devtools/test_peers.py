@@ -164,8 +164,11 @@ def test_the_targets_name_a_peer_that_wins_and_why() -> None:
     result = {"rounds": 2, "seconds_per_window": 3.0,
               "machine": {"cpus": 2, "load_average_1m_before_after": [0.5, 0.6]},
               "servers": {"dermserve": "d"}, "agreement_max_abs_diff": {"fast": 1e-7},
-              "errors": {}, "results": results, "rss_end_bytes": {"dermserve": 300},
+              "errors": {}, "results": results,
+              "rss_ready_bytes": {"dermserve": 200 * report.MIB},
+              "rss_end_bytes": {"dermserve": 300 * report.MIB, "fast": 250 * report.MIB},
               "targets": {"by_image": {image: judged}, "memory": memory}}
     text = "\n".join(report.report_lines(result))
     assert "NOT met" in text and "fast wins p50_ms_c1" in text
+    assert "| dermserve | 200 | 300 |" in text and "| fast | - | 250 |" in text
     json.dumps(result)  # the run writes this as JSON

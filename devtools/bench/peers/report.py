@@ -21,8 +21,14 @@ def figure_rows(result: dict[str, Any]) -> list[str]:
 
 
 def memory_rows(result: dict[str, Any]) -> list[str]:
-    return ["| server | RSS at the end, MiB |", "|---|---:|",
-            *(f"| {name} | {(value or 0) / MIB:.0f} |"
+    """Each server's RSS once ready and at the end (runs before the ready figure: a dash)."""
+    ready = result.get("rss_ready_bytes", {})
+
+    def mib(value: int | None) -> str:
+        return "-" if value is None else f"{value / MIB:.0f}"
+
+    return ["| server | RSS ready, MiB | RSS at the end, MiB |", "|---|---:|---:|",
+            *(f"| {name} | {mib(ready.get(name))} | {mib(value)} |"
               for name, value in result["rss_end_bytes"].items())]
 
 

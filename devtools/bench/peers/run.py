@@ -10,7 +10,8 @@ run: `python -m devtools.bench.peers --out FILE` (`make bench` runs it).
    JPEG: harness `matrix_images`) and each concurrency (1, 8, 32), one window per server, the
    servers' order reversed every other round (ABBA) so a drift favours none; each server's
    windows of one step pooled over the rounds: p50/p99, calls/s, the server's CPU per call (its
-   whole process tree), and its resident memory (the tree's RSS) at the end;
+   whole process tree), and its resident memory (the tree's RSS) once ready, before any
+   timed window (the model loaded and warm), and at the end (what serving the windows added);
 4. the issue's targets, met or not, per image, and each place a peer beats dermserve with the
    figures that say why (CPU per call, and cores busy per call at concurrency 1).
 
@@ -204,6 +205,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peers = started_peers(stack, launch.names(args.peer), target, args.workdir, errors)
         peers, gaps = checked(ours, peers, images, errors)
         servers = [ours, *peers]
+        ready = {server.name: server.probe.rss_bytes() for server in servers}
         results = figures(paired_rounds(servers, images, args.seconds, args.rounds))
         rss = {server.name: server.probe.rss_bytes() for server in servers}
     model_bytes = version_bytes(target.version_dir)
@@ -218,7 +220,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_per_window": args.seconds, "rounds": args.rounds,
             "server_args": list(args.server_arg),
             "servers": {s.name: s.label for s in servers}, "agreement_max_abs_diff": gaps,
-            "errors": errors, "results": results, "rss_end_bytes": rss, "targets": targets}
+            "errors": errors, "results": results, "rss_ready_bytes": ready,
+            "rss_end_bytes": rss, "targets": targets}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
