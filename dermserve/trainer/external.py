@@ -11,8 +11,9 @@ directory, read as the service reads it: `core.preprocessing.to_model_input` and
     bootstrapped by lesion; its scc images (not one of the seven) are reported on their own, as
     what the model calls them;
   each with balanced accuracy over the classes present, melanoma-vs-rest ROC AUC (both with 95%
-  intervals), per-class recall, and melanoma sensitivity and nevus specificity at the version's
-  served operating point;
+  intervals), per-class recall, melanoma sensitivity and nevus specificity at the version's
+  served operating point, and the share of images the version answers rather than abstains on
+  (its own abstention rule: low confidence, out of distribution);
 - its own held-out test (the version's `split.json`), in the primary rendition at three input
   scales, shrunk to BCN-84's 84x84 pixels (BCN-84's resolution reference) and in a second
   rendition (the 224x224 central crops), for the robustness table;
@@ -38,6 +39,8 @@ import numpy as np
 from PIL import Image
 
 from dermserve.core.context import ContextBatch
+from dermserve.core.prediction import Abstention
+from dermserve.trainer import abstention
 from dermserve.trainer import metrics as m
 from dermserve.trainer.data import (
     EXTERNAL_CHECK_SPLITS,
@@ -213,12 +216,28 @@ class Measurer:
 
     def probabilities(self, records: Sequence[Record], scale: float = 1.0,
                       pixels: int | None = None) -> np.ndarray:
-        chunks = []
+        return self.classified(records, scale, pixels)[0]
+
+    def classified(self, records: Sequence[Record], scale: float = 1.0,
+                   pixels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The records' probabilities [N, K] and OOD scores [N]."""
+        probabilities, ood_scores = [], []
         for start in range(0, len(records), 256):
             chunk = records[start:start + 256]
             images = [_read(r.path, scale, pixels) for r in chunk]
-            chunks.append(self.served.classify(images, self._contexts(chunk))[0])
-        return np.concatenate(chunks)
+            chunk_probabilities, chunk_ood = self.served.classify(images, self._contexts(chunk))
+            probabilities.append(chunk_probabilities)
+            ood_scores.append(chunk_ood)
+        return np.concatenate(probabilities), np.concatenate(ood_scores)
+
+    def abstentions(self, probabilities: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+        """The share of images the service answers and why it abstains on the others, by the
+        version's own rule: a version that abstains on most of a clinic's images is of little
+        use there, whatever its figures on the images it would have answered."""
+        made = abstention.decisions(probabilities, ood_scores, self.served.config.abstention)
+        shares = {reason.value.lower(): float(np.mean([d is reason for d in made]))
+                  for reason in Abstention if reason is not Abstention.NONE}
+        return {"answered": float(np.mean([d is Abstention.NONE for d in made])), **shares}
 
     @property
     def context_mode(self) -> str:
@@ -253,9 +272,11 @@ def measure_external(measurer: Measurer, external_dir: Path,
     """ISIC 2017's validation and test rows."""
     external = load_labelled_folder(external_dir, EXTERNAL_CHECK_SPLITS)
     logger.info("external check ISIC 2017 (%d images)", len(external))
-    return external_metrics(label_indices(external, measurer.labels),
-                            measurer.probabilities(external), measurer.labels,
-                            measurer.melanoma_threshold, bootstrap)
+    probabilities, ood_scores = measurer.classified(external)
+    result = external_metrics(label_indices(external, measurer.labels), probabilities,
+                              measurer.labels, measurer.melanoma_threshold, bootstrap)
+    result["abstention"] = measurer.abstentions(probabilities, ood_scores)
+    return result
 
 
 def measure_bcn(measurer: Measurer, bcn_dir: Path,
@@ -266,10 +287,11 @@ def measure_bcn(measurer: Measurer, bcn_dir: Path,
     outside = [r for r in records if r.dx not in measurer.labels]
     logger.info("external check BCN-84 (%d images, %d outside the seven)", len(seven),
                 len(outside))
-    result = external_metrics(label_indices(seven, measurer.labels),
-                              measurer.probabilities(seven), measurer.labels,
-                              measurer.melanoma_threshold, bootstrap,
+    probabilities, ood_scores = measurer.classified(seven)
+    result = external_metrics(label_indices(seven, measurer.labels), probabilities,
+                              measurer.labels, measurer.melanoma_threshold, bootstrap,
                               groups=[r.lesion_id for r in seven])
+    result["abstention"] = measurer.abstentions(probabilities, ood_scores)
     if outside:
         result["outside"] = {dx: outside_calls(
             measurer.probabilities([r for r in outside if r.dx == dx]), measurer.labels,
@@ -415,8 +437,9 @@ def own_table(results: Sequence[dict[str, Any]]) -> str:
 
 def checks_table(results: Sequence[dict[str, Any]]) -> str:
     head = ("| version | check | images (lesions) | mel AUC [95% CI] | bal. acc. [95% CI] | "
-            "macro AUC | mel sens. / nv spec. at the operating point |")
-    lines = [head, "|" + "---|" * 7]
+            "macro AUC | mel sens. / nv spec. at the operating point | answered (not "
+            "abstained) |")
+    lines = [head, "|" + "---|" * 8]
     for r in results:
         for key in CHECKS:
             ext = r.get(key)
@@ -426,7 +449,8 @@ def checks_table(results: Sequence[dict[str, Any]]) -> str:
                 f"| {r.get('name', r['version_dir'])} | {CHECK_TITLES[key]} | {ext['images']} "
                 f"({ext.get('lesions', '-')}) | {_interval(ext['melanoma_auc'])} | "
                 f"{_interval(ext.get('balanced_accuracy'))} | {_f(ext.get('macro_auc'))} | "
-                f"{_f(ext.get('melanoma_sensitivity'))} / {_f(ext.get('nevus_specificity'))} |")
+                f"{_f(ext.get('melanoma_sensitivity'))} / {_f(ext.get('nevus_specificity'))} | "
+                f"{_f(ext.get('abstention', {}).get('answered'))} |")
     return "\n".join(lines)
 
 

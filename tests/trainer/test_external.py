@@ -4,6 +4,7 @@ data in the lesion split, the external check's figures and gate, and seed ensemb
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,9 @@ def test_the_external_gate_measures_what_the_latest_version_was_published_withou
     sources = Sources(tmp_path, bcn_dir=bcn)
     measured = measure_checks(Measurer(model_dir / "1"), sources, bootstrap=20)
     latest = measured["external_bcn84"]
+    shares = latest["abstention"]
+    assert set(shares) == {"answered", "low_confidence", "out_of_distribution"}
+    assert sum(shares.values()) == pytest.approx(1.0)
     auc, balanced = latest["melanoma_auc"]["value"], latest["balanced_accuracy"]["value"]
     candidate = {"external_bcn84": {"melanoma_auc": _figure(auc),
                                     "balanced_accuracy": _figure(balanced)}}
@@ -289,6 +293,20 @@ def test_external_metrics_bootstrap_whole_lesions_and_report_balanced_accuracy()
         assert int((y[index] == MEL).sum()) % 2 == 0
 
 
+def test_an_external_check_says_how_often_the_version_abstains_by_its_own_rule(
+        tmp_path: Path) -> None:
+    from dermserve.core.model_config import AbstentionRule
+    from dermserve.trainer.export import export_tiny_version
+    from tests.conftest import tiny_config
+
+    config = dataclasses.replace(tiny_config(), abstention=AbstentionRule(0.5, 2.0))
+    export_tiny_version(tmp_path / "1", config)
+    probabilities = _probabilities([{"mel": 0.9}, {"mel": 0.3, "nv": 0.3, "bkl": 0.3},
+                                    {"nv": 0.9}, {"nv": 0.95}])
+    shares = Measurer(tmp_path / "1").abstentions(probabilities, np.array([0.1, 0.1, 3.0, 1.0]))
+    assert shares == {"answered": 0.5, "low_confidence": 0.25, "out_of_distribution": 0.25}
+
+
 def test_outside_class_images_are_reported_as_what_they_are_called() -> None:
     probabilities = _probabilities([{"akiec": 0.9}, {"bcc": 0.8}, {"akiec": 0.6, "mel": 0.3}])
     calls = outside_calls(probabilities, HAM10000_LABELS, melanoma_threshold=0.25)
@@ -301,7 +319,7 @@ def test_outside_class_images_are_reported_as_what_they_are_called() -> None:
 def test_comparison_tables_have_one_row_per_version_and_check() -> None:
     own = {"balanced_accuracy": 0.7, "macro_auc": 0.9, "ece": 0.03, "melanoma_sensitivity": 0.8}
     check = {"images": 10, "lesions": 8, "melanoma_sensitivity": 0.7, "nevus_specificity": 0.6,
-             "macro_auc": 0.8, "recall_argmax": {"mel": 0.5}}
+             "macro_auc": 0.8, "recall_argmax": {"mel": 0.5}, "abstention": {"answered": 0.9}}
     result = {"version_dir": "v", "name": "candidate A", "labels": ["mel", "nv"],
               "own_test": own,
               "robustness": {"primary_x0.5": own, "primary_x1": own, "primary_x2": own,
@@ -320,6 +338,7 @@ def test_comparison_tables_have_one_row_per_version_and_check() -> None:
     assert checks_rows[2].startswith("| candidate A | ISIC 2017 | 10 (8) | 0.810 [0.710-0.910] |")
     assert checks_rows[3].startswith("| candidate A | BCN-84 | 10 (8) | 0.760 [0.660-0.860] | "
                                      "0.350 [0.250-0.450] |")
+    assert checks_rows[3].endswith("| 0.700 / 0.600 | 0.900 |")
     assert bcn_rows[0] == "| version | BCN-84 recall mel / nv (argmax) | scc called mel / nv |"
     assert bcn_rows[2] == "| candidate A | 0.500 / - | 0.25 / 0.75 |"
 
