@@ -57,15 +57,21 @@ def decisions(probabilities: np.ndarray, ood_scores: np.ndarray,
             for p, o in zip(probabilities, ood_scores, strict=True)]
 
 
+def decision_shares(made: list[Abstention]) -> dict[Abstention, float]:
+    """The share of rows given each decision (NONE: answered)."""
+    return {reason: float(np.mean([d is reason for d in made])) for reason in Abstention}
+
+
 def selective_summary(y: np.ndarray, probabilities: np.ndarray, ood_scores: np.ndarray,
                       rule: AbstentionRule) -> dict[str, float]:
     """Coverage, why images were abstained on, and the metrics on the answered images."""
     made = decisions(probabilities, ood_scores, rule)
     answered = np.array([d is Abstention.NONE for d in made], dtype=bool)
     predicted = probabilities.argmax(axis=1)
-    summary = {f"abstained_{reason.value.lower()}": float(np.mean([d is reason for d in made]))
-               for reason in Abstention if reason is not Abstention.NONE}
-    summary["coverage"] = float(answered.mean())
+    shares = decision_shares(made)
+    summary = {f"abstained_{reason.value.lower()}": share for reason, share in shares.items()
+               if reason is not Abstention.NONE}
+    summary["coverage"] = shares[Abstention.NONE]
     summary["accuracy_answered"] = float((predicted == y)[answered].mean()) if answered.any() \
         else float("nan")
     summary["balanced_accuracy_answered"] = balanced_accuracy(

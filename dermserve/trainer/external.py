@@ -234,10 +234,10 @@ class Measurer:
         """The share of images the service answers and why it abstains on the others, by the
         version's own rule: a version that abstains on most of a clinic's images is of little
         use there, whatever its figures on the images it would have answered."""
-        made = abstention.decisions(probabilities, ood_scores, self.served.config.abstention)
-        shares = {reason.value.lower(): float(np.mean([d is reason for d in made]))
-                  for reason in Abstention if reason is not Abstention.NONE}
-        return {"answered": float(np.mean([d is Abstention.NONE for d in made])), **shares}
+        shares = abstention.decision_shares(abstention.decisions(
+            probabilities, ood_scores, self.served.config.abstention))
+        return {"answered" if reason is Abstention.NONE else reason.value.lower(): share
+                for reason, share in shares.items()}
 
     @property
     def context_mode(self) -> str:
